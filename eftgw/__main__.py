@@ -1,0 +1,3 @@
+from eftgw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""The audit trail: who did what, when, from where. Every upload, download, deletion and login is recorded."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eftgw.clock import Clock
+from eftgw.metadata import Repository
+from eftgw.model import AuditEvent, Principal
+
+log = logging.getLogger("eftgw.audit")
+
+
+class AuditLog:
+    def __init__(self, repo: Repository, clock: Clock) -> None:
+        self.repo = repo
+        self.clock = clock
+
+    async def record(
+        self,
+        action: str,
+        principal: Principal,
+        case_id: str | None,
+        target: str | None = None,
+        **detail: Any,
+    ) -> None:
+        event = AuditEvent(
+            at=self.clock.now(),
+            action=action,
+            actor=principal.user,
+            role=principal.role.value,
+            case_id=case_id,
+            target=target,
+            remote=principal.remote,
+            via=principal.via,
+            detail=detail,
+        )
+        await self.repo.add_audit(event)
+        log.info(
+            "audit action=%s actor=%s role=%s case=%s target=%s remote=%s",
+            action,
+            principal.user,
+            principal.role.value,
+            case_id,
+            target,
+            principal.remote,
+        )

@@ -1,0 +1,93 @@
+"""CaseService: the lifecycle of a case as the case system reports it (open, close, reopen)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from eftgw.audit import AuditLog
+from eftgw.clock import Clock
+from eftgw.errors import CaseClosed, CaseNotFound, Forbidden
+from eftgw.ids import check_case_id
+from eftgw.metadata import Repository
+from eftgw.model import Case, CaseState, Principal
+
+
+@dataclass
+class CaseView:
+    case: Case
+    purge_due_at: dt.datetime | None
+
+
+class CaseService:
+    def __init__(self, repo: Repository, clock: Clock, audit: AuditLog, retention: dt.timedelta) -> None:
+        self.repo = repo
+        self.clock = clock
+        self.audit = audit
+        self.retention = retention
+
+    async def get(self, case_id: str) -> Case:
+        case = await self.repo.get_case(check_case_id(case_id))
+        if case is None:
+            raise CaseNotFound()
+        return case
+
+    async def view(self, principal: Principal, case_id: str) -> CaseView:
+        if not principal.may_access_case(case_id):
+            raise CaseNotFound()
+        case = await self.get(case_id)
+        return CaseView(case, case.purge_due_at(self.retention))
+
+    async def require_open(self, case_id: str) -> Case:
+        """The case, if files may be transferred to it now; :class:`CaseClosed` otherwise."""
+        case = await self.get(case_id)
+        if case.state is not CaseState.OPEN:
+            raise CaseClosed()
+        return case
+
+    async def open(self, principal: Principal, case_id: str) -> Case:
+        """Open a case; opening an open case changes nothing, opening a closed one reopens it."""
+        check_case_id(case_id)
+        case = await self.repo.get_case(case_id)
+        if case is not None and case.state is CaseState.OPEN:
+            return case
+        if case is not None:
+            return await self.reopen(principal, case_id)
+        now = self.clock.now()
+        case = Case(id=case_id, state=CaseState.OPEN, opened_at=now, updated_at=now)
+        await self.repo.save_case(case)
+        await self.audit.record("case.opened", principal, case_id)
+        return case
+
+    async def close(self, principal: Principal, case_id: str, at: dt.datetime | None = None) -> Case:
+        """Close a case: no transfers from now on. ``at`` records an earlier closure time (imports)."""
+        now = self.clock.now()
+        closed_at = at or now
+        if closed_at > now:
+            raise Forbidden("A case cannot be closed in the future.")
+        case = await self.get(case_id)
+        if case.state is CaseState.CLOSED and at is None:
+            return case
+        case.state = CaseState.CLOSED
+        case.closed_at = closed_at
+        case.updated_at = now
+        await self.repo.save_case(case)
+        await self.audit.record("case.closed", principal, case_id, closed_at=closed_at.isoformat())
+        return case
+
+    async def reopen(self, principal: Principal, case_id: str) -> Case:
+        """Reopen a case: its data is kept and its purge cancelled. An unknown (purged) case opens empty."""
+        check_case_id(case_id)
+        case = await self.repo.get_case(case_id)
+        now = self.clock.now()
+        if case is None:
+            case = Case(id=case_id, state=CaseState.OPEN, opened_at=now, updated_at=now)
+        elif case.state is CaseState.OPEN:
+            return case
+        else:
+            case.state = CaseState.OPEN
+            case.closed_at = None
+            case.updated_at = now
+        await self.repo.save_case(case)
+        await self.audit.record("case.reopened", principal, case_id)
+        return case

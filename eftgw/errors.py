@@ -1,0 +1,132 @@
+"""Domain errors: one table of stable codes that every transport translates once.
+
+Each error carries a ``code`` (stable, machine-readable), a ``message`` (a plain sentence a person can act
+on) and a default HTTP status. SFTP maps the same codes to its own status values.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DomainError(Exception):
+    """Base of every error the core reports to a transport."""
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+    default_message: ClassVar[str] = "The request could not be processed."
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class BadRequest(DomainError):
+    code = "bad_request"
+    default_message = "The request is malformed."
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+    status = 401
+    default_message = "Sign-in is required: the token or session is missing, invalid or expired."
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+    status = 403
+    default_message = "You are not allowed to do this."
+
+
+class CsrfRejected(Forbidden):
+    code = "csrf_rejected"
+    default_message = "The request is missing its CSRF token; reload the page and try again."
+
+
+class CaseClosed(Forbidden):
+    code = "case_closed"
+    default_message = "This case is closed: files can no longer be uploaded to it."
+
+
+class CaseNotFound(DomainError):
+    code = "case_not_found"
+    status = 404
+    default_message = "This case is not open for file transfer on this gateway."
+
+
+class UploadNotFound(DomainError):
+    code = "upload_not_found"
+    status = 404
+    default_message = "No such upload."
+
+
+class UploadGone(DomainError):
+    code = "upload_gone"
+    status = 410
+    default_message = "This upload has expired or was cancelled; start it again."
+
+
+class FileNotFound(DomainError):
+    code = "file_not_found"
+    status = 404
+    default_message = "No such file."
+
+
+class OffsetMismatch(DomainError):
+    code = "offset_mismatch"
+    status = 409
+    default_message = "The upload offset does not match the server's; ask the server where to resume."
+
+
+class UploadLocked(DomainError):
+    code = "upload_locked"
+    status = 423
+    default_message = "Another request is still writing to this upload; try again shortly."
+
+
+class UploadTooLarge(DomainError):
+    code = "upload_too_large"
+    status = 413
+    default_message = "The file is larger than this gateway accepts."
+
+
+class LengthExceeded(DomainError):
+    code = "length_exceeded"
+    status = 413
+    default_message = "More data was sent than the upload's declared length."
+
+
+class ChecksumMismatch(DomainError):
+    code = "checksum_mismatch"
+    status = 460
+    default_message = "The chunk did not match its checksum and was discarded; send it again."
+
+
+class UnsupportedChecksum(DomainError):
+    code = "unsupported_checksum"
+    status = 400
+    default_message = "The checksum algorithm is not supported."
+
+
+class UploadIncomplete(DomainError):
+    code = "upload_incomplete"
+    status = 400
+    default_message = "A partial upload named in the concatenation is not complete yet."
+
+
+class RangeNotSatisfiable(DomainError):
+    code = "range_not_satisfiable"
+    status = 416
+    default_message = "The requested range is outside the file."
+
+
+class StorageUnavailable(DomainError):
+    code = "storage_unavailable"
+    status = 503
+    default_message = "File storage is unavailable right now; your upload is kept, try again shortly."
+
+
+class Conflict(DomainError):
+    code = "conflict"
+    status = 409
+    default_message = "The request conflicts with the current state."

@@ -1,0 +1,82 @@
+"""FileService: list, read (ranges), and delete the completed files of a case."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from eftgw.audit import AuditLog
+from eftgw.cases import CaseService
+from eftgw.errors import FileNotFound, Forbidden, RangeNotSatisfiable
+from eftgw.metadata import Repository
+from eftgw.model import CaseState, FileRecord, Principal, Role
+from eftgw.storage import ObjectStore
+
+
+@dataclass
+class Download:
+    """A file opened for reading ``[start, end)``; ``stream`` yields exactly those bytes."""
+
+    record: FileRecord
+    start: int
+    end: int
+    stream: AsyncIterator[bytes]
+
+    @property
+    def partial(self) -> bool:
+        return self.start != 0 or self.end != self.record.size
+
+
+class FileService:
+    def __init__(self, repo: Repository, store: ObjectStore, cases: CaseService, audit: AuditLog) -> None:
+        self.repo = repo
+        self.store = store
+        self.cases = cases
+        self.audit = audit
+
+    async def list(self, principal: Principal, case_id: str) -> list[FileRecord]:
+        if not principal.may_access_case(case_id):
+            raise FileNotFound("No such case for this sign-in.")
+        await self.cases.get(case_id)
+        return await self.repo.list_files(case_id)
+
+    async def get(self, principal: Principal, case_id: str, file_id: str) -> FileRecord:
+        if not principal.may_access_case(case_id):
+            raise FileNotFound()
+        record = await self.repo.get_file(case_id, file_id)
+        if record is None:
+            raise FileNotFound()
+        return record
+
+    async def open(
+        self, principal: Principal, case_id: str, file_id: str, start: int = 0, end: int | None = None
+    ) -> Download:
+        """Open ``[start, end)`` of a file (``end`` exclusive, ``None`` for the rest); audited."""
+        record = await self.get(principal, case_id, file_id)
+        end = record.size if end is None else min(end, record.size)
+        if record.size == 0 and start == 0:
+            end = 0
+        elif start >= record.size or start >= end:
+            raise RangeNotSatisfiable()
+        stream = self.store.read_object(record.object_key, start, end)
+        await self.audit.record(
+            "file.downloaded", principal, case_id, file_id, start=start, end=end, size=record.size
+        )
+        return Download(record, start, end, stream)
+
+    def may_delete(self, principal: Principal, record: FileRecord, state: CaseState) -> bool:
+        if principal.role is Role.ENGINEER:
+            return True
+        return principal.role is Role.CUSTOMER and record.source == "customer" and state is CaseState.OPEN
+
+    async def delete(self, principal: Principal, case_id: str, file_id: str, *, reason: str = "user") -> None:
+        """Delete a file's object and its record; the same path serves users and retention."""
+        record = await self.get(principal, case_id, file_id)
+        case = await self.cases.get(case_id)
+        if reason == "user" and not self.may_delete(principal, record, case.state):
+            raise Forbidden("You may not delete this file.")
+        await self.store.delete_object(record.object_key)
+        await self.repo.delete_file(case_id, file_id)
+        await self.audit.record(
+            "file.deleted", principal, case_id, file_id, size=record.size, sha256=record.sha256, reason=reason
+        )

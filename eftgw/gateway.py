@@ -1,0 +1,99 @@
+"""The composition root: builds the core services, store and repository from :class:`Settings`.
+
+Both ``serve`` and the admin CLI use :class:`Gateway`, so they act on the same data the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from eftgw.audit import AuditLog
+from eftgw.auth import (
+    AuthService,
+    TokenSigner,
+    TokenVerifier,
+    key_id,
+    load_or_create_signing_key,
+    load_trusted_keys,
+)
+from eftgw.cases import CaseService
+from eftgw.clock import Clock, SystemClock
+from eftgw.config import Settings
+from eftgw.files import FileService
+from eftgw.locks import LocalUploadLocks, UploadLocks
+from eftgw.metadata import SqlRepository
+from eftgw.storage import ObjectStore
+from eftgw.uploads import UploadService
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    if settings.storage == "s3":
+        from eftgw.storage.s3 import S3Store  # noqa: PLC0415 - the S3 client loads only where it is used
+
+        return S3Store.from_settings(settings)
+    from eftgw.storage.filesystem import FilesystemStore  # noqa: PLC0415
+
+    return FilesystemStore(settings.resolved_storage_dir)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    clock: Clock
+    repo: SqlRepository
+    store: ObjectStore
+    locks: UploadLocks
+    audit: AuditLog
+    cases: CaseService
+    uploads: UploadService
+    files: FileService
+    signer: TokenSigner
+    verifier: TokenVerifier
+    auth: AuthService
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None) -> Gateway:
+        clock = clock or SystemClock(dt.timedelta(seconds=settings.clock_offset))
+        data_dir = settings.resolved_data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        repo = SqlRepository(settings.resolved_database_url)
+        store = build_store(settings)
+        locks: UploadLocks = LocalUploadLocks()
+        audit = AuditLog(repo, clock)
+        retention = dt.timedelta(days=settings.retention_days)
+        cases = CaseService(repo, clock, audit, retention)
+        uploads = UploadService(
+            repo,
+            store,
+            cases,
+            locks,
+            audit,
+            clock,
+            region=settings.region,
+            expiry=dt.timedelta(seconds=settings.upload_expiry),
+            max_size=settings.max_upload_size,
+        )
+        files = FileService(repo, store, cases, audit)
+        signing_key = load_or_create_signing_key(settings.signing_key or data_dir / "keys" / "issuer-ed25519.pem")
+        signer = TokenSigner(signing_key, settings.token_issuer, settings.audience, clock)
+        keys = load_trusted_keys(settings.trusted_keys_dir)
+        keys[key_id(signing_key.public_key())] = signing_key.public_key()
+        verifier = TokenVerifier(keys, settings.token_issuer, settings.audience, clock)
+        auth = AuthService(
+            repo,
+            verifier,
+            audit,
+            clock,
+            session_ttl=dt.timedelta(seconds=settings.session_ttl),
+            launch_max_ttl=dt.timedelta(seconds=settings.launch_token_max_ttl),
+        )
+        return cls(settings, clock, repo, store, locks, audit, cases, uploads, files, signer, verifier, auth)
+
+    async def start(self) -> None:
+        await self.repo.migrate()
+        await self.store.open()
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.repo.close()

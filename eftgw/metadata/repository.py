@@ -1,0 +1,421 @@
+"""The metadata repository: every read and write of cases, files, uploads, sessions and audit events.
+
+Each method is one transaction. Methods that must change several rows together (finishing an upload into a
+file) do so in one method, so a crash leaves either the old or the new state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from eftgw.metadata import schema as t
+from eftgw.model import (
+    AuditEvent,
+    Case,
+    CaseState,
+    ConcatKind,
+    FileRecord,
+    Role,
+    Session,
+    Upload,
+    UploadState,
+)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Repository(Protocol):
+    """What the core needs from metadata storage. Unknown ids return ``None``, never raise."""
+
+    async def migrate(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def get_case(self, case_id: str) -> Case | None: ...
+    async def save_case(self, case: Case) -> None: ...
+    async def list_cases(self, state: CaseState | None = None) -> list[Case]: ...
+    async def delete_case_rows(self, case_id: str) -> None: ...
+
+    async def add_file(self, record: FileRecord) -> None: ...
+    async def get_file(self, case_id: str, file_id: str) -> FileRecord | None: ...
+    async def list_files(self, case_id: str) -> list[FileRecord]: ...
+    async def delete_file(self, case_id: str, file_id: str) -> bool: ...
+
+    async def add_upload(self, upload: Upload) -> None: ...
+    async def get_upload(self, upload_id: str) -> Upload | None: ...
+    async def list_uploads(self, case_id: str, state: UploadState | None = None) -> list[Upload]: ...
+    async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]: ...
+    async def save_progress(self, upload: Upload) -> None: ...
+    async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None: ...
+    async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None: ...
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+    async def add_session(self, session: Session) -> None: ...
+    async def get_session(self, id_hash: str) -> Session | None: ...
+    async def delete_session(self, id_hash: str) -> None: ...
+    async def delete_expired(self, now: dt.datetime) -> None: ...
+    async def use_launch_jti(self, jti: str, expires_at: dt.datetime) -> bool: ...
+
+    async def add_audit(self, event: AuditEvent) -> None: ...
+    async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]: ...
+
+
+def _engine_for(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets the admin CLI run beside `serve`; synchronous=FULL makes a commit durable, which is
+            # what lets an acknowledged Upload-Offset survive kill -9 and power loss.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _case(row: Any) -> Case:
+    return Case(
+        id=row.id,
+        state=CaseState(row.state),
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _file(row: Any) -> FileRecord:
+    return FileRecord(
+        id=row.id,
+        case_id=row.case_id,
+        name=row.name,
+        size=row.size,
+        sha256=row.sha256,
+        xxh128=row.xxh128,
+        object_key=row.object_key,
+        content_type=row.content_type,
+        uploaded_at=row.uploaded_at,
+        uploaded_by=row.uploaded_by,
+        source=row.source,
+        via=row.via,
+        modified_at=row.modified_at,
+    )
+
+
+def _upload(row: Any) -> Upload:
+    return Upload(
+        id=row.id,
+        case_id=row.case_id,
+        file_id=row.file_id,
+        name=row.name,
+        length=row.length,
+        offset=row.offset,
+        state=UploadState(row.state),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        expires_at=row.expires_at,
+        created_by=row.created_by,
+        source=row.source,
+        via=row.via,
+        staging_key=row.staging_key,
+        metadata=dict(row.metadata),
+        concat=ConcatKind(row.concat),
+        partials=list(row.partials),
+        content_type=row.content_type,
+    )
+
+
+def _file_values(record: FileRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "case_id": record.case_id,
+        "name": record.name,
+        "size": record.size,
+        "sha256": record.sha256,
+        "xxh128": record.xxh128,
+        "object_key": record.object_key,
+        "content_type": record.content_type,
+        "uploaded_at": record.uploaded_at,
+        "uploaded_by": record.uploaded_by,
+        "source": record.source,
+        "via": record.via,
+        "modified_at": record.modified_at,
+    }
+
+
+class SqlRepository:
+    """:class:`Repository` over SQLAlchemy Core with an async driver (aiosqlite or asyncpg)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine_for(url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+
+        def upgrade(conn: Connection) -> None:
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Several nodes may start at once: one migrates, the others wait for it.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
+            await conn.run_sync(upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # cases -----------------------------------------------------------------------------------------
+
+    async def get_case(self, case_id: str) -> Case | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.cases).where(t.cases.c.id == case_id))).first()
+        return _case(row) if row else None
+
+    async def save_case(self, case: Case) -> None:
+        values = {
+            "state": case.state.value,
+            "opened_at": case.opened_at,
+            "closed_at": case.closed_at,
+            "updated_at": case.updated_at or case.opened_at,
+        }
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(sa.update(t.cases).where(t.cases.c.id == case.id).values(**values))
+            if updated.rowcount == 0:
+                await conn.execute(sa.insert(t.cases).values(id=case.id, **values))
+
+    async def list_cases(self, state: CaseState | None = None) -> list[Case]:
+        query = sa.select(t.cases).order_by(t.cases.c.id)
+        if state is not None:
+            query = query.where(t.cases.c.state == state.value)
+        async with self.engine.connect() as conn:
+            return [_case(r) for r in await conn.execute(query)]
+
+    async def delete_case_rows(self, case_id: str) -> None:
+        """Remove every row that belongs to the case (not the audit trail)."""
+        async with self.engine.begin() as conn:
+            for table in (t.files, t.uploads, t.sessions):
+                await conn.execute(sa.delete(table).where(table.c.case_id == case_id))
+            await conn.execute(sa.delete(t.cases).where(t.cases.c.id == case_id))
+
+    # files -----------------------------------------------------------------------------------------
+
+    async def add_file(self, record: FileRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(t.files).values(**_file_values(record)))
+
+    async def get_file(self, case_id: str, file_id: str) -> FileRecord | None:
+        query = sa.select(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _file(row) if row else None
+
+    async def list_files(self, case_id: str) -> list[FileRecord]:
+        query = (
+            sa.select(t.files).where(t.files.c.case_id == case_id).order_by(t.files.c.uploaded_at, t.files.c.id)
+        )
+        async with self.engine.connect() as conn:
+            return [_file(r) for r in await conn.execute(query)]
+
+    async def delete_file(self, case_id: str, file_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.delete(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
+            )
+        return bool(result.rowcount)
+
+    # uploads ---------------------------------------------------------------------------------------
+
+    async def add_upload(self, upload: Upload) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.uploads).values(
+                    id=upload.id,
+                    case_id=upload.case_id,
+                    file_id=upload.file_id,
+                    name=upload.name,
+                    length=upload.length,
+                    offset=upload.offset,
+                    state=upload.state.value,
+                    created_at=upload.created_at,
+                    updated_at=upload.updated_at,
+                    expires_at=upload.expires_at,
+                    created_by=upload.created_by,
+                    source=upload.source,
+                    via=upload.via,
+                    staging_key=upload.staging_key,
+                    metadata=upload.metadata,
+                    concat=upload.concat.value,
+                    partials=upload.partials,
+                    content_type=upload.content_type,
+                )
+            )
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.uploads).where(t.uploads.c.id == upload_id))).first()
+        return _upload(row) if row else None
+
+    async def list_uploads(self, case_id: str, state: UploadState | None = None) -> list[Upload]:
+        query = sa.select(t.uploads).where(t.uploads.c.case_id == case_id).order_by(t.uploads.c.created_at)
+        if state is not None:
+            query = query.where(t.uploads.c.state == state.value)
+        async with self.engine.connect() as conn:
+            return [_upload(r) for r in await conn.execute(query)]
+
+    async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]:
+        query = sa.select(t.uploads).where(t.uploads.c.expires_at <= now)
+        async with self.engine.connect() as conn:
+            return [_upload(r) for r in await conn.execute(query)]
+
+    async def save_progress(self, upload: Upload) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.uploads)
+                .where(t.uploads.c.id == upload.id)
+                .values(
+                    offset=upload.offset,
+                    length=upload.length,
+                    updated_at=upload.updated_at,
+                    expires_at=upload.expires_at,
+                    name=upload.name,
+                )
+            )
+
+    async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.uploads).where(t.uploads.c.id == upload_id).values(state=state.value, updated_at=at)
+            )
+
+    async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None:
+        """Mark the upload finished and, unless it is a partial, add its file, in one transaction."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.uploads)
+                .where(t.uploads.c.id == upload.id)
+                .values(
+                    state=UploadState.FINISHED.value,
+                    offset=upload.offset,
+                    length=upload.length,
+                    updated_at=upload.updated_at,
+                    expires_at=upload.expires_at,
+                )
+            )
+            if record is not None:
+                await conn.execute(sa.insert(t.files).values(**_file_values(record)))
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(t.uploads).where(t.uploads.c.id == upload_id))
+
+    # sessions and launch tokens ----------------------------------------------------------------------
+
+    async def add_session(self, session: Session) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.sessions).values(
+                    id_hash=session.id_hash,
+                    user=session.user,
+                    role=session.role.value,
+                    case_id=session.case_id,
+                    csrf_token=session.csrf_token,
+                    created_at=session.created_at,
+                    expires_at=session.expires_at,
+                )
+            )
+
+    async def get_session(self, id_hash: str) -> Session | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.sessions).where(t.sessions.c.id_hash == id_hash))).first()
+        if row is None:
+            return None
+        return Session(
+            id_hash=row.id_hash,
+            user=row.user,
+            role=Role(row.role),
+            case_id=row.case_id,
+            csrf_token=row.csrf_token,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+        )
+
+    async def delete_session(self, id_hash: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(t.sessions).where(t.sessions.c.id_hash == id_hash))
+
+    async def delete_expired(self, now: dt.datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(t.sessions).where(t.sessions.c.expires_at <= now))
+            await conn.execute(sa.delete(t.launch_tokens).where(t.launch_tokens.c.expires_at <= now))
+
+    async def use_launch_jti(self, jti: str, expires_at: dt.datetime) -> bool:
+        """Record a launch token's ``jti``; ``False`` if it was used before."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.insert(t.launch_tokens).values(jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    # audit -----------------------------------------------------------------------------------------
+
+    async def add_audit(self, event: AuditEvent) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.audit_events).values(
+                    at=event.at,
+                    action=event.action,
+                    actor=event.actor,
+                    role=event.role,
+                    case_id=event.case_id,
+                    target=event.target,
+                    remote=event.remote,
+                    via=event.via,
+                    detail=event.detail,
+                )
+            )
+
+    async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+        query = sa.select(t.audit_events).order_by(t.audit_events.c.id).limit(limit)
+        if case_id is not None:
+            query = query.where(t.audit_events.c.case_id == case_id)
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(query))
+        return [
+            AuditEvent(
+                id=r.id,
+                at=r.at,
+                action=r.action,
+                actor=r.actor,
+                role=r.role,
+                case_id=r.case_id,
+                target=r.target,
+                remote=r.remote,
+                via=r.via,
+                detail=dict(r.detail),
+            )
+            for r in rows
+        ]

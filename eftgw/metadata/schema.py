@@ -1,0 +1,129 @@
+"""Table definitions used by the repository's queries.
+
+The schema itself is created and changed only by the Alembic migrations in ``migrations/versions``; these
+definitions describe the newest version and must be kept in step with them (``tests/test_metadata.py``
+checks that a migrated database has exactly these columns).
+
+Tables: ``cases`` (state and closure time), ``files`` (completed files, keyed by an opaque id, with the object
+key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions`` (browser
+sessions; only a hash of the cookie value is kept), ``launch_tokens`` (used ``jti`` values, for single use),
+``audit_events`` (append-only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """An aware UTC datetime on every backend (SQLite keeps naive text; PostgreSQL uses timestamptz)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+metadata = sa.MetaData()
+
+cases = sa.Table(
+    "cases",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("closed_at", UTCDateTime()),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("case_id", sa.String(128), nullable=False, index=True),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("xxh128", sa.String(32), nullable=False),
+    sa.Column("object_key", sa.String(512), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("uploaded_at", UTCDateTime(), nullable=False),
+    sa.Column("uploaded_by", sa.String(255), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),
+    sa.Column("modified_at", UTCDateTime()),
+)
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("case_id", sa.String(128), nullable=False, index=True),
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("length", sa.BigInteger),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),
+    sa.Column("staging_key", sa.String(512), nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("concat", sa.String(16), nullable=False),
+    sa.Column("partials", sa.JSON, nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("case_id", sa.String(128), index=True),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+launch_tokens = sa.Table(
+    "launch_tokens",
+    metadata,
+    sa.Column("jti", sa.String(128), primary_key=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("case_id", sa.String(128), index=True),
+    sa.Column("target", sa.String(255)),
+    sa.Column("remote", sa.String(255)),
+    sa.Column("via", sa.String(16)),
+    sa.Column("detail", sa.JSON, nullable=False),
+)

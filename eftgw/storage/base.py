@@ -1,0 +1,111 @@
+"""The store contract (after tusd's ``DataStore``): staging writes with durable commits, promotion of a
+finished upload to an object, concatenation, ranged reads, deletion and listing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+from eftgw.errors import StorageUnavailable
+
+
+class StorageError(StorageUnavailable):
+    """A backend failed; the message is safe to show, the backend's own error is the ``__cause__``."""
+
+
+class ObjectNotFound(Exception):
+    """The key does not exist in the store."""
+
+
+def object_key(case_id: str, file_id: str) -> str:
+    return f"cases/{case_id}/{file_id}"
+
+
+def staging_key(case_id: str, upload_id: str) -> str:
+    return f"uploads/{case_id}/{upload_id}"
+
+
+class UploadWriter(Protocol):
+    """Appends to one staging upload from the offset it was opened at."""
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data`` after what was written before. Not durable until :meth:`commit`."""
+        ...
+
+    async def commit(self) -> int:
+        """Make everything written so far durable; return the durable size of the staging data."""
+        ...
+
+    async def rollback(self) -> None:
+        """Forget everything written since the last commit (or since opening)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the writer's resources. Uncommitted data is dropped, never made visible."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """The small storage contract every backend implements. Each method states its contract."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Prepare the backend (create the directory or bucket); raise :class:`StorageError` if impossible."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def create_staging(self, key: str) -> None:
+        """Create empty staging data at ``key`` (durably). Creating an existing key empties it."""
+        ...
+
+    async def staging_size(self, key: str) -> int:
+        """Return the committed size of the staging data; :class:`ObjectNotFound` if it does not exist."""
+        ...
+
+    async def open_writer(self, key: str, offset: int) -> UploadWriter:
+        """Open staging data for appending at ``offset``, dropping anything stored beyond it.
+
+        ``offset`` must not exceed the committed size; :class:`ObjectNotFound` if the key does not exist.
+        """
+        ...
+
+    def read_staging(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the committed staging bytes ``[start, end)``."""
+        ...
+
+    async def delete_staging(self, key: str) -> None:
+        """Delete staging data and everything that belongs to it; deleting a missing key is not an error."""
+        ...
+
+    async def promote(self, staging: str, key: str, tags: Mapping[str, str]) -> None:
+        """Turn finished staging data into the object ``key`` without copying through the gateway.
+
+        Idempotent: if the staging data is gone and ``key`` exists, the promotion already happened.
+        """
+        ...
+
+    async def concatenate(self, stagings: list[str], key: str, tags: Mapping[str, str]) -> None:
+        """Make the object ``key`` from several finished staging uploads, in order; the parts remain."""
+        ...
+
+    async def object_size(self, key: str) -> int:
+        """Size of the object; :class:`ObjectNotFound` if there is none."""
+        ...
+
+    def read_object(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the bytes ``[start, end)`` of the object; :class:`ObjectNotFound` if there is none."""
+        ...
+
+    async def object_tags(self, key: str) -> dict[str, str]:
+        """The tags given at promotion or concatenation."""
+        ...
+
+    async def delete_object(self, key: str) -> None:
+        """Delete the object (every version of it); deleting a missing key is not an error."""
+        ...
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``: objects and staging data, including leftovers of unfinished work."""
+        ...

@@ -1,0 +1,265 @@
+"""The embedded default store: a local directory.
+
+Staging data is one file per upload; a commit is ``fsync`` of that file, so a committed size survives
+``kill -9`` and power loss. Promotion is a ``rename`` within the same filesystem (then ``fsync`` of both
+directories). Tags are kept in a sidecar ``<key>.tags.json`` removed with the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from eftgw.storage.base import ObjectNotFound, StorageError
+
+T = TypeVar("T")
+READ_BLOCK = 1024 * 1024
+TAGS_SUFFIX = ".tags.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemWriter:
+    """Appends with ``pwrite`` in a worker thread; :meth:`commit` is ``fsync``."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._committed = offset
+        self._position = offset
+
+    async def write(self, data: bytes) -> None:
+        position = self._position
+        self._position += len(data)
+        await asyncio.to_thread(self._pwrite_all, data, position)
+
+    def _pwrite_all(self, data: bytes, position: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, position)
+            view = view[written:]
+            position += written
+
+    async def commit(self) -> int:
+        await asyncio.to_thread(os.fsync, self._fd)
+        self._committed = self._position
+        return self._committed
+
+    async def rollback(self) -> None:
+        await asyncio.to_thread(self._truncate, self._committed)
+        self._position = self._committed
+
+    def _truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        os.fsync(self._fd)
+
+    async def close(self) -> None:
+        if self._position != self._committed:
+            await self.rollback()
+        os.close(self._fd)
+
+
+class FilesystemStore:
+    """:class:`~eftgw.storage.ObjectStore` over a local directory."""
+
+    name = "filesystem"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") or "\x00" in p for p in parts):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def open(self) -> None:
+        try:
+            for sub in ("cases", "uploads"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError("The storage directory cannot be created.") from exc
+
+    async def close(self) -> None:
+        return None
+
+    async def create_staging(self, key: str) -> None:
+        path = self._path(key)
+
+        def create() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(path.parent)
+
+        await self._run(create)
+
+    async def staging_size(self, key: str) -> int:
+        return await self._size(self._path(key))
+
+    async def open_writer(self, key: str, offset: int) -> FilesystemWriter:
+        path = self._path(key)
+
+        def open_at() -> int:
+            fd = os.open(path, os.O_WRONLY)
+            size = os.fstat(fd).st_size
+            if offset > size:
+                os.close(fd)
+                raise ValueError(f"offset {offset} beyond stored size {size}")
+            if size > offset:  # bytes that were never acknowledged (a crash mid-request)
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            return fd
+
+        fd = await self._run(open_at)
+        return FilesystemWriter(fd, offset)
+
+    def read_staging(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self._read(self._path(key), start, end)
+
+    async def delete_staging(self, key: str) -> None:
+        await self._unlink(self._path(key))
+
+    async def promote(self, staging: str, key: str, tags: Mapping[str, str]) -> None:
+        source, target = self._path(staging), self._path(key)
+
+        def move() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._write_tags(target, tags)
+            if not source.exists() and target.exists():
+                return
+            os.replace(source, target)
+            _fsync_dir(target.parent)
+            _fsync_dir(source.parent)
+
+        await self._run(move)
+
+    async def concatenate(self, stagings: list[str], key: str, tags: Mapping[str, str]) -> None:
+        sources = [self._path(s) for s in stagings]
+        target = self._path(key)
+
+        def join() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".joining")
+            with open(tmp, "wb") as out:
+                for source in sources:
+                    with open(source, "rb") as src:
+                        while block := src.read(READ_BLOCK):
+                            out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            self._write_tags(target, tags)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+
+        await self._run(join)
+
+    async def object_size(self, key: str) -> int:
+        return await self._size(self._path(key))
+
+    def read_object(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self._read(self._path(key), start, end)
+
+    async def object_tags(self, key: str) -> dict[str, str]:
+        path = self._path(key)
+        try:
+            text = await asyncio.to_thread(path.with_name(path.name + TAGS_SUFFIX).read_text)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        return dict(json.loads(text))
+
+    async def delete_object(self, key: str) -> None:
+        path = self._path(key)
+        await self._unlink(path)
+        await self._unlink(path.with_name(path.name + TAGS_SUFFIX))
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        def walk() -> list[str]:
+            out: list[str] = []
+            for dirpath, _dirs, names in os.walk(self.root):
+                for name in names:
+                    rel = Path(dirpath, name).relative_to(self.root).as_posix()
+                    if rel.startswith(prefix):
+                        out.append(rel)
+            return sorted(out)
+
+        return await self._run(walk)
+
+    # helpers ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _write_tags(target: Path, tags: Mapping[str, str]) -> None:
+        sidecar = target.with_name(target.name + TAGS_SUFFIX)
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(dict(tags), out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, sidecar)
+
+    async def _size(self, path: Path) -> int:
+        try:
+            return (await asyncio.to_thread(path.stat)).st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(str(path)) from exc
+        except OSError as exc:
+            raise StorageError() from exc
+
+    async def _unlink(self, path: Path) -> None:
+        def unlink() -> None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+            # Remove the case's directory once it is empty, so a purge leaves nothing behind.
+            parent = path.parent
+            while parent != self.root and parent.parent != self.root:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+        await self._run(unlink)
+
+    async def _read(self, path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:
+        try:
+            handle = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(str(path)) from exc
+        try:
+            await asyncio.to_thread(handle.seek, start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                size = READ_BLOCK if remaining is None else min(READ_BLOCK, remaining)
+                block = await asyncio.to_thread(handle.read, size)
+                if not block:
+                    break
+                if remaining is not None:
+                    remaining -= len(block)
+                yield block
+        finally:
+            handle.close()
+
+    @staticmethod
+    async def _run(fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(str(exc.filename)) from exc
+        except (ValueError, ObjectNotFound):
+            raise
+        except OSError as exc:
+            raise StorageError() from exc

@@ -1,0 +1,493 @@
+"""UploadService: create, append at an offset, finish and terminate uploads, for every transport.
+
+The workflow of an append (one tus PATCH, or a run of SFTP writes):
+
+1. take the upload's lock (a newer request takes over a stale one);
+2. check the case is open and the offset is the durable one;
+3. stream the body into the store in blocks, hashing on the way (whole-file SHA-256/xxh128, and the
+   request's own checksum if it has one); reading the next block overlaps writing the previous one;
+4. on a checksum mismatch, roll back to the old offset; on a dropped body without a checksum, keep what
+   arrived; then commit (fsync) and only then record the new offset, which is what gets acknowledged;
+5. when the offset reaches the length, promote the staging data to the case's object and add the file.
+
+Whole-file digests are carried in memory between requests, so resuming on a living gateway never re-reads
+stored data; after a restart the stored prefix is read once to rebuild them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+
+from eftgw.audit import AuditLog
+from eftgw.cases import CaseService
+from eftgw.clock import Clock
+from eftgw.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    DomainError,
+    Forbidden,
+    LengthExceeded,
+    OffsetMismatch,
+    UploadGone,
+    UploadIncomplete,
+    UploadLocked,
+    UploadNotFound,
+    UploadTooLarge,
+)
+from eftgw.hashing import ChunkChecksum, FileDigests
+from eftgw.ids import new_file_id, new_upload_id
+from eftgw.locks import UploadLease, UploadLocks
+from eftgw.metadata import Repository
+from eftgw.model import ConcatKind, FileRecord, Principal, Upload, UploadState
+from eftgw.names import sanitize_content_type, sanitize_name
+from eftgw.storage import ObjectNotFound, ObjectStore, UploadWriter, object_key, staging_key
+
+log = logging.getLogger("eftgw.uploads")
+
+BLOCK_SIZE = 1024 * 1024
+TOMBSTONE = dt.timedelta(days=1)
+
+
+class BodyInterrupted(Exception):
+    """The transport lost the request body midway (client gone). What arrived before is kept."""
+
+
+class _TakenOver(Exception):
+    pass
+
+
+class UploadService:
+    def __init__(
+        self,
+        repo: Repository,
+        store: ObjectStore,
+        cases: CaseService,
+        locks: UploadLocks,
+        audit: AuditLog,
+        clock: Clock,
+        *,
+        region: str,
+        expiry: dt.timedelta,
+        max_size: int | None = None,
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.cases = cases
+        self.locks = locks
+        self.audit = audit
+        self.clock = clock
+        self.region = region
+        self.expiry = expiry
+        self.max_size = max_size
+        self._digests: dict[str, FileDigests] = {}
+
+    # creation --------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        principal: Principal,
+        case_id: str,
+        *,
+        length: int | None,
+        metadata: dict[str, str],
+        via: str = "http",
+        concat: ConcatKind = ConcatKind.NONE,
+        partial_ids: list[str] | None = None,
+    ) -> Upload:
+        """Create an upload. ``length=None`` defers the length (creation-defer-length)."""
+        if not principal.may_access_case(case_id):
+            raise UploadNotFound("No such case for this sign-in.")
+        await self.cases.require_open(case_id)
+        partials: list[Upload] = []
+        if concat is ConcatKind.FINAL:
+            partials = await self._resolve_partials(principal, case_id, partial_ids or [])
+            length = sum(p.length or 0 for p in partials)
+        if length is not None:
+            if length < 0:
+                raise BadRequest("Upload-Length must not be negative.")
+            if self.max_size is not None and length > self.max_size:
+                raise UploadTooLarge(f"The file is larger than this gateway accepts ({self.max_size} bytes).")
+        now = self.clock.now()
+        upload_id = new_upload_id()
+        name = sanitize_name(metadata.get("filename") or metadata.get("name"))
+        upload = Upload(
+            id=upload_id,
+            case_id=case_id,
+            file_id=new_file_id(),
+            name=name,
+            length=length,
+            offset=0,
+            state=UploadState.ACTIVE,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + self.expiry,
+            created_by=principal.user,
+            source=principal.source,
+            via=via,
+            staging_key=staging_key(case_id, upload_id),
+            metadata=metadata,
+            concat=concat,
+            partials=[p.id for p in partials],
+            content_type=sanitize_content_type(metadata.get("filetype") or metadata.get("type")),
+        )
+        if concat is not ConcatKind.FINAL:
+            await self.store.create_staging(upload.staging_key)
+        await self.repo.add_upload(upload)
+        await self.audit.record(
+            "upload.created", principal, case_id, upload.id, name=name, length=length, concat=concat.value
+        )
+        if concat is ConcatKind.FINAL or length == 0:
+            async with self.locks.hold(upload.id):
+                await self._complete(upload, principal, self._fresh_digests(upload))
+        return upload
+
+    async def _resolve_partials(self, principal: Principal, case_id: str, ids: list[str]) -> list[Upload]:
+        if not ids:
+            raise BadRequest("A final upload must name its partial uploads.")
+        partials = []
+        for upload_id in ids:
+            partial = await self.repo.get_upload(upload_id)
+            if partial is None or partial.case_id != case_id or partial.concat is not ConcatKind.PARTIAL:
+                raise UploadNotFound("A partial upload named in the concatenation does not exist.")
+            if partial.state is UploadState.TERMINATED:
+                raise UploadGone("A partial upload named in the concatenation has expired or was cancelled.")
+            if partial.state is not UploadState.FINISHED:
+                raise UploadIncomplete()
+            partials.append(partial)
+        return partials
+
+    # reading ---------------------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, case_id: str, upload_id: str) -> Upload:
+        """The upload as a client may see it; finishes a complete upload a crash left unfinished."""
+        upload = await self._visible(principal, case_id, upload_id)
+        if upload.state is UploadState.ACTIVE and (upload.is_complete or upload.concat is ConcatKind.FINAL):
+            async with self.locks.hold(upload.id):
+                upload = await self._visible(principal, case_id, upload_id)
+                if upload.state is UploadState.ACTIVE:
+                    await self._complete(upload, principal, None)
+        return upload
+
+    async def list_active(self, principal: Principal, case_id: str) -> list[Upload]:
+        if not principal.may_access_case(case_id):
+            raise UploadNotFound("No such case for this sign-in.")
+        await self.cases.get(case_id)
+        now = self.clock.now()
+        return [
+            u
+            for u in await self.repo.list_uploads(case_id, UploadState.ACTIVE)
+            if u.expires_at > now and u.concat is not ConcatKind.FINAL
+        ]
+
+    async def _visible(self, principal: Principal, case_id: str, upload_id: str) -> Upload:
+        if not principal.may_access_case(case_id):
+            raise UploadNotFound()
+        upload = await self.repo.get_upload(upload_id)
+        if upload is None or upload.case_id != case_id:
+            raise UploadNotFound()
+        if upload.state is UploadState.TERMINATED:
+            raise UploadGone()
+        if upload.state is UploadState.ACTIVE and upload.expires_at <= self.clock.now():
+            raise UploadGone()
+        return upload
+
+    # appending -------------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        principal: Principal,
+        case_id: str,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        *,
+        checksum: ChunkChecksum | None = None,
+        declared_length: int | None = None,
+    ) -> Upload:
+        """Append a request body at ``offset``; return the upload with its new durable offset.
+
+        Raises :class:`OffsetMismatch` unless ``offset`` is the durable offset, :class:`ChecksumMismatch` (the
+        chunk discarded), :class:`LengthExceeded`, :class:`CaseClosed`, and :class:`BodyInterrupted` after
+        keeping what arrived when the transport lost the body.
+        """
+        await self._visible(principal, case_id, upload_id)
+        async with self.locks.hold(upload_id) as lease:
+            upload = await self._visible(principal, case_id, upload_id)
+            if upload.concat is ConcatKind.FINAL:
+                raise Forbidden("A final (concatenated) upload cannot be written to.")
+            if upload.state is UploadState.FINISHED:
+                if offset != upload.offset:
+                    raise OffsetMismatch()
+                if await _has_data(body):
+                    raise LengthExceeded("This upload is already complete.")
+                return upload
+            await self.cases.require_open(case_id)
+            if offset != upload.offset:
+                raise OffsetMismatch(
+                    f"The upload is at offset {upload.offset}, not {offset}; resume from {upload.offset}."
+                )
+            if declared_length is not None:
+                self._declare_length(upload, declared_length)
+            digests = await self._digests_for(upload)
+            await self._write_body(upload, body, digests, checksum, lease)
+            if upload.is_complete:
+                await self._complete(upload, principal, self._digests.get(upload.id))
+            return upload
+
+    def _declare_length(self, upload: Upload, length: int) -> None:
+        if upload.length is not None:
+            if upload.length != length:
+                raise BadRequest("Upload-Length cannot be changed once set.")
+            return
+        if length < upload.offset:
+            raise BadRequest("Upload-Length is smaller than what was already uploaded.")
+        if self.max_size is not None and length > self.max_size:
+            raise UploadTooLarge(f"The file is larger than this gateway accepts ({self.max_size} bytes).")
+        upload.length = length
+
+    async def _write_body(
+        self,
+        upload: Upload,
+        body: AsyncIterator[bytes],
+        digests: FileDigests,
+        checksum: ChunkChecksum | None,
+        lease: UploadLease,
+    ) -> None:
+        before = digests.copy()
+        writer = await self.store.open_writer(upload.staging_key, upload.offset)
+        pending: asyncio.Future[None] | None = None
+        written = 0
+        stopped: Exception | None = None
+
+        async def absorb(block: bytes) -> None:
+            nonlocal pending
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(self._consume(writer, digests, checksum, block))
+
+        try:
+            buffer = bytearray()
+            iterator = aiter(body)
+            while True:
+                try:
+                    chunk = await _next_chunk(iterator, lease)
+                except (BodyInterrupted, _TakenOver) as exc:
+                    stopped = exc
+                    break
+                if chunk is None:
+                    break
+                received = upload.offset + written + len(buffer) + len(chunk)
+                if upload.length is not None and received > upload.length:
+                    raise LengthExceeded()
+                buffer += chunk
+                if len(buffer) >= BLOCK_SIZE:
+                    block = bytes(buffer)
+                    buffer.clear()
+                    written += len(block)
+                    await absorb(block)
+            if buffer:
+                written += len(buffer)
+                await absorb(bytes(buffer))
+            if pending is not None:
+                await pending
+                pending = None
+            keep = stopped is None or checksum is None
+            if checksum is not None and stopped is None and not checksum.matches():
+                raise ChecksumMismatch()
+            if not keep or written == 0:
+                await writer.rollback()
+                self._digests[upload.id] = before
+            else:
+                await asyncio.shield(self._commit(upload, writer, digests, written))
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending
+            await asyncio.shield(writer.rollback())
+            self._digests[upload.id] = before
+            raise
+        finally:
+            await writer.close()
+        if isinstance(stopped, _TakenOver):
+            raise UploadLocked("A newer request took over this upload.")
+        if stopped is not None:
+            raise stopped
+
+    async def _commit(self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int) -> None:
+        durable = await writer.commit()
+        upload.offset += written
+        if durable != upload.offset:
+            raise RuntimeError(f"store reports {durable} durable bytes, expected {upload.offset}")
+        now = self.clock.now()
+        upload.updated_at = now
+        upload.expires_at = now + self.expiry
+        await self.repo.save_progress(upload)
+        self._digests[upload.id] = digests
+
+    @staticmethod
+    async def _consume(
+        writer: UploadWriter, digests: FileDigests, checksum: ChunkChecksum | None, block: bytes
+    ) -> None:
+        def hash_block() -> None:
+            digests.update(block)
+            if checksum is not None:
+                checksum.update(block)
+
+        await asyncio.gather(asyncio.to_thread(hash_block), writer.write(block))
+
+    # digests ---------------------------------------------------------------------------------------
+
+    def _fresh_digests(self, upload: Upload) -> FileDigests | None:
+        cached = self._digests.get(upload.id)
+        return cached if cached is not None and cached.size == upload.offset else None
+
+    async def _digests_for(self, upload: Upload) -> FileDigests:
+        cached = self._fresh_digests(upload)
+        if cached is not None:
+            return cached
+        digests = FileDigests()
+        if upload.offset:
+            log.info("rebuilding digests of upload %s from %d stored bytes", upload.id, upload.offset)
+            async for block in self.store.read_staging(upload.staging_key, 0, upload.offset):
+                await asyncio.to_thread(digests.update, block)
+        self._digests[upload.id] = digests
+        return digests
+
+    # completion ------------------------------------------------------------------------------------
+
+    async def _complete(self, upload: Upload, principal: Principal, digests: FileDigests | None) -> None:
+        """Turn a complete upload into a file (idempotent; also run to recover after a crash)."""
+        key = object_key(upload.case_id, upload.file_id)
+        tags = {"case": upload.case_id, "region": self.region, "file": upload.file_id}
+        if upload.concat is ConcatKind.PARTIAL:
+            await self.repo.finish_upload(upload, None)
+            upload.state = UploadState.FINISHED
+            self._digests.pop(upload.id, None)
+            return
+        if upload.concat is ConcatKind.FINAL:
+            partials = [await self.repo.get_upload(pid) for pid in upload.partials]
+            await self.store.concatenate([p.staging_key for p in partials if p is not None], key, tags)
+            digests = None
+        elif digests is None or digests.size != upload.offset:
+            digests = None
+            with contextlib.suppress(ObjectNotFound):
+                digests = await self._digests_for(upload)
+        if digests is None:
+            digests = FileDigests()
+            async for block in self.store.read_object(key):
+                await asyncio.to_thread(digests.update, block)
+            upload.offset = digests.size
+            upload.length = digests.size
+        if upload.concat is not ConcatKind.FINAL:
+            await self.store.promote(upload.staging_key, key, {**tags, "sha256": digests.sha256_hex})
+        now = self.clock.now()
+        record = FileRecord(
+            id=upload.file_id,
+            case_id=upload.case_id,
+            name=upload.name,
+            size=digests.size,
+            sha256=digests.sha256_hex,
+            xxh128=digests.xxh128_hex,
+            object_key=key,
+            content_type=upload.content_type,
+            uploaded_at=now,
+            uploaded_by=upload.created_by,
+            source=upload.source,
+            via=upload.via,
+        )
+        upload.updated_at = now
+        upload.expires_at = now + self.expiry
+        await self.repo.finish_upload(upload, record)
+        upload.state = UploadState.FINISHED
+        self._digests.pop(upload.id, None)
+        if upload.concat is ConcatKind.FINAL:
+            for pid in upload.partials:
+                partial = await self.repo.get_upload(pid)
+                if partial is not None:
+                    await self.store.delete_staging(partial.staging_key)
+                    await self.repo.delete_upload(pid)
+        await self.audit.record(
+            "upload.completed",
+            principal,
+            upload.case_id,
+            upload.id,
+            file_id=record.id,
+            size=record.size,
+            sha256=record.sha256,
+            via=upload.via,
+        )
+
+    # termination and expiry ------------------------------------------------------------------------
+
+    async def terminate(self, principal: Principal, case_id: str, upload_id: str) -> None:
+        """Cancel an upload: its stored data is deleted at once; the URL answers 410 for a while."""
+        await self._visible(principal, case_id, upload_id)
+        async with self.locks.hold(upload_id):
+            upload = await self._visible(principal, case_id, upload_id)
+            if upload.state is UploadState.FINISHED and upload.concat is not ConcatKind.PARTIAL:
+                raise Forbidden("This upload is complete; delete the file instead.")
+            await self._discard(upload)
+            await self.audit.record("upload.terminated", principal, case_id, upload_id)
+
+    async def _discard(self, upload: Upload) -> None:
+        await self.store.delete_staging(upload.staging_key)
+        now = self.clock.now()
+        await self.repo.set_upload_state(upload.id, UploadState.TERMINATED, now)
+        upload.state = UploadState.TERMINATED
+        upload.expires_at = now + TOMBSTONE
+        await self.repo.save_progress(upload)
+        self._digests.pop(upload.id, None)
+
+    async def sweep_expired(self, principal: Principal) -> int:
+        """Delete the data of idle unfinished uploads and forget old upload records; return how many."""
+        count = 0
+        for upload in await self.repo.list_expired_uploads(self.clock.now()):
+            async with self.locks.hold(upload.id):
+                current = await self.repo.get_upload(upload.id)
+                if current is None or current.expires_at > self.clock.now():
+                    continue
+                unfinished = current.state is UploadState.ACTIVE or (
+                    current.state is UploadState.FINISHED and current.concat is ConcatKind.PARTIAL
+                )
+                if unfinished:
+                    await self._discard(current)
+                    await self.audit.record("upload.expired", principal, current.case_id, current.id)
+                    count += 1
+                else:
+                    await self.store.delete_staging(current.staging_key)
+                    await self.repo.delete_upload(current.id)
+        return count
+
+
+async def _next_chunk(iterator: AsyncIterator[bytes], lease: UploadLease) -> bytes | None:
+    """The next chunk of the body, ``None`` at its end; raises :class:`_TakenOver` if a newer request came."""
+    if not lease.still_valid():
+        raise _TakenOver()
+    read = asyncio.ensure_future(anext(iterator, None))
+    if read.done():
+        return read.result()
+    interrupted = asyncio.ensure_future(lease.interrupted.wait())
+    try:
+        done, _ = await asyncio.wait({read, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        interrupted.cancel()
+    if read in done:
+        return read.result()
+    read.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await read
+    raise _TakenOver()
+
+
+async def _has_data(body: AsyncIterator[bytes]) -> bool:
+    async for chunk in body:
+        if chunk:
+            return True
+    return False
+
+
+__all__ = ["BodyInterrupted", "DomainError", "UploadService"]
