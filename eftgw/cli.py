@@ -1,0 +1,110 @@
+"""The ``eftgw`` command: ``serve`` and the operators' admin commands (same configuration as ``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from eftgw.clock import isoformat, parse_instant
+from eftgw.config import Settings
+from eftgw.errors import DomainError
+from eftgw.gateway import Gateway
+from eftgw.model import Case, Principal, Role
+
+OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
+
+
+def case_json(gateway: Gateway, case: Case) -> dict[str, Any]:
+    due = case.purge_due_at(gateway.cases.retention)
+    return {
+        "id": case.id,
+        "state": case.state.value,
+        "opened_at": isoformat(case.opened_at),
+        "closed_at": isoformat(case.closed_at) if case.closed_at else None,
+        "purge_due_at": isoformat(due) if due else None,
+    }
+
+
+async def with_gateway(settings: Settings, action: Callable[[Gateway], Awaitable[int]]) -> int:
+    gateway = Gateway.build(settings)
+    await gateway.start()
+    try:
+        return await action(gateway)
+    finally:
+        await gateway.close()
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from eftgw.server import serve  # noqa: PLC0415
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_case(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(gw: Gateway) -> int:
+        if args.action == "open":
+            case = await gw.cases.open(OPERATOR, args.case_id)
+        elif args.action == "close":
+            at = parse_instant(args.at) if args.at else None
+            case = await gw.cases.close(OPERATOR, args.case_id, at)
+        elif args.action == "reopen":
+            case = await gw.cases.reopen(OPERATOR, args.case_id)
+        else:
+            case = await gw.cases.get(args.case_id)
+        print(json.dumps(case_json(gw, case)))
+        return 0
+
+    return asyncio.run(with_gateway(settings, action))
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    gateway = Gateway.build(settings)
+    role = Role(args.role)
+    case_id = args.case_id if args.case_id != "-" else None
+    typ = "launch" if args.launch else "access"
+    ttl = args.ttl if args.ttl is not None else (120 if args.launch else 3600)
+    print(gateway.signer.mint(role=role, user=args.user or role.value, case_id=case_id, ttl=ttl, typ=typ))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eftgw", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (EFTGW_* environment variables override it)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run HTTPS, SFTP and the background workers")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("case", help="open, close, reopen or show a case")
+    p.add_argument("action", choices=["open", "close", "reopen", "show"])
+    p.add_argument("case_id")
+    p.add_argument("--at", help="with close: the ISO 8601 time the case closed (default: now)")
+    p.set_defaults(func=cmd_case)
+
+    p = sub.add_parser("token", help="print a token signed with the gateway's issuer key")
+    p.add_argument("case_id", help="the case the token is bound to ('-' for none: engineer or service)")
+    p.add_argument("--role", choices=[r.value for r in Role], required=True)
+    p.add_argument("--user")
+    p.add_argument("--ttl", type=int, help="seconds (default 3600, or 120 with --launch)")
+    p.add_argument("--launch", action="store_true", help="a one-time launch token for /launch")
+    p.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.load(args.config)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(settings, args))
+    except DomainError as exc:
+        print(f"eftgw: {exc.message}", file=sys.stderr)
+        return 2
