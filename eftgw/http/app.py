@@ -1,0 +1,35 @@
+"""Builds the aiohttp application from a :class:`~eftgw.gateway.Gateway`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from eftgw.gateway import Gateway
+from eftgw.http import files, integration, openapi, session, tus
+from eftgw.http.keys import GATEWAY
+from eftgw.http.middleware import cors_middleware, errors_middleware, security_headers_middleware
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok", "region": request.app[GATEWAY].settings.region})
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi_document(request: web.Request) -> web.StreamResponse:
+    document = openapi.document()
+    document["servers"] = [{"url": request.app[GATEWAY].settings.resolved_public_url}]
+    return web.json_response(document)
+
+
+def make_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[security_headers_middleware, cors_middleware, errors_middleware],
+        client_max_size=1024 * 1024,  # JSON and form bodies; upload bodies are streamed, not read whole
+    )
+    app[GATEWAY] = gateway
+    for table in (routes, session.routes, tus.routes, files.routes, integration.routes):
+        app.add_routes(table)
+    return app

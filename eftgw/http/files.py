@@ -1,0 +1,169 @@
+"""The files API: the case, its files, their content with single ranges (resumable downloads), deletion.
+
+``GET /api/v1/cases/{case_id}`` (state and purge date), ``GET /api/v1/cases/{case_id}/files`` (JSON list),
+``GET|HEAD|DELETE /api/v1/cases/{case_id}/files/{file_id}``, and
+``GET|HEAD /api/v1/cases/{case_id}/files/{file_id}/content`` with ``Range`` / ``If-Range``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from eftgw.cases import CaseView
+from eftgw.clock import isoformat
+from eftgw.errors import RangeNotSatisfiable
+from eftgw.hashing import repr_digest
+from eftgw.http.keys import gateway_of
+from eftgw.http.session import authenticate
+from eftgw.model import FileRecord
+
+routes = web.RouteTableDef()
+
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def case_json(view: CaseView) -> dict[str, Any]:
+    case = view.case
+    return {
+        "id": case.id,
+        "state": case.state.value,
+        "opened_at": isoformat(case.opened_at),
+        "closed_at": isoformat(case.closed_at) if case.closed_at else None,
+        "purge_due_at": isoformat(view.purge_due_at) if view.purge_due_at else None,
+    }
+
+
+def file_json(record: FileRecord, view: CaseView | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "size": record.size,
+        "sha256": record.sha256,
+        "xxh128": record.xxh128,
+        "uploaded_at": isoformat(record.uploaded_at),
+        "uploaded_by": record.uploaded_by,
+        "source": record.source,
+        "via": record.via,
+        "content_type": record.content_type,
+    }
+    if view is not None:
+        out["purge_due_at"] = isoformat(view.purge_due_at) if view.purge_due_at else None
+    return out
+
+
+def content_disposition(name: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact name as RFC 5987 ``filename*``."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\%;' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+@routes.get("/api/v1/cases/{case_id}")
+async def get_case(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    view = await gateway_of(request).cases.view(principal, request.match_info["case_id"])
+    return web.json_response(case_json(view))
+
+
+@routes.get("/api/v1/cases/{case_id}/files")
+async def list_files(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    gateway = gateway_of(request)
+    case_id = request.match_info["case_id"]
+    view = await gateway.cases.view(principal, case_id)
+    records = await gateway.files.list(principal, case_id)
+    response = web.json_response([file_json(r, view) for r in records])
+    response.headers["Eftgw-Case-State"] = view.case.state.value
+    if view.purge_due_at:
+        response.headers["Eftgw-Purge-Due-At"] = isoformat(view.purge_due_at)
+    return response
+
+
+@routes.get("/api/v1/cases/{case_id}/files/{file_id}")
+async def get_file(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    gateway = gateway_of(request)
+    case_id = request.match_info["case_id"]
+    record = await gateway.files.get(principal, case_id, request.match_info["file_id"])
+    view = await gateway.cases.view(principal, case_id)
+    return web.json_response(file_json(record, view))
+
+
+@routes.delete("/api/v1/cases/{case_id}/files/{file_id}")
+async def delete_file(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    await gateway_of(request).files.delete(principal, request.match_info["case_id"], request.match_info["file_id"])
+    return web.Response(status=204)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A single byte range as ``(start, end_exclusive)``; ``None`` for the whole file.
+
+    Raises :class:`RangeNotSatisfiable` for a range outside the file; multiple ranges are answered whole.
+    """
+    if not header:
+        return None
+    match = RANGE.match(header.strip())
+    if not match:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiable()
+        return max(0, size - suffix), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        raise RangeNotSatisfiable()
+    return start, end
+
+
+@routes.get("/api/v1/cases/{case_id}/files/{file_id}/content")
+async def content(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    gateway = gateway_of(request)
+    case_id, file_id = request.match_info["case_id"], request.match_info["file_id"]
+    record = await gateway.files.get(principal, case_id, file_id)
+    etag = f'"{record.sha256}"'
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": content_disposition(record.name),
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Repr-Digest": repr_digest(record.sha256),
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if_range = request.headers.get("If-Range")
+    range_header = request.headers.get("Range") if if_range in (None, etag) else None
+    try:
+        span = parse_range(range_header, record.size)
+    except RangeNotSatisfiable:
+        headers["Content-Range"] = f"bytes */{record.size}"
+        return web.json_response(
+            {"code": "range_not_satisfiable", "message": "The requested range is outside the file."},
+            status=416,
+            headers=headers,
+        )
+    start, end = span or (0, record.size)
+    status = 206 if span is not None else 200
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
+    if request.method == "HEAD":
+        response = web.Response(status=status, headers=headers)
+        response.content_length = end - start
+        return response
+    download = await gateway.files.open(principal, case_id, file_id, start, end)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await response.prepare(request)
+    async for block in download.stream:
+        await response.write(block)
+    await response.write_eof()
+    return response

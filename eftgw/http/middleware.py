@@ -1,0 +1,123 @@
+"""Cross-cutting HTTP behaviour: error translation, security headers, CORS, access log without secrets."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from eftgw.errors import DomainError
+from eftgw.http.keys import gateway_of
+from eftgw.uploads import BodyInterrupted
+
+log = logging.getLogger("eftgw.http")
+access_log = logging.getLogger("eftgw.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+TUS_VERSION = "1.0.0"
+TUS_HEADERS = [
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Expires",
+    "Upload-Checksum",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+]
+ALLOWED_HEADERS = [*TUS_HEADERS, "Authorization", "Content-Type", "X-CSRF-Token", "X-Requested-With", "Range"]
+EXPOSED_HEADERS = [*TUS_HEADERS, "Location", "Repr-Digest", "Content-Disposition", "Content-Range", "ETag"]
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+
+
+def error_response(exc: DomainError, request: web.Request) -> web.Response:
+    response = web.json_response({"code": exc.code, "message": exc.message}, status=exc.status)
+    if request.path.startswith("/api/v1/cases/") and "/uploads" in request.path:
+        response.headers["Tus-Resumable"] = TUS_VERSION
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Domain errors to JSON; anything unexpected to a 500 without internals (logged with its trace)."""
+    try:
+        return await handler(request)
+    except DomainError as exc:
+        return error_response(exc, request)
+    except BodyInterrupted:
+        log.info("client went away during %s %s; what arrived was kept", request.method, request.path)
+        return web.json_response({"code": "body_interrupted", "message": "The request body was cut off."}, status=400)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            body = {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason + "."}
+            return web.json_response(body, status=exc.status, headers={
+                k: v for k, v in exc.headers.items() if k.lower() in ("allow",)
+            })
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"code": "internal_error", "message": "Something went wrong on the gateway; please try again."},
+            status=500,
+        )
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    response = await handler(request)
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.path.startswith("/api/"):
+        headers.setdefault("Cache-Control", "no-store")
+    if gateway_of(request).settings.tls == "on" or request.secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    # Access log: method and path only; never query strings, bodies or headers (tokens live there).
+    access_log.info(
+        "%s %s %s %d %.3fs", request.remote, request.method, request.path, response.status, time.monotonic() - started
+    )
+    return response
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the configured origins (API clients with bearer tokens); cookies stay same-origin only."""
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and origin in gateway_of(request).settings.cors_origins
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if not allowed:
+            return web.Response(status=403, text="origin not allowed")
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(ALLOWED_HEADERS)
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        if not allowed:
+            if isinstance(response, web.HTTPException):
+                raise response
+            return response
+    response.headers["Access-Control-Allow-Origin"] = origin or ""
+    response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+    response.headers["Vary"] = "Origin"
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response

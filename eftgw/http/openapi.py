@@ -1,0 +1,221 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/api/v1/openapi.json``.
+
+``tests/http/test_openapi.py`` checks that every route of the application is described here and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eftgw import __version__
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "An error with a stable code and a sentence for people")
+CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
+FILE_ID = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}
+UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
+TUS = {"name": "Tus-Resumable", "in": "header", "required": True, "schema": {"const": "1.0.0"}}
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "responses": {**responses, "default": ERROR}}
+    if params:
+        out["parameters"] = params
+    out.update(extra)
+    return out
+
+
+def document() -> dict[str, Any]:
+    no_content = {"204": {"description": "Done"}}
+    tus_head = {"200": {"description": "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires headers"}}
+    case_schema = _ref("Case")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "eftgw",
+            "version": __version__,
+            "description": "Resumable file transfer for support cases: tus 1.0.0 uploads, files, integration API.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "__Host-eftgw_session"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "Case": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "state": {"enum": ["open", "closed"]},
+                        "opened_at": {"type": "string", "format": "date-time"},
+                        "closed_at": {"type": ["string", "null"], "format": "date-time"},
+                        "purge_due_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+                "File": {
+                    "type": "object",
+                    "required": ["id", "name", "size", "sha256", "uploaded_at", "uploaded_by", "source"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "size": {"type": "integer"},
+                        "sha256": {"type": "string"},
+                        "xxh128": {"type": "string"},
+                        "uploaded_at": {"type": "string", "format": "date-time"},
+                        "uploaded_by": {"type": "string"},
+                        "source": {"enum": ["customer", "engineer"]},
+                        "via": {"enum": ["http", "sftp"]},
+                        "content_type": {"type": "string"},
+                        "purge_due_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+                "Upload": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "url": {"type": "string"},
+                        "name": {"type": "string"},
+                        "length": {"type": ["integer", "null"]},
+                        "offset": {"type": "integer"},
+                        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "created_by": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "partial": {"type": "boolean"},
+                    },
+                },
+                "Session": {
+                    "type": "object",
+                    "properties": {
+                        "user": {"type": "string"},
+                        "role": {"enum": ["customer", "engineer"]},
+                        "case_id": {"type": ["string", "null"]},
+                        "csrf_token": {"type": "string"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": {
+            "/healthz": {"get": _op("Liveness", {"200": {"description": "ok"}}, security=[])},
+            "/api/v1/openapi.json": {"get": _op("This document", {"200": {"description": "OpenAPI"}}, security=[])},
+            "/launch": {
+                "post": _op(
+                    "Exchange a launch token (form field 'token') for a session cookie",
+                    {"303": {"description": "Redirect to the web client"}},
+                    security=[],
+                )
+            },
+            "/api/v1/session": {
+                "post": _op("Exchange a launch token for a session", {"201": _json(_ref("Session"), "Session")}),
+                "get": _op("The current session", {"200": _json(_ref("Session"), "Session")}),
+                "delete": _op("Sign out", no_content),
+            },
+            "/api/v1/cases/{case_id}": {
+                "get": _op("The case: state and purge date", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
+            },
+            "/api/v1/cases/{case_id}/files": {
+                "get": _op(
+                    "The case's completed files",
+                    {"200": _json({"type": "array", "items": _ref("File")}, "Files")},
+                    params=[CASE_ID],
+                )
+            },
+            "/api/v1/cases/{case_id}/files/{file_id}": {
+                "get": _op("One file", {"200": _json(_ref("File"), "File")}, params=[CASE_ID, FILE_ID]),
+                "delete": _op("Delete a file", no_content, params=[CASE_ID, FILE_ID]),
+            },
+            "/api/v1/cases/{case_id}/files/{file_id}/content": {
+                "get": _op(
+                    "Download (single Range, If-Range; Repr-Digest carries the SHA-256)",
+                    {
+                        "200": {"description": "The whole file"},
+                        "206": {"description": "The requested range"},
+                        "416": ERROR,
+                    },
+                    params=[CASE_ID, FILE_ID],
+                )
+            },
+            "/api/v1/cases/{case_id}/uploads": {
+                "options": _op("tus discovery", no_content, params=[CASE_ID], security=[]),
+                "post": _op(
+                    "tus creation (creation-with-upload, defer-length, concatenation)",
+                    {"201": {"description": "Created; Location is the upload URL"}},
+                    params=[CASE_ID, TUS],
+                ),
+                "get": _op(
+                    "Unfinished uploads of the case",
+                    {"200": _json({"type": "array", "items": _ref("Upload")}, "Uploads")},
+                    params=[CASE_ID],
+                ),
+            },
+            "/api/v1/cases/{case_id}/uploads/{upload_id}": {
+                "options": _op("tus discovery", no_content, params=[CASE_ID, UPLOAD_ID], security=[]),
+                "head": _op("tus offset", tus_head, params=[CASE_ID, UPLOAD_ID, TUS]),
+                "patch": _op(
+                    "tus append (Upload-Offset, Upload-Checksum)",
+                    {"204": {"description": "Upload-Offset is durable"}, "409": ERROR, "460": ERROR},
+                    params=[CASE_ID, UPLOAD_ID, TUS],
+                ),
+                "delete": _op("tus termination", no_content, params=[CASE_ID, UPLOAD_ID, TUS]),
+            },
+            "/api/v1/integration/cases/{case_id}": {
+                "get": _op("Case state (service)", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
+            },
+            "/api/v1/integration/cases/{case_id}/open": {
+                "post": _op("Open a case (service)", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
+            },
+            "/api/v1/integration/cases/{case_id}/close": {
+                "post": _op(
+                    "Close a case, optionally at an earlier time (service)",
+                    {"200": _json(case_schema, "Case")},
+                    params=[CASE_ID],
+                    requestBody={
+                        "required": False,
+                        "content": {JSON: {"schema": {"properties": {"closed_at": {"type": "string"}}}}},
+                    },
+                )
+            },
+            "/api/v1/integration/cases/{case_id}/reopen": {
+                "post": _op("Reopen a case (service)", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
+            },
+            "/api/v1/integration/launch-tokens": {
+                "post": _op(
+                    "Mint a one-time launch token for the transfer pop-up (service)",
+                    {"201": _json({"type": "object"}, "token, launch_url, expires_in")},
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "required": ["user"],
+                                    "properties": {
+                                        "case_id": {"type": "string"},
+                                        "user": {"type": "string"},
+                                        "role": {"enum": ["customer", "engineer"]},
+                                        "ttl": {"type": "integer"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                )
+            },
+        },
+    }
