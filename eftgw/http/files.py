@@ -145,20 +145,21 @@ async def content(request: web.Request) -> web.StreamResponse:
     try:
         span = parse_range(range_header, record.size)
     except RangeNotSatisfiable:
-        headers["Content-Range"] = f"bytes */{record.size}"
         return web.json_response(
             {"code": "range_not_satisfiable", "message": "The requested range is outside the file."},
             status=416,
-            headers=headers,
+            headers={"Content-Range": f"bytes */{record.size}", "Accept-Ranges": "bytes"},
         )
     start, end = span or (0, record.size)
     status = 206 if span is not None else 200
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
     if request.method == "HEAD":
-        response = web.Response(status=status, headers=headers)
-        response.content_length = end - start
-        return response
+        head = web.StreamResponse(status=status, headers=headers)
+        head.content_length = end - start
+        await head.prepare(request)
+        await head.write_eof()
+        return head
     download = await gateway.files.open(principal, case_id, file_id, start, end)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
