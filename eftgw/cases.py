@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from eftgw.audit import AuditLog
 from eftgw.clock import Clock
-from eftgw.errors import CaseClosed, CaseNotFound, Forbidden
+from eftgw.errors import CaseClosed, CaseNotFound, Conflict, Forbidden
 from eftgw.ids import check_case_id
 from eftgw.metadata import Repository
 from eftgw.model import Case, CaseState, Principal
@@ -45,10 +45,16 @@ class CaseService:
             raise CaseClosed()
         return case
 
+    @staticmethod
+    def _not_purging(case: Case | None) -> None:
+        if case is not None and case.state is CaseState.PURGING:
+            raise Conflict("The case's data is being purged right now; try again in a minute.")
+
     async def open(self, principal: Principal, case_id: str) -> Case:
         """Open a case; opening an open case changes nothing, opening a closed one reopens it."""
         check_case_id(case_id)
         case = await self.repo.get_case(case_id)
+        self._not_purging(case)
         if case is not None and case.state is CaseState.OPEN:
             return case
         if case is not None:
@@ -66,6 +72,7 @@ class CaseService:
         if closed_at > now:
             raise Forbidden("A case cannot be closed in the future.")
         case = await self.get(case_id)
+        self._not_purging(case)
         if case.state is CaseState.CLOSED and at is None:
             return case
         case.state = CaseState.CLOSED
@@ -79,6 +86,7 @@ class CaseService:
         """Reopen a case: its data is kept and its purge cancelled. An unknown (purged) case opens empty."""
         check_case_id(case_id)
         case = await self.repo.get_case(case_id)
+        self._not_purging(case)
         now = self.clock.now()
         if case is None:
             case = Case(id=case_id, state=CaseState.OPEN, opened_at=now, updated_at=now)

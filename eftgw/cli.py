@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from eftgw.clock import isoformat, parse_instant
+from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import Settings
 from eftgw.errors import DomainError
 from eftgw.gateway import Gateway
@@ -30,8 +30,10 @@ def case_json(gateway: Gateway, case: Case) -> dict[str, Any]:
     }
 
 
-async def with_gateway(settings: Settings, action: Callable[[Gateway], Awaitable[int]]) -> int:
-    gateway = Gateway.build(settings)
+async def with_gateway(
+    settings: Settings, action: Callable[[Gateway], Awaitable[int]], clock: Clock | None = None
+) -> int:
+    gateway = Gateway.build(settings, clock)
     await gateway.start()
     try:
         return await action(gateway)
@@ -73,6 +75,55 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from eftgw.retention.worker import sweep  # noqa: PLC0415
+
+    clock = FixedClock(parse_instant(args.now)) if args.now else None
+
+    async def action(gw: Gateway) -> int:
+        result = await sweep(gw, dry_run=args.dry_run)
+        if args.json:
+            print(json.dumps(result.as_json(), indent=2))
+        else:
+            verb = "would purge" if args.dry_run else "purged"
+            cases = result.due if args.dry_run else result.purged
+            print(f"retention as of {result.now}: {verb} {len(cases)} case(s)")
+            for item in result.purged:
+                print(f"  {item.case_id}: {len(item.files)} files, {item.bytes} bytes")
+            for due in result.due if args.dry_run else []:
+                print(f"  {due.case_id}: closed {isoformat(due.closed_at)}, due {isoformat(due.due_at)}")
+            for case_id, reason in result.failed.items():
+                print(f"  {case_id}: FAILED ({reason}); will be retried")
+            if not args.dry_run:
+                print(f"  expired unfinished uploads removed: {result.expired_uploads}")
+        return 1 if result.failed else 0
+
+    return asyncio.run(with_gateway(settings, action, clock))
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(gw: Gateway) -> int:
+        for event in await gw.repo.list_audit(args.case, args.limit):
+            print(
+                json.dumps(
+                    {
+                        "at": isoformat(event.at),
+                        "action": event.action,
+                        "actor": event.actor,
+                        "role": event.role,
+                        "case_id": event.case_id,
+                        "target": event.target,
+                        "remote": event.remote,
+                        "via": event.via,
+                        "detail": event.detail,
+                    }
+                )
+            )
+        return 0
+
+    return asyncio.run(with_gateway(settings, action))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eftgw", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (EFTGW_* environment variables override it)")
@@ -94,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, help="seconds (default 3600, or 120 with --launch)")
     p.add_argument("--launch", action="store_true", help="a one-time launch token for /launch")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("retention", help="apply the retention rules once")
+    p.add_argument("action", choices=["run"])
+    p.add_argument("--now", help="ISO 8601 time to evaluate the rules at (default: now)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be purged")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser("audit", help="print audit events as JSON lines, oldest first")
+    p.add_argument("action", choices=["list"])
+    p.add_argument("--case", help="only this case's events")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
 from eftgw.model import SYSTEM
+from eftgw.retention.worker import sweep
 from eftgw.tlsutil import ensure_self_signed, server_context
 
 log = logging.getLogger("eftgw.server")
@@ -56,6 +57,9 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         asyncio.create_task(
             periodic("session-expiry", 300, lambda: gateway.repo.delete_expired(gateway.clock.now())),
             name="session-expiry",
+        ),
+        asyncio.create_task(
+            periodic("retention", settings.retention_interval, lambda: sweep(gateway)), name="retention"
         ),
     ]
     scheme = "https" if context else "http"

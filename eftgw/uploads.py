@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator
 
+from eftgw import metrics
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.clock import Clock
@@ -49,6 +51,7 @@ from eftgw.storage import ObjectNotFound, ObjectStore, UploadWriter, object_key,
 log = logging.getLogger("eftgw.uploads")
 
 BLOCK_SIZE = 1024 * 1024
+CASE_RECHECK_SECONDS = 2.0
 TOMBSTONE = dt.timedelta(days=1)
 
 
@@ -272,7 +275,12 @@ class UploadService:
         try:
             buffer = bytearray()
             iterator = aiter(body)
+            recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
             while True:
+                if time.monotonic() >= recheck_at:
+                    # A case closing takes effect at once, also for a request that is streaming.
+                    await self.cases.require_open(upload.case_id)
+                    recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
                 try:
                     chunk = await _next_chunk(iterator, lease)
                 except (BodyInterrupted, _TakenOver) as exc:
@@ -297,6 +305,7 @@ class UploadService:
                 pending = None
             keep = stopped is None or checksum is None
             if checksum is not None and stopped is None and not checksum.matches():
+                metrics.CHECKSUM_FAILURES.inc()
                 raise ChecksumMismatch()
             if not keep or written == 0:
                 await writer.rollback()
@@ -327,6 +336,7 @@ class UploadService:
         upload.expires_at = now + self.expiry
         await self.repo.save_progress(upload)
         self._digests[upload.id] = digests
+        metrics.UPLOADED_BYTES.labels(upload.via).inc(written)
 
     @staticmethod
     async def _consume(
@@ -410,6 +420,7 @@ class UploadService:
                 if partial is not None:
                     await self.store.delete_staging(partial.staging_key)
                     await self.repo.delete_upload(pid)
+        metrics.UPLOADS_COMPLETED.labels(upload.via).inc()
         await self.audit.record(
             "upload.completed",
             principal,
@@ -441,6 +452,18 @@ class UploadService:
         upload.expires_at = now + TOMBSTONE
         await self.repo.save_progress(upload)
         self._digests.pop(upload.id, None)
+
+    async def discard_case(self, principal: Principal, case_id: str) -> int:
+        """Cancel every upload of the case (its purge): data goes, a running writer is taken over first."""
+        count = 0
+        for upload in await self.repo.list_uploads(case_id):
+            async with self.locks.hold(upload.id):
+                await self.store.delete_staging(upload.staging_key)
+                self._digests.pop(upload.id, None)
+                if upload.state is UploadState.ACTIVE:
+                    await self.audit.record("upload.terminated", principal, case_id, upload.id, reason="retention")
+                count += 1
+        return count
 
     async def sweep_expired(self, principal: Principal) -> int:
         """Delete the data of idle unfinished uploads and forget old upload records; return how many."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from eftgw import metrics
 from eftgw.gateway import Gateway
 from eftgw.http import files, integration, openapi, session, tus
 from eftgw.http.keys import GATEWAY
@@ -15,6 +16,12 @@ routes = web.RouteTableDef()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "region": request.app[GATEWAY].settings.region})
+
+
+@routes.get("/metrics")
+async def prometheus(request: web.Request) -> web.StreamResponse:
+    """Prometheus text format: counts and ages only, nothing about any case."""
+    return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
 
 @routes.get("/api/v1/openapi.json")

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from eftgw import metrics
 from eftgw.cases import CaseView
 from eftgw.clock import isoformat
 from eftgw.errors import RangeNotSatisfiable
@@ -166,5 +167,6 @@ async def content(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     async for block in download.stream:
         await response.write(block)
+        metrics.DOWNLOADED_BYTES.inc(len(block))
     await response.write_eof()
     return response

@@ -43,6 +43,7 @@ class Repository(Protocol):
     async def save_case(self, case: Case) -> None: ...
     async def list_cases(self, state: CaseState | None = None) -> list[Case]: ...
     async def delete_case_rows(self, case_id: str) -> None: ...
+    async def claim_case_for_purge(self, case_id: str, closed_at: dt.datetime | None) -> bool: ...
 
     async def add_file(self, record: FileRecord) -> None: ...
     async def get_file(self, case_id: str, file_id: str) -> FileRecord | None: ...
@@ -212,6 +213,24 @@ class SqlRepository:
             query = query.where(t.cases.c.state == state.value)
         async with self.engine.connect() as conn:
             return [_case(r) for r in await conn.execute(query)]
+
+    async def claim_case_for_purge(self, case_id: str, closed_at: dt.datetime | None) -> bool:
+        """Mark the case ``purging`` if it is still closed since ``closed_at`` (or already purging).
+
+        The condition is the fence against a reopening: a case reopened (or closed again) after the sweep
+        read it no longer matches, and is left alone.
+        """
+        still_due = sa.and_(t.cases.c.state == CaseState.CLOSED.value, t.cases.c.closed_at == closed_at)
+        condition = t.cases.c.state == CaseState.PURGING.value
+        if closed_at is not None:
+            condition = sa.or_(condition, still_due)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(t.cases)
+                .where(t.cases.c.id == case_id, condition)
+                .values(state=CaseState.PURGING.value)
+            )
+        return bool(result.rowcount)
 
     async def delete_case_rows(self, case_id: str) -> None:
         """Remove every row that belongs to the case (not the audit trail)."""

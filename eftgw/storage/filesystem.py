@@ -186,12 +186,18 @@ class FilesystemStore:
         await self._unlink(path.with_name(path.name + TAGS_SUFFIX))
 
     async def list_keys(self, prefix: str) -> list[str]:
+        # Walk only below the prefix's directory part, so listing one case costs what that case holds.
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if any(p in (".", "..") for p in directory.split("/")):
+            raise ValueError(f"invalid storage prefix {prefix!r}")
+        start = self.root.joinpath(*directory.split("/")) if directory else self.root
+
         def walk() -> list[str]:
             out: list[str] = []
-            for dirpath, _dirs, names in os.walk(self.root):
+            for dirpath, _dirs, names in os.walk(start):
                 for name in names:
                     rel = Path(dirpath, name).relative_to(self.root).as_posix()
-                    if rel.startswith(prefix):
+                    if rel.startswith(prefix) and not name.endswith(".joining"):
                         out.append(rel)
             return sorted(out)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from eftgw.http.app import make_app
 from tests.support import RunningGateway, http_session
 
-# Pages for people, not API operations.
-NOT_API = {("GET", "/launch"), ("GET", "/app")}
+# Pages for people and the Prometheus endpoint, not API operations.
+NOT_API = {("GET", "/launch"), ("GET", "/app"), ("GET", "/metrics")}
 
 
 def served_operations(gw: RunningGateway) -> set[tuple[str, str]]:
