@@ -197,7 +197,7 @@ class FilesystemStore:
             for dirpath, _dirs, names in os.walk(start):
                 for name in names:
                     rel = Path(dirpath, name).relative_to(self.root).as_posix()
-                    if rel.startswith(prefix) and not name.endswith(".joining"):
+                    if rel.startswith(prefix):
                         out.append(rel)
             return sorted(out)
 
