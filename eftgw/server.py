@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -63,13 +66,15 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         ),
     ]
     scheme = "https" if context else "http"
+    cli = Path(sys.executable).with_name("eftgw")
+    eftgw = str(cli) if cli.exists() and shutil.which("eftgw") != str(cli) else "eftgw"
     if context is None:
         log.warning("TLS is off: serving plain HTTP; only run this behind a TLS-terminating load balancer")
     print(
         f"eftgw {settings.region} gateway: {scheme}://{settings.host}:{settings.http_port} "
         f"(data in {settings.resolved_data_dir}, storage {gateway.store.name})\n"
-        f"  open a case:   eftgw case open CASE-1\n"
-        f"  upload token:  eftgw token CASE-1 --role customer --user alice\n"
+        f"  open a case:   {eftgw} case open CASE-1\n"
+        f"  upload token:  {eftgw} token CASE-1 --role customer --user alice\n"
         f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)",
         flush=True,
     )
