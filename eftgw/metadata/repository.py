@@ -6,7 +6,12 @@ file) do so in one method, so a crash leaves either the old or the new state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import fcntl
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +92,17 @@ def _engine_for(url: str) -> AsyncEngine:
     if url.startswith("postgresql://"):
         url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: str) -> AsyncIterator[None]:
+    """An exclusive lock between processes on one machine (``flock`` on ``path``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _case(row: Any) -> Case:
@@ -178,6 +194,12 @@ class SqlRepository:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+        database = self.engine.url.database
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            # `serve` and an admin command may start at once: one migrates, the other waits for it.
+            async with _file_lock(database + ".migrate.lock"), self.engine.begin() as conn:
+                await conn.run_sync(upgrade)
+            return
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 # Several nodes may start at once: one migrates, the others wait for it.
