@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from eftgw.errors import UploadLocked
 from eftgw.metadata import schema as t
 from eftgw.model import (
     AuditEvent,
@@ -58,7 +59,7 @@ class Repository(Protocol):
     async def get_upload(self, upload_id: str) -> Upload | None: ...
     async def list_uploads(self, case_id: str, state: UploadState | None = None) -> list[Upload]: ...
     async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]: ...
-    async def save_progress(self, upload: Upload) -> None: ...
+    async def save_progress(self, upload: Upload, fence: int | None = None) -> None: ...
     async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None: ...
     async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None: ...
     async def delete_upload(self, upload_id: str) -> None: ...
@@ -312,11 +313,25 @@ class SqlRepository:
         async with self.engine.connect() as conn:
             return [_upload(r) for r in await conn.execute(query)]
 
-    async def save_progress(self, upload: Upload) -> None:
+    async def save_progress(self, upload: Upload, fence: int | None = None) -> None:
+        """Record the upload's offset, length, name and times.
+
+        With ``fence`` (the token of a cross-node lease), only while that lease still has that fence: a holder
+        that lost its lock gets :class:`UploadLocked` and records nothing.
+        """
+        condition = [t.uploads.c.id == upload.id]
+        lease = f"upload:{upload.id}"
+        if fence is not None:
+            condition.append(sa.exists().where(t.leases.c.name == lease, t.leases.c.fence == fence))
         async with self.engine.begin() as conn:
-            await conn.execute(
+            if fence is not None and self.dialect == "postgresql":
+                # Keep the lease row still until this commits: a takeover waits, then sees the new offset.
+                await conn.execute(
+                    sa.select(t.leases.c.fence).where(t.leases.c.name == lease).with_for_update(read=True)
+                )
+            result = await conn.execute(
                 sa.update(t.uploads)
-                .where(t.uploads.c.id == upload.id)
+                .where(*condition)
                 .values(
                     offset=upload.offset,
                     length=upload.length,
@@ -325,6 +340,8 @@ class SqlRepository:
                     name=upload.name,
                 )
             )
+        if fence is not None and result.rowcount == 0:
+            raise UploadLocked("A newer request took over this upload; this request's data was not recorded.")
 
     async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None:
         async with self.engine.begin() as conn:
