@@ -7,52 +7,22 @@ own, created from that server and dropped afterwards. A missing server fails the
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from eftgw.metadata import SqlRepository
+from tests.pg import throwaway_databases
 
 DIALECTS = ["sqlite", "postgresql"]
-
-
-def postgres_url() -> str:
-    url = os.environ.get("EFTGW_TEST_DATABASE_URL")
-    if not url:
-        pytest.fail(
-            'EFTGW_TEST_DATABASE_URL is not set: start PostgreSQL with `eval "$(scripts/postgres start)"`'
-        )
-    return url
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 async def fresh_postgres() -> AsyncIterator[Callable[[], Awaitable[str]]]:
     """Create empty PostgreSQL databases on demand (URLs returned); they are dropped after the test."""
-    base = postgres_url()
-    server, _, _db = base.rpartition("/")
-    made: list[str] = []
-
-    async def make() -> str:
-        name = "eftgw_t_" + secrets.token_hex(6)
-        await _admin(base, f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return f"{server}/{name}"
-
-    yield make
-    for name in made:
-        await _admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with throwaway_databases() as make:
+        yield make
 
 
 @pytest.fixture(params=DIALECTS)
