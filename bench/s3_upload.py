@@ -37,11 +37,11 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eftgw.config import Settings  # noqa: E402
-from eftgw.gateway import Gateway  # noqa: E402
-from eftgw.model import SYSTEM, Principal, Role  # noqa: E402
-from eftgw.storage import object_key, staging_key  # noqa: E402
-from eftgw.storage.s3 import S3Store  # noqa: E402
+from eftgw.config import Settings
+from eftgw.gateway import Gateway
+from eftgw.model import SYSTEM, Principal, Role
+from eftgw.storage import object_key, staging_key
+from eftgw.storage.s3 import S3Store
 
 BLOCK = 1024 * 1024
 
