@@ -70,7 +70,7 @@ class S3Writer:
         self._dirty = True
         while len(self._buffer) >= part_size(self._parts):
             size = part_size(self._parts)
-            chunk = bytes(self._buffer[:size])
+            chunk = bytes(memoryview(self._buffer)[:size])
             del self._buffer[:size]
             await self._settle()
             name = part_name(self._key, self._parts)
