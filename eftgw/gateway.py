@@ -37,6 +37,15 @@ def build_store(settings: Settings) -> ObjectStore:
     return FilesystemStore(settings.resolved_storage_dir)
 
 
+def build_locks(repo: SqlRepository) -> UploadLocks:
+    """Upload locks in the process for one node (SQLite); database leases for several nodes (PostgreSQL)."""
+    if repo.dialect == "postgresql":
+        from eftgw.metadata.locks import SqlUploadLocks  # noqa: PLC0415
+
+        return SqlUploadLocks(repo)
+    return LocalUploadLocks()
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -59,7 +68,7 @@ class Gateway:
         data_dir.mkdir(parents=True, exist_ok=True)
         repo = SqlRepository(settings.resolved_database_url)
         store = build_store(settings)
-        locks: UploadLocks = LocalUploadLocks()
+        locks = build_locks(repo)
         audit = AuditLog(repo, clock)
         retention = dt.timedelta(days=settings.retention_days)
         cases = CaseService(repo, clock, audit, retention)

@@ -18,12 +18,19 @@ from eftgw.errors import UploadLocked
 
 
 class UploadLease:
+    fence: int | None = None
+    """The fencing token of a cross-node lease (``None`` in one process); fenced writes carry it."""
+
     def __init__(self) -> None:
         self.interrupted = asyncio.Event()
 
     def still_valid(self) -> bool:
         """False once a newer request took over; a holder must then stop writing."""
         return not self.interrupted.is_set()
+
+    def holds(self) -> bool:
+        """Whether the lock is still held at all; ``False`` once a lease expired: commit nothing then."""
+        return True
 
 
 class UploadLocks(Protocol):

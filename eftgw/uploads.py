@@ -311,7 +311,7 @@ class UploadService:
                 await writer.rollback()
                 self._digests[upload.id] = before
             else:
-                await asyncio.shield(self._commit(upload, writer, digests, written))
+                await asyncio.shield(self._commit(upload, writer, digests, written, lease))
         except BaseException:
             if pending is not None:
                 with contextlib.suppress(Exception):
@@ -326,7 +326,11 @@ class UploadService:
         if stopped is not None:
             raise stopped
 
-    async def _commit(self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int) -> None:
+    async def _commit(
+        self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int, lease: UploadLease
+    ) -> None:
+        if not lease.holds():  # the lease expired (e.g. the database was unreachable): another may write now
+            raise UploadLocked("This request lost its lock on the upload; what it sent was not kept.")
         durable = await writer.commit()
         upload.offset += written
         if durable != upload.offset:
@@ -334,7 +338,7 @@ class UploadService:
         now = self.clock.now()
         upload.updated_at = now
         upload.expires_at = now + self.expiry
-        await self.repo.save_progress(upload)
+        await self.repo.save_progress(upload, fence=lease.fence)
         self._digests[upload.id] = digests
         metrics.UPLOADED_BYTES.labels(upload.via).inc(written)
 

@@ -6,7 +6,12 @@ file) do so in one method, so a crash leaves either the old or the new state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import fcntl
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from eftgw.errors import UploadLocked
 from eftgw.metadata import schema as t
 from eftgw.model import (
     AuditEvent,
@@ -54,7 +60,7 @@ class Repository(Protocol):
     async def get_upload(self, upload_id: str) -> Upload | None: ...
     async def list_uploads(self, case_id: str, state: UploadState | None = None) -> list[Upload]: ...
     async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]: ...
-    async def save_progress(self, upload: Upload) -> None: ...
+    async def save_progress(self, upload: Upload, fence: int | None = None) -> None: ...
     async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None: ...
     async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None: ...
     async def delete_upload(self, upload_id: str) -> None: ...
@@ -88,6 +94,17 @@ def _engine_for(url: str) -> AsyncEngine:
     if url.startswith("postgresql://"):
         url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: str) -> AsyncIterator[None]:
+    """An exclusive lock between processes on one machine (``flock`` on ``path``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _case(row: Any) -> Case:
@@ -179,6 +196,12 @@ class SqlRepository:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+        database = self.engine.url.database
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            # `serve` and an admin command may start at once: one migrates, the other waits for it.
+            async with _file_lock(database + ".migrate.lock"), self.engine.begin() as conn:
+                await conn.run_sync(upgrade)
+            return
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 # Several nodes may start at once: one migrates, the others wait for it.
@@ -309,11 +332,25 @@ class SqlRepository:
         async with self.engine.connect() as conn:
             return [_upload(r) for r in await conn.execute(query)]
 
-    async def save_progress(self, upload: Upload) -> None:
+    async def save_progress(self, upload: Upload, fence: int | None = None) -> None:
+        """Record the upload's offset, length, name and times.
+
+        With ``fence`` (the token of a cross-node lease), only while that lease still has that fence: a holder
+        that lost its lock gets :class:`UploadLocked` and records nothing.
+        """
+        condition = [t.uploads.c.id == upload.id]
+        lease = f"upload:{upload.id}"
+        if fence is not None:
+            condition.append(sa.exists().where(t.leases.c.name == lease, t.leases.c.fence == fence))
         async with self.engine.begin() as conn:
-            await conn.execute(
+            if fence is not None and self.dialect == "postgresql":
+                # Keep the lease row still until this commits: a takeover waits, then sees the new offset.
+                await conn.execute(
+                    sa.select(t.leases.c.fence).where(t.leases.c.name == lease).with_for_update(read=True)
+                )
+            result = await conn.execute(
                 sa.update(t.uploads)
-                .where(t.uploads.c.id == upload.id)
+                .where(*condition)
                 .values(
                     offset=upload.offset,
                     length=upload.length,
@@ -322,6 +359,8 @@ class SqlRepository:
                     name=upload.name,
                 )
             )
+        if fence is not None and result.rowcount == 0:
+            raise UploadLocked("A newer request took over this upload; this request's data was not recorded.")
 
     async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None:
         async with self.engine.begin() as conn:

@@ -7,7 +7,8 @@ checks that a migrated database has exactly these columns).
 Tables: ``cases`` (state and closure time), ``files`` (completed files, keyed by an opaque id, with the object
 key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions`` (browser
 sessions; only a hash of the cookie value is kept), ``launch_tokens`` (used ``jti`` values, for single use),
-``audit_events`` (append-only).
+``audit_events`` (append-only), ``leases`` (who holds an upload's lock or leads a once-per-region job, until
+when, and the fencing token that grows with every new holder).
 """
 
 from __future__ import annotations
@@ -126,4 +127,14 @@ audit_events = sa.Table(
     sa.Column("remote", sa.String(255)),
     sa.Column("via", sa.String(16)),
     sa.Column("detail", sa.JSON, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),  # upload:<upload-id> | job:<job-name>
+    sa.Column("holder", sa.String(64), index=True),  # the holding node's instance id; NULL when released
+    sa.Column("fence", sa.BigInteger, nullable=False),  # +1 for every new holder; writes carry it
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("interrupt", sa.Boolean, nullable=False),  # a newer request asks the holder to let go
 )

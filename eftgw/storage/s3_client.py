@@ -1,0 +1,336 @@
+"""The edge between eftgw and the ``minio`` client: a bounded thread pool, typed calls, converted errors.
+
+``minio`` is synchronous, so every call runs in a :class:`~concurrent.futures.ThreadPoolExecutor` of
+``max_workers`` threads (and an HTTP connection pool of the same size), never on the event loop. Every
+third-party exception is converted here: "no such key/upload" becomes :class:`ObjectNotFound`, everything
+else :class:`StorageError` with a message an operator can act on and the original as ``__cause__``.
+
+The multipart calls (create, upload part, upload part copy, complete, abort, list uploads) are not part of
+minio's public API in 7.2; they are its own request builders (``Minio._create_multipart_upload`` etc.),
+stable across 7.x and pinned with the exact minio version. They are wrapped here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from xml.etree import ElementTree
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.commonconfig import REPLACE, CopySource, Tags
+from minio.datatypes import Part
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+from minio.helpers import genheaders, quote
+
+from eftgw.storage.base import ObjectNotFound, StorageError
+
+T = TypeVar("T")
+NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "NoSuchVersion", "ResourceNotFound"}
+TRANSIENT = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object (or object version) in a listing."""
+
+    name: str
+    size: int
+    modified: dt.datetime | None
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    name: str
+    upload_id: str
+    initiated: dt.datetime | None
+
+
+def object_tags(values: dict[str, str]) -> Tags:
+    tags = Tags.new_object_tags()
+    for key, value in values.items():
+        tags[key] = value
+    return tags
+
+
+class S3Client:
+    """Async wrapper of one bucket of a ``minio`` client. Methods name the S3 operation they perform."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str | None,
+        secret_key: str | None,
+        bucket: str,
+        *,
+        secure: bool = True,
+        region: str | None = None,
+        max_workers: int = 16,
+        timeout: float = 120.0,
+    ) -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=10.0, read=timeout),
+            maxsize=max_workers,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        self.minio = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="eftgw-s3")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` in the pool; ``what`` names the operation in error messages."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except S3Error as exc:
+            raise self.convert(what, exc) from exc
+        except TRANSIENT as exc:
+            raise StorageError(
+                f"S3 storage at {self.endpoint} did not complete {what}: {type(exc).__name__}."
+            ) from exc
+
+    def convert(self, what: str, exc: S3Error) -> Exception:
+        if exc.code in NOT_FOUND:
+            return ObjectNotFound(exc.object_name or what)
+        if exc.code == "NoSuchBucket":
+            return StorageError(f"S3 bucket {self.bucket!r} does not exist ({what}).")
+        if exc.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StorageError(
+                f"S3 storage refused {what} on bucket {self.bucket!r} ({exc.code}): check the access key, the"
+                " secret and the key's rights."
+            )
+        return StorageError(f"S3 storage failed {what} ({exc.code}).")
+
+    # objects ----------------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        name: str,
+        data: bytes,
+        metadata: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        def put() -> None:
+            headers = genheaders(
+                {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}, None, tags, None, False
+            )
+            headers["Content-Type"] = "application/octet-stream"
+            self.minio._put_object(self.bucket, name, data, headers)
+
+        await self.run(f"PUT {name}", put)
+
+    async def head(self, name: str) -> tuple[int, dict[str, str]]:
+        """Size and user metadata (keys without ``x-amz-meta-``, lower case) of an object."""
+
+        def head() -> tuple[int, dict[str, str]]:
+            stat = self.minio.stat_object(self.bucket, name)
+            meta = {
+                k.lower().removeprefix("x-amz-meta-"): v
+                for k, v in (stat.metadata or {}).items()
+                if k.lower().startswith("x-amz-meta-")
+            }
+            return int(stat.size or 0), meta
+
+        return await self.run(f"HEAD {name}", head)
+
+    def open_range(self, name: str, start: int, length: int) -> Any:
+        """(In a worker thread) open a GET of ``length`` bytes from ``start`` (0: to the end)."""
+        return self.minio.get_object(self.bucket, name, offset=start, length=length)
+
+    async def get_bytes(self, name: str, start: int, length: int) -> bytes:
+        def get() -> bytes:
+            response = self.open_range(name, start, length)
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        return await self.run(f"GET {name}", get)
+
+    async def copy(self, source: str, name: str, metadata: dict[str, str], tags: dict[str, str]) -> None:
+        await self.run(
+            f"COPY {source} to {name}",
+            self.minio.copy_object,
+            self.bucket,
+            name,
+            CopySource(self.bucket, source),
+            metadata={f"x-amz-meta-{k}": v for k, v in metadata.items()},
+            metadata_directive=REPLACE,
+            tags=object_tags(tags),
+            tagging_directive=REPLACE,
+        )
+
+    async def tags(self, name: str) -> dict[str, str]:
+        def get() -> dict[str, str]:
+            try:
+                return dict(self.minio.get_object_tags(self.bucket, name) or {})
+            except ElementTree.ParseError:  # RGW answers an empty body for an object without tags
+                return {}
+
+        return await self.run(f"GET tagging of {name}", get)
+
+    async def set_tags(self, name: str, tags: dict[str, str]) -> None:
+        """Replace the object's tags (RGW 16 ignores ``x-amz-tagging`` on CreateMultipartUpload)."""
+        await self.run(
+            f"PUT tagging of {name}", self.minio.set_object_tags, self.bucket, name, object_tags(tags)
+        )
+
+    async def listing(self, prefix: str, *, versions: bool = False) -> list[Listed]:
+        def objects() -> list[Listed]:
+            found = self.minio.list_objects(
+                self.bucket, prefix=prefix, recursive=True, include_version=versions
+            )
+            return [
+                Listed(
+                    o.object_name or "", int(o.size or 0), o.last_modified, o.version_id if versions else None
+                )
+                for o in found
+            ]
+
+        return await self.run(f"LIST {prefix}", objects)
+
+    async def delete(self, objects: list[tuple[str, str | None]]) -> None:
+        """Delete objects (name, version id or ``None``); missing ones are not an error."""
+        if not objects:
+            return
+
+        def delete() -> None:
+            for start in range(0, len(objects), 1000):
+                batch = [DeleteObject(name, version) for name, version in objects[start : start + 1000]]
+                errors = [e for e in self.minio.remove_objects(self.bucket, batch) if e.code not in NOT_FOUND]
+                if errors:
+                    raise StorageError(
+                        f"S3 storage did not delete {errors[0].name} ({errors[0].code}) and"
+                        f" {len(errors) - 1} more."
+                    )
+
+        await self.run("DELETE objects", delete)
+
+    # multipart uploads --------------------------------------------------------------------------------
+
+    async def create_multipart(self, name: str, metadata: dict[str, str], tags: dict[str, str]) -> str:
+        headers = genheaders({f"x-amz-meta-{k}": v for k, v in metadata.items()}, None, tags, None, False)
+        return await self.run(
+            f"CreateMultipartUpload {name}", self.minio._create_multipart_upload, self.bucket, name, headers
+        )
+
+    async def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        etag = await self.run(
+            f"UploadPart {name}#{number}",
+            self.minio._upload_part,
+            self.bucket,
+            name,
+            data,
+            None,
+            upload_id,
+            number,
+        )
+        return Part(number, etag)
+
+    async def upload_part_copy(
+        self, name: str, upload_id: str, number: int, source: str, start: int, length: int
+    ) -> Part:
+        headers = {
+            "x-amz-copy-source": quote(f"/{self.bucket}/{source}"),
+            "x-amz-copy-source-range": f"bytes={start}-{start + length - 1}",
+        }
+        etag, _ = await self.run(
+            f"UploadPartCopy {source} to {name}#{number}",
+            self.minio._upload_part_copy,
+            self.bucket,
+            name,
+            upload_id,
+            number,
+            headers,
+        )
+        return Part(number, etag)
+
+    async def complete_multipart(self, name: str, upload_id: str, parts: list[Part]) -> None:
+        await self.run(
+            f"CompleteMultipartUpload {name}",
+            self.minio._complete_multipart_upload,
+            self.bucket,
+            name,
+            upload_id,
+            parts,
+        )
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        try:
+            await self.run(
+                f"AbortMultipartUpload {name}",
+                self.minio._abort_multipart_upload,
+                self.bucket,
+                name,
+                upload_id,
+            )
+        except ObjectNotFound:
+            return
+
+    async def unfinished(self, prefix: str) -> list[Unfinished]:
+        """Every multipart upload under ``prefix`` that was neither completed nor aborted."""
+
+        def listing() -> Iterator[Unfinished]:
+            key_marker: str | None = None
+            upload_marker: str | None = None
+            while True:
+                result = self.minio._list_multipart_uploads(
+                    self.bucket, prefix=prefix, key_marker=key_marker, upload_id_marker=upload_marker
+                )
+                for upload in result.uploads:
+                    yield Unfinished(upload.object_name, upload.upload_id or "", upload.initiated_time)
+                if not result.is_truncated:
+                    return
+                key_marker, upload_marker = result.next_key_marker, result.next_upload_id_marker
+
+        return await self.run(f"ListMultipartUploads {prefix}", lambda: list(listing()))
+
+    # bucket -----------------------------------------------------------------------------------------
+
+    async def ensure_bucket(self, region: str | None) -> bool:
+        """Create the bucket unless it exists; return whether versioning is enabled on it."""
+
+        def ensure() -> bool:
+            try:
+                if not self.minio.bucket_exists(self.bucket):
+                    self.minio.make_bucket(self.bucket, location=region)
+            except S3Error as exc:
+                if exc.code in ("BucketAlreadyOwnedByYou",):
+                    pass
+                elif exc.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    raise StorageError(
+                        f"S3 bucket {self.bucket!r} does not exist or is not accessible, and these"
+                        f" credentials may not create it ({exc.code}). Create the bucket, or grant"
+                        " s3:CreateBucket,"
+                        " s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and the multipart"
+                        " rights to this access key."
+                    ) from exc
+                else:
+                    raise
+            return self.minio.get_bucket_versioning(self.bucket).status == "Enabled"
+
+        return await self.run(f"create/check bucket {self.bucket}", ensure)

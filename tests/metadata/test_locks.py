@@ -1,0 +1,186 @@
+"""Upload locks and leader election across nodes: each "node" is its own engine on the same real database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from eftgw.errors import UploadLocked
+from eftgw.metadata import SqlRepository
+from eftgw.metadata.election import elect
+from eftgw.metadata.leases import Leases
+from eftgw.metadata.locks import SqlUploadLocks, upload_lease_name
+from eftgw.metadata.schema import leases
+from tests.metadata.test_repository import make_upload
+
+
+@pytest.fixture
+async def nodes(database_url: str) -> AsyncIterator[Callable[[], SqlRepository]]:
+    """Make repositories on one migrated database, each with its own engine (one per gateway node)."""
+    made: list[SqlRepository] = []
+
+    def make() -> SqlRepository:
+        made.append(SqlRepository(database_url))
+        return made[-1]
+
+    await make().migrate()
+    yield make
+    for repo in made:
+        await repo.close()
+
+
+async def test_two_nodes_never_hold_one_upload_at_once(nodes: Callable[[], SqlRepository]) -> None:
+    """Many requests on two nodes for one upload: at most one holds it at any time, fences only grow."""
+    repo = nodes()
+    await repo.add_upload(make_upload("u1"))
+    node_a, node_b = SqlUploadLocks(repo, heartbeat=0.2, ttl=3), SqlUploadLocks(nodes(), heartbeat=0.2, ttl=3)
+    inside = 0
+    fences: list[int] = []
+
+    async def request(locks: SqlUploadLocks) -> None:
+        nonlocal inside
+        try:
+            async with locks.hold("u1") as lease:
+                inside += 1
+                assert inside == 1
+                fences.append(lease.fence)
+                await asyncio.sleep(0.05)
+                assert lease.holds()
+                inside -= 1
+        except UploadLocked:
+            pass
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(request(node_a if i % 2 else node_b) for i in range(16)))
+    assert len(fences) >= 2 and fences == sorted(fences) and len(set(fences)) == len(fences)
+
+
+async def test_a_newer_request_on_another_node_interrupts_the_holder(
+    nodes: Callable[[], SqlRepository],
+) -> None:
+    """The holder on node A is told to let go within a heartbeat; node B then holds with a higher fence."""
+    repo = nodes()
+    await repo.add_upload(make_upload("u1"))
+    node_a, node_b = SqlUploadLocks(repo, heartbeat=0.2, ttl=3), SqlUploadLocks(nodes(), heartbeat=0.2, ttl=3)
+    async with asyncio.timeout(30):
+        async with node_a.hold("u1") as first:
+            newer = asyncio.create_task(_hold_once(node_b, "u1"))
+            await asyncio.wait_for(first.interrupted.wait(), 3)
+            assert not first.still_valid() and first.holds()  # asked to let go, but still the holder
+            assert not newer.done()
+        second_fence = await newer
+    assert second_fence == first.fence + 1
+
+
+async def _hold_once(locks: SqlUploadLocks, upload_id: str) -> int:
+    async with locks.hold(upload_id) as lease:
+        assert lease.fence is not None
+        return lease.fence
+
+
+async def test_a_dead_holder_is_taken_over_once_its_lease_expires(nodes: Callable[[], SqlRepository]) -> None:
+    """A lease nobody renews (its node died) is taken over after the lease time, not before."""
+    repo = nodes()
+    dead = Leases(repo.engine, ttl=1.5)
+    assert await dead.acquire(upload_lease_name("u1"), "dead-node", interrupt=False) == 1
+    node_b = SqlUploadLocks(nodes(), heartbeat=0.3, ttl=1.5, takeover_timeout=10)
+    started = time.monotonic()
+    async with asyncio.timeout(30):
+        fence = await _hold_once(node_b, "u1")
+    assert fence == 2 and time.monotonic() - started >= 1.0
+
+
+async def test_a_holder_gives_up_when_it_cannot_renew(
+    nodes: Callable[[], SqlRepository], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without renewals (database unreachable), a holder stops holding after half the lease time."""
+    node_a = SqlUploadLocks(nodes(), heartbeat=0.2, ttl=1.2)
+
+    async def unreachable(*_args: object, **_kwargs: object) -> list[object]:
+        raise ConnectionError("database unreachable")
+
+    async with asyncio.timeout(30), node_a.hold("u1") as lease:
+        monkeypatch.setattr(node_a.leases, "renew", unreachable)
+        await asyncio.wait_for(lease.interrupted.wait(), 3)
+        assert not lease.holds()
+
+
+async def test_a_stale_holder_cannot_record_progress(nodes: Callable[[], SqlRepository]) -> None:
+    """A holder whose lease was taken over is fenced: its offset is refused, the new holder's is recorded."""
+    repo = nodes()
+    upload = make_upload()
+    await repo.add_upload(upload)
+    stale = Leases(repo.engine, ttl=1.0)
+    old_fence = await stale.acquire(upload_lease_name("u1"), "paused-node", interrupt=False)
+    assert old_fence == 1
+    node_b = SqlUploadLocks(nodes(), heartbeat=0.2, ttl=3, takeover_timeout=10)
+    async with asyncio.timeout(30), node_b.hold("u1") as lease:
+        upload.offset = 100
+        await repo.save_progress(upload, fence=lease.fence)
+        upload.offset = 999
+        with pytest.raises(UploadLocked):
+            await repo.save_progress(upload, fence=old_fence)
+    stored = await repo.get_upload("u1")
+    assert stored is not None and stored.offset == 100
+
+
+async def test_the_lease_of_a_deleted_upload_is_forgotten(nodes: Callable[[], SqlRepository]) -> None:
+    """Releasing the lock of an upload that no longer exists leaves no lease row behind."""
+    repo = nodes()
+    await repo.add_upload(make_upload("u1"))
+    locks = SqlUploadLocks(repo, heartbeat=0.2, ttl=3)
+    async with asyncio.timeout(30):
+        await _hold_once(locks, "u1")
+        async with locks.hold("u1"):
+            await repo.delete_upload("u1")
+    async with repo.engine.connect() as conn:
+        names = [r.name for r in await conn.execute(leases.select())]
+    assert names == []
+
+
+async def _until(condition: Callable[[], bool], seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_one_leader_per_job_and_a_successor_when_it_leaves(nodes: Callable[[], SqlRepository]) -> None:
+    """Of two nodes campaigning for a job exactly one leads; when it shuts down, the other takes over."""
+    async with asyncio.timeout(30):
+        first_election = elect(nodes(), "retention", ttl=1.2)
+        first = await first_election.__aenter__()
+        async with elect(nodes(), "retention", ttl=1.2) as second:
+            assert first.is_leader and not second.is_leader
+            await asyncio.sleep(1.5)  # longer than the lease: renewals keep the leader
+            assert first.is_leader and not second.is_leader
+            fence = first.fence
+            assert fence is not None
+            await first_election.__aexit__(None, None, None)
+            assert await _until(lambda: second.is_leader, 3)
+            assert second.fence == fence + 1
+
+
+async def test_a_leader_that_stops_renewing_is_replaced(
+    nodes: Callable[[], SqlRepository], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader cut off from the database stops leading before its lease expires; then another node leads."""
+    async with asyncio.timeout(30), elect(nodes(), "retention", ttl=1.2) as first:
+        renew = Leases.renew
+
+        async def cut_off(self: Leases, holder: str, name: str | None = None) -> list[object]:
+            if holder == first.holder:
+                raise ConnectionError("database unreachable")
+            return await renew(self, holder, name)  # type: ignore[return-value]
+
+        monkeypatch.setattr(Leases, "renew", cut_off)
+        async with elect(nodes(), "retention", ttl=1.2) as second:
+            assert first.is_leader and not second.is_leader
+            assert await _until(lambda: not first.is_leader, 2)
+            assert not second.is_leader  # the lease has not expired yet: nobody leads for a moment
+            assert await _until(lambda: second.is_leader, 3)
+            assert not first.is_leader
