@@ -8,6 +8,15 @@ import pytest
 from eftgw.model import SYSTEM
 from tests.support import RunningGateway, running_gateway
 
+SELF_PARAMETRISED = ("tests/storage/", "tests/metadata/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The store and repository suites run every backend themselves: once per test run is enough."""
+    for item in items:
+        if any(part in item.nodeid for part in SELF_PARAMETRISED):
+            item.add_marker(pytest.mark.backend_independent)
+
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:

@@ -201,6 +201,27 @@ class GatewayProcess:
     def token(self, case_id: str, role: str = "customer", user: str = "alice") -> str:
         return self.cli("token", case_id, "--role", role, "--user", user).stdout.strip()
 
+    def settings(self) -> Settings:
+        """The node's settings, as its process reads them from the environment."""
+        fields = set(Settings.model_fields)
+        values = {
+            key.removeprefix("EFTGW_").lower(): value
+            for key, value in self.env.items()
+            if key.startswith("EFTGW_") and key.removeprefix("EFTGW_").lower() in fields
+        }
+        return Settings(**values)
+
+    async def stored_keys(self, prefix: str) -> list[str]:
+        """What the node's object store holds under ``prefix`` (any backend), listed from outside."""
+        from eftgw.gateway import build_store  # noqa: PLC0415
+
+        store = build_store(self.settings())
+        await store.open()
+        try:
+            return await store.list_keys(prefix)
+        finally:
+            await store.close()
+
 
 @contextlib.contextmanager
 def gateway_process(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[GatewayProcess]:

@@ -22,11 +22,8 @@ def audit(node: GatewayProcess, case_id: str) -> list[dict]:
     return [json.loads(line) for line in node.cli("audit", "list", "--case", case_id).stdout.splitlines()]
 
 
-def stored_keys(node: GatewayProcess, case_id: str) -> list[str]:
-    root = node.data_dir / "objects"
-    return sorted(
-        str(p.relative_to(root)) for prefix in ("cases", "uploads") for p in (root / prefix / case_id).rglob("*")
-    ) if any((root / prefix / case_id).exists() for prefix in ("cases", "uploads")) else []
+async def stored_keys(node: GatewayProcess, case_id: str) -> list[str]:
+    return await node.stored_keys(f"cases/{case_id}/") + await node.stored_keys(f"uploads/{case_id}/")
 
 
 async def upload_file(node: GatewayProcess, case_id: str, data: bytes, name: str = "log.txt") -> dict:
@@ -59,11 +56,11 @@ async def test_closed_29_days_is_kept_and_31_days_is_purged_completely(tmp_path:
         assert (await list_files(node, "C-1"))["files"][0]["purge_due_at"] == "2026-01-31T12:00:00Z"
         dry = json.loads(node.cli("retention", "run", "--now", "2026-02-01T12:00:00Z", "--dry-run", "--json").stdout)
         assert [d["case_id"] for d in dry["due"]] == ["C-1"] and dry["purged"] == []
-        assert stored_keys(node, "C-1") != []
+        assert await stored_keys(node, "C-1") != []
         purged = retention(node, "2026-02-01T12:00:00Z")
         assert [p["case_id"] for p in purged["purged"]] == ["C-1"]
         assert purged["purged"][0]["files"] == 1 and purged["purged"][0]["bytes"] == 200_000
-        assert stored_keys(node, "C-1") == []
+        assert await stored_keys(node, "C-1") == []
         assert (await list_files(node, "C-1"))["status"] == 404
         assert node.cli("case", "show", "C-1", check=False).returncode == 2
         events = audit(node, "C-1")
@@ -114,10 +111,10 @@ async def test_upload_in_flight_at_closure_is_refused_and_removed_at_purge(tmp_p
             h = tus_headers(token, Upload_Offset="400", Content_Type=OCTETS)
             async with s.patch(url, data=b"y" * 600, headers=h) as resp:
                 assert resp.status == 403 and (await resp.json())["code"] == "case_closed"
-            assert any(k.startswith("uploads/") for k in stored_keys(node, "C-4"))
+            assert any(k.startswith("uploads/") for k in await stored_keys(node, "C-4"))
             purged = retention(node, "2026-02-01T12:00:00Z")
             assert purged["purged"][0]["unfinished_uploads"] == 1
-            assert stored_keys(node, "C-4") == []
+            assert await stored_keys(node, "C-4") == []
             async with s.head(url, headers=tus_headers(token)) as resp:
                 assert resp.status == 404
 
@@ -136,6 +133,6 @@ async def test_idle_unfinished_uploads_expire_and_are_cleaned_up(tmp_path: Path)
             later = __import__("datetime").datetime.now(__import__("datetime").UTC) + __import__("datetime").timedelta(hours=2)
             result = retention(node, later.isoformat())
             assert result["expired_uploads"] == 1
-            assert stored_keys(node, "C-5") == []
+            assert await stored_keys(node, "C-5") == []
             async with s.head(url, headers=tus_headers(token)) as resp:
                 assert resp.status == 410

@@ -14,7 +14,7 @@ from eftgw.gateway import Gateway
 from eftgw.model import CaseState, Principal, Role, SYSTEM
 from eftgw.retention.policy import due_purges
 from eftgw.retention.worker import sweep
-from tests.support import settings_for
+from tests.support import backend, settings_for
 
 START = dt.datetime(2026, 1, 1, 9, 0, tzinfo=dt.UTC)
 RETENTION = dt.timedelta(days=30)
@@ -53,6 +53,8 @@ async def check_agreement(gw: Gateway, model: dict[str, Expected]) -> None:
 async def test_ninety_random_days(tmp_path: Path) -> None:
     """Random opens, uploads, closures and reopenings; daily sweeps purge exactly the due cases."""
     rng = random.Random(20261126)
+    # Against a real S3 server every upload costs several round trips: fewer cases, the same 90 days.
+    new_cases, upload_chance = (3, 0.3) if backend() == "embedded" else (1, 0.12)
     clock = FixedClock(START)
     settings: Settings = settings_for(tmp_path / "sim")
     gw = Gateway.build(settings, clock)
@@ -60,21 +62,21 @@ async def test_ninety_random_days(tmp_path: Path) -> None:
     model: dict[str, Expected] = {}
     try:
         for day in range(90):
-            for _ in range(rng.randint(0, 3)):
+            for _ in range(rng.randint(0, new_cases)):
                 case_id = f"SIM-{len(model) + 1}"
                 await gw.cases.open(SYSTEM, case_id)
                 model[case_id] = Expected()
             for case_id, expected in model.items():
                 clock.at = START + dt.timedelta(days=day, minutes=rng.randint(0, 600))
                 roll = rng.random()
-                if expected.state == "open" and roll < 0.3:
+                if expected.state == "open" and roll < upload_chance:
                     customer = Principal("cust", Role.CUSTOMER, case_id)
                     data = rng.randbytes(rng.randint(0, 2048))
                     upload = await gw.uploads.create(customer, case_id, length=len(data), metadata={"filename": "f"})
                     if data:
                         upload = await gw.uploads.append(customer, case_id, upload.id, 0, body(data))
                     expected.files.add(upload.file_id)
-                elif expected.state == "open" and roll < 0.4:
+                elif expected.state == "open" and roll < upload_chance + 0.1:
                     back = dt.timedelta(hours=rng.randint(0, 48))
                     closed = await gw.cases.close(SYSTEM, case_id, clock.now() - back)
                     expected.state, expected.closed_at = "closed", closed.closed_at
@@ -94,6 +96,6 @@ async def test_ninety_random_days(tmp_path: Path) -> None:
                 model[case_id] = Expected(state="purged")
             await check_agreement(gw, model)
         states = [e.state for e in model.values()]
-        assert states.count("purged") > 5 and states.count("open") > 5  # the run exercised both sides
+        assert states.count("purged") > 3 and states.count("open") > 3  # the run exercised both sides
     finally:
         await gw.close()
