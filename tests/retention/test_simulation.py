@@ -60,6 +60,7 @@ async def test_ninety_random_days(tmp_path: Path) -> None:
     gw = Gateway.build(settings, clock)
     await gw.start()
     model: dict[str, Expected] = {}
+    purges = 0
     try:
         for day in range(90):
             for _ in range(rng.randint(0, new_cases)):
@@ -94,8 +95,9 @@ async def test_ninety_random_days(tmp_path: Path) -> None:
             assert result.failed == {}
             for case_id in due:
                 model[case_id] = Expected(state="purged")
+            purges += len(due)
             await check_agreement(gw, model)
         states = [e.state for e in model.values()]
-        assert states.count("purged") > 3 and states.count("open") > 3  # the run exercised both sides
+        assert purges >= 3 and states.count("open") >= 3  # the run exercised both sides
     finally:
         await gw.close()
