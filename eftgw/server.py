@@ -9,14 +9,15 @@ import shutil
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
-from eftgw.model import SYSTEM
+from eftgw.metadata.election import run_as_leader
+from eftgw.orphans import sweep_orphans
 from eftgw.retention.worker import sweep
 from eftgw.tlsutil import ensure_self_signed, server_context
 
@@ -32,16 +33,6 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return server_context(cert, key)
 
 
-async def periodic(name: str, interval: float, job: Callable[[], Awaitable[object]]) -> None:
-    """Run ``job`` every ``interval`` seconds; a failure is logged and retried next time, never fatal."""
-    while True:
-        try:
-            await job()
-        except Exception:
-            log.exception("background job %s failed; retrying in %.0f s", name, interval)
-        await asyncio.sleep(interval)
-
-
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
     from eftgw.http.app import make_app  # noqa: PLC0415 - keeps the CLI's admin commands light
 
@@ -53,16 +44,20 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     context = tls_context(settings)
     site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)
     await site.start()
+    # Jobs that must run once per region elect one runner through the database (any number of nodes).
     tasks = [
         asyncio.create_task(
-            periodic("upload-expiry", 60, lambda: gateway.uploads.sweep_expired(SYSTEM)), name="upload-expiry"
+            run_as_leader(gateway.repo, "retention", settings.retention_interval, lambda: sweep(gateway)),
+            name="retention",
         ),
         asyncio.create_task(
-            periodic("session-expiry", 300, lambda: gateway.repo.delete_expired(gateway.clock.now())),
-            name="session-expiry",
-        ),
-        asyncio.create_task(
-            periodic("retention", settings.retention_interval, lambda: sweep(gateway)), name="retention"
+            run_as_leader(
+                gateway.repo,
+                "orphan-sweep",
+                3600,
+                lambda: sweep_orphans(gateway.repo, gateway.store, gateway.clock.now()),
+            ),
+            name="orphan-sweep",
         ),
     ]
     scheme = "https" if context else "http"
