@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import sys
@@ -124,6 +125,18 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(with_gateway(settings, action))
 
 
+def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
+    from eftgw.orphans import sweep_orphans  # noqa: PLC0415
+
+    async def action(gw: Gateway) -> int:
+        grace = dt.timedelta(seconds=args.grace)
+        removed = await sweep_orphans(gw.repo, gw.store, gw.clock.now(), grace)
+        print(json.dumps({"removed": removed}))
+        return 0
+
+    return asyncio.run(with_gateway(settings, action))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eftgw", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (EFTGW_* environment variables override it)")
@@ -152,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="only say what would be purged")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser("orphans", help="remove stored data no upload knows (e.g. after a crash)")
+    p.add_argument("action", choices=["sweep"])
+    p.add_argument("--grace", type=int, default=3600, help="leave anything touched this many seconds ago")
+    p.set_defaults(func=cmd_orphans)
 
     p = sub.add_parser("audit", help="print audit events as JSON lines, oldest first")
     p.add_argument("action", choices=["list"])
