@@ -53,7 +53,9 @@ async def run(size_mib: int, patch_mib: int, data_dir: Path) -> dict[str, object
         node.cli("case", "open", "BENCH-1")
         token = node.token("BENCH-1")
         assert node.proc is not None
-        idle_rss = psutil.Process(node.proc.pid).memory_info().rss
+        gateway_proc = psutil.Process(node.proc.pid)
+        idle_rss = gateway_proc.memory_info().rss
+        written_before = gateway_proc.io_counters().write_bytes
         peak, stop = [idle_rss], asyncio.Event()
         sampler = asyncio.create_task(sample_rss(node.proc.pid, peak, stop))
         async with http_session() as s:
@@ -85,6 +87,7 @@ async def run(size_mib: int, patch_mib: int, data_dir: Path) -> dict[str, object
                     assert resp.status == 204, await resp.text()
                 offset_mib += count
             elapsed = time.perf_counter() - started
+            written = gateway_proc.io_counters().write_bytes - written_before
             async with s.get(
                 f"{node.url}/api/v1/cases/BENCH-1/files", headers={"Authorization": f"Bearer {token}"}
             ) as resp:
@@ -99,6 +102,8 @@ async def run(size_mib: int, patch_mib: int, data_dir: Path) -> dict[str, object
             "throughput_MBps": round(total / elapsed / 1e6, 1),
             "gateway_rss_idle_MiB": round(idle_rss / BLOCK, 1),
             "gateway_rss_peak_MiB": round(peak[0] / BLOCK, 1),
+            "storage": node.env.get("EFTGW_STORAGE", "filesystem"),
+            "gateway_local_disk_writes_MiB": round(written / BLOCK, 1),
             "sha256_verified": True,
         }
     finally:
