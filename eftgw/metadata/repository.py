@@ -68,6 +68,9 @@ class Repository(Protocol):
     async def add_audit(self, event: AuditEvent) -> None: ...
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]: ...
 
+    async def update_file(
+        self, case_id: str, file_id: str, *, name: str | None = None, modified_at: dt.datetime | None = None
+    ) -> bool: ...
     async def add_account(self, account: SftpAccount) -> None: ...
     async def get_account(self, username: str) -> SftpAccount | None: ...
     async def list_accounts(self, case_id: str | None = None) -> list[SftpAccount]: ...
@@ -326,6 +329,7 @@ class SqlRepository:
                 .where(t.uploads.c.id == upload.id)
                 .values(
                     state=UploadState.FINISHED.value,
+                    name=upload.name,
                     offset=upload.offset,
                     length=upload.length,
                     updated_at=upload.updated_at,
@@ -428,7 +432,26 @@ class SqlRepository:
             for r in rows
         ]
 
-    # file metadata and SFTP accounts -------------------------------------------------------------
+    # file metadata and SFTP accounts ----------------------------------------------------------------
+
+    async def update_file(
+        self, case_id: str, file_id: str, *, name: str | None = None, modified_at: dt.datetime | None = None
+    ) -> bool:
+        """Change a completed file's name and/or its recorded modification time; ``False`` if unknown."""
+        values: dict[str, Any] = {}
+        if name is not None:
+            values["name"] = name
+        if modified_at is not None:
+            values["modified_at"] = modified_at
+        if not values:
+            return await self.get_file(case_id, file_id) is not None
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(t.files)
+                .where(t.files.c.id == file_id, t.files.c.case_id == case_id)
+                .values(**values)
+            )
+        return bool(result.rowcount)
 
     async def add_account(self, account: SftpAccount) -> None:
         async with self.engine.begin() as conn:
