@@ -1,0 +1,396 @@
+"""Support for the SFTP tests: a real gateway on a loopback port, real clients, and a proxy that drops.
+
+The gateway (core services + :class:`SftpService`, SQLite and the filesystem store in a temporary data dir)
+runs on its own event loop in a background thread, so that blocking clients (OpenSSH ``sftp``, lftp, rclone
+as subprocesses; paramiko) can talk to it from the test. ``GatewayThread.call`` runs a coroutine on the
+gateway's loop, for setting up cases and accounts and for reading back what the core recorded.
+
+Ports come from the SFTP range 22000-22999 (22100 and up; the first free one is taken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+import pytest
+
+from eftgw.clock import SystemClock
+from eftgw.config import Settings
+from eftgw.gateway import Gateway
+from eftgw.model import FileRecord, Principal, Role, Upload
+from eftgw.sftp import SftpService
+from eftgw.sftp.defender import LoginDefender
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
+ENGINEER = Principal(user="eve-engineer", role=Role.ENGINEER, via="token")
+PORTS = range(22100, 23000)
+_port_lock = threading.Lock()
+_next_port = [PORTS.start]
+
+
+def free_port() -> int:
+    """A free loopback port from the SFTP tests' range."""
+    with _port_lock:
+        for _ in range(len(PORTS)):
+            port = _next_port[0]
+            _next_port[0] = port + 1 if port + 1 < PORTS.stop else PORTS.start
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port in 22100-22999")
+
+
+@dataclass
+class Account:
+    username: str
+    password: str
+    case_id: str
+
+
+class GatewayThread:
+    """A gateway node serving SFTP on a loopback port from a background thread."""
+
+    def __init__(self, data_dir: Path, **options: Any) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.options = options
+        self.clock = SystemClock()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+        self.gateway: Gateway | None = None
+        self.service: SftpService | None = None
+
+    # lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> GatewayThread:
+        self.thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        settings = Settings(data_dir=self.data_dir, sftp_port=self.port, host="127.0.0.1")
+        self.gateway = Gateway.build(settings, clock=self.clock)
+        await self.gateway.start()
+        opts = dict(self.options)
+        defender = opts.pop("defender", None) or LoginDefender(self.clock, **opts.pop("defender_options", {}))
+        self.service = SftpService(
+            self.gateway,
+            port=self.port,
+            defender=defender,
+            failure_delay=opts.pop("failure_delay", 0.3),
+            check_interval=opts.pop("check_interval", 0.5),
+            **opts,
+        )
+        await self.service.start()
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.call(self.service.stop())
+        if self.gateway is not None:
+            self.call(self.gateway.close())
+        self.call(_drain_loop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+    def call(self, coro: Awaitable[T], timeout: float = 120) -> T:
+        """Run a coroutine on the gateway's event loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(_awaited(coro), self.loop).result(timeout)
+
+    # set-up and inspection ------------------------------------------------------------------------
+
+    @property
+    def gw(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("not started")
+        return self.gateway
+
+    @property
+    def sftp(self) -> SftpService:
+        if self.service is None:
+            raise RuntimeError("not started")
+        return self.service
+
+    def open_case(self, case_id: str = "CASE-1") -> str:
+        self.call(self.gw.cases.open(OPERATOR, case_id))
+        return case_id
+
+    def account(self, case_id: str = "CASE-1", keys: list[str] | None = None) -> Account:
+        if self.call(self.gw.repo.get_case(case_id)) is None:
+            self.open_case(case_id)
+        issued = self.call(self.gw.accounts.create(OPERATOR, case_id, authorized_keys=keys))
+        return Account(issued.account.username, issued.password, case_id)
+
+    def files(self, case_id: str = "CASE-1") -> list[FileRecord]:
+        return self.call(self.gw.files.list(OPERATOR_ENGINEER, case_id))
+
+    def file_named(self, name: str, case_id: str = "CASE-1") -> FileRecord:
+        matches = [f for f in self.files(case_id) if f.name == name]
+        assert matches, f"no file {name!r} in {[f.name for f in self.files(case_id)]}"
+        return matches[-1]
+
+    def active_uploads(self, case_id: str = "CASE-1") -> list[Upload]:
+        return self.call(self.gw.uploads.list_active(OPERATOR_ENGINEER, case_id))
+
+    def content(self, record: FileRecord) -> bytes:
+        async def read() -> bytes:
+            download = await self.gw.files.open(OPERATOR_ENGINEER, record.case_id, record.id)
+            return b"".join([chunk async for chunk in download.stream])
+
+        return self.call(read())
+
+    def place_engineer_file(self, name: str, data: bytes, case_id: str = "CASE-1") -> FileRecord:
+        """An engineer puts a file into the case for the customer (as the HTTP path would)."""
+
+        async def body() -> Any:
+            yield data
+
+        async def place() -> FileRecord:
+            uploads = self.gw.uploads
+            upload = await uploads.create(ENGINEER, case_id, length=len(data), metadata={"filename": name})
+            if data:
+                await uploads.append(ENGINEER, case_id, upload.id, 0, body())
+            record = await self.gw.repo.get_file(case_id, upload.file_id)
+            assert record is not None
+            return record
+
+        return self.call(place())
+
+    def known_hosts(self, directory: Path, port: int | None = None) -> Path:
+        """A known_hosts file pinning this gateway's host keys (clients check them strictly), for a
+        connection to ``port`` (the gateway's own, or a proxy's in front of it)."""
+        port = port or self.port
+        lines = []
+        for pub in sorted((self.data_dir / "ssh").glob("*.pub")):
+            kind, blob = pub.read_text().split()[:2]
+            lines.append(f"[127.0.0.1]:{port} {kind} {blob}")
+        path = directory / f"known_hosts_{port}"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+OPERATOR_ENGINEER = Principal(user="operator", role=Role.ENGINEER, via="cli")
+
+
+async def _awaited(coro: Awaitable[T]) -> T:
+    return await coro
+
+
+async def _drain_loop() -> None:
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+# clients ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientKey:
+    private: Path
+    public_line: str
+
+
+def openssh_sftp(
+    gateway: GatewayThread,
+    account: Account,
+    batch: str,
+    *,
+    cwd: Path,
+    key: ClientKey | None = None,
+    port: int | None = None,
+    timeout: float = 120,
+    extra: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH ``sftp -b`` with a batch of commands; password logins answer through SSH_ASKPASS."""
+    batch_file = cwd / f"batch-{time.monotonic_ns()}"
+    batch_file.write_text(batch)
+    args = [
+        "sftp",
+        "-o", "BatchMode=no",
+        "-o", f"UserKnownHostsFile={gateway.known_hosts(cwd, port)}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "LogLevel=ERROR",
+        "-o", "ConnectTimeout=20",
+        "-P", str(port or gateway.port),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if key is not None:
+        args += [
+            "-i",
+            str(key.private),
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-o",
+            "IdentitiesOnly=yes",
+        ]
+    else:
+        askpass = cwd / "askpass.sh"
+        askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' '{account.password}'\n")
+        askpass.chmod(0o700)
+        env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY="none")
+        args += [
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+        ]
+    args += [*(extra or []), "-b", str(batch_file), f"{account.username}@127.0.0.1"]
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@contextlib.contextmanager
+def paramiko_sftp(
+    port: int, account: Account, *, sock: socket.socket | None = None
+) -> Iterator[tuple[paramiko.Transport, paramiko.SFTPClient]]:
+    """A paramiko SFTP session logged in with the account's password."""
+    transport = paramiko.Transport(sock or ("127.0.0.1", port))
+    transport.banner_timeout = 30
+    transport.auth_timeout = 30
+    try:
+        transport.connect(username=account.username, password=account.password)
+        client = paramiko.SFTPClient.from_transport(transport)
+        assert client is not None
+        client.get_channel().settimeout(60)
+        yield transport, client
+    finally:
+        transport.close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+# a TCP proxy that can drop the connection ----------------------------------------------------------
+
+
+class DroppingProxy:
+    """Forwards loopback TCP connections to the gateway; can reset them like a failed network would.
+
+    ``drop_after`` bytes from client to server, the proxy resets both sides (SO_LINGER 0: an RST, no FIN),
+    so neither peer gets a clean shutdown.
+    """
+
+    def __init__(self, target_port: int, drop_after: int | None = None) -> None:
+        self.target_port = target_port
+        self.drop_after = drop_after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream_bytes = 0
+        self.dropped = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+            server.settimeout(None)
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if upstream and self.drop_after is not None:
+                    room = self.drop_after - self.upstream_bytes
+                    if room <= 0:
+                        self.drop()
+                        return
+                    data = data[:room]
+                sink.sendall(data)
+                if upstream:
+                    self.upstream_bytes += len(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def drop(self) -> None:
+        """Reset every connection through the proxy."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.close()
+        self.dropped.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.drop()
+        self.listener.close()
+
+
+def require_tool(name: str) -> str:
+    """The path of a client the tests need; a missing tool is a failure (scripts/install-test-deps-sftp)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; run scripts/install-test-deps-sftp")
+    return path
+
+
+def eftgw_cli(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``eftgw`` admin CLI in a subprocess on the same data dir as a gateway."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "EFTGW_DATA_DIR": str(data_dir), **(env or {})}
+    full_env.pop("EFTGW_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "eftgw", *args], env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def utc(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
