@@ -14,6 +14,7 @@ from aiohttp import web
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
 from eftgw.model import SYSTEM
+from eftgw.sftp import SftpService
 from eftgw.tlsutil import ensure_self_signed, server_context
 
 log = logging.getLogger("eftgw.server")
@@ -49,6 +50,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     context = tls_context(settings)
     site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)
     await site.start()
+    sftp = SftpService(gateway)
+    await sftp.start()
     tasks = [
         asyncio.create_task(
             periodic("upload-expiry", 60, lambda: gateway.uploads.sweep_expired(SYSTEM)), name="upload-expiry"
@@ -66,7 +69,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         f"(data in {settings.resolved_data_dir}, storage {gateway.store.name})\n"
         f"  open a case:   eftgw case open CASE-1\n"
         f"  upload token:  eftgw token CASE-1 --role customer --user alice\n"
-        f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)",
+        f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)\n"
+        f"  sftp:          port {sftp.bound_port}; accounts: eftgw sftp-account create CASE-1",
         flush=True,
     )
     stop = asyncio.Event()
@@ -84,5 +88,6 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await sftp.stop()
         await runner.cleanup()
         await gateway.close()
