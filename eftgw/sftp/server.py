@@ -135,6 +135,7 @@ class SftpService:
         self.max_packet = max_packet
         self.host_keys_dir = settings.sftp_host_keys_dir or settings.resolved_data_dir / "ssh"
         self.sessions: set[LiveSession] = set()
+        self.connections: set[asyncssh.SSHServerConnection] = set()
         self._listener: asyncssh.SSHAcceptor | None = None
         self._checker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -187,9 +188,11 @@ class SftpService:
             await self._listener.wait_closed()
         for session in list(self.sessions):
             session.disconnect("The gateway is shutting down.")
-        for session in list(self.sessions):
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.connections):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(session.conn.wait_closed(), 10)
+                await asyncio.wait_for(conn.wait_closed(), 10)
         if self._background:
             await asyncio.wait(self._background, timeout=30)
 
@@ -242,6 +245,7 @@ class _AccountSSHServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.service.connections.add(conn)
         peer = conn.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else "unknown"
         if self.service.defender.is_banned(self.remote):
@@ -249,6 +253,8 @@ class _AccountSSHServer(asyncssh.SSHServer):
             conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.service.connections.discard(self.conn)
         if self.session is not None:
             self.service.sessions.discard(self.session)
 

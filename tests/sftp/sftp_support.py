@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import selectors
 import shutil
 import socket
 import subprocess
@@ -310,67 +311,94 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30, interval: flo
 class DroppingProxy:
     """Forwards loopback TCP connections to the gateway; can reset them like a failed network would.
 
-    ``drop_after`` bytes from client to server, the proxy resets both sides (SO_LINGER 0: an RST, no FIN),
-    so neither peer gets a clean shutdown.
+    After ``drop_after`` bytes from client to server (or on :meth:`drop`), every connection through the
+    proxy is reset (SO_LINGER 0: an RST, no FIN), so neither peer gets a clean shutdown; so is every later
+    connection. Each connection is relayed by one thread that alone owns its two sockets, so that closing
+    them really resets them.
     """
 
     def __init__(self, target_port: int, drop_after: int | None = None) -> None:
         self.target_port = target_port
         self.drop_after = drop_after
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.upstream_bytes = 0
         self.dropped = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._closed = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
 
     def _accept(self) -> None:
-        while not self._closed:
+        while not self._closed.is_set():
             try:
                 client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
-            server.settimeout(None)
-            self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            thread = threading.Thread(target=self._relay, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+    def _relay(self, client: socket.socket) -> None:
         try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if upstream and self.drop_after is not None:
-                    room = self.drop_after - self.upstream_bytes
-                    if room <= 0:
-                        self.drop()
-                        return
-                    data = data[:room]
-                sink.sendall(data)
-                if upstream:
-                    self.upstream_bytes += len(data)
+            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
         except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
+            _reset(client)
+            return
+        peers = {client: server, server: client}
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ)
+            selector.register(server, selectors.EVENT_READ)
+            while not (self.dropped.is_set() or self._closed.is_set()):
+                for key, _ in selector.select(0.05):
+                    source = key.fileobj
+                    assert isinstance(source, socket.socket)
+                    try:
+                        data = source.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:  # one side ended: end the other too (gracefully)
+                        for sock in (client, server):
+                            with contextlib.suppress(OSError):
+                                sock.close()
+                        return
+                    if source is client and self.drop_after is not None:
+                        room = self.drop_after - self.upstream_bytes
+                        data = data[: max(room, 0)]
+                        if room <= 0:
+                            self.dropped.set()
+                            break
+                    try:
+                        peers[source].sendall(data)
+                    except OSError:
+                        self.dropped.set()
+                        break
+                    if source is client:
+                        self.upstream_bytes += len(data)
+        _reset(client)
+        _reset(server)
 
     def drop(self) -> None:
-        """Reset every connection through the proxy."""
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                sock.close()
+        """Reset every connection through the proxy (and refuse to carry new ones)."""
         self.dropped.set()
+        for thread in list(self._threads):
+            thread.join(timeout=10)
 
     def close(self) -> None:
-        self._closed = True
+        self._closed.set()
         self.drop()
         self.listener.close()
+        self._accepter.join(timeout=10)
+
+
+def _reset(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def require_tool(name: str) -> str:
@@ -394,3 +422,64 @@ def eftgw_cli(
 
 def utc(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+# raw SFTP requests, as particular clients send them ---------------------------------------------------
+
+FXF_READ, FXF_WRITE, FXF_APPEND, FXF_CREAT, FXF_TRUNC, FXF_EXCL = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+def open_with_flags(client: paramiko.SFTPClient, path: str, flags: int) -> paramiko.SFTPFile:
+    """SSH_FXP_OPEN with exactly these pflags (paramiko's ``open`` only knows mode strings)."""
+    kind, msg = client._request(paramiko.sftp.CMD_OPEN, path, flags, paramiko.SFTPAttributes())
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError("expected a handle")
+    handle = paramiko.SFTPFile(client, msg.get_binary(), "w")
+    handle.set_pipelined(True)
+    return handle
+
+
+def fsetstat_size(handle: paramiko.SFTPFile, size: int, mtime: int | None = None) -> None:
+    """SSH_FXP_FSETSTAT with a size (and a modification time), as OpenSSH and lftp send it."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_size = size
+    if mtime is not None:
+        attrs.st_atime = attrs.st_mtime = mtime
+    handle.sftp._request(paramiko.sftp.CMD_FSETSTAT, handle.handle, attrs)
+
+
+def write_until_dropped(handle: paramiko.SFTPFile, data: bytes, start: int = 0, chunk: int = 32768) -> int:
+    """Write ``data[start:]`` in client-sized pieces until the connection breaks; return the bytes sent."""
+    handle.seek(start)
+    sent = start
+    try:
+        for offset in range(start, len(data), chunk):
+            handle.write(data[offset : offset + chunk])
+            sent = offset + len(data[offset : offset + chunk])
+        handle.flush()
+    except (OSError, EOFError, paramiko.SSHException):
+        return sent
+    raise AssertionError("the connection was expected to drop before the end of the data")
+
+
+def through(proxy: DroppingProxy) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+
+
+def settled_upload(gateway: GatewayThread, name: str, case_id: str = "CASE-1") -> Upload:
+    """The upload in progress of that name, once the gateway has noticed the drop and stopped changing it."""
+    seen: list[int] = []
+
+    def steady() -> bool:
+        uploads = [u for u in gateway.active_uploads(case_id) if u.name == name]
+        if not uploads or gateway.call(_writer_live(gateway, uploads[0].id)):
+            return False
+        seen.append(uploads[0].offset)
+        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+    wait_until(steady, timeout=60, interval=0.1)
+    return next(u for u in gateway.active_uploads(case_id) if u.name == name)
+
+
+async def _writer_live(gateway: GatewayThread, upload_id: str) -> bool:
+    return gateway.sftp.context.writers.get(upload_id) is not None

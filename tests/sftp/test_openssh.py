@@ -1,4 +1,4 @@
-"""OpenSSH's own ``sftp`` client in batch mode against the gateway, as a customer on Linux or macOS uses it."""
+"""OpenSSH's own ``sftp`` client in batch mode against the gateway, as customers on Linux or macOS use it."""
 
 from __future__ import annotations
 
