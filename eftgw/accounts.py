@@ -262,12 +262,21 @@ class AccountService:
             return []
         return list(account.authorized_keys)
 
-    async def login_key(self, username: str, key_line: str, remote: str | None) -> Principal:
-        """Admit a login whose signature the transport verified with ``key_line``, an authorized key."""
+    async def key_principal(self, username: str, key_line: str, remote: str | None) -> Principal:
+        """The principal a login with ``key_line`` would be, if it is authorized now; records nothing.
+
+        The transport calls this before it checks the signature, then :meth:`record_login` once the
+        signature is verified.
+        """
         account = await self.repo.get_account(username) if USERNAME.match(username) else None
-        if account is None or key_line not in account.authorized_keys:
+        if account is None or key_line not in account.authorized_keys or not await self._usable(account):
             raise Unauthenticated()
-        return await self._admit(account, remote, method="publickey")
+        return self._principal(account, remote)
+
+    async def record_login(self, principal: Principal, *, method: str) -> None:
+        """Record a successful login (time on the account, audit event)."""
+        await self.repo.record_account_login(principal.user, self.clock.now())
+        await self.audit.record("sftp.login", principal, principal.case_id, principal.user, method=method)
 
     async def check_session(self, username: str) -> bool:
         """Whether a live session of ``username`` may go on: account active and its case open."""
@@ -277,11 +286,13 @@ class AccountService:
     async def _admit(self, account: SftpAccount, remote: str | None, *, method: str) -> Principal:
         if not await self._usable(account):
             raise Unauthenticated()
-        now = self.clock.now()
-        principal = Principal(account.username, Role.CUSTOMER, account.case_id, via="sftp", remote=remote)
-        await self.repo.record_account_login(account.username, now)
-        await self.audit.record("sftp.login", principal, account.case_id, account.username, method=method)
+        principal = self._principal(account, remote)
+        await self.record_login(principal, method=method)
         return principal
+
+    @staticmethod
+    def _principal(account: SftpAccount, remote: str | None) -> Principal:
+        return Principal(account.username, Role.CUSTOMER, account.case_id, via="sftp", remote=remote)
 
     async def _usable(self, account: SftpAccount) -> bool:
         if not account.active_at(self.clock.now()):
