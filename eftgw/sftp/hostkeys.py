@@ -34,6 +34,19 @@ def load_or_create_host_keys(directory: Path) -> list[asyncssh.SSHKey]:
     return keys
 
 
+def host_key_pairs(keys: list[asyncssh.SSHKey], allowed: list[str]) -> list[asyncssh.SSHKeyPair]:
+    """The keys as asyncssh serves them, offering only ``allowed`` signature algorithms.
+
+    asyncssh offers every algorithm a key type can sign with (for RSA also SHA-1 ``ssh-rsa``); the
+    ``signature_algs`` option does not narrow the host key algorithms, so they are narrowed here.
+    """
+    wanted = {alg.encode() for alg in allowed}
+    pairs = asyncssh.load_keypairs(keys)
+    for pair in pairs:
+        pair.host_key_algorithms = [alg for alg in pair.host_key_algorithms if alg in wanted]
+    return [pair for pair in pairs if pair.host_key_algorithms]
+
+
 def fingerprints(keys: list[asyncssh.SSHKey]) -> list[str]:
     """``<algorithm> SHA256:...`` of each key, as ``ssh-keygen -l`` shows them, for operators to publish."""
     return [f"{key.get_algorithm()} {key.get_fingerprint('sha256')}" for key in keys]

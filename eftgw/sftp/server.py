@@ -32,7 +32,7 @@ from eftgw.gateway import Gateway
 from eftgw.model import Principal, Role
 from eftgw.sftp.defender import LoginDefender
 from eftgw.sftp.fs import CaseSFTPServer, SftpContext
-from eftgw.sftp.hostkeys import fingerprints, load_or_create_host_keys
+from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
 from eftgw.sftp.session import SFTPOnlySession
 
 log = logging.getLogger("eftgw.sftp")
@@ -155,7 +155,7 @@ class SftpService:
             lambda: _AccountSSHServer(self),
             self.host,
             self.port,
-            server_host_keys=keys,
+            server_host_keys=host_key_pairs(keys, SIGNATURE_ALGS),
             server_version="eftgw",
             kex_algs=KEX_ALGS,
             encryption_algs=ENCRYPTION_ALGS,

@@ -105,6 +105,8 @@ class GatewayThread:
         await self.service.start()
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         if self.service is not None:
             self.call(self.service.stop())
         if self.gateway is not None:
