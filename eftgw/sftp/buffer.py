@@ -7,7 +7,8 @@ once while there is room; a background task drains the buffer into the core in *
 
 A part ends when it has reached ``part_size`` bytes, or when the buffer ran dry and either ``min_part``
 bytes went into it, ``linger`` seconds passed without data, or someone asked for a flush (close, fsync,
-setstat, teardown). Memory per handle is bounded by ``capacity`` plus the one block the core is writing.
+setstat, teardown). Memory per handle is bounded by ``capacity`` plus what the core holds while it stores a
+part (one block being written and one being filled, 1 MiB each).
 
 Sizes: ``durable`` is what the core has committed (what ``stat`` reports and a crash keeps); ``end`` is where
 the next write must start (durable + in flight + queued).

@@ -293,6 +293,24 @@ def paramiko_sftp(
         transport.close()
 
 
+def login_fails(port: int, username: str, password: str, source: str = "127.0.0.1") -> float:
+    """Try a password login from ``source``; it must be refused (at any stage). Return how long the
+    password attempt took to be refused (0 if the connection was refused before that)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    transport = paramiko.Transport(sock)
+    try:
+        try:
+            transport.start_client(timeout=30)
+        except (paramiko.SSHException, EOFError, OSError):
+            return 0.0
+        started = time.monotonic()
+        with pytest.raises((paramiko.AuthenticationException, paramiko.SSHException, EOFError, OSError)):
+            transport.auth_password(username, password)
+        return time.monotonic() - started
+    finally:
+        transport.close()
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
