@@ -421,6 +421,10 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
 
 
+ProxyFactory = Callable[..., DroppingProxy]
+GatewayFactory = Callable[..., GatewayThread]
+
+
 def require_tool(name: str) -> str:
     """The path of a client the tests need; a missing tool is a failure (scripts/install-test-deps-sftp)."""
     path = shutil.which(name)
@@ -477,6 +481,7 @@ def write_until_dropped(handle: paramiko.SFTPFile, data: bytes, start: int = 0, 
             handle.write(data[offset : offset + chunk])
             sent = offset + len(data[offset : offset + chunk])
         handle.flush()
+        handle.stat()  # a request that needs an answer: fails once the connection is gone
     except (OSError, EOFError, paramiko.SSHException):
         return sent
     raise AssertionError("the connection was expected to drop before the end of the data")

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sftp_support import OPERATOR, Account, GatewayThread, eftgw_cli, login_fails, paramiko_sftp
+from sftp_support import OPERATOR, Account, ClientKey, GatewayThread, eftgw_cli, login_fails, paramiko_sftp
 
 from eftgw.accounts import AccountInactive, PasswordSealer, load_or_create_account_key
 from eftgw.clock import parse_instant
@@ -142,7 +142,7 @@ async def test_accounts_are_made_for_open_cases_by_operators_engineers_and_the_p
     assert (await core.accounts.show(OPERATOR, issued.account.username)).password == issued.password
 
 
-async def test_authorized_keys_must_be_openssh_public_keys(core: Gateway, client_key) -> None:
+async def test_authorized_keys_must_be_openssh_public_keys(core: Gateway, client_key: ClientKey) -> None:
     """Keys are checked when stored and kept as ``type base64``; anything else is refused."""
     issued = await core.accounts.create(OPERATOR, "CASE-1", authorized_keys=[client_key.public_line])
     assert issued.account.authorized_keys == [" ".join(client_key.public_line.split()[:2])]

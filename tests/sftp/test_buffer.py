@@ -85,7 +85,7 @@ async def test_writes_return_without_waiting_for_storage_while_there_is_room(cor
     """With storage stalled, writes are accepted at once until the buffer (plus the block the core is
     storing) is full; the next write waits (backpressure) until storage takes data; then all is durable."""
     gate = asyncio.Event()
-    core.uploads.store = SlowStore(core.store, 0.0, gate)  # type: ignore[assignment]
+    core.uploads.store = SlowStore(core.store, 0.0, gate)
     upload = await core.uploads.create(
         CUSTOMER, "CASE-1", length=None, metadata={"filename": "x"}, via="sftp"
     )
@@ -117,7 +117,7 @@ async def test_writes_return_without_waiting_for_storage_while_there_is_room(cor
 
 async def test_queued_bytes_never_exceed_the_capacity(core: Gateway) -> None:
     """While a slow store drains it in parts, the bytes held in memory stay within the capacity."""
-    core.uploads.store = SlowStore(core.store, 0.002)  # type: ignore[assignment]
+    core.uploads.store = SlowStore(core.store, 0.002)
     upload = await core.uploads.create(
         CUSTOMER, "CASE-1", length=None, metadata={"filename": "y"}, via="sftp"
     )
@@ -184,7 +184,7 @@ def test_an_sftp_session_is_slowed_down_not_buffered_without_bound(gateway: Gate
 
 
 async def _slow_storage(gateway: GatewayThread, delay: float) -> None:
-    gateway.gw.uploads.store = SlowStore(gateway.gw.store, delay)  # type: ignore[assignment]
+    gateway.gw.uploads.store = SlowStore(gateway.gw.store, delay)
 
 
 async def _queued(gateway: GatewayThread) -> int:

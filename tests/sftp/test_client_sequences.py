@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -17,6 +18,7 @@ from sftp_support import (
     FXF_TRUNC,
     FXF_WRITE,
     GatewayThread,
+    ProxyFactory,
     fsetstat_size,
     open_with_flags,
     paramiko_sftp,
@@ -29,7 +31,9 @@ from sftp_support import (
 MIB = 1024 * 1024
 
 
-def test_winscp_filepart_resume_remove_target_rename_setstat(gateway: GatewayThread, proxy_factory) -> None:
+def test_winscp_filepart_resume_remove_target_rename_setstat(
+    gateway: GatewayThread, proxy_factory: ProxyFactory
+) -> None:
     """WinSCP: upload to ``name.filepart``; after the drop, the offset from ``stat`` of the .filepart, reopen
     WRITE|CREAT, write from there, close, remove the old target, rename, set the mtime."""
     account = gateway.account()
@@ -70,7 +74,7 @@ def test_winscp_filepart_resume_remove_target_rename_setstat(gateway: GatewayThr
 
 
 def test_filezilla_reopens_write_only_and_fstats_for_the_offset(
-    gateway: GatewayThread, proxy_factory
+    gateway: GatewayThread, proxy_factory: ProxyFactory
 ) -> None:
     """FileZilla: upload straight to the name; to resume, open WRITE only, FSTAT the handle for the size,
     write from there, close (which finishes), then set the mtime."""
@@ -98,7 +102,7 @@ def test_filezilla_reopens_write_only_and_fstats_for_the_offset(
 
 
 def test_openssh_reput_appends_and_truncates_to_its_highwater_on_interruption(
-    gateway: GatewayThread, proxy_factory
+    gateway: GatewayThread, proxy_factory: ProxyFactory
 ) -> None:
     """OpenSSH ``reput``: stat, open WRITE|CREAT|APPEND, write from the size; interrupted, it sends
     FSETSTAT(size = acknowledged high-water mark), which the gateway accepts; the next reput completes."""
@@ -132,7 +136,9 @@ def test_openssh_reput_appends_and_truncates_to_its_highwater_on_interruption(
     assert gateway.file_named("core.dump").sha256 == sha256(data)
 
 
-def test_lftp_put_continue_ends_with_fsetstat_size_and_mtime(gateway: GatewayThread, proxy_factory) -> None:
+def test_lftp_put_continue_ends_with_fsetstat_size_and_mtime(
+    gateway: GatewayThread, proxy_factory: ProxyFactory
+) -> None:
     """lftp ``put -c``: stat for the size, open WRITE|CREAT (no TRUNC) and write from there; the upload ends
     with FSETSTAT(size, mtime) and CLOSE."""
     account = gateway.account()
@@ -156,7 +162,9 @@ def test_lftp_put_continue_ends_with_fsetstat_size_and_mtime(gateway: GatewayThr
     assert record.modified_at is not None and int(record.modified_at.timestamp()) == 1_400_000_000
 
 
-def test_rclone_partial_then_posix_rename_replaces_the_target(gateway: GatewayThread, proxy_factory) -> None:
+def test_rclone_partial_then_posix_rename_replaces_the_target(
+    gateway: GatewayThread, proxy_factory: ProxyFactory
+) -> None:
     """rclone: write ``name.XXXX.partial``, close (still an upload in progress), then posix-rename onto the
     final name, replacing the file that had it; a dropped .partial is simply written again."""
     account = gateway.account()
@@ -319,7 +327,7 @@ def test_reading_an_upload_in_progress_is_refused(gateway: GatewayThread) -> Non
             assert back.read() == b"partial"
 
 
-def test_paramiko_put_and_get_with_the_default_client(gateway: GatewayThread, tmp_path) -> None:
+def test_paramiko_put_and_get_with_the_default_client(gateway: GatewayThread, tmp_path: Path) -> None:
     """paramiko's own put/get (pipelined, with its confirming stat) round-trip a file."""
     account = gateway.account()
     data = os.urandom(2 * MIB + 3)

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from sftp_support import Account, GatewayThread, require_tool, settled_upload, sha256
+from sftp_support import Account, GatewayThread, ProxyFactory, require_tool, settled_upload, sha256
 
 MIB = 1024 * 1024
 
@@ -41,7 +41,7 @@ def lftp(gateway: GatewayThread, account: Account, commands: str, cwd: Path, por
 
 
 def test_lftp_put_then_interrupted_put_resumed_with_put_c(
-    gateway: GatewayThread, tmp_path: Path, proxy_factory
+    gateway: GatewayThread, tmp_path: Path, proxy_factory: ProxyFactory
 ) -> None:
     """lftp uploads a file; an upload cut by a connection reset continues with ``put -c`` from the durable
     size, and the case file has the original's SHA-256."""

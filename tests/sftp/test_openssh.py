@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sftp_support import ClientKey, GatewayThread, openssh_sftp, paramiko_sftp, sha256, wait_until
+from sftp_support import (
+    ClientKey,
+    GatewayThread,
+    ProxyFactory,
+    openssh_sftp,
+    paramiko_sftp,
+    sha256,
+    wait_until,
+)
 
 
 def test_put_ls_get_roundtrip_lands_in_the_case_with_its_sha256(
@@ -55,7 +63,7 @@ def test_password_login_through_keyboard_interactive_and_password(
 
 
 def test_interrupted_put_then_reput_resumes_from_the_durable_size(
-    gateway: GatewayThread, tmp_path: Path, client_key: ClientKey, proxy_factory
+    gateway: GatewayThread, tmp_path: Path, client_key: ClientKey, proxy_factory: ProxyFactory
 ) -> None:
     """A put whose connection is reset midway leaves an upload in progress whose listed size is durable;
     ``reput`` continues from there and the finished file is exactly the original."""
@@ -66,7 +74,7 @@ def test_interrupted_put_then_reput_resumes_from_the_durable_size(
     cut = openssh_sftp(gateway, account, "put dump.bin\n", cwd=tmp_path, key=client_key, port=proxy.port)
     assert cut.returncode != 0
     assert proxy.dropped.is_set()
-    wait_until(lambda: gateway.active_uploads() and gateway.active_uploads()[0].offset > 0)
+    wait_until(lambda: any(u.offset > 0 for u in gateway.active_uploads()))
     partial = gateway.active_uploads()[0]
     assert partial.name == "dump.bin" and 0 < partial.offset < len(data)
     assert gateway.files() == []

@@ -21,6 +21,7 @@ from sftp_support import (
     FXF_WRITE,
     OPERATOR,
     ClientKey,
+    GatewayFactory,
     GatewayThread,
     eftgw_cli,
     login_fails,
@@ -51,7 +52,7 @@ def test_an_expired_account_is_refused_and_its_live_session_cut(gateway: Gateway
         assert "before-expiry.bin" in sftp.listdir()
 
 
-def test_revoking_an_account_cuts_its_sessions_at_once(gateway_factory) -> None:
+def test_revoking_an_account_cuts_its_sessions_at_once(gateway_factory: GatewayFactory) -> None:
     """A revocation through the account service (CLI or integration API in this process) cuts the
     account's live sessions without waiting for the periodic check, and refuses new logins."""
     gateway = gateway_factory(check_interval=3600)
@@ -77,7 +78,9 @@ def test_revoking_from_another_process_cuts_sessions_on_the_next_check(gateway: 
         wait_until(lambda: not transport.is_active(), timeout=15)
 
 
-def test_closing_the_case_refuses_the_next_request_and_cuts_the_session(gateway_factory) -> None:
+def test_closing_the_case_refuses_the_next_request_and_cuts_the_session(
+    gateway_factory: GatewayFactory,
+) -> None:
     """When the case closes, the session's next request is refused and the connection cut (even with no
     periodic check due); logins to the closed case are refused."""
     gateway = gateway_factory(check_interval=3600)
@@ -103,7 +106,7 @@ def test_closing_the_case_from_the_cli_cuts_idle_sessions(gateway: GatewayThread
 # brute force and user enumeration ------------------------------------------------------------------
 
 
-def test_failed_logins_are_delayed_then_the_address_is_banned(gateway_factory) -> None:
+def test_failed_logins_are_delayed_then_the_address_is_banned(gateway_factory: GatewayFactory) -> None:
     """Each failed login waits before the reply; after the threshold the address is banned, so even the
     right password is refused from it, while other addresses still log in."""
     gateway = gateway_factory(failure_delay=0.4, defender_options={"threshold": 3, "ban_time": 600})
@@ -119,7 +122,9 @@ def test_failed_logins_are_delayed_then_the_address_is_banned(gateway_factory) -
         assert sftp.listdir() == []
 
 
-def test_unknown_and_known_usernames_get_the_same_reply_after_the_same_time(gateway_factory) -> None:
+def test_unknown_and_known_usernames_get_the_same_reply_after_the_same_time(
+    gateway_factory: GatewayFactory,
+) -> None:
     """A wrong password for a real account, an unknown account name and a name that is not even an account
     name are refused with the same methods list and (within noise) the same delay."""
     gateway = gateway_factory(failure_delay=0.3, defender_options={"threshold": 1000})
@@ -154,8 +159,8 @@ def test_an_error_while_authenticating_rejects_the_login(
         raise RuntimeError("database on fire")
 
     saved = accounts.login_password, accounts.authorized_keys
-    accounts.login_password = broken  # type: ignore[method-assign]
-    accounts.authorized_keys = broken  # type: ignore[method-assign]
+    setattr(accounts, "login_password", broken)  # noqa: B010 - replacing a method on one instance
+    setattr(accounts, "authorized_keys", broken)  # noqa: B010
     try:
         login_fails(gateway.port, account.username, account.password)
         transport = paramiko.Transport(("127.0.0.1", gateway.port))
@@ -165,7 +170,8 @@ def test_an_error_while_authenticating_rejects_the_login(
             transport.auth_publickey(account.username, key)
         transport.close()
     finally:
-        accounts.login_password, accounts.authorized_keys = saved
+        setattr(accounts, "login_password", saved[0])  # noqa: B010
+        setattr(accounts, "authorized_keys", saved[1])  # noqa: B010
     with paramiko_sftp(gateway.port, account) as (_t, sftp):
         assert sftp.listdir() == []
 
@@ -308,7 +314,7 @@ def test_public_key_login_needs_a_strong_signature_by_a_key_of_that_account(
                 transport.auth_publickey(name, key)
             except paramiko.AuthenticationException:
                 return False
-            return transport.is_authenticated()
+            return bool(transport.is_authenticated())
         finally:
             transport.close()
 
@@ -336,7 +342,7 @@ def test_public_key_login_needs_a_strong_signature_by_a_key_of_that_account(
     assert key_login(elsewhere.username, other_rsa)
 
 
-def test_host_keys_are_made_once_and_kept(gateway_factory, tmp_path: Path) -> None:
+def test_host_keys_are_made_once_and_kept(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
     """The host keys are generated on first start (private files mode 0600) and the same keys are served
     after a restart on the same data dir."""
     first = gateway_factory()
@@ -355,3 +361,24 @@ def test_host_keys_are_made_once_and_kept(gateway_factory, tmp_path: Path) -> No
         assert served.get_base64() == (keys_dir / "ssh_host_ed25519_key.pub").read_text().split()[1]
     finally:
         restarted.stop()
+
+
+def test_the_ssh_session_offers_sftp_and_nothing_else(gateway: GatewayThread) -> None:
+    """A logged-in account gets no shell, no command execution, no scp and no port forwarding."""
+    account = gateway.account()
+    with paramiko_sftp(gateway.port, account) as (transport, _sftp):
+        for request in ("shell", "exec", "scp"):
+            channel = transport.open_session(timeout=30)
+            with pytest.raises(paramiko.SSHException):
+                if request == "shell":
+                    channel.invoke_shell()
+                elif request == "exec":
+                    channel.exec_command("cat /etc/passwd")
+                else:
+                    channel.exec_command("scp -t /tmp")
+            channel.close()
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_channel("direct-tcpip", ("127.0.0.1", gateway.port), ("127.0.0.1", 0), timeout=30)
+        with pytest.raises(paramiko.SSHException):
+            transport.request_port_forward("127.0.0.1", 0)
+        assert transport.is_active()
