@@ -201,6 +201,9 @@ class WriterRegistry:
     def get(self, upload_id: str) -> BufferedUpload | None:
         return self._writers.get(upload_id)
 
+    def __len__(self) -> int:
+        return len(self._writers)
+
     async def take_over(self, upload_id: str, reason: DomainError | None = None) -> None:
         """Before a new handle writes to ``upload_id`` (or it is finished): the old writer keeps what it
         has, then stops with ``reason``."""

@@ -47,7 +47,7 @@ from asyncssh import (
 )
 
 from eftgw.cases import CaseService
-from eftgw.errors import DomainError
+from eftgw.errors import DomainError, Forbidden
 from eftgw.files import FileService
 from eftgw.model import FileRecord, Principal, Upload, UploadState
 from eftgw.sftp.area import OWNERS, CaseArea, Entry, root_attrs
@@ -174,6 +174,7 @@ class CaseSFTPServer(SFTPServer):
             if entry.record is None:
                 raise SFTPPermissionDenied(f"{name} is still being uploaded; it can be read when complete.")
             handle = ReadHandle(self.ctx.files, self.principal, entry.record)
+            await handle.start()
             self._reads.add(handle)
             return handle
 
@@ -231,6 +232,8 @@ class CaseSFTPServer(SFTPServer):
         with translated("write"):
             buffer = handle.buffer
             if buffer.error is not None:
+                if isinstance(buffer.error, Forbidden):  # e.g. the case closed under the upload
+                    await self.guard.authorize()
                 raise buffer.error
             if not handle.append and offset != buffer.end:
                 raise SFTPFailure(

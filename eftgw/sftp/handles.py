@@ -29,16 +29,18 @@ class ReadHandle:
         self._position = 0
         self._pending = memoryview(b"")
 
+    async def start(self) -> None:
+        """Open the file from its first byte (the download is audited now, even if nothing is read)."""
+        await self._open_at(0)
+
     async def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``; :class:`SFTPEOFError` at or after the end."""
         if offset >= self.record.size or size <= 0:
             raise SFTPEOFError("End of file")
         if self._stream is None or offset != self._position:
-            await self.close()
-            record = self.record
-            download = await self.files.open(self.principal, record.case_id, record.id, start=offset)
-            self._stream = download.stream
-            self._position = offset
+            await self._open_at(offset)
+        if self._stream is None:
+            raise SFTPEOFError("End of file")
         out = bytearray()
         while len(out) < size:
             if not self._pending:
@@ -53,6 +55,13 @@ class ReadHandle:
             raise SFTPEOFError("End of file")
         self._position += len(out)
         return bytes(out)
+
+    async def _open_at(self, offset: int) -> None:
+        await self.close()
+        record = self.record
+        download = await self.files.open(self.principal, record.case_id, record.id, start=offset)
+        self._stream = download.stream
+        self._position = offset
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None

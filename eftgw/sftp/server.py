@@ -193,6 +193,11 @@ class SftpService:
         for conn in list(self.connections):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 10)
+        # Handles closed by the teardown make what they hold durable before the core shuts down.
+        for _ in range(600):
+            if not len(self.context.writers):
+                break
+            await asyncio.sleep(0.05)
         if self._background:
             await asyncio.wait(self._background, timeout=30)
 
