@@ -43,7 +43,7 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).with_name("gateway_process.py")),
+                str(Path(__file__).with_name("sftp_gateway_process.py")),
                 str(self.data_dir),
                 str(self.port),
             ],

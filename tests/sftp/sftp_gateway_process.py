@@ -1,6 +1,6 @@
 """A gateway node serving SFTP only, as a separate process (for tests that kill -9 it).
 
-Usage: ``python tests/sftp/gateway_process.py DATA_DIR PORT``; prints ``ready`` once listening and stops
+Usage: ``python tests/sftp/sftp_gateway_process.py DATA_DIR PORT``; prints ``ready`` once listening, stops
 cleanly on SIGTERM. The same core and SFTP service as ``eftgw serve``, without the HTTP site.
 """
 
