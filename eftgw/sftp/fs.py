@@ -268,6 +268,7 @@ class CaseSFTPServer(SFTPServer):
                 return  # finished by a rename while open; nothing was left to write
             finally:
                 self.ctx.writers.release(buffer)
+            await self.guard.authorize()  # what arrived is kept, but a revoked account finishes nothing
             upload = await self.ctx.uploads.get(self.principal, self.case_id, file_obj.upload_id)
             if upload.state is not UploadState.ACTIVE:
                 return

@@ -382,3 +382,20 @@ def test_the_ssh_session_offers_sftp_and_nothing_else(gateway: GatewayThread) ->
         with pytest.raises(paramiko.SSHException):
             transport.request_port_forward("127.0.0.1", 0)
         assert transport.is_active()
+
+
+def test_a_revoked_account_keeps_its_bytes_but_finishes_nothing(gateway_factory: GatewayFactory) -> None:
+    """Revoked by another process (no periodic check due yet), the session's next CLOSE makes the received
+    bytes durable but is refused: the upload stays unfinished and the session is cut."""
+    gateway = gateway_factory(check_interval=3600)
+    account = gateway.account()
+    with paramiko_sftp(gateway.port, account) as (transport, sftp):
+        handle = open_with_flags(sftp, "late.bin", FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+        handle.set_pipelined(False)
+        handle.write(b"r" * 300_000)
+        assert eftgw_cli(gateway.data_dir, "sftp-account", "revoke", account.username).returncode == 0
+        with pytest.raises((PermissionError, OSError, EOFError, paramiko.SSHException)):
+            handle.close()
+        wait_until(lambda: not transport.is_active(), timeout=5)
+    assert settled_upload(gateway, "late.bin").offset == 300_000
+    assert gateway.files() == []
