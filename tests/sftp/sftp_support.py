@@ -61,6 +61,32 @@ def free_port() -> int:
     raise RuntimeError("no free port in 22100-22999")
 
 
+_backends: dict[Path, dict[str, str]] = {}
+
+
+def backend_for(data_dir: Path) -> dict[str, str]:
+    """The ``EFTGW_*`` settings of the test run's backend for this data dir (the same on every call).
+
+    Embedded (SQLite + the data dir) unless ``EFTGW_TEST_BACKEND=s3pg``: then a fresh PostgreSQL database
+    and S3 bucket per data dir, made by the suite's shared helpers (``tests/support.py``), so the SFTP tests
+    prove that backend too.
+    """
+    if os.environ.get("EFTGW_TEST_BACKEND", "embedded") == "embedded":
+        return {}
+    if data_dir not in _backends:
+        from tests.support import backend_env
+
+        _backends[data_dir] = backend_env(data_dir.name)
+    return _backends[data_dir]
+
+
+def settings_for(data_dir: Path, **values: Any) -> Settings:
+    """Settings for a gateway (or admin command) on ``data_dir`` with the test run's backend."""
+    for key, value in backend_for(data_dir).items():
+        values.setdefault(key.removeprefix("EFTGW_").lower(), value)
+    return Settings(data_dir=data_dir, **values)
+
+
 @dataclass
 class Account:
     username: str
@@ -89,7 +115,7 @@ class GatewayThread:
         return self
 
     async def _start(self) -> None:
-        settings = Settings(data_dir=self.data_dir, sftp_port=self.port, host="127.0.0.1")
+        settings = settings_for(self.data_dir, sftp_port=self.port, host="127.0.0.1")
         self.gateway = Gateway.build(settings, clock=self.clock)
         await self.gateway.start()
         opts = dict(self.options)
@@ -437,7 +463,13 @@ def eftgw_cli(
     data_dir: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``eftgw`` admin CLI in a subprocess on the same data dir as a gateway."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "EFTGW_DATA_DIR": str(data_dir), **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "EFTGW_DATA_DIR": str(data_dir),
+        **backend_for(data_dir),
+        **(env or {}),
+    }
     full_env.pop("EFTGW_CONFIG", None)
     return subprocess.run(
         [sys.executable, "-m", "eftgw", *args], env=full_env, capture_output=True, text=True, timeout=120

@@ -12,19 +12,29 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sftp_support import OPERATOR, Account, ClientKey, GatewayThread, eftgw_cli, login_fails, paramiko_sftp
+import sqlalchemy as sa
+from sftp_support import (
+    OPERATOR,
+    Account,
+    ClientKey,
+    GatewayThread,
+    eftgw_cli,
+    login_fails,
+    paramiko_sftp,
+    settings_for,
+)
 
 from eftgw.accounts import AccountInactive, PasswordSealer, load_or_create_account_key
 from eftgw.clock import parse_instant
-from eftgw.config import Settings
 from eftgw.errors import BadRequest, CaseClosed, CaseNotFound, Forbidden
 from eftgw.gateway import Gateway
+from eftgw.metadata import schema
 from eftgw.model import Principal, Role
 
 
 @pytest.fixture
 async def core(tmp_path: Path) -> AsyncIterator[Gateway]:
-    gateway = Gateway.build(Settings(data_dir=tmp_path / "data"))
+    gateway = Gateway.build(settings_for(tmp_path / "data"))
     await gateway.start()
     await gateway.cases.open(OPERATOR, "CASE-1")
     yield gateway
@@ -92,7 +102,8 @@ def test_an_account_made_by_a_shifted_clock_stops_logging_in_when_it_expires(
 
 def test_the_password_is_kept_as_an_argon2id_hash_and_sealed_never_in_clear(tmp_path: Path) -> None:
     """The database holds an argon2id hash and an AES-GCM sealed copy (opened only with the 0600 key file
-    in the data dir); the password itself appears nowhere in the database files."""
+    in the data dir); the password itself appears in no column of the accounts table (nor, with SQLite, in
+    the database files)."""
     data = tmp_path / "data"
     eftgw_cli(data, "case", "open", "CASE-1")
     issued = json.loads(eftgw_cli(data, "sftp-account", "create", "CASE-1").stdout)
@@ -102,9 +113,12 @@ def test_the_password_is_kept_as_an_argon2id_hash_and_sealed_never_in_clear(tmp_
         assert issued["password"].encode() not in db_file.read_bytes()
 
     async def stored() -> tuple[str, str]:
-        gateway = Gateway.build(Settings(data_dir=data))
+        gateway = Gateway.build(settings_for(data))
         await gateway.start()
         try:
+            async with gateway.repo.engine.connect() as conn:
+                rows = [tuple(row) for row in await conn.execute(sa.select(schema.sftp_accounts))]
+            assert issued["password"] not in repr(rows)
             account = await gateway.repo.get_account(issued["username"])
             assert account is not None
             return account.password_hash, account.password_sealed

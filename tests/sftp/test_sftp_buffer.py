@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sftp_support import OPERATOR, GatewayThread, paramiko_sftp, sha256
+from sftp_support import OPERATOR, GatewayThread, paramiko_sftp, settings_for, sha256
 
-from eftgw.config import Settings
 from eftgw.errors import CaseClosed
 from eftgw.gateway import Gateway
 from eftgw.model import Principal, Role
@@ -74,7 +73,7 @@ class SlowStore:
 
 @pytest.fixture
 async def core(tmp_path: Path) -> AsyncIterator[Gateway]:
-    gateway = Gateway.build(Settings(data_dir=tmp_path / "data"))
+    gateway = Gateway.build(settings_for(tmp_path / "data"))
     await gateway.start()
     await gateway.cases.open(OPERATOR, "CASE-1")
     yield gateway

@@ -18,15 +18,16 @@ from sftp_support import (
     OPERATOR_ENGINEER,
     ROOT,
     Account,
+    backend_for,
     eftgw_cli,
     free_port,
     open_with_flags,
     paramiko_sftp,
+    settings_for,
     sha256,
     wait_until,
 )
 
-from eftgw.config import Settings
 from eftgw.gateway import Gateway
 
 MIB = 1024 * 1024
@@ -39,7 +40,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **backend_for(self.data_dir)}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -117,7 +118,7 @@ def test_the_size_stat_reported_survives_kill_9_and_the_upload_resumes_from_it(n
     node.stop()
 
     async def recorded() -> tuple[str, int]:
-        gateway = Gateway.build(Settings(data_dir=node.data_dir))
+        gateway = Gateway.build(settings_for(node.data_dir))
         await gateway.start()
         try:
             (record,) = await gateway.files.list(OPERATOR_ENGINEER, "CASE-1")
