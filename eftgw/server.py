@@ -49,9 +49,9 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     await runner.setup()
     context = tls_context(settings)
     site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)
-    await site.start()
     sftp = SftpService(gateway)
-    await sftp.start()
+    await sftp.start()  # first: host keys are made on the first start, before the node answers anything
+    await site.start()
     tasks = [
         asyncio.create_task(
             periodic("upload-expiry", 60, lambda: gateway.uploads.sweep_expired(SYSTEM)), name="upload-expiry"
