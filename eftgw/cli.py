@@ -8,14 +8,16 @@ import datetime as dt
 import json
 import logging
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import Settings
 from eftgw.errors import DomainError
 from eftgw.gateway import Gateway
-from eftgw.model import Case, Principal, Role
+from eftgw.model import Case, Principal, Role, SftpAccount
 
 OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
 
@@ -137,6 +139,54 @@ def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(with_gateway(settings, action))
 
 
+def account_json(gateway: Gateway, account: SftpAccount, password: str | None = None) -> dict[str, Any]:
+    settings = gateway.settings
+    host = urllib.parse.urlsplit(settings.public_url).hostname if settings.public_url else None
+    now = gateway.clock.now()
+    out: dict[str, Any] = {
+        "username": account.username,
+        "host": host or settings.host,
+        "port": settings.sftp_port,
+        "case_id": account.case_id,
+        "created_at": isoformat(account.created_at),
+        "expires_at": isoformat(account.expires_at),
+        "state": "revoked" if account.revoked_at else ("active" if account.active_at(now) else "expired"),
+        "authorized_keys": len(account.authorized_keys),
+    }
+    if password is not None:
+        out["password"] = password
+    return out
+
+
+def cmd_sftp_account(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(gw: Gateway) -> int:
+        if args.action == "create":
+            keys = [_read_key(k) for k in args.authorized_key or []]
+            issued = await gw.accounts.create(OPERATOR, args.target, authorized_keys=keys)
+            print(json.dumps(account_json(gw, issued.account, issued.password)))
+        elif args.action == "show":
+            issued = await gw.accounts.show(OPERATOR, args.target)
+            print(json.dumps(account_json(gw, issued.account, issued.password)))
+        elif args.action == "list":
+            accounts = await gw.accounts.list_accounts(OPERATOR, args.target)
+            print(json.dumps([account_json(gw, a) for a in accounts]))
+        else:
+            print(json.dumps(account_json(gw, await gw.accounts.revoke(OPERATOR, args.target))))
+        return 0
+
+    if args.action != "list" and not args.target:
+        wanted = "CASE_ID" if args.action == "create" else "USERNAME"
+        raise DomainError(f"sftp-account {args.action} needs a {wanted}.")
+    return asyncio.run(with_gateway(settings, action))
+
+
+def _read_key(value: str) -> str:
+    """An authorized key given inline, or as ``@FILE`` (e.g. ``@~/.ssh/id_ed25519.pub``)."""
+    if value.startswith("@"):
+        return Path(value[1:]).expanduser().read_text(encoding="utf-8")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eftgw", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (EFTGW_* environment variables override it)")
@@ -176,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", help="only this case's events")
     p.add_argument("--limit", type=int, default=1000)
     p.set_defaults(func=cmd_audit)
+
+
+    p = sub.add_parser("sftp-account", help="create, show, list or revoke temporary SFTP accounts")
+    p.add_argument("action", choices=["create", "show", "list", "revoke"])
+    p.add_argument("target", nargs="?", help="create: CASE_ID; show, revoke: USERNAME; list: [CASE_ID]")
+    p.add_argument("--authorized-key", action="append", help="with create: an OpenSSH public key or @FILE")
+    p.set_defaults(func=cmd_sftp_account)
     return parser
 
 

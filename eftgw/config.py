@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     launch_token_max_ttl: int = Field(default=300, ge=10)
     session_ttl: int = Field(default=12 * 3600, ge=60)
 
+    # SFTP: host keys are made once in ``sftp_host_keys_dir`` (default ``<data>/ssh``); account passwords
+    # are sealed with the key in ``sftp_account_key`` (default ``<data>/keys/sftp-accounts.key``). Nodes
+    # that share a database must share both.
+    sftp_host_keys_dir: Path | None = None
+    sftp_account_key: Path | None = None
+    sftp_session_check_interval: float = Field(
+        default=5.0, gt=0, description="seconds between checks that cut sessions of expired accounts"
+    )
+
     upload_expiry: int = Field(default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires")
     max_upload_size: int | None = Field(default=None, ge=1, description="Tus-Max-Size; none means no limit")
     cors_origins: list[str] = Field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from eftgw.cases import CaseService
 from eftgw.errors import FileNotFound, Forbidden, RangeNotSatisfiable
 from eftgw.metadata import Repository
 from eftgw.model import CaseState, FileRecord, Principal, Role
+from eftgw.names import sanitize_name
 from eftgw.storage import ObjectStore
 
 
@@ -80,3 +82,28 @@ class FileService:
         await self.audit.record(
             "file.deleted", principal, case_id, file_id, size=record.size, sha256=record.sha256, reason=reason
         )
+
+    async def rename(self, principal: Principal, case_id: str, file_id: str, name: str) -> FileRecord:
+        """Give a file a new (sanitised) name: metadata only. Allowed to whoever may delete the file."""
+        record = await self._changeable(principal, case_id, file_id)
+        old = record.name
+        record.name = sanitize_name(name)
+        await self.repo.update_file(case_id, file_id, name=record.name)
+        await self.audit.record("file.renamed", principal, case_id, file_id, old=old, new=record.name)
+        return record
+
+    async def set_modified(
+        self, principal: Principal, case_id: str, file_id: str, modified_at: dt.datetime
+    ) -> FileRecord:
+        """Record the modification time a client reports for a file (SFTP ``setstat``); metadata only."""
+        record = await self._changeable(principal, case_id, file_id)
+        record.modified_at = modified_at
+        await self.repo.update_file(case_id, file_id, modified_at=modified_at)
+        return record
+
+    async def _changeable(self, principal: Principal, case_id: str, file_id: str) -> FileRecord:
+        record = await self.get(principal, case_id, file_id)
+        case = await self.cases.get(case_id)
+        if not self.may_delete(principal, record, case.state):
+            raise Forbidden("You may not change this file.")
+        return record

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from eftgw.accounts import AccountService, PasswordSealer, load_or_create_account_key
 from eftgw.audit import AuditLog
 from eftgw.auth import (
     AuthService,
@@ -60,6 +61,7 @@ class Gateway:
     signer: TokenSigner
     verifier: TokenVerifier
     auth: AuthService
+    accounts: AccountService
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Gateway:
@@ -97,7 +99,14 @@ class Gateway:
             session_ttl=dt.timedelta(seconds=settings.session_ttl),
             launch_max_ttl=dt.timedelta(seconds=settings.launch_token_max_ttl),
         )
-        return cls(settings, clock, repo, store, locks, audit, cases, uploads, files, signer, verifier, auth)
+        account_key = load_or_create_account_key(
+            settings.sftp_account_key or data_dir / "keys" / "sftp-accounts.key"
+        )
+        accounts = AccountService(repo, cases, audit, clock, PasswordSealer(account_key))
+        return cls(
+            settings, clock, repo, store, locks, audit, cases, uploads, files, signer, verifier, auth,
+            accounts=accounts,
+        )
 
     async def start(self) -> None:
         await self.repo.migrate()

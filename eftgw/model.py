@@ -128,6 +128,27 @@ class Session:
 
 
 @dataclass
+class SftpAccount:
+    """A temporary SFTP login bound to one case. The password is kept only as an argon2id hash (to verify)
+    and sealed with the gateway's account key (to show it again while the account is active)."""
+
+    username: str
+    case_id: str
+    password_hash: str
+    password_sealed: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    created_by: str
+    revoked_at: dt.datetime | None = None
+    authorized_keys: list[str] = field(default_factory=list)
+    last_login_at: dt.datetime | None = None
+
+    def active_at(self, now: dt.datetime) -> bool:
+        """True while the account may log in: not revoked and not yet expired."""
+        return self.revoked_at is None and now < self.expires_at
+
+
+@dataclass
 class AuditEvent:
     at: dt.datetime
     action: str

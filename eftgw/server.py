@@ -19,6 +19,7 @@ from eftgw.gateway import Gateway
 from eftgw.metadata.election import run_as_leader
 from eftgw.orphans import sweep_orphans
 from eftgw.retention.worker import sweep
+from eftgw.sftp import SftpService
 from eftgw.tlsutil import ensure_self_signed, server_context
 
 log = logging.getLogger("eftgw.server")
@@ -43,6 +44,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     await runner.setup()
     context = tls_context(settings)
     site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)
+    sftp = SftpService(gateway)
+    await sftp.start()  # first: host keys are made on the first start, before the node answers anything
     await site.start()
     # Jobs that must run once per region elect one runner through the database (any number of nodes).
     tasks = [
@@ -70,7 +73,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         f"(data in {settings.resolved_data_dir}, storage {gateway.store.name})\n"
         f"  open a case:   {eftgw} case open CASE-1\n"
         f"  upload token:  {eftgw} token CASE-1 --role customer --user alice\n"
-        f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)",
+        f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)\n"
+        f"  sftp:          port {sftp.bound_port}; accounts: {eftgw} sftp-account create CASE-1",
         flush=True,
     )
     stop = asyncio.Event()
@@ -88,5 +92,6 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await sftp.stop()
         await runner.cleanup()
         await gateway.close()

@@ -436,6 +436,77 @@ class UploadService:
             via=upload.via,
         )
 
+    # finishing, renaming and truncating (transports without a declared length: SFTP) ----------------
+
+    async def finish(
+        self, principal: Principal, case_id: str, upload_id: str, *, name: str | None = None
+    ) -> Upload:
+        """Finish an upload at what was received: its length becomes its offset and it becomes a file.
+
+        ``name`` (sanitised) renames it in the same step. An upload that is already finished is returned as
+        it is. Raises :class:`UploadIncomplete` if a declared length was not reached yet, :class:`CaseClosed`,
+        :class:`UploadNotFound` and :class:`UploadGone`.
+        """
+        await self._visible(principal, case_id, upload_id)
+        async with self.locks.hold(upload_id):
+            upload = await self._visible(principal, case_id, upload_id)
+            if upload.concat is not ConcatKind.NONE:
+                raise Forbidden("Only plain uploads can be finished this way.")
+            if upload.state is UploadState.FINISHED:
+                return upload
+            await self.cases.require_open(case_id)
+            if upload.length is not None and upload.length != upload.offset:
+                raise UploadIncomplete(
+                    f"The upload has {upload.offset} of its {upload.length} bytes; send the rest first."
+                )
+            if name is not None:
+                upload.name = sanitize_name(name)
+            upload.length = upload.offset
+            await self._complete(upload, principal, self._digests.get(upload.id))
+            return upload
+
+    async def rename(self, principal: Principal, case_id: str, upload_id: str, name: str) -> Upload:
+        """Change the name an unfinished upload will have as a file (metadata only, no data moves)."""
+        await self._visible(principal, case_id, upload_id)
+        async with self.locks.hold(upload_id):
+            upload = await self._visible(principal, case_id, upload_id)
+            if upload.state is not UploadState.ACTIVE:
+                raise Forbidden("This upload is complete; rename the file instead.")
+            old = upload.name
+            upload.name = sanitize_name(name)
+            await self.repo.save_progress(upload)
+            await self.audit.record("upload.renamed", principal, case_id, upload_id, old=old, new=upload.name)
+            return upload
+
+    async def truncate(self, principal: Principal, case_id: str, upload_id: str, size: int) -> Upload:
+        """Cut an unfinished upload back to ``size`` bytes, which must not exceed its durable offset."""
+        await self._visible(principal, case_id, upload_id)
+        async with self.locks.hold(upload_id):
+            upload = await self._visible(principal, case_id, upload_id)
+            if upload.state is not UploadState.ACTIVE or upload.concat is not ConcatKind.NONE:
+                raise Forbidden("Only an unfinished plain upload can be truncated.")
+            await self.cases.require_open(case_id)
+            if size == upload.offset:
+                return upload
+            if not 0 <= size < upload.offset:
+                raise BadRequest(f"The upload has {upload.offset} durable bytes; it cannot be cut to {size}.")
+            writer = await self.store.open_writer(upload.staging_key, size)
+            try:
+                durable = await writer.commit()
+            finally:
+                await writer.close()
+            if durable != size:
+                raise RuntimeError(f"store reports {durable} durable bytes after truncating to {size}")
+            self._digests.pop(upload.id, None)
+            old = upload.offset
+            now = self.clock.now()
+            upload.offset = size
+            upload.updated_at = now
+            upload.expires_at = now + self.expiry
+            await self.repo.save_progress(upload)
+            await self.audit.record("upload.truncated", principal, case_id, upload_id, old=old, new=size)
+            return upload
+
     # termination and expiry ------------------------------------------------------------------------
 
     async def terminate(self, principal: Principal, case_id: str, upload_id: str) -> None:

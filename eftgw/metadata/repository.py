@@ -32,6 +32,7 @@ from eftgw.model import (
     FileRecord,
     Role,
     Session,
+    SftpAccount,
     Upload,
     UploadState,
 )
@@ -73,6 +74,16 @@ class Repository(Protocol):
 
     async def add_audit(self, event: AuditEvent) -> None: ...
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]: ...
+
+    async def update_file(
+        self, case_id: str, file_id: str, *, name: str | None = None, modified_at: dt.datetime | None = None
+    ) -> bool: ...
+    async def add_account(self, account: SftpAccount) -> None: ...
+    async def get_account(self, username: str) -> SftpAccount | None: ...
+    async def list_accounts(self, case_id: str | None = None) -> list[SftpAccount]: ...
+    async def revoke_account(self, username: str, at: dt.datetime) -> None: ...
+    async def set_account_keys(self, username: str, keys: list[str]) -> None: ...
+    async def record_account_login(self, username: str, at: dt.datetime) -> None: ...
 
 
 def _engine_for(url: str) -> AsyncEngine:
@@ -258,7 +269,7 @@ class SqlRepository:
     async def delete_case_rows(self, case_id: str) -> None:
         """Remove every row that belongs to the case (not the audit trail)."""
         async with self.engine.begin() as conn:
-            for table in (t.files, t.uploads, t.sessions):
+            for table in (t.files, t.uploads, t.sessions, t.sftp_accounts):
                 await conn.execute(sa.delete(table).where(table.c.case_id == case_id))
             await conn.execute(sa.delete(t.cases).where(t.cases.c.id == case_id))
 
@@ -376,6 +387,7 @@ class SqlRepository:
                 .where(t.uploads.c.id == upload.id)
                 .values(
                     state=UploadState.FINISHED.value,
+                    name=upload.name,
                     offset=upload.offset,
                     length=upload.length,
                     updated_at=upload.updated_at,
@@ -477,3 +489,94 @@ class SqlRepository:
             )
             for r in rows
         ]
+
+    # file metadata and SFTP accounts ----------------------------------------------------------------
+
+    async def update_file(
+        self, case_id: str, file_id: str, *, name: str | None = None, modified_at: dt.datetime | None = None
+    ) -> bool:
+        """Change a completed file's name and/or its recorded modification time; ``False`` if unknown."""
+        values: dict[str, Any] = {}
+        if name is not None:
+            values["name"] = name
+        if modified_at is not None:
+            values["modified_at"] = modified_at
+        if not values:
+            return await self.get_file(case_id, file_id) is not None
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(t.files)
+                .where(t.files.c.id == file_id, t.files.c.case_id == case_id)
+                .values(**values)
+            )
+        return bool(result.rowcount)
+
+    async def add_account(self, account: SftpAccount) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(t.sftp_accounts).values(
+                    username=account.username,
+                    case_id=account.case_id,
+                    password_hash=account.password_hash,
+                    password_sealed=account.password_sealed,
+                    created_at=account.created_at,
+                    expires_at=account.expires_at,
+                    created_by=account.created_by,
+                    revoked_at=account.revoked_at,
+                    authorized_keys=list(account.authorized_keys),
+                    last_login_at=account.last_login_at,
+                )
+            )
+
+    async def get_account(self, username: str) -> SftpAccount | None:
+        query = sa.select(t.sftp_accounts).where(t.sftp_accounts.c.username == username)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _account(row) if row else None
+
+    async def list_accounts(self, case_id: str | None = None) -> list[SftpAccount]:
+        query = sa.select(t.sftp_accounts).order_by(t.sftp_accounts.c.created_at, t.sftp_accounts.c.username)
+        if case_id is not None:
+            query = query.where(t.sftp_accounts.c.case_id == case_id)
+        async with self.engine.connect() as conn:
+            return [_account(r) for r in await conn.execute(query)]
+
+    async def revoke_account(self, username: str, at: dt.datetime) -> None:
+        """Record the revocation time (the first one stays if revoked twice)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.sftp_accounts)
+                .where(t.sftp_accounts.c.username == username, t.sftp_accounts.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+
+    async def set_account_keys(self, username: str, keys: list[str]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.sftp_accounts)
+                .where(t.sftp_accounts.c.username == username)
+                .values(authorized_keys=list(keys))
+            )
+
+    async def record_account_login(self, username: str, at: dt.datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(t.sftp_accounts)
+                .where(t.sftp_accounts.c.username == username)
+                .values(last_login_at=at)
+            )
+
+
+def _account(row: Any) -> SftpAccount:
+    return SftpAccount(
+        username=row.username,
+        case_id=row.case_id,
+        password_hash=row.password_hash,
+        password_sealed=row.password_sealed,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at,
+        authorized_keys=list(row.authorized_keys),
+        last_login_at=row.last_login_at,
+    )

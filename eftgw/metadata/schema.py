@@ -7,8 +7,9 @@ checks that a migrated database has exactly these columns).
 Tables: ``cases`` (state and closure time), ``files`` (completed files, keyed by an opaque id, with the object
 key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions`` (browser
 sessions; only a hash of the cookie value is kept), ``launch_tokens`` (used ``jti`` values, for single use),
-``audit_events`` (append-only), ``leases`` (who holds an upload's lock or leads a once-per-region job, until
-when, and the fencing token that grows with every new holder).
+``audit_events`` (append-only), ``sftp_accounts`` (temporary SFTP logins of a case: argon2id hash and
+sealed copy of the password, expiry, revocation, authorized public keys), ``leases`` (who holds an upload's
+lock or leads a once-per-region job, until when, and the fencing token that grows with every new holder).
 """
 
 from __future__ import annotations
@@ -127,6 +128,21 @@ audit_events = sa.Table(
     sa.Column("remote", sa.String(255)),
     sa.Column("via", sa.String(16)),
     sa.Column("detail", sa.JSON, nullable=False),
+)
+
+sftp_accounts = sa.Table(
+    "sftp_accounts",
+    metadata,
+    sa.Column("username", sa.String(64), primary_key=True),
+    sa.Column("case_id", sa.String(128), nullable=False, index=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("password_sealed", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("revoked_at", UTCDateTime()),
+    sa.Column("authorized_keys", sa.JSON, nullable=False),
+    sa.Column("last_login_at", UTCDateTime()),
 )
 
 leases = sa.Table(

@@ -1,0 +1,326 @@
+"""AccountService: temporary SFTP accounts, each bound to one case (core: no SSH in here).
+
+An account is what a customer types into WinSCP, FileZilla or ``sftp`` when the browser client cannot be used:
+a random username, a random password, and an expiry 120 hours after creation. The operator CLI and the
+portal's integration API create, show, list and revoke accounts through this service; the SFTP transport
+asks it to log a user in.
+
+What is stored (table ``sftp_accounts``): the password's argon2id hash, which every login is verified
+against, and the password sealed with AES-256-GCM under the gateway's account key (a file in the data dir,
+mode 0600, the same on every node), so that it can be shown again while the account is active. The password
+is never stored in plain text. Optional authorized public keys (OpenSSH one-line format) let an account log in
+with a key instead; the transport verifies the signature against exactly these keys.
+
+A login is refused, with one and the same error, for an unknown username, a wrong password, an expired or
+revoked account and a case that is not open; unknown usernames cost the same argon2id verification as known
+ones so that replies and timing do not tell them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from eftgw.audit import AuditLog
+from eftgw.cases import CaseService
+from eftgw.clock import Clock
+from eftgw.errors import BadRequest, DomainError, Forbidden, Unauthenticated
+from eftgw.metadata import Repository
+from eftgw.model import CaseState, Principal, Role, SftpAccount
+
+log = logging.getLogger("eftgw.accounts")
+
+ACCOUNT_LIFETIME = dt.timedelta(hours=120)
+USERNAME = re.compile(r"^sftp-[a-z2-7]{12}$")
+_SEALED_PREFIX = "v1:"
+_KEY_TYPES = {
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",  # the key format; logins still need an rsa-sha2-256/512 signature (no SHA-1)
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+}
+
+
+class AccountNotFound(DomainError):
+    code = "account_not_found"
+    status = 404
+    default_message = "No such SFTP account."
+
+
+class AccountInactive(DomainError):
+    code = "account_inactive"
+    status = 410
+    default_message = "This SFTP account has expired or was revoked; create a new one."
+
+
+@dataclass(frozen=True)
+class IssuedAccount:
+    """An account together with its password in clear, for the one who created or shows it."""
+
+    account: SftpAccount
+    password: str
+
+
+def load_or_create_account_key(path: Path) -> bytes:
+    """The AES-256 key that seals account passwords: made once (mode 0600) and kept."""
+    if path.exists():
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise ValueError(f"{path} must hold exactly 32 bytes (an AES-256 key)")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = AESGCM.generate_key(bit_length=256)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return key
+
+
+class PasswordSealer:
+    """AES-256-GCM sealing of account passwords; the username is bound in as associated data."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, username: str, password: str) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, password.encode(), username.encode())
+        return _SEALED_PREFIX + base64.b64encode(nonce + sealed).decode()
+
+    def unseal(self, username: str, sealed: str) -> str:
+        if not sealed.startswith(_SEALED_PREFIX):
+            raise ValueError("unknown sealed password format")
+        raw = base64.b64decode(sealed.removeprefix(_SEALED_PREFIX))
+        try:
+            return self._aead.decrypt(raw[:12], raw[12:], username.encode()).decode()
+        except InvalidTag as exc:
+            raise ValueError("the sealed password does not open with this gateway's account key") from exc
+
+
+def normalize_public_key(text: str) -> str:
+    """Check an OpenSSH public key line (``type base64 [comment]``) and return it as ``type base64``."""
+    parts = text.strip().split()
+    if len(parts) < 2 or parts[0] not in _KEY_TYPES:
+        raise BadRequest("An authorized key must be one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA...'.")
+    line = f"{parts[0]} {parts[1]}"
+    if not parts[0].startswith("sk-"):
+        try:
+            serialization.load_ssh_public_key(line.encode())
+        except (ValueError, binascii.Error) as exc:
+            raise BadRequest("The authorized key does not parse as an OpenSSH public key.") from exc
+    return line
+
+
+class AccountService:
+    """Create, show, list and revoke SFTP accounts; log users in with them."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        cases: CaseService,
+        audit: AuditLog,
+        clock: Clock,
+        sealer: PasswordSealer,
+        *,
+        lifetime: dt.timedelta = ACCOUNT_LIFETIME,
+        hasher: PasswordHasher | None = None,
+        max_parallel_verifications: int = 2,
+    ) -> None:
+        self.repo = repo
+        self.cases = cases
+        self.audit = audit
+        self.clock = clock
+        self.sealer = sealer
+        self.lifetime = lifetime
+        self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+        # argon2id costs memory and CPU by design: bound how many run at once so a flood of logins
+        # queues up instead of exhausting the node.
+        self._verifying = asyncio.Semaphore(max_parallel_verifications)
+        self._decoy_hash: str | None = None
+        self._revocation_listeners: list[Callable[[str], None]] = []
+
+    # administration ------------------------------------------------------------------------------
+
+    async def create(
+        self, principal: Principal, case_id: str, *, authorized_keys: list[str] | None = None
+    ) -> IssuedAccount:
+        """Create an account for an open case, valid for ``lifetime`` (120 hours) from now."""
+        self._require_admin(principal)
+        await self.cases.require_open(case_id)
+        keys = [normalize_public_key(k) for k in authorized_keys or []]
+        username = "sftp-" + base64.b32encode(secrets.token_bytes(10)).decode().lower()[:12]
+        password = secrets.token_urlsafe(18)
+        now = self.clock.now()
+        password_hash = await asyncio.to_thread(self.hasher.hash, password)
+        account = SftpAccount(
+            username=username,
+            case_id=case_id,
+            password_hash=password_hash,
+            password_sealed=self.sealer.seal(username, password),
+            created_at=now,
+            expires_at=now + self.lifetime,
+            created_by=principal.user,
+            authorized_keys=keys,
+        )
+        await self.repo.add_account(account)
+        await self.audit.record(
+            "sftp.account.created",
+            principal,
+            case_id,
+            username,
+            expires_at=account.expires_at.isoformat(),
+            keys=len(keys),
+        )
+        return IssuedAccount(account, password)
+
+    async def show(self, principal: Principal, username: str) -> IssuedAccount:
+        """The account and its password, while it is active; :class:`AccountInactive` after that."""
+        self._require_admin(principal)
+        account = await self._get(username)
+        if not account.active_at(self.clock.now()):
+            raise AccountInactive()
+        return IssuedAccount(account, self.sealer.unseal(account.username, account.password_sealed))
+
+    async def get(self, principal: Principal, username: str) -> SftpAccount:
+        self._require_admin(principal)
+        return await self._get(username)
+
+    async def list_accounts(self, principal: Principal, case_id: str | None = None) -> list[SftpAccount]:
+        self._require_admin(principal)
+        return await self.repo.list_accounts(case_id)
+
+    async def revoke(self, principal: Principal, username: str) -> SftpAccount:
+        """Revoke an account: no new logins, and live sessions are cut (listeners are told at once)."""
+        self._require_admin(principal)
+        account = await self._get(username)
+        if account.revoked_at is None:
+            await self.repo.revoke_account(username, self.clock.now())
+            await self.audit.record("sftp.account.revoked", principal, account.case_id, username)
+            account = await self._get(username)
+        for listener in list(self._revocation_listeners):
+            listener(username)
+        return account
+
+    async def add_key(self, principal: Principal, username: str, key: str) -> SftpAccount:
+        """Authorize one more public key for an active account."""
+        self._require_admin(principal)
+        account = await self._get(username)
+        if not account.active_at(self.clock.now()):
+            raise AccountInactive()
+        line = normalize_public_key(key)
+        if line not in account.authorized_keys:
+            account.authorized_keys.append(line)
+            await self.repo.set_account_keys(username, account.authorized_keys)
+            await self.audit.record("sftp.account.key_added", principal, account.case_id, username)
+        return account
+
+    def on_revoke(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(username)`` whenever an account is revoked through this service."""
+        self._revocation_listeners.append(listener)
+
+    # logins --------------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Make the decoy hash now, so that even the first login of an unknown user costs what others do."""
+        if self._decoy_hash is None:
+            self._decoy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_urlsafe(18))
+
+    async def login_password(self, username: str, password: str, remote: str | None) -> Principal:
+        """The customer principal of a valid login; :class:`Unauthenticated` (always the same) otherwise."""
+        account = await self.repo.get_account(username) if USERNAME.match(username) else None
+        ok = await self._verify(account.password_hash if account else None, password)
+        if account is None or not ok:
+            raise Unauthenticated()
+        return await self._admit(account, remote, method="password")
+
+    async def authorized_keys(self, username: str) -> list[str]:
+        """The public keys a login as ``username`` may use now; empty for unknown or inactive accounts."""
+        account = await self.repo.get_account(username) if USERNAME.match(username) else None
+        if account is None or not await self._usable(account):
+            return []
+        return list(account.authorized_keys)
+
+    async def key_principal(self, username: str, key_line: str, remote: str | None) -> Principal:
+        """The principal a login with ``key_line`` would be, if it is authorized now; records nothing.
+
+        The transport calls this before it checks the signature, then :meth:`record_login` once the
+        signature is verified.
+        """
+        account = await self.repo.get_account(username) if USERNAME.match(username) else None
+        if account is None or key_line not in account.authorized_keys or not await self._usable(account):
+            raise Unauthenticated()
+        return self._principal(account, remote)
+
+    async def record_login(self, principal: Principal, *, method: str) -> None:
+        """Record a successful login (time on the account, audit event)."""
+        await self.repo.record_account_login(principal.user, self.clock.now())
+        await self.audit.record("sftp.login", principal, principal.case_id, principal.user, method=method)
+
+    async def check_session(self, username: str) -> bool:
+        """Whether a live session of ``username`` may go on: account active and its case open."""
+        account = await self.repo.get_account(username)
+        return account is not None and await self._usable(account)
+
+    async def _admit(self, account: SftpAccount, remote: str | None, *, method: str) -> Principal:
+        if not await self._usable(account):
+            raise Unauthenticated()
+        principal = self._principal(account, remote)
+        await self.record_login(principal, method=method)
+        return principal
+
+    @staticmethod
+    def _principal(account: SftpAccount, remote: str | None) -> Principal:
+        return Principal(account.username, Role.CUSTOMER, account.case_id, via="sftp", remote=remote)
+
+    async def _usable(self, account: SftpAccount) -> bool:
+        if not account.active_at(self.clock.now()):
+            return False
+        case = await self.repo.get_case(account.case_id)
+        return case is not None and case.state is CaseState.OPEN
+
+    async def _verify(self, password_hash: str | None, password: str) -> bool:
+        """argon2id verification; with no hash (unknown user) a decoy hash is verified at the same cost."""
+        async with self._verifying:
+            if self._decoy_hash is None:
+                self._decoy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_urlsafe(18))
+            target = password_hash or self._decoy_hash
+            try:
+                await asyncio.to_thread(self.hasher.verify, target, password)
+            except (VerificationError, InvalidHashError):
+                return False
+            return password_hash is not None
+
+    # helpers -------------------------------------------------------------------------------------
+
+    async def _get(self, username: str) -> SftpAccount:
+        account = await self.repo.get_account(username)
+        if account is None:
+            raise AccountNotFound()
+        return account
+
+    @staticmethod
+    def _require_admin(principal: Principal) -> None:
+        if principal.role not in (Role.SERVICE, Role.ENGINEER):
+            raise Forbidden("Only operators, the portal and engineers manage SFTP accounts.")

@@ -1,0 +1,232 @@
+"""The bounded write buffer between SFTP ``write`` requests and :meth:`UploadService.append`.
+
+An SFTP client pipelines many small writes. Each :class:`BufferedUpload` takes them into memory and returns at
+once while there is room; a background task drains the buffer into the core in *parts*, each one
+``UploadService.append`` call that ends with a durable commit. A write waits only when the buffer is full
+(that wait is the backpressure the client feels); it never waits for storage while there is room.
+
+A part ends when it has reached ``part_size`` bytes, or when the buffer ran dry and either ``min_part``
+bytes went into it, ``linger`` seconds passed without data, or someone asked for a flush (close, fsync,
+setstat, teardown). Memory per handle is bounded by ``capacity`` plus what the core holds while it stores a
+part (one block being written and one being filled, 1 MiB each).
+
+Sizes: ``durable`` is what the core has committed (what ``stat`` reports and a crash keeps); ``end`` is where
+the next write must start (durable + in flight + queued).
+
+:class:`WriterRegistry` knows the one live buffer of each upload in this process, so that a client that
+reconnects and reopens an upload takes it over cleanly from a connection that has not noticed it is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from eftgw.errors import DomainError, StorageUnavailable
+from eftgw.model import Principal
+from eftgw.uploads import UploadService
+
+log = logging.getLogger("eftgw.sftp.buffer")
+
+PIECE = 1024 * 1024
+
+
+class WriterDetached(DomainError):
+    code = "writer_detached"
+    status = 409
+    default_message = "This upload was reopened by another connection; this handle can no longer write to it."
+
+
+class WriterRetired(DomainError):
+    code = "writer_retired"
+    status = 409
+    default_message = "This upload was finished by a rename; the handle has nothing more to write."
+
+
+class BufferedUpload:
+    """Writes to one upload in progress, buffered in memory and flushed in durable parts."""
+
+    def __init__(
+        self,
+        uploads: UploadService,
+        principal: Principal,
+        case_id: str,
+        upload_id: str,
+        offset: int,
+        *,
+        capacity: int = 16 * 1024 * 1024,
+        part_size: int = 64 * 1024 * 1024,
+        min_part: int = 1024 * 1024,
+        linger: float = 0.2,
+    ) -> None:
+        self.uploads = uploads
+        self.principal = principal
+        self.case_id = case_id
+        self.upload_id = upload_id
+        self.capacity = capacity
+        self.part_size = part_size
+        self.min_part = min_part
+        self.linger = linger
+        self.durable = offset
+        self.end = offset
+        self.error: DomainError | None = None
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # data queued, space freed, a part committed, a flush asked for
+
+    @property
+    def buffered(self) -> int:
+        """Bytes accepted but not yet durable."""
+        return self.end - self.durable
+
+    async def write(self, data: bytes) -> None:
+        """Queue ``data`` after everything accepted so far; wait only while the buffer is full."""
+        self._raise_error()
+        while self._queued and self._queued + len(data) > self.capacity:
+            self._changed.clear()
+            await self._changed.wait()
+            self._raise_error()
+        self._queue.append(data)
+        self._queued += len(data)
+        self.end += len(data)
+        self._signal()
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name=f"sftp-flush-{self.upload_id}")
+
+    async def flush(self) -> None:
+        """Wait until everything accepted is durable; raise the error that stopped the flushing, if any."""
+        self._flushing = True
+        self._signal()
+        try:
+            while self._task is not None:
+                await asyncio.shield(self._task)
+        finally:
+            self._flushing = False
+        self._raise_error()
+
+    async def detach(self, reason: DomainError | None = None) -> None:
+        """Make everything accepted durable (what arrived is kept), then refuse further writes."""
+        with contextlib.suppress(DomainError):
+            await self.flush()
+        if self.error is None:
+            self.error = reason or WriterDetached()
+
+    async def discard(self, reason: DomainError) -> None:
+        """Drop what is queued, wait for the part in flight, and refuse further writes."""
+        self.error = reason
+        self._drop_queue()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+
+    def restart_at(self, offset: int) -> None:
+        """After the upload was truncated (the buffer being empty): continue writing at ``offset``."""
+        if self._task is not None or self._queue:
+            raise RuntimeError("restart_at needs an idle buffer")
+        self.durable = self.end = offset
+
+    # the background part writer ------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and self.error is None:
+                upload = await self.uploads.append(
+                    self.principal, self.case_id, self.upload_id, self.durable, self._part()
+                )
+                self.durable = upload.offset
+                self._signal()
+        except DomainError as exc:
+            self._fail(exc)
+        except Exception:  # a bug or an unexpected backend failure: stop, report, never hang
+            log.exception("flushing SFTP upload %s failed", self.upload_id)
+            self._fail(StorageUnavailable())
+        finally:
+            self._task = None
+            self._signal()
+
+    async def _part(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < self.part_size:
+            if not self._queue:
+                if self._flushing or sent >= self.min_part or self.error is not None:
+                    return
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), self.linger)
+                except TimeoutError:
+                    return
+                continue
+            pieces: list[bytes] = []
+            size = 0
+            while self._queue and size < PIECE:
+                chunk = self._queue.popleft()
+                pieces.append(chunk)
+                size += len(chunk)
+            self._queued -= size
+            sent += size
+            self._signal()
+            yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _fail(self, exc: DomainError) -> None:
+        if self.error is None:
+            self.error = exc
+        self._drop_queue()
+
+    def _drop_queue(self) -> None:
+        dropped = self._queued
+        self._queue.clear()
+        self._queued = 0
+        self.end -= dropped
+        self._signal()
+
+    def _signal(self) -> None:
+        self._changed.set()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class WriterRegistry:
+    """The live :class:`BufferedUpload` of each upload in this process (at most one)."""
+
+    def __init__(self) -> None:
+        self._writers: dict[str, BufferedUpload] = {}
+
+    def get(self, upload_id: str) -> BufferedUpload | None:
+        return self._writers.get(upload_id)
+
+    def __len__(self) -> int:
+        return len(self._writers)
+
+    async def take_over(self, upload_id: str, reason: DomainError | None = None) -> None:
+        """Before a new handle writes to ``upload_id`` (or it is finished): the old writer keeps what it
+        has, then stops with ``reason``."""
+        old = self._writers.pop(upload_id, None)
+        if old is not None:
+            await old.detach(reason)
+
+    def register(self, writer: BufferedUpload) -> None:
+        self._writers[writer.upload_id] = writer
+
+    def release(self, writer: BufferedUpload) -> None:
+        if self._writers.get(writer.upload_id) is writer:
+            del self._writers[writer.upload_id]
+
+    async def settle(self, upload_id: str) -> None:
+        """Make what the live writer of ``upload_id`` accepted durable, so sizes read now are complete."""
+        writer = self._writers.get(upload_id)
+        if writer is not None:
+            with contextlib.suppress(DomainError):
+                await writer.flush()
+
+    async def discard(self, upload_id: str, reason: DomainError) -> None:
+        """The upload is being cancelled or replaced: its live writer drops its queue and stops."""
+        writer = self._writers.pop(upload_id, None)
+        if writer is not None:
+            await writer.discard(reason)

@@ -1,0 +1,383 @@
+"""The SFTP listener of a gateway node: SSH with strong algorithms only, account logins, live-session control.
+
+Logins: a password (also through keyboard-interactive, as WinSCP and FileZilla ask) or, if the account has
+authorized keys, a public key whose signature asyncssh verifies against exactly those keys (SHA-1 ``ssh-rsa``
+signatures are refused). Every login goes through :class:`AccountService`: account active, case open. Any
+exception while authenticating rejects the login. A failed login waits ``failure_delay`` seconds before the
+reply and scores against its source address (:class:`LoginDefender`); banned addresses are disconnected
+before they can try again. Unknown and known usernames get the same reply after the same work.
+
+Live sessions: each logged-in connection is a :class:`LiveSession`. Requests check it (account still active,
+case still open); a revocation through :class:`AccountService` cuts the account's sessions at once; a
+periodic check (``EFTGW_SFTP_SESSION_CHECK_INTERVAL``) cuts sessions whose account expired or was revoked by
+another process, or whose case closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+from asyncssh.packet import SSHPacket
+
+from eftgw.accounts import AccountService
+from eftgw.audit import AuditLog
+from eftgw.errors import Unauthenticated
+from eftgw.gateway import Gateway
+from eftgw.model import Principal, Role
+from eftgw.sftp.defender import LoginDefender
+from eftgw.sftp.fs import CaseSFTPServer, SftpContext
+from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
+from eftgw.sftp.session import SFTPOnlySession
+
+log = logging.getLogger("eftgw.sftp")
+
+KEX_ALGS = [
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp521",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp256",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group14-sha256",
+]
+ENCRYPTION_ALGS = [
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+]
+MAC_ALGS = [
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+    "umac-128@openssh.com",
+]
+SIGNATURE_ALGS = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+]
+MAX_FAILURES_PER_CONNECTION = 6
+CUT_MESSAGE = "The SFTP account has expired or was revoked, or the case was closed."
+
+
+class LiveSession:
+    """A logged-in SFTP connection; the session guard every request of it checks."""
+
+    def __init__(
+        self, principal: Principal, conn: asyncssh.SSHServerConnection, service: SftpService
+    ) -> None:
+        self.principal = principal
+        self.conn = conn
+        self.service = service
+        self.cut_reason: str | None = None
+
+    @property
+    def username(self) -> str:
+        return self.principal.user
+
+    async def authorize(self) -> None:
+        if self.cut_reason is None and not await self.service.accounts.check_session(self.username):
+            await self.service.cut(self, CUT_MESSAGE)
+        if self.cut_reason is not None:
+            raise Unauthenticated(self.cut_reason)
+
+    def disconnect(self, reason: str) -> None:
+        if self.cut_reason is None:
+            self.cut_reason = reason
+        self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
+
+
+class SftpService:
+    """Runs the SFTP listener for a :class:`Gateway`; ``start`` and ``stop`` it next to the HTTP site."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        context: SftpContext | None = None,
+        defender: LoginDefender | None = None,
+        failure_delay: float = 1.0,
+        check_interval: float | None = None,
+        window: int = 8 * 1024 * 1024,
+        max_packet: int = 256 * 1024,
+    ) -> None:
+        settings = gateway.settings
+        self.gateway = gateway
+        self.accounts: AccountService = gateway.accounts
+        self.audit: AuditLog = gateway.audit
+        self.host = host if host is not None else settings.host
+        self.port = port if port is not None else settings.sftp_port
+        self.context = context or SftpContext(gateway.uploads, gateway.files, gateway.cases)
+        self.defender = defender or LoginDefender(gateway.clock)
+        self.failure_delay = failure_delay
+        self.check_interval = check_interval or settings.sftp_session_check_interval
+        self.window = window
+        self.max_packet = max_packet
+        self.host_keys_dir = settings.sftp_host_keys_dir or settings.resolved_data_dir / "ssh"
+        self.sessions: set[LiveSession] = set()
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self._listener: asyncssh.SSHAcceptor | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def bound_port(self) -> int:
+        """The port listened on (useful when started with port 0)."""
+        if self._listener is None:
+            raise RuntimeError("the SFTP listener is not running")
+        return int(self._listener.get_port())
+
+    async def start(self) -> None:
+        keys = await asyncio.to_thread(load_or_create_host_keys, self.host_keys_dir)
+        await self.accounts.prepare()
+        self.accounts.on_revoke(self._revoked)
+        self._listener = await asyncssh.create_server(
+            lambda: _AccountSSHServer(self),
+            self.host,
+            self.port,
+            server_host_keys=host_key_pairs(keys, SIGNATURE_ALGS),
+            server_version="eftgw",
+            kex_algs=KEX_ALGS,
+            encryption_algs=ENCRYPTION_ALGS,
+            mac_algs=MAC_ALGS,
+            compression_algs=["none"],
+            signature_algs=SIGNATURE_ALGS,
+            x509_trusted_certs=None,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=60,
+            keepalive_interval=30,
+            keepalive_count_max=3,
+            window=self.window,
+            max_pktsize=self.max_packet,
+            backlog=256,
+        )
+        self._checker = asyncio.create_task(self._check_periodically(), name="sftp-session-check")
+        log.info(
+            "SFTP listening on %s:%d; host keys %s", self.host, self.bound_port, ", ".join(fingerprints(keys))
+        )
+
+    async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+        for session in list(self.sessions):
+            session.disconnect("The gateway is shutting down.")
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 10)
+        # Handles closed by the teardown make what they hold durable before the core shuts down.
+        for _ in range(600):
+            if not len(self.context.writers):
+                break
+            await asyncio.sleep(0.05)
+        if self._background:
+            await asyncio.wait(self._background, timeout=30)
+
+    # live sessions -------------------------------------------------------------------------------
+
+    async def check_sessions(self) -> int:
+        """Cut every session whose account or case no longer allows it; return how many were cut."""
+        cut = 0
+        for username in {s.username for s in self.sessions if s.cut_reason is None}:
+            if not await self.accounts.check_session(username):
+                for session in [s for s in self.sessions if s.username == username]:
+                    await self.cut(session, CUT_MESSAGE)
+                    cut += 1
+        return cut
+
+    async def cut(self, session: LiveSession, reason: str) -> None:
+        if session.cut_reason is not None:
+            return
+        session.disconnect(reason)
+        principal = session.principal
+        await self.audit.record("sftp.session.cut", principal, principal.case_id, reason=reason)
+
+    def _revoked(self, username: str) -> None:
+        for session in [s for s in self.sessions if s.username == username]:
+            session.disconnect("The SFTP account was revoked.")
+
+    async def _check_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                await self.check_sessions()
+            except Exception:
+                log.exception("checking live SFTP sessions failed; retrying")
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class _AccountSSHServer(asyncssh.SSHServer):
+    """One SSH connection: authenticates an account, then offers the SFTP subsystem only."""
+
+    def __init__(self, service: SftpService) -> None:
+        self.service = service
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.remote = "unknown"
+        self.failures = 0
+        self.session: LiveSession | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.service.connections.add(conn)
+        peer = conn.get_extra_info("peername")
+        self.remote = str(peer[0]) if peer else "unknown"
+        if self.service.defender.is_banned(self.remote):
+            log.warning("SFTP connection from banned address %s closed", self.remote)
+            conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.service.connections.discard(self.conn)
+        if self.session is not None:
+            self.service.sessions.discard(self.session)
+
+    def begin_auth(self, username: str) -> bool:
+        if self.conn is not None and not terrapin_safe(self.conn):
+            log.warning("SFTP client at %s refused: no strict KEX and a Terrapin-prone cipher", self.remote)
+            self.conn.disconnect(
+                asyncssh.DISC_KEY_EXCHANGE_FAILED,
+                "Your SFTP client supports neither strict key exchange nor AES-GCM; please update it.",
+            )
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        try:
+            principal = await self.service.accounts.login_password(username, password, self.remote)
+        except Unauthenticated:
+            await self._failed(username)
+            return False
+        except Exception:
+            log.exception("SFTP password login of %r failed with an error; rejected", username[:64])
+            await self._failed(username)
+            return False
+        self._admitted(principal, method=None)
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Accept a key authorized for the account; the login happens only once asyncssh has verified the
+        signature with it (see :func:`_admit_on_signature`)."""
+        try:
+            offered = key.public_data
+            for line in await self.service.accounts.authorized_keys(username):
+                if asyncssh.import_public_key(line).public_data == offered:
+                    principal = await self.service.accounts.key_principal(username, line, self.remote)
+                    _admit_on_signature(key, functools.partial(self._admitted, principal, method="publickey"))
+                    return True
+        except Unauthenticated:
+            return False
+        except Exception:
+            log.exception("SFTP public-key check of %r failed with an error; rejected", username[:64])
+        return False
+
+    def session_requested(self) -> SFTPOnlySession | bool:
+        session = self.session
+        if session is None or session.cut_reason is not None:
+            return False
+        context = self.service.context
+        factory: Callable[[Any], CaseSFTPServer] = lambda chan: CaseSFTPServer(chan, context, session)  # noqa: E731
+        return SFTPOnlySession(factory)
+
+    def _admitted(self, principal: Principal, *, method: str | None) -> None:
+        if self.conn is None or self.session is not None:
+            return
+        self.session = LiveSession(principal, self.conn, self.service)
+        self.service.sessions.add(self.session)
+        self.service.defender.record_success(self.remote)
+        if method is not None:
+            self.service.spawn(self.service.accounts.record_login(principal, method=method))
+
+    async def _failed(self, username: str) -> None:
+        self.failures += 1
+        banned = self.service.defender.record_failure(self.remote)
+        self.service.spawn(self._audit_failure(username))
+        await asyncio.sleep(self.service.failure_delay)
+        if self.conn is not None and (banned or self.failures >= MAX_FAILURES_PER_CONNECTION):
+            note = " (banned)" if banned else ""
+            log.warning("SFTP logins from %s: too many failures%s", self.remote, note)
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
+
+    async def _audit_failure(self, username: str) -> None:
+        actor = Principal(username[:64] or "-", Role.CUSTOMER, via="sftp", remote=self.remote)
+        with contextlib.suppress(Exception):
+            await self.service.audit.record("sftp.login_failed", actor, None)
+
+
+def terrapin_safe(conn: asyncssh.SSHServerConnection) -> bool:
+    """Whether the connection is safe from prefix truncation (Terrapin, CVE-2023-48795).
+
+    Strict key exchange (``kex-strict-*-v00@openssh.com``) is offered to every client and makes any cipher
+    safe. A client without it (rclone 1.60, for one) is accepted only with a cipher mode the attack cannot
+    use: AES-GCM, or AES-CTR with a MAC that is not encrypt-then-MAC.
+    """
+    if getattr(conn, "_strict_kex", False):  # asyncssh records the negotiation here (pinned version)
+        return True
+    for direction in ("send", "recv"):
+        cipher = str(conn.get_extra_info(f"{direction}_cipher", ""))
+        mac = str(conn.get_extra_info(f"{direction}_mac", ""))
+        gcm = cipher.endswith("-gcm@openssh.com")
+        ctr_plain_mac = cipher.endswith("-ctr") and not mac.endswith("-etm@openssh.com")
+        if not (gcm or ctr_plain_mac):
+            return False
+    return True
+
+
+def _admit_on_signature(key: asyncssh.SSHKey, admit: Callable[[], None]) -> None:
+    """Wrap this key object's ``verify``: only signatures made with an allowed algorithm count (no SHA-1
+    ``ssh-rsa``), and a good one admits the login before asyncssh tells the client it succeeded.
+
+    asyncssh verifies the login signature with the very key object :meth:`validate_public_key` approved,
+    whatever signature algorithm the client chose, then reports success; wrapping that object is the one
+    place where both the algorithm and the outcome are known.
+    """
+    verify = key.verify
+    allowed = {alg.encode() for alg in SIGNATURE_ALGS}
+
+    def verify_and_admit(data: bytes, sig: bytes) -> bool:
+        try:
+            algorithm = SSHPacket(sig).get_string()
+        except Exception:
+            return False
+        if algorithm not in allowed or not verify(data, sig):
+            return False
+        admit()
+        return True
+
+    key.verify = verify_and_admit  # type: ignore[method-assign]

@@ -1,0 +1,112 @@
+"""How an SSH session becomes an SFTP session of the gateway (the asyncssh plumbing, kept in one place).
+
+Two things are not reachable through asyncssh's public ``sftp_factory``, so the session is started here:
+
+- telling an explicit ``CLOSE`` from the closing of handles at teardown. asyncssh closes every open handle
+  through the same :meth:`SFTPServer.close` when the client goes away; the handler below marks the server as
+  tearing down first, so that a dropped connection never finishes an upload;
+- write requests with bytes after the data, which OpenSSH's sftp-server ignores and rclone sends;
+- the extensions offered: only what the case area supports (``posix-rename``, ``fsync``, ``lsetstat``,
+  ``limits``), and limits that keep one request's memory small (256 KiB reads and writes, as OpenSSH's
+  sftp-server; a bounded number of handles).
+
+This uses asyncssh internals (``SFTPServerHandler``, ``SSHServerStreamSession``); asyncssh is pinned exactly
+and ``tests/sftp`` exercise every path here with real clients.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from asyncssh import SFTPInvalidHandle, SFTPLimits, SFTPServer, SSHReader, SSHServerChannel, SSHWriter
+from asyncssh.constants import FXP_WRITE
+from asyncssh.packet import SSHPacket
+from asyncssh.sftp import SFTPServerHandler
+from asyncssh.stream import SSHServerStreamSession
+
+SFTP_VERSION = 3
+MAX_REQUEST = 256 * 1024
+MAX_OPEN_HANDLES = 64
+
+_SUPPORTED_EXTENSIONS = {
+    b"posix-rename@openssh.com",
+    b"fsync@openssh.com",
+    b"lsetstat@openssh.com",
+    b"limits@openssh.com",
+}
+
+
+_Handler = Callable[[SFTPServerHandler, SSHPacket], Awaitable[object]]
+
+
+class _GatewaySFTPHandler(SFTPServerHandler):
+    """asyncssh's SFTP request loop, with teardown marked and only the supported extensions."""
+
+    # These two override asyncssh's class attributes of the same names and shapes.
+    _extensions = [  # noqa: RUF012
+        (name, value)
+        for name, value in SFTPServerHandler._extensions
+        if name in _SUPPORTED_EXTENSIONS or name in (b"newline", b"vendor-id")
+    ]
+
+    async def _cleanup(self, exc: Exception | None) -> None:
+        server = self._server
+        begin_teardown = getattr(server, "begin_teardown", None)
+        if begin_teardown is not None:
+            begin_teardown()
+        await super()._cleanup(exc)
+
+    async def _process_write(self, packet: SSHPacket) -> int:
+        """A write request; like OpenSSH's sftp-server, bytes after the data are ignored, not refused
+        (the SFTP library inside rclone sends them)."""
+        handle = packet.get_string()
+        offset = packet.get_uint64()
+        data = packet.get_string()
+        file_obj = self._file_handles.get(handle)
+        if file_obj is None:
+            raise SFTPInvalidHandle("Invalid file handle")
+        result = self._server.write(file_obj, offset, data)
+        return await result if inspect.isawaitable(result) else result
+
+    async def _process_limits(self, packet: SSHPacket) -> SFTPLimits:
+        packet.check_end()
+        return SFTPLimits(MAX_REQUEST + 1024, MAX_REQUEST, MAX_REQUEST, MAX_OPEN_HANDLES)
+
+    _packet_handlers = {  # noqa: RUF012
+        **{
+            key: handler
+            for key, handler in SFTPServerHandler._packet_handlers.items()
+            if not isinstance(key, bytes) or key in _SUPPORTED_EXTENSIONS
+        },
+        FXP_WRITE: cast(_Handler, _process_write),
+        b"limits@openssh.com": cast(_Handler, _process_limits),
+    }
+
+
+class SFTPOnlySession(SSHServerStreamSession[bytes]):
+    """An SSH session that runs the SFTP subsystem and nothing else (no shell, exec, scp or pty)."""
+
+    def __init__(self, sftp_factory: Callable[[SSHServerChannel[bytes]], SFTPServer]) -> None:
+        super().__init__(None, sftp_factory, SFTP_VERSION, False)  # type: ignore[arg-type]
+        self._server_factory = sftp_factory
+
+    def pty_requested(self, *args: Any) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        chan = self._chan
+        conn = self._conn
+        if chan is None or conn is None:
+            return
+        if chan.get_subsystem() != "sftp":
+            chan.close()
+            return
+        chan.set_encoding(None)
+        self._encoding = None
+        reader: SSHReader[bytes] = SSHReader(self, chan)
+        writer: SSHWriter[bytes] = SSHWriter(self, chan)
+        server = self._server_factory(chan)  # type: ignore[arg-type]
+        handler = _GatewaySFTPHandler(server, reader, writer, SFTP_VERSION)
+        conn.create_task(handler.run(), reader.logger)

@@ -1,0 +1,191 @@
+"""The bounded write buffer: writes do not wait for storage while there is room, wait when it is full,
+and memory stays within the buffer's capacity, in the core and over a real SFTP session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sftp_support import OPERATOR, GatewayThread, paramiko_sftp, settings_for, sha256
+
+from eftgw.errors import CaseClosed
+from eftgw.gateway import Gateway
+from eftgw.model import Principal, Role
+from eftgw.sftp.buffer import BufferedUpload
+from eftgw.storage import ObjectStore, UploadWriter
+from eftgw.uploads import BLOCK_SIZE
+
+CUSTOMER = Principal("sftp-customer", Role.CUSTOMER, "CASE-1", via="sftp")
+KIB = 1024
+
+
+class SlowWriter:
+    """An upload writer whose every write takes ``delay`` seconds (slow object storage)."""
+
+    def __init__(self, inner: UploadWriter, delay: float, gate: asyncio.Event | None) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.gate = gate
+
+    async def write(self, data: bytes) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(self.delay)
+        await self.inner.write(data)
+
+    async def commit(self) -> int:
+        return await self.inner.commit()
+
+    async def rollback(self) -> None:
+        await self.inner.rollback()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class SlowStore:
+    """Wraps a real store; only staging writes are slowed down (or held until ``gate`` opens)."""
+
+    def __init__(self, inner: ObjectStore, delay: float, gate: asyncio.Event | None = None) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.gate = gate
+        self.name = inner.name
+
+    async def open_writer(self, key: str, offset: int) -> SlowWriter:
+        return SlowWriter(await self.inner.open_writer(key, offset), self.delay, self.gate)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def promote(self, staging: str, key: str, tags: Mapping[str, str]) -> None:
+        await self.inner.promote(staging, key, tags)
+
+    def read_staging(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self.inner.read_staging(key, start, end)
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gateway = Gateway.build(settings_for(tmp_path / "data"))
+    await gateway.start()
+    await gateway.cases.open(OPERATOR, "CASE-1")
+    yield gateway
+    await gateway.close()
+
+
+async def test_writes_return_without_waiting_for_storage_while_there_is_room(core: Gateway) -> None:
+    """With storage stalled, writes are accepted at once until the buffer (plus the block the core is
+    storing) is full; the next write waits (backpressure) until storage takes data; then all is durable."""
+    gate = asyncio.Event()
+    core.uploads.store = SlowStore(core.store, 0.0, gate)
+    upload = await core.uploads.create(
+        CUSTOMER, "CASE-1", length=None, metadata={"filename": "x"}, via="sftp"
+    )
+    capacity = 1024 * KIB
+    buffer = BufferedUpload(core.uploads, CUSTOMER, "CASE-1", upload.id, 0, capacity=capacity)
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.urandom(32 * KIB)
+        started = time.monotonic()
+        pending = asyncio.create_task(buffer.write(chunk))
+        done, _ = await asyncio.wait({pending}, timeout=0.3)
+        chunks.append(chunk)
+        if not done:
+            break
+        assert time.monotonic() - started < 0.1  # accepted without waiting for storage
+        assert len(chunks) < 200, "the buffer never filled up"
+    accepted = 32 * KIB * (len(chunks) - 1)
+    assert capacity <= accepted <= capacity + 2 * BLOCK_SIZE  # the buffer plus the core's block(s)
+    assert buffer.durable == 0
+    gate.set()
+    await asyncio.wait_for(pending, 10)
+    await asyncio.wait_for(buffer.flush(), 30)
+    assert buffer.durable == buffer.end == 32 * KIB * len(chunks)
+    assert (await core.uploads.get(CUSTOMER, "CASE-1", upload.id)).offset == buffer.durable
+    finished = await core.uploads.finish(CUSTOMER, "CASE-1", upload.id)
+    record = await core.repo.get_file("CASE-1", finished.file_id)
+    assert record is not None and record.sha256 == sha256(b"".join(chunks))
+
+
+async def test_queued_bytes_never_exceed_the_capacity(core: Gateway) -> None:
+    """While a slow store drains it in parts, the bytes held in memory stay within the capacity."""
+    core.uploads.store = SlowStore(core.store, 0.002)
+    upload = await core.uploads.create(
+        CUSTOMER, "CASE-1", length=None, metadata={"filename": "y"}, via="sftp"
+    )
+    buffer = BufferedUpload(
+        core.uploads, CUSTOMER, "CASE-1", upload.id, 0, capacity=512 * KIB, part_size=2 << 20
+    )
+    peak = 0
+    for _ in range(300):
+        await buffer.write(os.urandom(32 * KIB))
+        peak = max(peak, buffer._queued)
+    await buffer.flush()
+    assert peak <= 512 * KIB
+    assert buffer.durable == 300 * 32 * KIB
+
+
+async def test_a_storage_error_surfaces_on_the_next_write_and_keeps_the_durable_prefix(core: Gateway) -> None:
+    """When a part cannot be stored (the case closed meanwhile), later writes and the flush report it, and
+    the upload keeps exactly the bytes made durable before."""
+    upload = await core.uploads.create(
+        CUSTOMER, "CASE-1", length=None, metadata={"filename": "z"}, via="sftp"
+    )
+    buffer = BufferedUpload(core.uploads, CUSTOMER, "CASE-1", upload.id, 0)
+    await buffer.write(b"a" * 1000)
+    await buffer.flush()
+    await core.cases.close(OPERATOR, "CASE-1")
+    await buffer.write(b"b" * 1000)
+    with pytest.raises(CaseClosed):
+        await buffer.flush()
+    with pytest.raises(CaseClosed):
+        await buffer.write(b"c")
+    assert (await core.repo.get_upload(upload.id)).offset == 1000  # type: ignore[union-attr]
+
+
+def test_an_sftp_session_is_slowed_down_not_buffered_without_bound(gateway: GatewayThread) -> None:
+    """Over a real session with slow storage, the client is held back by the full buffer (the upload takes
+    as long as storage needs) and the gateway never holds more than the buffer's capacity for it."""
+    gateway.call(_slow_storage(gateway, 0.05))
+    capacity = gateway.sftp.context.buffer_capacity
+    account = gateway.account()
+    data = os.urandom(24 * 1024 * KIB)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], gateway.call(_queued(gateway)))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        with paramiko_sftp(gateway.port, account) as (_t, sftp), sftp.open("slow.bin", "wb") as out:
+            out.set_pipelined(True)
+            for offset in range(0, len(data), 32 * KIB):
+                out.write(data[offset : offset + 32 * KIB])
+    finally:
+        stop.set()
+        sampler.join(10)
+    # 24 blocks of 1 MiB reach storage at 0.05 s each: the client cannot have finished sooner.
+    assert time.monotonic() - started >= 24 * 0.05
+    assert 0 < peak[0] <= capacity
+    assert gateway.file_named("slow.bin").sha256 == sha256(data)
+
+
+async def _slow_storage(gateway: GatewayThread, delay: float) -> None:
+    gateway.gw.uploads.store = SlowStore(gateway.gw.store, delay)
+
+
+async def _queued(gateway: GatewayThread) -> int:
+    writers = gateway.sftp.context.writers._writers
+    return max((w._queued for w in writers.values()), default=0)
