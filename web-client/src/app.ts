@@ -303,6 +303,7 @@ export class App implements TransferHost {
     }
     this.renderUnfinished()
     this.queue.enqueue(transfer)
+    this.changed(transfer)
   }
 
   private async discard(upload: UnfinishedUpload): Promise<void> {

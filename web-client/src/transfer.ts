@@ -26,7 +26,7 @@ export type TransferState =
   | 'cancelled'
 
 const MiB = 1024 * 1024
-export const INITIAL_CHUNK = 4 * MiB
+export const INITIAL_CHUNK = 2 * MiB
 export const MIN_CHUNK = 1 * MiB
 export const MAX_CHUNK = 32 * MiB
 /** Chunks are sized to take about this long, so progress moves and a lost chunk costs little. */

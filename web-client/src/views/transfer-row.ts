@@ -118,6 +118,7 @@ export class TransferRow {
         return t.acked > 0 ? `${confirmed} · waiting for a free upload slot` : 'Waiting for a free upload slot'
       case 'uploading': {
         const parts = [confirmed]
+        if (t.sent > t.acked) parts.push(`${percent(t.sent, t.size)} sent`)
         if (t.speed > 0) parts.push(formatSpeed(t.speed))
         const left = formatDuration(t.secondsLeft)
         if (left) parts.push(`${left} left`)
