@@ -359,6 +359,8 @@ export class App implements TransferHost {
     const text = spoken[transfer.state]
     if (text) this.announce(text)
     if (transfer.state === 'done' || transfer.state === 'cancelled') this.renderUnfinished()
+    // A refusal may mean the case closed or the session ended: show the page as it now stands.
+    if (transfer.state === 'failed') void this.refresh()
   }
 
   released(): void {
