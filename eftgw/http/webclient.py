@@ -37,7 +37,7 @@ CONTENT_TYPES = {
 class WebClientMissing(DomainError):
     code = "web_client_missing"
     status = 503
-    default_message = "The file transfer page has not been built on this gateway; run scripts/build-web-client."
+    default_message = "The file transfer page is not built on this gateway; run scripts/build-web-client."
 
 
 def dist_dir() -> Path:

@@ -71,7 +71,11 @@ class Traffic:
     max_in_flight_patches: int = 0
 
     def uploads(self) -> list[SentRequest]:
-        return [r for r in self.requests if "/uploads" in r.url and r.method in ("POST", "HEAD", "PATCH", "DELETE")]
+        return [
+            r
+            for r in self.requests
+            if "/uploads" in r.url and r.method in ("POST", "HEAD", "PATCH", "DELETE")
+        ]
 
     def patches(self) -> list[SentRequest]:
         return [r for r in self.requests if r.method == "PATCH"]
@@ -124,7 +128,9 @@ class ClientPage:
         self.traffic.by_request[id(request)] = sent
         if request.method == "PATCH":
             self.traffic.in_flight_patches += 1
-            self.traffic.max_in_flight_patches = max(self.traffic.max_in_flight_patches, self.traffic.in_flight_patches)
+            self.traffic.max_in_flight_patches = max(
+                self.traffic.max_in_flight_patches, self.traffic.in_flight_patches
+            )
 
     async def _on_finished(self, request: Request) -> None:
         sent = self.traffic.by_request.get(id(request))
@@ -154,7 +160,12 @@ class ClientPage:
         await session.send("Network.enable")
         await session.send(
             "Network.emulateNetworkConditions",
-            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": upload_bytes_per_second},
+            {
+                "offline": False,
+                "latency": 0,
+                "downloadThroughput": -1,
+                "uploadThroughput": upload_bytes_per_second,
+            },
         )
 
     # --- reading the page -------------------------------------------------------------------------------
@@ -165,8 +176,10 @@ class ClientPage:
             has=self.page.locator(".transfer-name").get_by_text(name, exact=True)
         )
 
-    async def wait_done(self, count: int, timeout: float = 60_000) -> None:
-        await expect(self.page.locator(".transfer-list > li[data-state=done]")).to_have_count(count, timeout=timeout)
+    async def wait_done(self, count: int, within: float = 60_000) -> None:
+        await expect(self.page.locator(".transfer-list > li[data-state=done]")).to_have_count(
+            count, timeout=within
+        )
 
     async def files(self) -> list[dict[str, str]]:
         """The rows of "Files in this case": name, SHA-256, uploader."""
@@ -188,20 +201,23 @@ class ClientPage:
 
 
 async def gateway_json(base_url: str, token: str, path: str) -> Any:
-    async with http_session() as session, session.get(
-        base_url + path, headers={"Authorization": f"Bearer {token}"}
-    ) as response:
+    async with (
+        http_session() as session,
+        session.get(base_url + path, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
         assert response.status == 200, await response.text()
         return await response.json()
 
 
-async def wait_for_server_offset(base_url: str, token: str, case_id: str, minimum: int, timeout: float = 60) -> dict[str, Any]:
+async def wait_for_server_offset(
+    base_url: str, token: str, case_id: str, minimum: int, within: float = 60
+) -> dict[str, Any]:
     """Poll the gateway's list of unfinished uploads until one has at least ``minimum`` bytes acknowledged."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         uploads = await gateway_json(base_url, token, f"/api/v1/cases/{case_id}/uploads")
         for upload in uploads:
             if upload["offset"] >= minimum:
                 return dict(upload)
         await asyncio.sleep(0.1)
-    raise AssertionError(f"no upload reached {minimum} bytes in {timeout}s")
+    raise AssertionError(f"no upload reached {minimum} bytes in {within}s")

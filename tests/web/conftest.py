@@ -6,6 +6,7 @@ is built by ``scripts/build-web-client``. Either missing fails the tests: they a
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,10 +31,12 @@ def require_built_client() -> None:
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium, headless, with a fresh temporary profile."""
-    if not Path(CHROMIUM).exists():
+    if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install-test-deps-web")
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+        )
         try:
             yield browser
         finally:

@@ -1,4 +1,4 @@
-"""Interruptions the page survives without asking: a dead network, a reload, a gateway restart, a damaged chunk."""
+"""Interruptions the page survives unasked: a dead network, a reload, a gateway restart, a damaged chunk."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from playwright.async_api import Browser, Route, expect
 
 from tests.support import GatewayProcess, RunningGateway
-from tests.web.client import MiB, ClientPage, gateway_json, random_file, sha256_of, wait_for_server_offset
+from tests.web.client import ClientPage, MiB, gateway_json, random_file, sha256_of, wait_for_server_offset
 from tests.web.conftest import require_built_client
 
 pytestmark = pytest.mark.embedded_only
@@ -40,11 +40,16 @@ async def test_network_drop_mid_upload_recovers_without_user_action(
     await client.page.route("**/api/v1/**", network_down)
     row = client.transfer("net.bin")
     await expect(row).to_have_attribute("data-state", "retrying", timeout=30_000)
-    await expect(row.locator(".transfer-detail")).to_contain_text("The connection to the gateway was interrupted")
-    while len(aborted) < 3:
+    await expect(row.locator(".transfer-detail")).to_contain_text(
+        "The connection to the gateway was interrupted"
+    )
+    for _ in range(300):  # until a few attempts have hit the dead network (at most 30 s)
+        if len(aborted) >= 3:
+            break
         await asyncio.sleep(0.1)
+    assert len(aborted) >= 3
     await client.page.unroute("**/api/v1/**")
-    await client.wait_done(1, timeout=90_000)
+    await client.wait_done(1, within=90_000)
     assert await listed_sha256(gw.url, token, "net.bin") == sha256_of(source)
     assert {"HEAD", "PATCH"} & set(aborted)
 
@@ -52,7 +57,7 @@ async def test_network_drop_mid_upload_recovers_without_user_action(
 async def test_reload_mid_upload_resumes_from_the_gateways_offset(
     client: ClientPage, gw: RunningGateway, tmp_path: Path
 ) -> None:
-    """After a reload the page lists the unfinished upload and, given the same file, sends only what is missing."""
+    """After a reload the page lists the unfinished upload and, given the same file, sends only the rest."""
     source = random_file(tmp_path / "reload.bin", 16 * MiB)
     size = source.stat().st_size
     token = gw.token("C-1")
@@ -69,7 +74,7 @@ async def test_reload_mid_upload_resumes_from_the_gateways_offset(
 
     mark = client.traffic.mark()
     await client.choose(source)
-    await client.wait_done(1, timeout=90_000)
+    await client.wait_done(1, within=90_000)
     after = client.traffic.since(mark)
     uploads = [r for r in after if "/uploads" in r.url and r.method != "GET"]
     assert uploads[0].method == "HEAD" and uploads[0].url == upload["url"]
@@ -101,7 +106,7 @@ async def test_a_file_with_the_same_name_and_size_is_not_taken_for_the_unfinishe
 
     mark = client.traffic.mark()
     await client.choose(decoy)
-    await client.wait_done(1, timeout=60_000)
+    await client.wait_done(1, within=60_000)
     decoy_requests = [r for r in client.traffic.since(mark) if "/uploads" in r.url and r.method != "GET"]
     assert decoy_requests[0].method == "POST"
     assert all(r.url != unfinished["url"] for r in decoy_requests)
@@ -111,7 +116,7 @@ async def test_a_file_with_the_same_name_and_size_is_not_taken_for_the_unfinishe
     async with client.page.expect_file_chooser() as chooser_info:
         await client.page.get_by_role("button", name="Select same.log again to resume it").click()
     await (await chooser_info.value).set_files(real)
-    await client.wait_done(2, timeout=60_000)
+    await client.wait_done(2, within=60_000)
     resumed = [r for r in client.traffic.since(mark) if "/uploads" in r.url and r.method != "GET"]
     assert resumed[0].method == "HEAD" and resumed[0].url == unfinished["url"]
     files = await gateway_json(gw.url, token, "/api/v1/cases/C-1/files")
@@ -121,7 +126,7 @@ async def test_a_file_with_the_same_name_and_size_is_not_taken_for_the_unfinishe
 async def test_a_chunk_damaged_in_flight_is_rejected_and_sent_again(
     client: ClientPage, gw: RunningGateway, tmp_path: Path
 ) -> None:
-    """A chunk altered on the way fails its SHA-256 at the gateway (460), is re-sent intact, and the file is exact."""
+    """A chunk altered on the way fails its SHA-256 check (460), is re-sent intact; the file is exact."""
     source = random_file(tmp_path / "tamper.bin", 9 * MiB)
     tampered: list[str] = []
 
@@ -139,7 +144,7 @@ async def test_a_chunk_damaged_in_flight_is_rejected_and_sent_again(
     await client.page.route("**/api/v1/cases/C-1/uploads/*", tamper_once)
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
     await client.choose(source)
-    await client.wait_done(1, timeout=60_000)
+    await client.wait_done(1, within=60_000)
     assert len(tampered) == 1
     patches = [r for r in client.traffic.patches() if r.headers.get("upload-offset") == tampered[0]]
     assert [r.status for r in patches] == [460, 204]
@@ -149,7 +154,7 @@ async def test_a_chunk_damaged_in_flight_is_rejected_and_sent_again(
 
 
 async def test_gateway_restart_mid_upload_finishes(browser: Browser, tmp_path: Path) -> None:
-    """The gateway process killed (-9) and started again mid-upload: the page carries on and the file is exact."""
+    """The gateway killed (-9) and started again mid-upload: the page carries on; the file is exact."""
     require_built_client()
     proc = GatewayProcess(tmp_path / "gw").start()
     try:
@@ -167,7 +172,7 @@ async def test_gateway_restart_mid_upload_finishes(browser: Browser, tmp_path: P
             await expect(row).to_have_attribute("data-state", "retrying", timeout=30_000)
             await asyncio.sleep(1)
             proc.start()
-            await client.wait_done(1, timeout=120_000)
+            await client.wait_done(1, within=120_000)
             assert await listed_sha256(proc.url, token, "restart.bin") == sha256_of(source)
             await expect(row.locator(".transfer-hash code")).to_have_text(sha256_of(source))
     finally:

@@ -1,4 +1,4 @@
-"""Launching from the portal and uploading: concurrency, per-chunk checksums, acknowledged progress, listing."""
+"""Launching from the portal and uploading: concurrency, chunk checksums, acknowledged progress, listing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from playwright.async_api import Route, expect
 
 from tests.support import RunningGateway
-from tests.web.client import ARTIFACTS, MiB, ClientPage, random_file, sha256_of, wait_for_server_offset
+from tests.web.client import ARTIFACTS, ClientPage, MiB, random_file, sha256_of, wait_for_server_offset
 
 pytestmark = pytest.mark.embedded_only
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.embedded_only
 async def test_launch_exchanges_the_token_without_leaving_it_anywhere(
     client: ClientPage, gw: RunningGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The launch token leaves the address bar at once, reaches no log, URL or Referer, and becomes a strict cookie."""
+    """The launch token leaves the address bar at once, is in no log, URL or Referer; it becomes a cookie."""
     caplog.set_level(logging.INFO, logger="eftgw.access")
     token = gw.launch_token("C-1", "customer", "alice")
     await client.launch(token)
@@ -35,7 +35,9 @@ async def test_launch_exchanges_the_token_without_leaving_it_anywhere(
     assert token not in caplog.text
     (cookie,) = await client.context.cookies()
     assert cookie["name"] == "__Host-eftgw_session"
-    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert (
+        cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    )
     # A reload keeps the session; the used link does not work a second time.
     await page.reload()
     await expect(page.locator("#case-title")).to_have_text("Case C-1")
@@ -49,8 +51,11 @@ async def test_launch_exchanges_the_token_without_leaving_it_anywhere(
 async def test_three_files_upload_concurrently_with_chunk_checksums(
     client: ClientPage, gw: RunningGateway, tmp_path: Path
 ) -> None:
-    """Three files go up at once in chunks that each carry a correct SHA-256, and are listed with their SHA-256."""
-    files = [random_file(tmp_path / name, size) for name, size in (("a.log", 5 * MiB), ("b.log", 6 * MiB), ("c.tar", 7 * MiB))]
+    """Three files go up at once in chunks that each carry a correct SHA-256, and are listed with SHA-256."""
+    files = [
+        random_file(tmp_path / name, size)
+        for name, size in (("a.log", 5 * MiB), ("b.log", 6 * MiB), ("c.tar", 7 * MiB))
+    ]
     checked: list[tuple[str, bool]] = []
 
     async def verify_checksum(route: Route) -> None:
@@ -108,7 +113,9 @@ async def test_every_resource_comes_from_the_gateway_under_a_strict_policy(
     await client.choose(random_file(tmp_path / "x.bin", 100_000))
     await client.wait_done(1)
     assert client.traffic.requests
-    assert all(r.url.startswith(gw.url + "/") for r in client.traffic.requests), [r.url for r in client.traffic.requests]
+    assert all(r.url.startswith(gw.url + "/") for r in client.traffic.requests), [
+        r.url for r in client.traffic.requests
+    ]
     response = await client.page.request.get(f"{gw.url}/app")
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "style-src 'self'" in csp and "unsafe-inline" not in csp
@@ -141,7 +148,9 @@ async def test_keyboard_alone_can_choose_files_and_controls_are_labelled(
     await chooser.set_files(random_file(tmp_path / "kb.log", 3 * MiB))
     pause = page.get_by_role("button", name="Pause upload of kb.log")
     await expect(pause).to_be_visible()
-    await expect(page.get_by_role("progressbar", name="Upload of kb.log, bytes confirmed by the gateway")).to_be_visible()
+    await expect(
+        page.get_by_role("progressbar", name="Upload of kb.log, bytes confirmed by the gateway")
+    ).to_be_visible()
     await pause.focus()
     await page.keyboard.press("Enter")
     await expect(client.transfer("kb.log")).to_have_attribute("data-state", "paused")

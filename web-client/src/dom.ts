@@ -1,7 +1,7 @@
 /**
  * Building DOM without HTML strings. Every piece of text (file names, user names, server messages) becomes a
- * Text node, so nothing a user controls is ever parsed as markup; there is no innerHTML anywhere in the client
- * (scripts/build-web-client refuses to build if one appears).
+ * Text node, so nothing a user controls is ever parsed as markup: the client never parses a string as HTML
+ * (scripts/build-web-client refuses to build if it would).
  */
 
 export type Child = Node | string | number | null | undefined | false
