@@ -94,7 +94,7 @@ async def test_parallel_uploads_are_capped_and_the_rest_wait(
     client: ClientPage, gw: RunningGateway, tmp_path: Path
 ) -> None:
     """With five files, three upload at a time (the default) and the others wait their turn, then go."""
-    files = [random_file(tmp_path / f"part{i}.bin", 3 * MiB) for i in range(5)]
+    files = [random_file(tmp_path / f"part{i}.bin", 2 * MiB) for i in range(5)]
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
     await client.throttle(500_000)
     await client.choose(*files)
