@@ -71,10 +71,15 @@ async function handle(job: WorkerRequest): Promise<void> {
   }
 }
 
+// Whole-file jobs run one after another (each reads a whole file); chunk jobs run as they come.
+let files: Promise<void> = Promise.resolve()
+
 scope.onmessage = (event: MessageEvent<WorkerRequest>) => {
   const job = event.data
-  handle(job).catch((err: unknown) => {
+  const fail = (err: unknown): void => {
     const name = err instanceof DOMException || err instanceof Error ? err.name : 'Error'
     reply({ id: job.id, ok: false, error: name })
-  })
+  }
+  if (job.op === 'file') files = files.then(() => handle(job).catch(fail))
+  else handle(job).catch(fail)
 }

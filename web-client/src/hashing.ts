@@ -1,6 +1,8 @@
 /**
- * A small pool of hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread.
- * Jobs go to the least busy worker; a failed read (the file changed or vanished) rejects with FileReadError.
+ * Hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread: a small pool for chunks
+ * and fingerprints (the least busy worker takes the job), and one more worker that hashes whole files for
+ * verification, one file at a time, so that long job never delays a chunk. A failed read (the file changed
+ * or vanished) rejects with FileReadError.
  */
 import type { WorkerReply, WorkerRequest } from './hash-protocol'
 
@@ -27,17 +29,21 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 export class HashPool {
   private readonly slots: Slot[] = []
+  private readonly verifier: Slot
   private readonly pending = new Map<number, Pending>()
   private nextId = 1
 
   constructor(size: number) {
-    for (let i = 0; i < size; i += 1) {
-      const worker = new Worker(new URL('./hash-worker.ts', import.meta.url), { type: 'module', name: `sha256-${i}` })
-      const slot: Slot = { worker, busy: 0 }
-      worker.onmessage = (event: MessageEvent<WorkerReply>) => this.receive(event.data)
-      worker.onerror = () => this.failAll(slot)
-      this.slots.push(slot)
-    }
+    for (let i = 0; i < size; i += 1) this.slots.push(this.spawn(`sha256-chunks-${i}`))
+    this.verifier = this.spawn('sha256-files')
+  }
+
+  private spawn(name: string): Slot {
+    const worker = new Worker(new URL('./hash-worker.ts', import.meta.url), { type: 'module', name })
+    const slot: Slot = { worker, busy: 0 }
+    worker.onmessage = (event: MessageEvent<WorkerReply>) => this.receive(event.data)
+    worker.onerror = () => this.failAll(slot)
+    return slot
   }
 
   /** Read ``[start, end)`` of ``file`` once: its bytes and their SHA-256 (base64). */
@@ -56,13 +62,16 @@ export class HashPool {
 
   /** The whole file's SHA-256 as lowercase hex; ``onProgress`` gets the bytes hashed so far. */
   async fileSha256(file: Blob, onProgress?: (done: number) => void): Promise<string> {
-    const reply = await this.run({ op: 'file', file }, onProgress)
+    const reply = await this.run({ op: 'file', file }, onProgress, this.verifier)
     if (reply.ok && reply.op === 'file') return reply.sha256
     throw new FileReadError()
   }
 
-  private run(job: DistributiveOmit<WorkerRequest, 'id'>, onProgress?: (done: number) => void): Promise<WorkerReply> {
-    const slot = this.slots.reduce((best, s) => (s.busy < best.busy ? s : best))
+  private run(
+    job: DistributiveOmit<WorkerRequest, 'id'>,
+    onProgress?: (done: number) => void,
+    slot: Slot = this.slots.reduce((best, s) => (s.busy < best.busy ? s : best)),
+  ): Promise<WorkerReply> {
     const id = this.nextId++
     slot.busy += 1
     return new Promise<WorkerReply>((resolve, reject) => {

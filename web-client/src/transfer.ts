@@ -4,8 +4,9 @@
  * Progress counts acknowledged bytes only: the ``Upload-Offset`` of the gateway's answers (HEAD, PATCH).
  * Retries never ask the user: a lost connection, a stall, a gateway restart, a busy upload (423), an offset
  * mismatch (409), a server error and a chunk refused for its checksum (460) all retry with backoff, each
- * resuming from the gateway's offset (tus-js-client sends HEAD first). After the last byte, the whole file is
- * hashed locally and compared with the SHA-256 the gateway computed: only then is the file "verified".
+ * resuming from the gateway's offset (tus-js-client sends HEAD first). Meanwhile a separate worker hashes the
+ * whole file from disk; after the last byte that SHA-256 is compared with the one the gateway computed: only
+ * then is the file "verified".
  */
 import { type DetailedError, type HttpStack, Upload } from 'tus-js-client'
 
@@ -96,6 +97,8 @@ export class Transfer {
   /** False when retrying cannot help (closed case, expired session, too large). */
   canRetry = true
   private upload: Upload | null = null
+  /** The local whole-file SHA-256, computed while the upload runs (a separate worker). */
+  private localHash: Promise<string> | null = null
   private readonly meter = new SpeedMeter()
   private chunkStarted = 0
   private rejectedInARow = 0
@@ -141,6 +144,13 @@ export class Transfer {
     this.message = ''
     this.meter.reset()
     if (this.upload === null || this.restartFresh) this.upload = this.createUpload()
+    if (this.localHash === null) {
+      this.localHash = this.host.hashes.fileSha256(this.file, (done) => {
+        this.hashed = done
+        if (this.state === 'verifying') this.host.changed(this)
+      })
+      this.localHash.catch(() => undefined) // awaited, and reported, in verify()
+    }
     this.restartFresh = false
     this.chunkStarted = performance.now()
     this.upload.start()
@@ -311,10 +321,7 @@ export class Transfer {
     this.host.released(this)
     this.host.changed(this)
     try {
-      this.localSha256 = await this.host.hashes.fileSha256(this.file, (done) => {
-        this.hashed = done
-        this.host.changed(this)
-      })
+      this.localSha256 = await (this.localHash ?? this.host.hashes.fileSha256(this.file))
     } catch {
       this.state = 'done'
       this.message = 'Uploaded, but the file could not be read again here to compare its SHA-256.'
