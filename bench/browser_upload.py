@@ -1,7 +1,7 @@
 """Browser upload throughput: one file through the File Transfer Client in headless Chromium, on loopback.
 
 A real ``eftgw serve`` process (embedded backend: SQLite + local directory, HTTPS) and Debian's Chromium; the
-page does everything it does for a customer (chunks read and SHA-256'd in workers, ``Upload-Checksum`` on every
+page does all it does for a customer (chunks read and SHA-256'd in workers, ``Upload-Checksum`` on each
 PATCH, the whole file's SHA-256 compared with the gateway's at the end).
 
 Chromium is driven over the bare DevTools protocol (Page, DOM and Runtime only), not Playwright: Playwright
@@ -80,8 +80,8 @@ class DevTools:
 
 @contextlib.asynccontextmanager
 async def chromium(profile: Path) -> AsyncIterator[DevTools]:
-    proc = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+    proc = await asyncio.create_subprocess_exec(
+        *[CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -100,7 +100,15 @@ async def chromium(profile: Path) -> AsyncIterator[DevTools]:
                 yield DevTools(ws)
     finally:
         proc.terminate()
-        proc.wait(15)
+        await asyncio.wait_for(proc.wait(), 15)
+
+
+async def chromium_version() -> str:
+    proc = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--version", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    return out.decode().strip()
 
 
 async def one_run(proc: GatewayProcess, source: Path, case_id: str, profile: Path) -> dict[str, float]:
@@ -109,7 +117,9 @@ async def one_run(proc: GatewayProcess, source: Path, case_id: str, profile: Pat
         await devtools.call("Page.navigate", url=f"{proc.url}/launch#{launch}")
         await devtools.wait_for("!!document.querySelector('#case-title')", within=30)
         document = await devtools.call("DOM.getDocument")
-        node = await devtools.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file-input")
+        node = await devtools.call(
+            "DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file-input"
+        )
         started = time.monotonic()
         await devtools.call("DOM.setFileInputFiles", files=[str(source)], nodeId=node["nodeId"])
         await devtools.wait_for(f"['verifying', 'done'].includes({ROW_STATE})", within=3600)
@@ -146,7 +156,8 @@ async def main() -> None:
                 results.append(result)
                 print(
                     f"run {run + 1}: {size / MiB:.0f} MiB uploaded in {result['upload_seconds']:.1f} s = "
-                    f"{result['upload_mb_per_s']:.0f} MB/s; verified (SHA-256 {result['sha256'][:12]}…) after "
+                    f"{result['upload_mb_per_s']:.0f} MB/s; verified (SHA-256 {result['sha256'][:12]}…) "
+                    f"after "
                     f"{result['verified_seconds']:.1f} s = {result['verified_mb_per_s']:.0f} MB/s",
                     flush=True,
                 )
@@ -157,7 +168,7 @@ async def main() -> None:
         "bench": "browser_upload",
         "size_bytes": size,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
-        "chromium": subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip(),
+        "chromium": await chromium_version(),
         "runs": results,
         "best_upload_mb_per_s": best["upload_mb_per_s"],
     }
