@@ -157,3 +157,17 @@ async def test_keyboard_alone_can_choose_files_and_controls_are_labelled(
     await expect(page.get_by_role("button", name="Resume upload of kb.log")).to_be_focused()
     await page.keyboard.press("Enter")
     await client.wait_done(1)
+
+
+async def test_portal_may_post_the_token_instead(client: ClientPage, gw: RunningGateway) -> None:
+    """A portal form POSTing the token to /launch lands on the case page with a session, no token in any URL."""
+    token = gw.launch_token("C-1", "customer", "alice")
+    form = (
+        f'<form method="post" action="{gw.url}/launch"><input type="hidden" name="token" value="{token}">'
+        '<button type="submit">Transfer Files</button></form>'
+    )
+    await client.page.set_content(form)
+    await client.page.get_by_role("button", name="Transfer Files").click()
+    await expect(client.page.locator("#case-title")).to_have_text("Case C-1")
+    assert client.page.url == f"{gw.url}/app"
+    assert all(token not in r.url for r in client.traffic.requests)

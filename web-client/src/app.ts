@@ -131,6 +131,8 @@ export class App implements TransferHost {
       return
     }
     document.title = `Case ${caseId} · File transfer`
+    replaceChildren(this.summarySlot, caseSummary(this.info, this.session))
+    this.uploadSection.hidden = this.info.state !== 'open'
     replaceChildren(
       this.main,
       this.summarySlot,
@@ -192,7 +194,9 @@ export class App implements TransferHost {
     const inPage = new Set(
       this.queue.transfers.filter((t) => t.state !== 'cancelled' && t.uploadUrl).map((t) => t.uploadUrl),
     )
-    this.unfinishedList.update(this.unfinished.filter((u) => !inPage.has(u.url)))
+    // A closed case takes no more bytes, so its unfinished uploads cannot be continued: not shown.
+    const open = this.info?.state === 'open'
+    this.unfinishedList.update(open ? this.unfinished.filter((u) => !inPage.has(u.url)) : [])
   }
 
   // --- adding files -----------------------------------------------------------------------------------
