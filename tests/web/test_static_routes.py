@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from eftgw.http import webclient
 from eftgw.http.webclient import dist_dir
 from tests.support import RunningGateway, http_session
 
@@ -50,3 +53,16 @@ async def test_nothing_outside_the_assets_can_be_named(gw: RunningGateway) -> No
             async with session.get(gw.url + path) as response:
                 assert response.status == 404, path
                 assert (await response.json())["message"] == "No such file."
+
+
+async def test_an_unbuilt_client_is_a_clear_503(
+    gw: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a build the pages answer 503 with a sentence saying how to build, not a stack trace."""
+    monkeypatch.setattr(webclient, "dist_dir", lambda: tmp_path / "nothing-here")
+    async with http_session() as session, session.get(gw.url + "/app") as response:
+        assert response.status == 503
+        assert await response.json() == {
+            "code": "web_client_missing",
+            "message": "The file transfer page is not built on this gateway; run scripts/build-web-client.",
+        }

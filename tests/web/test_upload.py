@@ -160,7 +160,7 @@ async def test_keyboard_alone_can_choose_files_and_controls_are_labelled(
 
 
 async def test_portal_may_post_the_token_instead(client: ClientPage, gw: RunningGateway) -> None:
-    """A portal form POSTing the token to /launch lands on the case page with a session, no token in any URL."""
+    """A portal form POSTing the token to /launch lands on the case page with a session; no token in URLs."""
     token = gw.launch_token("C-1", "customer", "alice")
     form = (
         f'<form method="post" action="{gw.url}/launch"><input type="hidden" name="token" value="{token}">'
