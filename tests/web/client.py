@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, Locator, Page, Request, expect
+from playwright.async_api import Browser, BrowserContext, CDPSession, Locator, Page, Request, expect
 
 from tests.support import ROOT, http_session
 
@@ -98,6 +98,8 @@ class ClientPage:
         self.console: list[str] = []
         self.page_errors: list[str] = []
         self.dialogs: list[str] = []
+        self._cdp: CDPSession | None = None
+        self._upload_rate = -1
         page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
         page.on("dialog", self._on_dialog)
@@ -156,15 +158,24 @@ class ClientPage:
 
     async def throttle(self, upload_bytes_per_second: int) -> None:
         """Slow uploads down (DevTools network emulation), so a test can act in the middle of one."""
-        session = await self.context.new_cdp_session(self.page)
-        await session.send("Network.enable")
-        await session.send(
+        self._upload_rate = upload_bytes_per_second
+        await self._emulate(offline=False)
+
+    async def set_offline(self, offline: bool) -> None:
+        """Take the page off the network, or back (the browser fires its offline and online events)."""
+        await self._emulate(offline=offline)
+
+    async def _emulate(self, offline: bool) -> None:
+        if self._cdp is None:
+            self._cdp = await self.context.new_cdp_session(self.page)
+            await self._cdp.send("Network.enable")
+        await self._cdp.send(
             "Network.emulateNetworkConditions",
             {
-                "offline": False,
+                "offline": offline,
                 "latency": 0,
                 "downloadThroughput": -1,
-                "uploadThroughput": upload_bytes_per_second,
+                "uploadThroughput": self._upload_rate,
             },
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,28 @@ async def test_gateway_restart_mid_upload_finishes(browser: Browser, tmp_path: P
             await expect(row.locator(".transfer-hash code")).to_have_text(sha256_of(source))
     finally:
         proc.stop()
+
+
+async def test_offline_then_online_continues_at_once(
+    client: ClientPage, gw: RunningGateway, tmp_path: Path
+) -> None:
+    """Offline, the page says so and waits; back online it continues at once instead of sitting out its backoff."""
+    source = random_file(tmp_path / "wifi.bin", 10 * MiB)
+    token = gw.token("C-1")
+    await client.launch(gw.launch_token("C-1", "customer", "alice"))
+    await client.throttle(2_000_000)
+    await client.choose(source)
+    await wait_for_server_offset(gw.url, token, "C-1", 1)
+    await client.set_offline(True)
+    row = client.transfer("wifi.bin")
+    await expect(row.locator(".transfer-detail")).to_have_text(
+        "You appear to be offline. The upload continues by itself when the connection is back.",
+        timeout=30_000,
+    )
+    await asyncio.sleep(8)  # by now the backoff waits several seconds between attempts
+    await client.set_offline(False)
+    back = time.monotonic()
+    await expect(row).to_have_attribute("data-state", "uploading", timeout=3_000)
+    assert time.monotonic() - back < 3
+    await client.wait_done(1, within=60_000)
+    assert await listed_sha256(gw.url, token, "wifi.bin") == sha256_of(source)
