@@ -183,7 +183,7 @@ async def test_gateway_restart_mid_upload_finishes(browser: Browser, tmp_path: P
 async def test_offline_then_online_continues_at_once(
     client: ClientPage, gw: RunningGateway, tmp_path: Path
 ) -> None:
-    """Offline, the page says so and waits; back online it continues at once instead of sitting out its backoff."""
+    """Offline, the page says so and waits; back online it continues at once, not after its backoff."""
     source = random_file(tmp_path / "wifi.bin", 10 * MiB)
     token = gw.token("C-1")
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
