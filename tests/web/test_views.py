@@ -66,6 +66,7 @@ async def test_engineer_opens_a_case_downloads_and_leaves_a_file_for_the_custome
         await engineer.page.get_by_role("button", name="Open case").click()
         await expect(engineer.page.locator("#case-title")).to_have_text("Case C-1")
         assert engineer.page.url.endswith("/app?case=C-1")
+        await expect(engineer.page.locator(".files-table tbody tr")).to_have_count(1)
         (row,) = await engineer.files()
         assert row == {"name": logs.name, "sha256": sha256_of(logs), "uploader": "alice"}
         async with engineer.page.expect_download() as download_info:

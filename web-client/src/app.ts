@@ -39,6 +39,7 @@ export class App implements TransferHost {
   private readonly resumeInput: HTMLInputElement
   private resumeTarget: UnfinishedUpload | null = null
   private pollTimer: ReturnType<typeof setInterval> | undefined
+  private refreshing: Promise<void> = Promise.resolve()
   private pendingRender = new Set<Transfer>()
   private renderScheduled = false
 
@@ -150,8 +151,14 @@ export class App implements TransferHost {
     }, POLL_MS)
   }
 
-  /** Reload the case, its files, its unfinished uploads and its SFTP account. */
-  async refresh(): Promise<void> {
+  /** Reload the case, its files, its unfinished uploads and its SFTP account (one reload at a time, in order,
+   * so an older answer never overwrites a newer one). */
+  refresh(): Promise<void> {
+    this.refreshing = this.refreshing.then(() => this.reload())
+    return this.refreshing
+  }
+
+  private async reload(): Promise<void> {
     if (!this.caseId) return
     try {
       const [info, files, unfinished] = await Promise.all([
