@@ -171,3 +171,27 @@ async def test_portal_may_post_the_token_instead(client: ClientPage, gw: Running
     await expect(client.page.locator("#case-title")).to_have_text("Case C-1")
     assert client.page.url == f"{gw.url}/app"
     assert all(token not in r.url for r in client.traffic.requests)
+
+
+async def test_files_dropped_on_the_drop_zone_upload(client: ClientPage, gw: RunningGateway) -> None:
+    """Dropping files on the drop zone uploads them like choosing them does."""
+    await client.launch(gw.launch_token("C-1", "customer", "alice"))
+    zone = client.page.locator("#dropzone")
+    data = await client.page.evaluate_handle(
+        """() => {
+            const transfer = new DataTransfer()
+            transfer.items.add(new File(['first dropped file'], 'dropped-1.txt', {type: 'text/plain'}))
+            transfer.items.add(new File([new Uint8Array(300000)], 'dropped-2.bin'))
+            return transfer
+        }"""
+    )
+    await zone.dispatch_event("dragenter", {"dataTransfer": data})
+    await expect(zone).to_have_class(re.compile(r"\bdragging\b"))
+    await zone.dispatch_event("drop", {"dataTransfer": data})
+    await expect(zone).not_to_have_class(re.compile(r"\bdragging\b"))
+    await client.wait_done(2)
+    listed = {row["name"]: row["sha256"] for row in await client.files()}
+    assert listed == {
+        "dropped-1.txt": hashlib.sha256(b"first dropped file").hexdigest(),
+        "dropped-2.bin": hashlib.sha256(bytes(300000)).hexdigest(),
+    }
