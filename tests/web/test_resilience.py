@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from playwright.async_api import Browser, Route, expect
 
+from eftgw.errors import StorageUnavailable
 from tests.support import GatewayProcess, RunningGateway
 from tests.web.client import ClientPage, MiB, gateway_json, random_file, sha256_of, wait_for_server_offset
 from tests.web.conftest import require_built_client
@@ -203,3 +205,30 @@ async def test_offline_then_online_continues_at_once(
     assert time.monotonic() - back < 3
     await client.wait_done(1, within=60_000)
     assert await listed_sha256(gw.url, token, "wifi.bin") == sha256_of(source)
+
+
+async def test_storage_outage_is_explained_and_waited_out(
+    client: ClientPage, gw: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While storage is unavailable (503) the page shows the gateway's sentence and retries until it is back."""
+    source = random_file(tmp_path / "outage.bin", 8 * MiB)
+    token = gw.token("C-1")
+    await client.launch(gw.launch_token("C-1", "customer", "alice"))
+    await client.throttle(2_000_000)
+    await client.choose(source)
+    await wait_for_server_offset(gw.url, token, "C-1", 1)
+    store = gw.gateway.store
+    working = store.open_writer
+
+    async def unavailable(*args: object, **kwargs: object) -> NoReturn:
+        raise StorageUnavailable()
+
+    monkeypatch.setattr(store, "open_writer", unavailable)
+    row = client.transfer("outage.bin")
+    await expect(row).to_have_attribute("data-state", "retrying", timeout=30_000)
+    await expect(row.locator(".transfer-detail")).to_contain_text(
+        "File storage is unavailable right now; your upload is kept, try again shortly."
+    )
+    monkeypatch.setattr(store, "open_writer", working)
+    await client.wait_done(1, within=60_000)
+    assert await listed_sha256(gw.url, token, "outage.bin") == sha256_of(source)
