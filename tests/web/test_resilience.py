@@ -210,7 +210,7 @@ async def test_offline_then_online_continues_at_once(
 async def test_storage_outage_is_explained_and_waited_out(
     client: ClientPage, gw: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While storage is unavailable (503) the page shows the gateway's sentence and retries until it is back."""
+    """During a storage outage (503) the page shows the gateway's sentence and retries till it is back."""
     source = random_file(tmp_path / "outage.bin", 8 * MiB)
     token = gw.token("C-1")
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
