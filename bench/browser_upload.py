@@ -1,0 +1,182 @@
+"""Browser upload throughput: one file through the File Transfer Client in headless Chromium, on loopback.
+
+A real ``eftgw serve`` process (embedded backend: SQLite + local directory, HTTPS) and Debian's Chromium; the
+page does all it does for a customer (chunks read and SHA-256'd in workers, ``Upload-Checksum`` on each
+PATCH, the whole file's SHA-256 compared with the gateway's at the end).
+
+Chromium is driven over the bare DevTools protocol (Page, DOM and Runtime only), not Playwright: Playwright
+turns on network instrumentation that copies every request body to its driver, which alone caps uploads at
+about 20 MB/s here, so it would measure Playwright instead of the page.
+
+Measured: from handing the file to the page until the gateway acknowledged the last byte ("upload"), and
+until the page showed the file as verified ("verified": upload + local SHA-256 + comparison). MB = 10^6 bytes.
+
+    .venv/bin/python bench/browser_upload.py [--size-mib 1024] [--runs 2] [--port 24443]
+
+Needs scripts/install-test-deps-web and scripts/build-web-client first. Results also go to
+bench/results/browser_upload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import GatewayProcess  # noqa: E402
+from tests.web.client import CHROMIUM, CHROMIUM_ARGS, MiB, random_file  # noqa: E402
+
+ROW_STATE = "(document.querySelector('.transfer-list > li')?.dataset.state ?? '')"
+
+
+class DevTools:
+    """The few DevTools protocol calls the benchmark needs, on one page target."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        call_id = next(self.ids)
+        await self.ws.send_json({"id": call_id, "method": method, "params": params})
+        while True:
+            message = await self.ws.receive_json(timeout=60)
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return dict(message.get("result", {}))
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, within: float, interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            await asyncio.sleep(interval)
+        raise TimeoutError(f"not true within {within}s: {expression}")
+
+
+@contextlib.asynccontextmanager
+async def chromium(profile: Path) -> AsyncIterator[DevTools]:
+    proc = await asyncio.create_subprocess_exec(
+        *[CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                targets = await response.json()
+            page = next(t for t in targets if t["type"] == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                yield DevTools(ws)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 15)
+
+
+async def chromium_version() -> str:
+    proc = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--version", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    return out.decode().strip()
+
+
+async def one_run(proc: GatewayProcess, source: Path, case_id: str, profile: Path) -> dict[str, float]:
+    launch = proc.cli("token", case_id, "--role", "customer", "--user", "bench", "--launch").stdout.strip()
+    async with chromium(profile) as devtools:
+        await devtools.call("Page.navigate", url=f"{proc.url}/launch#{launch}")
+        await devtools.wait_for("!!document.querySelector('#case-title')", within=30)
+        document = await devtools.call("DOM.getDocument")
+        node = await devtools.call(
+            "DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file-input"
+        )
+        started = time.monotonic()
+        await devtools.call("DOM.setFileInputFiles", files=[str(source)], nodeId=node["nodeId"])
+        await devtools.wait_for(f"['verifying', 'done'].includes({ROW_STATE})", within=3600)
+        uploaded = time.monotonic()
+        await devtools.wait_for(f"{ROW_STATE} === 'done' || {ROW_STATE} === 'failed'", within=3600)
+        verified = time.monotonic()
+        state = await devtools.evaluate(ROW_STATE)
+        shown = await devtools.evaluate("document.querySelector('.transfer-hash code')?.textContent ?? ''")
+    if state != "done":
+        raise RuntimeError(f"the upload ended in state {state!r}")
+    return {"upload_seconds": uploaded - started, "verified_seconds": verified - started, "sha256": shown}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--port", type=int, default=24443)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="eftgw-bench-") as tmp:
+        work = Path(tmp)
+        source = random_file(work / "upload.bin", args.size_mib * MiB)
+        size = source.stat().st_size
+        proc = GatewayProcess(work / "gw", port=args.port).start()
+        results: list[dict[str, Any]] = []
+        try:
+            for run in range(args.runs):
+                case_id = f"BENCH-{run + 1}"
+                proc.cli("case", "open", case_id)
+                result: dict[str, Any] = dict(await one_run(proc, source, case_id, work / f"profile-{run}"))
+                result["upload_mb_per_s"] = round(size / result["upload_seconds"] / 1e6, 1)
+                result["verified_mb_per_s"] = round(size / result["verified_seconds"] / 1e6, 1)
+                results.append(result)
+                print(
+                    f"run {run + 1}: {size / MiB:.0f} MiB uploaded in {result['upload_seconds']:.1f} s = "
+                    f"{result['upload_mb_per_s']:.0f} MB/s; verified (SHA-256 {result['sha256'][:12]}…) "
+                    f"after "
+                    f"{result['verified_seconds']:.1f} s = {result['verified_mb_per_s']:.0f} MB/s",
+                    flush=True,
+                )
+        finally:
+            proc.stop()
+    best = max(results, key=lambda r: r["upload_mb_per_s"])
+    summary = {
+        "bench": "browser_upload",
+        "size_bytes": size,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
+        "chromium": await chromium_version(),
+        "runs": results,
+        "best_upload_mb_per_s": best["upload_mb_per_s"],
+    }
+    out = ROOT / "bench" / "results" / "browser_upload.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"best: {best['upload_mb_per_s']} MB/s for {size / MiB:.0f} MiB; details in {out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

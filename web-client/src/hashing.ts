@@ -1,0 +1,104 @@
+/**
+ * Hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread: a small pool for chunks
+ * and fingerprints (the least busy worker takes the job), and one more worker that hashes whole files for
+ * verification, one file at a time, so that long job never delays a chunk. A failed read (the file changed
+ * or vanished) rejects with FileReadError.
+ */
+import type { WorkerReply, WorkerRequest } from './hash-protocol'
+
+export class FileReadError extends Error {
+  constructor() {
+    super('The file could not be read; it may have been changed, moved or deleted. Select it again.')
+    this.name = 'FileReadError'
+  }
+}
+
+interface Pending {
+  worker: Slot
+  resolve: (reply: WorkerReply) => void
+  reject: (error: Error) => void
+  onProgress?: (done: number) => void
+}
+
+interface Slot {
+  worker: Worker
+  busy: number
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never
+
+export class HashPool {
+  private readonly slots: Slot[] = []
+  private readonly verifier: Slot
+  private readonly pending = new Map<number, Pending>()
+  private nextId = 1
+
+  constructor(size: number) {
+    for (let i = 0; i < size; i += 1) this.slots.push(this.spawn(`sha256-chunks-${i}`))
+    this.verifier = this.spawn('sha256-files')
+  }
+
+  private spawn(name: string): Slot {
+    const worker = new Worker(new URL('./hash-worker.ts', import.meta.url), { type: 'module', name })
+    const slot: Slot = { worker, busy: 0 }
+    worker.onmessage = (event: MessageEvent<WorkerReply>) => this.receive(event.data)
+    worker.onerror = () => this.failAll(slot)
+    return slot
+  }
+
+  /** Read ``[start, end)`` of ``file`` once: its bytes and their SHA-256 (base64). */
+  async chunk(file: Blob, start: number, end: number): Promise<{ bytes: ArrayBuffer; sha256: string }> {
+    const reply = await this.run({ op: 'chunk', file, start, end })
+    if (reply.ok && reply.op === 'chunk') return { bytes: reply.bytes, sha256: reply.sha256 }
+    throw new FileReadError()
+  }
+
+  /** A fingerprint that recognises the same file again: size, modification time and content samples. */
+  async fingerprint(file: File): Promise<string> {
+    const reply = await this.run({ op: 'fingerprint', file, lastModified: file.lastModified })
+    if (reply.ok && reply.op === 'fingerprint') return reply.fingerprint
+    throw new FileReadError()
+  }
+
+  /** The whole file's SHA-256 as lowercase hex; ``onProgress`` gets the bytes hashed so far. */
+  async fileSha256(file: Blob, onProgress?: (done: number) => void): Promise<string> {
+    const reply = await this.run({ op: 'file', file }, onProgress, this.verifier)
+    if (reply.ok && reply.op === 'file') return reply.sha256
+    throw new FileReadError()
+  }
+
+  private run(
+    job: DistributiveOmit<WorkerRequest, 'id'>,
+    onProgress?: (done: number) => void,
+    slot: Slot = this.slots.reduce((best, s) => (s.busy < best.busy ? s : best)),
+  ): Promise<WorkerReply> {
+    const id = this.nextId++
+    slot.busy += 1
+    return new Promise<WorkerReply>((resolve, reject) => {
+      this.pending.set(id, { worker: slot, resolve, reject, onProgress })
+      slot.worker.postMessage({ ...job, id } as WorkerRequest)
+    })
+  }
+
+  private receive(reply: WorkerReply): void {
+    const pending = this.pending.get(reply.id)
+    if (!pending) return
+    if (reply.ok && reply.op === 'progress') {
+      pending.onProgress?.(reply.done)
+      return
+    }
+    this.pending.delete(reply.id)
+    pending.worker.busy -= 1
+    if (reply.ok) pending.resolve(reply)
+    else pending.reject(new FileReadError())
+  }
+
+  private failAll(slot: Slot): void {
+    for (const [id, pending] of this.pending) {
+      if (pending.worker !== slot) continue
+      this.pending.delete(id)
+      slot.busy -= 1
+      pending.reject(new FileReadError())
+    }
+  }
+}
