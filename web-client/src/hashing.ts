@@ -34,12 +34,12 @@ export class HashPool {
   private nextId = 1
 
   constructor(size: number) {
-    for (let i = 0; i < size; i += 1) this.slots.push(this.spawn(`sha256-chunks-${i}`))
-    this.verifier = this.spawn('sha256-files')
+    for (let i = 0; i < size; i += 1) this.slots.push(this.spawn())
+    this.verifier = this.spawn()
   }
 
-  private spawn(name: string): Slot {
-    const worker = new Worker(new URL('./hash-worker.ts', import.meta.url), { type: 'module', name })
+  private spawn(): Slot {
+    const worker = new Worker(new URL('./hash-worker.ts', import.meta.url), { type: 'module' })
     const slot: Slot = { worker, busy: 0 }
     worker.onmessage = (event: MessageEvent<WorkerReply>) => this.receive(event.data)
     worker.onerror = () => this.failAll(slot)
