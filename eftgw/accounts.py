@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
-from eftgw.clock import Clock
+from eftgw.clock import Clock, isoformat
 from eftgw.errors import BadRequest, DomainError, Forbidden, Unauthenticated
 from eftgw.metadata import Repository
 from eftgw.model import CaseState, Principal, Role, SftpAccount
@@ -117,6 +117,26 @@ class PasswordSealer:
             return self._aead.decrypt(raw[:12], raw[12:], username.encode()).decode()
         except InvalidTag as exc:
             raise ValueError("the sealed password does not open with this gateway's account key") from exc
+
+
+def account_view(
+    account: SftpAccount, *, host: str, port: int, now: dt.datetime, password: str | None = None
+) -> dict[str, object]:
+    """What the CLI and the API show of an account (the password only to those who may see it)."""
+    state = "revoked" if account.revoked_at else ("active" if account.active_at(now) else "expired")
+    out: dict[str, object] = {
+        "username": account.username,
+        "host": host,
+        "port": port,
+        "case_id": account.case_id,
+        "created_at": isoformat(account.created_at),
+        "expires_at": isoformat(account.expires_at),
+        "state": state,
+        "authorized_keys": len(account.authorized_keys),
+    }
+    if password is not None:
+        out["password"] = password
+    return out
 
 
 def normalize_public_key(text: str) -> str:
@@ -235,6 +255,27 @@ class AccountService:
             await self.repo.set_account_keys(username, account.authorized_keys)
             await self.audit.record("sftp.account.key_added", principal, account.case_id, username)
         return account
+
+    async def revoke_case(self, principal: Principal, case_id: str) -> int:
+        """Revoke every active account of a case (its closure); return how many were revoked."""
+        now = self.clock.now()
+        revoked = 0
+        for account in await self.repo.list_accounts(case_id):
+            if account.revoked_at is None and account.expires_at > now:
+                await self.revoke(principal, account.username)
+                revoked += 1
+        return revoked
+
+    async def current_for_case(self, principal: Principal, case_id: str) -> IssuedAccount | None:
+        """The case's newest active account with its password, for the case's own customer or an engineer."""
+        if not principal.may_access_case(case_id):
+            raise AccountNotFound()
+        now = self.clock.now()
+        active = [a for a in await self.repo.list_accounts(case_id) if a.active_at(now)]
+        if not active:
+            return None
+        account = max(active, key=lambda a: a.created_at)
+        return IssuedAccount(account, self.sealer.unseal(account.username, account.password_sealed))
 
     def on_revoke(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(username)`` whenever an account is revoked through this service."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from eftgw.audit import AuditLog
@@ -25,6 +26,8 @@ class CaseService:
         self.clock = clock
         self.audit = audit
         self.retention = retention
+        # Called after a case closes (e.g. to revoke its SFTP accounts); errors propagate to the caller.
+        self.on_closed: list[Callable[[Principal, str], Awaitable[object]]] = []
 
     async def get(self, case_id: str) -> Case:
         case = await self.repo.get_case(check_case_id(case_id))
@@ -80,6 +83,8 @@ class CaseService:
         case.updated_at = now
         await self.repo.save_case(case)
         await self.audit.record("case.closed", principal, case_id, closed_at=closed_at.isoformat())
+        for listener in self.on_closed:
+            await listener(principal, case_id)
         return case
 
     async def reopen(self, principal: Principal, case_id: str) -> Case:

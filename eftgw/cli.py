@@ -8,11 +8,11 @@ import datetime as dt
 import json
 import logging
 import sys
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from eftgw.accounts import account_view
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import Settings
 from eftgw.errors import DomainError
@@ -141,21 +141,9 @@ def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
 
 def account_json(gateway: Gateway, account: SftpAccount, password: str | None = None) -> dict[str, Any]:
     settings = gateway.settings
-    host = urllib.parse.urlsplit(settings.public_url).hostname if settings.public_url else None
-    now = gateway.clock.now()
-    out: dict[str, Any] = {
-        "username": account.username,
-        "host": host or settings.host,
-        "port": settings.sftp_port,
-        "case_id": account.case_id,
-        "created_at": isoformat(account.created_at),
-        "expires_at": isoformat(account.expires_at),
-        "state": "revoked" if account.revoked_at else ("active" if account.active_at(now) else "expired"),
-        "authorized_keys": len(account.authorized_keys),
-    }
-    if password is not None:
-        out["password"] = password
-    return out
+    return account_view(
+        account, host=settings.sftp_public_host, port=settings.sftp_port, now=gateway.clock.now(), password=password
+    )
 
 
 def cmd_sftp_account(settings: Settings, args: argparse.Namespace) -> int:

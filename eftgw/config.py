@@ -7,6 +7,7 @@ prints the effective configuration with secrets masked.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +130,12 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         scheme = "https" if self.tls == "on" else "http"
         return f"{scheme}://{self.host}:{self.http_port}"
+
+    @property
+    def sftp_public_host(self) -> str:
+        """The host name customers put in their SFTP client: the public URL's host, else the listen address."""
+        host = urllib.parse.urlsplit(self.public_url).hostname if self.public_url else None
+        return host or self.host
 
     def describe(self) -> dict[str, Any]:
         """The effective settings as plain values, secrets masked."""

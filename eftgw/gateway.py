@@ -103,6 +103,7 @@ class Gateway:
             settings.sftp_account_key or data_dir / "keys" / "sftp-accounts.key"
         )
         accounts = AccountService(repo, cases, audit, clock, PasswordSealer(account_key))
+        cases.on_closed.append(accounts.revoke_case)  # closing a case revokes its SFTP accounts
         return cls(
             settings, clock, repo, store, locks, audit, cases, uploads, files, signer, verifier, auth,
             accounts=accounts,

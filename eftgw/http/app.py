@@ -6,7 +6,7 @@ from aiohttp import web
 
 from eftgw import metrics
 from eftgw.gateway import Gateway
-from eftgw.http import files, integration, openapi, session, tus, webclient
+from eftgw.http import accounts, files, integration, openapi, session, tus, webclient
 from eftgw.http.keys import GATEWAY
 from eftgw.http.middleware import cors_middleware, errors_middleware, security_headers_middleware
 
@@ -37,6 +37,7 @@ def make_app(gateway: Gateway) -> web.Application:
         client_max_size=1024 * 1024,  # JSON and form bodies; upload bodies are streamed, not read whole
     )
     app[GATEWAY] = gateway
-    for table in (routes, session.routes, tus.routes, files.routes, integration.routes, webclient.routes):
+    tables = (routes, session.routes, tus.routes, files.routes, accounts.routes, integration.routes, webclient.routes)
+    for table in tables:
         app.add_routes(table)
     return app

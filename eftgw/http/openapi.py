@@ -99,6 +99,20 @@ def document() -> dict[str, Any]:
                         "partial": {"type": "boolean"},
                     },
                 },
+                "SftpAccount": {
+                    "type": "object",
+                    "properties": {
+                        "username": {"type": "string"},
+                        "password": {"type": "string"},
+                        "host": {"type": "string"},
+                        "port": {"type": "integer"},
+                        "case_id": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "state": {"enum": ["active", "expired", "revoked"]},
+                        "authorized_keys": {"type": "integer"},
+                    },
+                },
                 "Session": {
                     "type": "object",
                     "properties": {
@@ -194,6 +208,42 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/integration/cases/{case_id}/reopen": {
                 "post": _op("Reopen a case (service)", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
+            },
+            "/api/v1/cases/{case_id}/sftp-account": {
+                "get": _op(
+                    "The case's active SFTP account with its password (404 when none)",
+                    {"200": _json(_ref("SftpAccount"), "Account")},
+                    params=[CASE_ID],
+                )
+            },
+            "/api/v1/integration/cases/{case_id}/sftp-accounts": {
+                "post": _op(
+                    "Create a 120-hour SFTP account for the case (service)",
+                    {"201": _json(_ref("SftpAccount"), "Account with its password")},
+                    params=[CASE_ID],
+                    requestBody={
+                        "required": False,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "properties": {"authorized_keys": {"type": "array", "items": {"type": "string"}}}
+                                }
+                            }
+                        },
+                    },
+                ),
+                "get": _op(
+                    "The case's SFTP accounts, without passwords (service)",
+                    {"200": _json({"type": "array", "items": _ref("SftpAccount")}, "Accounts")},
+                    params=[CASE_ID],
+                ),
+            },
+            "/api/v1/integration/sftp-accounts/{username}": {
+                "delete": _op(
+                    "Revoke an SFTP account; live sessions are cut (service)",
+                    {"200": _json(_ref("SftpAccount"), "Account")},
+                    params=[{"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}],
+                )
             },
             "/api/v1/integration/launch-tokens": {
                 "post": _op(

@@ -1,0 +1,71 @@
+"""SFTP accounts over HTTP: the case's own account for its customer and engineers (what the web client
+shows), and creation, listing and revocation for the portal through the integration API.
+
+``GET /api/v1/cases/{case_id}/sftp-account`` (404 when the case has none active),
+``POST|GET /api/v1/integration/cases/{case_id}/sftp-accounts``,
+``DELETE /api/v1/integration/sftp-accounts/{username}``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from eftgw.accounts import AccountNotFound, IssuedAccount, account_view
+from eftgw.errors import BadRequest
+from eftgw.http.integration import _json_body, service_principal
+from eftgw.http.keys import gateway_of
+from eftgw.http.session import authenticate
+from eftgw.model import SftpAccount
+
+routes = web.RouteTableDef()
+
+
+def _view(request: web.Request, account: SftpAccount, password: str | None = None) -> dict[str, object]:
+    gateway = gateway_of(request)
+    settings = gateway.settings
+    return account_view(
+        account, host=settings.sftp_public_host, port=settings.sftp_port, now=gateway.clock.now(), password=password
+    )
+
+
+def _issued(request: web.Request, issued: IssuedAccount) -> dict[str, object]:
+    return _view(request, issued.account, issued.password)
+
+
+@routes.get("/api/v1/cases/{case_id}/sftp-account")
+async def case_account(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    gateway = gateway_of(request)
+    case_id = request.match_info["case_id"]
+    await gateway.cases.view(principal, case_id)
+    issued = await gateway.accounts.current_for_case(principal, case_id)
+    if issued is None:
+        raise AccountNotFound("This case has no active SFTP account.")
+    return web.json_response(_issued(request, issued))
+
+
+@routes.post("/api/v1/integration/cases/{case_id}/sftp-accounts")
+async def create_account(request: web.Request) -> web.StreamResponse:
+    principal = await service_principal(request)
+    body = await _json_body(request)
+    keys = body.get("authorized_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise BadRequest("authorized_keys must be a list of OpenSSH public key lines.")
+    issued = await gateway_of(request).accounts.create(
+        principal, request.match_info["case_id"], authorized_keys=keys
+    )
+    return web.json_response(_issued(request, issued), status=201)
+
+
+@routes.get("/api/v1/integration/cases/{case_id}/sftp-accounts")
+async def list_accounts(request: web.Request) -> web.StreamResponse:
+    principal = await service_principal(request)
+    accounts = await gateway_of(request).accounts.list_accounts(principal, request.match_info["case_id"])
+    return web.json_response([_view(request, a) for a in accounts])
+
+
+@routes.delete("/api/v1/integration/sftp-accounts/{username}")
+async def revoke_account(request: web.Request) -> web.StreamResponse:
+    principal = await service_principal(request)
+    account = await gateway_of(request).accounts.revoke(principal, request.match_info["username"])
+    return web.json_response(_view(request, account))
