@@ -267,7 +267,7 @@ class AccountService:
         return revoked
 
     async def current_for_case(self, principal: Principal, case_id: str) -> IssuedAccount | None:
-        """The case's newest active account with its password, for the case's own customer or an engineer."""
+        """The case's newest active account (and its password), for the case's own customer or an engineer."""
         if not principal.may_access_case(case_id):
             raise AccountNotFound()
         now = self.clock.now()

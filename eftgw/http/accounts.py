@@ -1,5 +1,5 @@
 """SFTP accounts over HTTP: the case's own account for its customer and engineers (what the web client
-shows), and creation, listing and revocation for the portal through the integration API.
+shows: username, host, port, expiry; never the password), and creation, listing and revocation for the portal through the integration API.
 
 ``GET /api/v1/cases/{case_id}/sftp-account`` (404 when the case has none active),
 ``POST|GET /api/v1/integration/cases/{case_id}/sftp-accounts``,
@@ -41,7 +41,8 @@ async def case_account(request: web.Request) -> web.StreamResponse:
     issued = await gateway.accounts.current_for_case(principal, case_id)
     if issued is None:
         raise AccountNotFound("This case has no active SFTP account.")
-    return web.json_response(_issued(request, issued))
+    # No password here: the portal hands it over; a browser session never needs to carry it.
+    return web.json_response(_view(request, issued.account))
 
 
 @routes.post("/api/v1/integration/cases/{case_id}/sftp-accounts")

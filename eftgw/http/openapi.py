@@ -211,7 +211,7 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/cases/{case_id}/sftp-account": {
                 "get": _op(
-                    "The case's active SFTP account with its password (404 when none)",
+                    "The case's active SFTP account, without its password (404 when none)",
                     {"200": _json(_ref("SftpAccount"), "Account")},
                     params=[CASE_ID],
                 )

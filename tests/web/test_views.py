@@ -194,6 +194,11 @@ async def test_sftp_account_panel_shows_the_account_or_nothing(
     await expect(client.page.locator("#files-title")).to_be_visible()
     await expect(client.page.locator(".sftp")).to_have_count(0)
 
+    created = await gw.gateway.accounts.create(SYSTEM, "C-1")
+    await client.page.reload()
+    await expect(client.page.locator(".sftp dd code")).to_contain_text([created.account.username])
+    await gw.gateway.accounts.revoke(SYSTEM, created.account.username)
+
     account = {
         "username": "<b>c1-alice</b>",
         "host": "127.0.0.1",
