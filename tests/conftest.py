@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The store and repository suites run every backend themselves: once per test run is enough."""
     for item in items:
         if any(part in item.nodeid for part in SELF_PARAMETRISED):
-            item.add_marker(pytest.mark.backend_independent)
+            item.add_marker(pytest.mark.once)
 
 
 @pytest.fixture

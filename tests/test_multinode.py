@@ -22,7 +22,7 @@ from minio import Minio
 from tests.services import fresh_bucket, fresh_database
 from tests.support import GatewayProcess, http_session, tus_headers
 
-pytestmark = pytest.mark.backend_independent
+pytestmark = pytest.mark.once
 
 OCTETS = "application/offset+octet-stream"
 MiB = 1024 * 1024

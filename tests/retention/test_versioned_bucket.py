@@ -19,7 +19,7 @@ from eftgw.retention.worker import sweep
 from tests.services import fresh_bucket
 from tests.support import running_gateway
 
-pytestmark = pytest.mark.backend_independent
+pytestmark = pytest.mark.once
 
 
 async def body(data: bytes):

@@ -19,10 +19,6 @@ from tests.support import RunningGateway, running_gateway
 from tests.web.client import CHROMIUM, CHROMIUM_ARGS, ClientPage
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "embedded_only: runs with the embedded backend only")
-
-
 def require_built_client() -> None:
     if not (dist_dir() / "index.html").is_file():
         pytest.fail(f"the web client is not built ({dist_dir()} is missing): run scripts/build-web-client")

@@ -15,7 +15,7 @@ from tests.support import GatewayProcess, RunningGateway
 from tests.web.client import ClientPage, MiB, gateway_json, random_file, sha256_of, wait_for_server_offset
 from tests.web.conftest import require_built_client
 
-pytestmark = pytest.mark.embedded_only
+pytestmark = pytest.mark.once
 
 
 async def listed_sha256(base_url: str, token: str, name: str) -> str:

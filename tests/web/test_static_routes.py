@@ -10,7 +10,7 @@ from eftgw.http import webclient
 from eftgw.http.webclient import dist_dir
 from tests.support import RunningGateway, http_session
 
-pytestmark = pytest.mark.embedded_only
+pytestmark = pytest.mark.once
 
 
 async def test_pages_are_the_built_client_and_never_cached(gw: RunningGateway) -> None:

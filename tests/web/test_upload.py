@@ -14,7 +14,7 @@ from playwright.async_api import Route, expect
 from tests.support import RunningGateway
 from tests.web.client import ARTIFACTS, ClientPage, MiB, random_file, sha256_of, wait_for_server_offset
 
-pytestmark = pytest.mark.embedded_only
+pytestmark = pytest.mark.once
 
 
 async def test_launch_exchanges_the_token_without_leaving_it_anywhere(

@@ -15,7 +15,7 @@ from eftgw.model import SYSTEM
 from tests.support import RunningGateway, running_gateway
 from tests.web.client import ClientPage, MiB, gateway_json, random_file, sha256_of, wait_for_server_offset
 
-pytestmark = pytest.mark.embedded_only
+pytestmark = pytest.mark.once
 
 HOSTILE_NAMES = [
     "<img src=x onerror=\"document.title='pwned'\">.log",
