@@ -24,12 +24,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eftgw.clock import FixedClock  # noqa: E402
-from eftgw.config import Settings  # noqa: E402
-from eftgw.gateway import Gateway  # noqa: E402
-from eftgw.metadata import schema as t  # noqa: E402
-from eftgw.retention.worker import sweep  # noqa: E402
-from eftgw.storage import object_key  # noqa: E402
+from eftgw.clock import FixedClock
+from eftgw.config import Settings
+from eftgw.gateway import Gateway
+from eftgw.metadata import schema as t
+from eftgw.retention.worker import sweep
+from eftgw.storage import object_key
 
 CLOSED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import GatewayProcess, http_session, tus_headers  # noqa: E402
+from tests.support import GatewayProcess, http_session, tus_headers
 
 BLOCK = 1024 * 1024
 

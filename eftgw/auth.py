@@ -96,9 +96,7 @@ class TokenSigner:
         self.audience = audience
         self.clock = clock
 
-    def mint(
-        self, *, role: Role, user: str, case_id: str | None, ttl: int, typ: str = "access"
-    ) -> str:
+    def mint(self, *, role: Role, user: str, case_id: str | None, ttl: int, typ: str = "access") -> str:
         if role is Role.CUSTOMER and not case_id:
             raise BadRequest("A customer token must name its case.")
         if case_id:
@@ -232,7 +230,12 @@ class AuthService:
     @staticmethod
     def session_principal(session: Session, remote: str | None) -> Principal:
         return Principal(
-            session.user, session.role, session.case_id, via="session", remote=remote, session_id=session.id_hash
+            session.user,
+            session.role,
+            session.case_id,
+            via="session",
+            remote=remote,
+            session_id=session.id_hash,
         )
 
     @staticmethod

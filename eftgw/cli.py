@@ -45,7 +45,7 @@ async def with_gateway(
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from eftgw.server import serve  # noqa: PLC0415
+    from eftgw.server import serve
 
     asyncio.run(serve(settings))
     return 0
@@ -79,7 +79,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
-    from eftgw.retention.worker import sweep  # noqa: PLC0415
+    from eftgw.retention.worker import sweep
 
     clock = FixedClock(parse_instant(args.now)) if args.now else None
 
@@ -128,7 +128,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
-    from eftgw.orphans import sweep_orphans  # noqa: PLC0415
+    from eftgw.orphans import sweep_orphans
 
     async def action(gw: Gateway) -> int:
         grace = dt.timedelta(seconds=args.grace)
@@ -142,7 +142,11 @@ def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
 def account_json(gateway: Gateway, account: SftpAccount, password: str | None = None) -> dict[str, Any]:
     settings = gateway.settings
     return account_view(
-        account, host=settings.sftp_public_host, port=settings.sftp_port, now=gateway.clock.now(), password=password
+        account,
+        host=settings.sftp_public_host,
+        port=settings.sftp_port,
+        now=gateway.clock.now(),
+        password=password,
     )
 
 
@@ -214,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", help="only this case's events")
     p.add_argument("--limit", type=int, default=1000)
     p.set_defaults(func=cmd_audit)
-
 
     p = sub.add_parser("sftp-account", help="create, show, list or revoke temporary SFTP accounts")
     p.add_argument("action", choices=["create", "show", "list", "revoke"])

@@ -1,4 +1,4 @@
-"""Typed settings, read once: defaults, then a TOML file (``--config``), then ``EFTGW_*`` environment variables.
+"""Typed settings, read once: defaults, then a TOML file (``--config``), then ``EFTGW_*`` variables.
 
 Secrets are :class:`pydantic.SecretStr` so they never show in ``repr`` or logs; :meth:`Settings.describe`
 prints the effective configuration with secrets masked.
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Tokens: the portal signs them with Ed25519; the gateway holds public keys only, one PEM per kid in
     # ``trusted_keys_dir`` (file name = kid). The gateway's own signing key (for the CLI and the integration
     # API's launch tokens) is made in the data dir on first start and trusted too.
-    token_issuer: str = "eftgw-portal"
+    token_issuer: str = "eftgw-portal"  # noqa: S105 - an issuer name, not a secret
     token_audience: str | None = None
     trusted_keys_dir: Path | None = None
     signing_key: Path | None = None
@@ -67,7 +67,9 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="seconds between checks that cut sessions of expired accounts"
     )
 
-    upload_expiry: int = Field(default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires")
+    upload_expiry: int = Field(
+        default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires"
+    )
     max_upload_size: int | None = Field(default=None, ge=1, description="Tus-Max-Size; none means no limit")
     cors_origins: list[str] = Field(default_factory=list)
     clock_offset: float = 0.0
@@ -133,7 +135,7 @@ class Settings(BaseSettings):
 
     @property
     def sftp_public_host(self) -> str:
-        """The host name customers put in their SFTP client: the public URL's host, else the listen address."""
+        """The host customers put in their SFTP client: the public URL's host, else the listen address."""
         host = urllib.parse.urlsplit(self.public_url).hostname if self.public_url else None
         return host or self.host
 

@@ -30,10 +30,10 @@ from eftgw.uploads import UploadService
 
 def build_store(settings: Settings) -> ObjectStore:
     if settings.storage == "s3":
-        from eftgw.storage.s3 import S3Store  # noqa: PLC0415 - the S3 client loads only where it is used
+        from eftgw.storage.s3 import S3Store
 
         return S3Store.from_settings(settings)
-    from eftgw.storage.filesystem import FilesystemStore  # noqa: PLC0415
+    from eftgw.storage.filesystem import FilesystemStore
 
     return FilesystemStore(settings.resolved_storage_dir)
 
@@ -41,7 +41,7 @@ def build_store(settings: Settings) -> ObjectStore:
 def build_locks(repo: SqlRepository) -> UploadLocks:
     """Upload locks in the process for one node (SQLite); database leases for several nodes (PostgreSQL)."""
     if repo.dialect == "postgresql":
-        from eftgw.metadata.locks import SqlUploadLocks  # noqa: PLC0415
+        from eftgw.metadata.locks import SqlUploadLocks
 
         return SqlUploadLocks(repo)
     return LocalUploadLocks()
@@ -86,7 +86,9 @@ class Gateway:
             max_size=settings.max_upload_size,
         )
         files = FileService(repo, store, cases, audit)
-        signing_key = load_or_create_signing_key(settings.signing_key or data_dir / "keys" / "issuer-ed25519.pem")
+        signing_key = load_or_create_signing_key(
+            settings.signing_key or data_dir / "keys" / "issuer-ed25519.pem"
+        )
         signer = TokenSigner(signing_key, settings.token_issuer, settings.audience, clock)
         keys = load_trusted_keys(settings.trusted_keys_dir)
         keys[key_id(signing_key.public_key())] = signing_key.public_key()
@@ -105,7 +107,18 @@ class Gateway:
         accounts = AccountService(repo, cases, audit, clock, PasswordSealer(account_key))
         cases.on_closed.append(accounts.revoke_case)  # closing a case revokes its SFTP accounts
         return cls(
-            settings, clock, repo, store, locks, audit, cases, uploads, files, signer, verifier, auth,
+            settings,
+            clock,
+            repo,
+            store,
+            locks,
+            audit,
+            cases,
+            uploads,
+            files,
+            signer,
+            verifier,
+            auth,
             accounts=accounts,
         )
 

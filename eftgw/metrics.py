@@ -9,13 +9,19 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 UPLOADED_BYTES = Counter(
     "eftgw_upload_bytes", "Bytes acknowledged to uploaders (durable)", ["via"], registry=REGISTRY
 )
-UPLOADS_COMPLETED = Counter("eftgw_uploads_completed", "Uploads completed into files", ["via"], registry=REGISTRY)
-CHECKSUM_FAILURES = Counter("eftgw_checksum_failures", "Chunks discarded for a checksum mismatch", registry=REGISTRY)
+UPLOADS_COMPLETED = Counter(
+    "eftgw_uploads_completed", "Uploads completed into files", ["via"], registry=REGISTRY
+)
+CHECKSUM_FAILURES = Counter(
+    "eftgw_checksum_failures", "Chunks discarded for a checksum mismatch", registry=REGISTRY
+)
 DOWNLOADED_BYTES = Counter("eftgw_download_bytes", "Bytes sent to downloaders", registry=REGISTRY)
 PURGED_CASES = Counter("eftgw_retention_purged_cases", "Cases purged by retention", registry=REGISTRY)
 PURGED_FILES = Counter("eftgw_retention_purged_files", "Files purged by retention", registry=REGISTRY)
 PURGED_BYTES = Counter("eftgw_retention_purged_bytes", "Bytes purged by retention", registry=REGISTRY)
-PURGE_FAILURES = Counter("eftgw_retention_failures", "Purges that failed (retried next sweep)", registry=REGISTRY)
+PURGE_FAILURES = Counter(
+    "eftgw_retention_failures", "Purges that failed (retried next sweep)", registry=REGISTRY
+)
 OLDEST_OVERDUE = Gauge(
     "eftgw_retention_oldest_overdue_seconds",
     "How long the most overdue purge has been waiting (0 when none is due)",

@@ -1,4 +1,4 @@
-"""``eftgw serve``: HTTPS (tus, files API, launch, web client), SFTP and the background workers in one process."""
+"""``eftgw serve``: HTTPS (tus, files, launch, web client), SFTP and the background workers, one process."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
-    from eftgw.http.app import make_app  # noqa: PLC0415 - keeps the CLI's admin commands light
+    from eftgw.http.app import make_app
 
     gateway = Gateway.build(settings)
     await gateway.start()

@@ -536,7 +536,9 @@ class UploadService:
                 await self.store.delete_staging(upload.staging_key)
                 self._digests.pop(upload.id, None)
                 if upload.state is UploadState.ACTIVE:
-                    await self.audit.record("upload.terminated", principal, case_id, upload.id, reason="retention")
+                    await self.audit.record(
+                        "upload.terminated", principal, case_id, upload.id, reason="retention"
+                    )
                 count += 1
         return count
 

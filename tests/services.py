@@ -38,7 +38,9 @@ def fresh_database(label: str) -> str:
 def fresh_bucket(label: str) -> dict[str, str]:
     """Settings for a bucket of its own on the S3 server (the gateway creates it at start)."""
     endpoint = _required("EFTGW_TEST_S3_ENDPOINT").removeprefix("http://")
-    bucket = ("eftgw-" + re.sub(r"[^a-z0-9-]", "-", label.lower()))[:50].rstrip("-") + "-" + secrets.token_hex(4)
+    bucket = (
+        ("eftgw-" + re.sub(r"[^a-z0-9-]", "-", label.lower()))[:50].rstrip("-") + "-" + secrets.token_hex(4)
+    )
     return {
         "EFTGW_S3_ENDPOINT": endpoint,
         "EFTGW_S3_ACCESS_KEY": _required("EFTGW_TEST_S3_ACCESS_KEY"),

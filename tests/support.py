@@ -1,13 +1,13 @@
 """Test support: gateways on real loopback sockets, in-process or as a real ``eftgw serve`` process.
 
 Backends: by default the embedded one (SQLite + local directory). With ``EFTGW_TEST_BACKEND=s3pg`` every
-gateway made here uses PostgreSQL (``EFTGW_TEST_DATABASE_URL``) and S3 (``EFTGW_TEST_S3_*``), each test with its
-own database and bucket, so the same suites prove both. A missing service fails the test; it is never skipped.
+gateway made here uses PostgreSQL (``EFTGW_TEST_DATABASE_URL``) and S3 (``EFTGW_TEST_S3_*``), each test
+with its own database and bucket, so the same suites prove both. A missing service fails the test; it is
+never skipped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -51,7 +51,7 @@ def backend_env(name: str) -> dict[str, str]:
         return {}
     if backend() != "s3pg":
         raise RuntimeError(f"unknown EFTGW_TEST_BACKEND {backend()!r}")
-    from tests.services import fresh_bucket, fresh_database  # noqa: PLC0415
+    from tests.services import fresh_bucket, fresh_database
 
     return {
         "EFTGW_DATABASE_URL": fresh_database(name),
@@ -79,7 +79,9 @@ class RunningGateway:
     def token(self, case_id: str | None, role: str = "customer", user: str = "alice", ttl: int = 3600) -> str:
         return self.gateway.signer.mint(role=Role(role), user=user, case_id=case_id, ttl=ttl)
 
-    def launch_token(self, case_id: str | None, role: str = "customer", user: str = "alice", ttl: int = 120) -> str:
+    def launch_token(
+        self, case_id: str | None, role: str = "customer", user: str = "alice", ttl: int = 120
+    ) -> str:
         return self.gateway.signer.mint(role=Role(role), user=user, case_id=case_id, ttl=ttl, typ="launch")
 
     def uploads_url(self, case_id: str) -> str:
@@ -213,7 +215,7 @@ class GatewayProcess:
 
     async def stored_keys(self, prefix: str) -> list[str]:
         """What the node's object store holds under ``prefix`` (any backend), listed from outside."""
-        from eftgw.gateway import build_store  # noqa: PLC0415
+        from eftgw.gateway import build_store
 
         store = build_store(self.settings())
         await store.open()
@@ -230,11 +232,3 @@ def gateway_process(data_dir: Path, env: dict[str, str] | None = None) -> Iterat
         yield proc.start()
     finally:
         proc.stop()
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)

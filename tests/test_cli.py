@@ -19,9 +19,10 @@ async def test_case_lifecycle_and_tokens_work_beside_a_running_gateway(tmp_path:
         assert json.loads(node.cli("case", "show", "CASE-42").stdout)["state"] == "closed"
         assert json.loads(node.cli("case", "reopen", "CASE-42").stdout)["state"] == "open"
         token = node.token("CASE-42")
-        async with http_session() as s, s.get(
-            f"{node.url}/api/v1/cases/CASE-42", headers={"Authorization": f"Bearer {token}"}
-        ) as resp:
+        async with (
+            http_session() as s,
+            s.get(f"{node.url}/api/v1/cases/CASE-42", headers={"Authorization": f"Bearer {token}"}) as resp,
+        ):
             assert resp.status == 200 and (await resp.json())["state"] == "open"
 
 

@@ -51,14 +51,19 @@ def region(tmp_path: Path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
 
 def admin_of(node: GatewayProcess) -> tuple[Minio, str]:
     env = node.env
-    client = Minio(env["EFTGW_S3_ENDPOINT"], env["EFTGW_S3_ACCESS_KEY"], env["EFTGW_S3_SECRET_KEY"], secure=False)
+    client = Minio(
+        env["EFTGW_S3_ENDPOINT"], env["EFTGW_S3_ACCESS_KEY"], env["EFTGW_S3_SECRET_KEY"], secure=False
+    )
     return client, env["EFTGW_S3_BUCKET"]
 
 
 async def create_upload(node: GatewayProcess, token: str, length: int) -> str:
-    async with http_session() as s, s.post(
-        f"{node.url}/api/v1/cases/C-1/uploads", headers=tus_headers(token, Upload_Length=str(length))
-    ) as resp:
+    async with (
+        http_session() as s,
+        s.post(
+            f"{node.url}/api/v1/cases/C-1/uploads", headers=tus_headers(token, Upload_Length=str(length))
+        ) as resp,
+    ):
         assert resp.status == 201
         return resp.headers["Location"]
 
@@ -75,9 +80,10 @@ async def head_offset(url: str, token: str) -> int:
 
 
 async def files_of(node: GatewayProcess, token: str) -> list[dict]:
-    async with http_session() as s, s.get(
-        f"{node.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
+    async with (
+        http_session() as s,
+        s.get(f"{node.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
         return await resp.json()
 
 
@@ -103,10 +109,13 @@ async def test_upload_started_on_a_killed_node_completes_on_the_other(region) ->
             assert resp.status == 204
     (record,) = await files_of(b, token)
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
-    async with http_session() as s, s.get(
-        f"{b.url}/api/v1/cases/C-1/files/{record['id']}/content",
-        headers={"Authorization": f"Bearer {token}", "Range": f"bytes={10 * MiB}-"},
-    ) as resp:
+    async with (
+        http_session() as s,
+        s.get(
+            f"{b.url}/api/v1/cases/C-1/files/{record['id']}/content",
+            headers={"Authorization": f"Bearer {token}", "Range": f"bytes={10 * MiB}-"},
+        ) as resp,
+    ):
         assert resp.status == 206 and await resp.read() == data[10 * MiB :]
 
 
@@ -143,9 +152,13 @@ async def test_patches_to_two_nodes_at_once_never_interleave(region) -> None:
         async with s.patch(on(a, url), data=io.BytesIO(b"C" * (length - offset)), headers=h) as resp:
             assert resp.status == 204
     (record,) = await files_of(a, token)
-    async with http_session() as s, s.get(
-        f"{a.url}/api/v1/cases/C-1/files/{record['id']}/content", headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
+    async with (
+        http_session() as s,
+        s.get(
+            f"{a.url}/api/v1/cases/C-1/files/{record['id']}/content",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp,
+    ):
         stored = await resp.read()
     prefix = stored[:offset]
     assert prefix in (b"A" * offset, b"B" * offset), "writes of two nodes interleaved"

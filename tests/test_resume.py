@@ -4,6 +4,7 @@ interleave, and acknowledged bytes survive ``kill -9`` of the gateway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import io
@@ -17,8 +18,7 @@ import pytest
 from tusclient import client as tus_client
 from tusclient.storage.filestorage import FileStorage
 
-from eftgw.model import SYSTEM
-from tests.support import RunningGateway, client_ssl, gateway_process, http_session, tus_headers, wait_for
+from tests.support import RunningGateway, client_ssl, gateway_process, http_session, tus_headers
 
 OCTETS = "application/offset+octet-stream"
 
@@ -34,7 +34,11 @@ def tuspy_upload(url: str, token: str, path: Path, store: Path, cert: str, chunk
     storage = FileStorage(str(store))
     try:
         uploader = client.uploader(
-            str(path), chunk_size=256 * 1024, metadata={"filename": path.name}, store_url=True, url_storage=storage
+            str(path),
+            chunk_size=256 * 1024,
+            metadata={"filename": path.name},
+            store_url=True,
+            url_storage=storage,
         )
         if chunks is None:
             uploader.upload()
@@ -55,16 +59,23 @@ async def test_tuspy_interrupted_then_resumed_from_stored_url(gw: RunningGateway
     path.write_bytes(data)
     store = tmp_path / "tus-urls.json"
     token = gw.token("C-1")
-    first_url = await asyncio.to_thread(tuspy_upload, gw.uploads_url("C-1"), token, path, store, cert_of(gw), 7)
+    first_url = await asyncio.to_thread(
+        tuspy_upload, gw.uploads_url("C-1"), token, path, store, cert_of(gw), 7
+    )
     async with http_session() as s, s.head(first_url, headers=tus_headers(token)) as resp:
         assert int(resp.headers["Upload-Offset"]) == 7 * 256 * 1024
-    second_url = await asyncio.to_thread(tuspy_upload, gw.uploads_url("C-1"), token, path, store, cert_of(gw), None)
+    second_url = await asyncio.to_thread(
+        tuspy_upload, gw.uploads_url("C-1"), token, path, store, cert_of(gw), None
+    )
     assert second_url == first_url
     async with http_session() as s:
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             (record,) = await resp.json()
         async with s.get(
-            f"{gw.url}/api/v1/cases/C-1/files/{record['id']}/content", headers={"Authorization": f"Bearer {token}"}
+            f"{gw.url}/api/v1/cases/C-1/files/{record['id']}/content",
+            headers={"Authorization": f"Bearer {token}"},
         ) as resp:
             downloaded = await resp.read()
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
@@ -98,9 +109,12 @@ async def raw_patch(
 
 
 async def new_upload(gw: RunningGateway, length: int) -> str:
-    async with http_session() as s, s.post(
-        gw.uploads_url("C-1"), headers=tus_headers(gw.token("C-1"), Upload_Length=str(length))
-    ) as resp:
+    async with (
+        http_session() as s,
+        s.post(
+            gw.uploads_url("C-1"), headers=tus_headers(gw.token("C-1"), Upload_Length=str(length))
+        ) as resp,
+    ):
         return resp.headers["Location"]
 
 
@@ -133,7 +147,9 @@ async def test_interrupted_patch_keeps_what_arrived(gw: RunningGateway) -> None:
         h = tus_headers(token, Upload_Offset=str(len(sent)), Content_Type=OCTETS)
         async with s.patch(url, data=rest, headers=h) as resp:
             assert resp.status == 204
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             (record,) = await resp.json()
     assert record["sha256"] == hashlib.sha256(sent + rest).hexdigest()
 
@@ -152,7 +168,7 @@ async def test_interrupted_patch_with_checksum_keeps_nothing(gw: RunningGateway)
 
 
 async def test_concurrent_patches_never_interleave(gw: RunningGateway) -> None:
-    """A newer PATCH takes over a stalled one: the old one stops and commits, the new one is told the offset."""
+    """A newer PATCH takes over a stalled one: the old one stops and commits; the new one gets the offset."""
     token = gw.token("C-1")
     url = await new_upload(gw, 200_000)
     first = b"A" * 50_000
@@ -167,36 +183,39 @@ async def test_concurrent_patches_never_interleave(gw: RunningGateway) -> None:
         offset = await offset_of(url, token)
         assert offset == len(first)
         # the stalled connection sending more changes nothing now
-        try:
+        with contextlib.suppress(OSError):
             await asyncio.to_thread(stalled.sendall, b"A" * 10_000)
-        except OSError:
-            pass
         await asyncio.sleep(0.2)
         assert await offset_of(url, token) == offset
         h = tus_headers(token, Upload_Offset=str(offset), Content_Type=OCTETS)
         async with s.patch(url, data=b"C" * (200_000 - offset), headers=h) as resp:
             assert resp.status == 204
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             (record,) = await resp.json()
     stalled.close()
     assert record["sha256"] == hashlib.sha256(first + b"C" * (200_000 - offset)).hexdigest()
 
 
 async def test_acknowledged_bytes_survive_kill_9(tmp_path: Path) -> None:
-    """Chunks acknowledged before ``kill -9`` are all there after a restart; the upload completes correctly."""
+    """Chunks acknowledged before ``kill -9`` are all there after a restart; the upload then completes."""
     data = os.urandom(6 * 1024 * 1024)
     with gateway_process(tmp_path / "node") as node:
         node.cli("case", "open", "C-1")
         token = node.token("C-1")
         async with http_session() as s:
             async with s.post(
-                f"{node.url}/api/v1/cases/C-1/uploads", headers=tus_headers(token, Upload_Length=str(len(data)))
+                f"{node.url}/api/v1/cases/C-1/uploads",
+                headers=tus_headers(token, Upload_Length=str(len(data))),
             ) as resp:
                 url = resp.headers["Location"]
             acked = 0
             for _ in range(3):
                 h = tus_headers(token, Upload_Offset=str(acked), Content_Type=OCTETS)
-                async with s.patch(url, data=io.BytesIO(data[acked : acked + 1024 * 1024]), headers=h) as resp:
+                async with s.patch(
+                    url, data=io.BytesIO(data[acked : acked + 1024 * 1024]), headers=h
+                ) as resp:
                     assert resp.status == 204
                     acked = int(resp.headers["Upload-Offset"])
         node.kill9()
@@ -214,14 +233,15 @@ async def test_acknowledged_bytes_survive_kill_9(tmp_path: Path) -> None:
 
 
 async def test_kill_9_during_a_patch_loses_only_unacknowledged_bytes(tmp_path: Path) -> None:
-    """A gateway killed while a PATCH streams keeps at least the acknowledged offset; resuming gives the file."""
+    """A gateway killed mid-PATCH keeps at least the acknowledged offset; resuming gives the whole file."""
     data = os.urandom(8 * 1024 * 1024)
     with gateway_process(tmp_path / "node") as node:
         node.cli("case", "open", "C-1")
         token = node.token("C-1")
         async with http_session() as s:
             async with s.post(
-                f"{node.url}/api/v1/cases/C-1/uploads", headers=tus_headers(token, Upload_Length=str(len(data)))
+                f"{node.url}/api/v1/cases/C-1/uploads",
+                headers=tus_headers(token, Upload_Length=str(len(data))),
             ) as resp:
                 url = resp.headers["Location"]
             h = tus_headers(token, Upload_Offset="0", Content_Type=OCTETS)
@@ -237,10 +257,8 @@ async def test_kill_9_during_a_patch_loses_only_unacknowledged_bytes(tmp_path: P
             patching = asyncio.ensure_future(s.patch(url, data=slow_body(), headers=h))
             await asyncio.sleep(0.5)
             node.kill9()
-            try:
+            with contextlib.suppress(aiohttp.ClientError):
                 await patching
-            except aiohttp.ClientError:
-                pass
         node.start()
         offset = await offset_of(url, token)
         assert acked <= offset < len(data)

@@ -1,5 +1,6 @@
 """SFTP accounts over HTTP: the case's own account for its customer and engineers (what the web client
-shows: username, host, port, expiry; never the password), and creation, listing and revocation for the portal through the integration API.
+shows: username, host, port, expiry; never the password), and creation, listing and revocation for the
+portal through the integration API.
 
 ``GET /api/v1/cases/{case_id}/sftp-account`` (404 when the case has none active),
 ``POST|GET /api/v1/integration/cases/{case_id}/sftp-accounts``,
@@ -24,7 +25,11 @@ def _view(request: web.Request, account: SftpAccount, password: str | None = Non
     gateway = gateway_of(request)
     settings = gateway.settings
     return account_view(
-        account, host=settings.sftp_public_host, port=settings.sftp_port, now=gateway.clock.now(), password=password
+        account,
+        host=settings.sftp_public_host,
+        port=settings.sftp_port,
+        now=gateway.clock.now(),
+        password=password,
     )
 
 

@@ -37,7 +37,15 @@ def make_app(gateway: Gateway) -> web.Application:
         client_max_size=1024 * 1024,  # JSON and form bodies; upload bodies are streamed, not read whole
     )
     app[GATEWAY] = gateway
-    tables = (routes, session.routes, tus.routes, files.routes, accounts.routes, integration.routes, webclient.routes)
+    tables = (
+        routes,
+        session.routes,
+        tus.routes,
+        files.routes,
+        accounts.routes,
+        integration.routes,
+        webclient.routes,
+    )
     for table in tables:
         app.add_routes(table)
     return app

@@ -96,7 +96,9 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 @routes.delete("/api/v1/cases/{case_id}/files/{file_id}")
 async def delete_file(request: web.Request) -> web.StreamResponse:
     principal = await authenticate(request)
-    await gateway_of(request).files.delete(principal, request.match_info["case_id"], request.match_info["file_id"])
+    await gateway_of(request).files.delete(
+        principal, request.match_info["case_id"], request.match_info["file_id"]
+    )
     return web.Response(status=204)
 
 

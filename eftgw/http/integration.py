@@ -2,8 +2,8 @@
 
 ``POST /api/v1/integration/cases/{case_id}/open|close|reopen`` (close takes an optional JSON
 ``{"closed_at": ISO 8601}``), ``GET /api/v1/integration/cases/{case_id}``, and
-``POST /api/v1/integration/launch-tokens`` (``{"case_id", "user", "role", "ttl"}``) returning a one-time launch
-token and the URL to open in the pop-up.
+``POST /api/v1/integration/launch-tokens`` (``{"case_id", "user", "role", "ttl"}``) returning a one-time
+launch token and the URL to open in the pop-up.
 """
 
 from __future__ import annotations

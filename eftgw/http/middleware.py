@@ -57,13 +57,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc, request)
     except BodyInterrupted:
         log.info("client went away during %s %s; what arrived was kept", request.method, request.path)
-        return web.json_response({"code": "body_interrupted", "message": "The request body was cut off."}, status=400)
+        return web.json_response(
+            {"code": "body_interrupted", "message": "The request body was cut off."}, status=400
+        )
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             body = {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason + "."}
-            return web.json_response(body, status=exc.status, headers={
-                k: v for k, v in exc.headers.items() if k.lower() in ("allow",)
-            })
+            return web.json_response(
+                body,
+                status=exc.status,
+                headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
+            )
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -89,7 +93,12 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     # Access log: method and path only; never query strings, bodies or headers (tokens live there).
     access_log.info(
-        "%s %s %s %d %.3fs", request.remote, request.method, request.path, response.status, time.monotonic() - started
+        "%s %s %s %d %.3fs",
+        request.remote,
+        request.method,
+        request.path,
+        response.status,
+        time.monotonic() - started,
     )
     return response
 

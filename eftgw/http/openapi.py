@@ -27,7 +27,9 @@ UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "schema": {"ty
 TUS = {"name": "Tus-Resumable", "in": "header", "required": True, "schema": {"const": "1.0.0"}}
 
 
-def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
+def _op(
+    summary: str, responses: dict[str, Any], *, params: list[Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": summary, "responses": {**responses, "default": ERROR}}
     if params:
         out["parameters"] = params
@@ -37,14 +39,16 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = N
 
 def document() -> dict[str, Any]:
     no_content = {"204": {"description": "Done"}}
-    tus_head = {"200": {"description": "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires headers"}}
+    tus_head = {
+        "200": {"description": "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires headers"}
+    }
     case_schema = _ref("Case")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "eftgw",
             "version": __version__,
-            "description": "Resumable file transfer for support cases: tus 1.0.0 uploads, files, integration API.",
+            "description": "Resumable file transfer for support cases: tus 1.0.0, files, integration API.",
         },
         "components": {
             "securitySchemes": {
@@ -128,7 +132,9 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}, {"session": []}],
         "paths": {
             "/healthz": {"get": _op("Liveness", {"200": {"description": "ok"}}, security=[])},
-            "/api/v1/openapi.json": {"get": _op("This document", {"200": {"description": "OpenAPI"}}, security=[])},
+            "/api/v1/openapi.json": {
+                "get": _op("This document", {"200": {"description": "OpenAPI"}}, security=[])
+            },
             "/launch": {
                 "post": _op(
                     "Exchange a launch token (form field 'token') for a session cookie",
@@ -137,12 +143,16 @@ def document() -> dict[str, Any]:
                 )
             },
             "/api/v1/session": {
-                "post": _op("Exchange a launch token for a session", {"201": _json(_ref("Session"), "Session")}),
+                "post": _op(
+                    "Exchange a launch token for a session", {"201": _json(_ref("Session"), "Session")}
+                ),
                 "get": _op("The current session", {"200": _json(_ref("Session"), "Session")}),
                 "delete": _op("Sign out", no_content),
             },
             "/api/v1/cases/{case_id}": {
-                "get": _op("The case: state and purge date", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
+                "get": _op(
+                    "The case: state and purge date", {"200": _json(case_schema, "Case")}, params=[CASE_ID]
+                )
             },
             "/api/v1/cases/{case_id}/files": {
                 "get": _op(
@@ -226,7 +236,9 @@ def document() -> dict[str, Any]:
                         "content": {
                             JSON: {
                                 "schema": {
-                                    "properties": {"authorized_keys": {"type": "array", "items": {"type": "string"}}}
+                                    "properties": {
+                                        "authorized_keys": {"type": "array", "items": {"type": "string"}}
+                                    }
                                 }
                             }
                         },
@@ -242,7 +254,9 @@ def document() -> dict[str, Any]:
                 "delete": _op(
                     "Revoke an SFTP account; live sessions are cut (service)",
                     {"200": _json(_ref("SftpAccount"), "Account")},
-                    params=[{"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    params=[
+                        {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
                 )
             },
             "/api/v1/integration/launch-tokens": {

@@ -99,10 +99,10 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     try:
         body = await request.json()
     except ValueError as exc:
-        raise BadRequest("Send JSON: {\"token\": \"<launch token>\"}.") from exc
+        raise BadRequest('Send JSON: {"token": "<launch token>"}.') from exc
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token:
-        raise BadRequest("Send JSON: {\"token\": \"<launch token>\"}.")
+        raise BadRequest('Send JSON: {"token": "<launch token>"}.')
     secret, session = await gateway.auth.launch(token, remote_of(request))
     response = web.json_response(session_json(session), status=201)
     _set_cookie(response, secret, session, gateway.settings.session_ttl)

@@ -91,7 +91,8 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
 
 def format_metadata(metadata: dict[str, str]) -> str:
     return ",".join(
-        f"{key} {base64.b64encode(value.encode()).decode()}" if value else key for key, value in metadata.items()
+        f"{key} {base64.b64encode(value.encode()).decode()}" if value else key
+        for key, value in metadata.items()
     )
 
 

@@ -287,7 +287,9 @@ class SqlRepository:
 
     async def list_files(self, case_id: str) -> list[FileRecord]:
         query = (
-            sa.select(t.files).where(t.files.c.case_id == case_id).order_by(t.files.c.uploaded_at, t.files.c.id)
+            sa.select(t.files)
+            .where(t.files.c.case_id == case_id)
+            .order_by(t.files.c.uploaded_at, t.files.c.id)
         )
         async with self.engine.connect() as conn:
             return [_file(r) for r in await conn.execute(query)]
@@ -376,7 +378,9 @@ class SqlRepository:
     async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
-                sa.update(t.uploads).where(t.uploads.c.id == upload_id).values(state=state.value, updated_at=at)
+                sa.update(t.uploads)
+                .where(t.uploads.c.id == upload_id)
+                .values(state=state.value, updated_at=at)
             )
 
     async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None:

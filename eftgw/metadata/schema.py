@@ -5,11 +5,12 @@ definitions describe the newest version and must be kept in step with them (``te
 checks that a migrated database has exactly these columns).
 
 Tables: ``cases`` (state and closure time), ``files`` (completed files, keyed by an opaque id, with the object
-key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions`` (browser
-sessions; only a hash of the cookie value is kept), ``launch_tokens`` (used ``jti`` values, for single use),
-``audit_events`` (append-only), ``sftp_accounts`` (temporary SFTP logins of a case: argon2id hash and
-sealed copy of the password, expiry, revocation, authorized public keys), ``leases`` (who holds an upload's
-lock or leads a once-per-region job, until when, and the fencing token that grows with every new holder).
+key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions``
+(browser sessions; only a hash of the cookie value is kept), ``launch_tokens`` (used ``jti`` values, for
+single use), ``audit_events`` (append-only), ``sftp_accounts`` (temporary SFTP logins of a case: argon2id hash
+and sealed copy of the password, expiry, revocation, authorized public keys), ``leases`` (who holds an
+upload's lock or leads a once-per-region job, until when, and the fencing token that grows with every new
+holder).
 """
 
 from __future__ import annotations

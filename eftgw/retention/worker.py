@@ -74,7 +74,8 @@ async def sweep(gateway: Gateway, *, dry_run: bool = False) -> SweepResult:
     result.expired_uploads = await gateway.uploads.sweep_expired(RETENTION)
     await gateway.repo.delete_expired(gateway.clock.now())
     metrics.OLDEST_OVERDUE.set(
-        oldest_overdue(await gateway.repo.list_cases(CaseState.CLOSED), gateway.clock.now(), gateway.cases.retention)
-        .total_seconds()
+        oldest_overdue(
+            await gateway.repo.list_cases(CaseState.CLOSED), gateway.clock.now(), gateway.cases.retention
+        ).total_seconds()
     )
     return result

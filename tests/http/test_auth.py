@@ -46,11 +46,11 @@ async def test_missing_and_malformed_credentials_are_401(gw: RunningGateway) -> 
     """No credentials, a non-bearer scheme, or garbage all get 401 with a JSON explanation."""
     assert await status_of(gw, None) == 401
     assert await status_of(gw, "not-a-jwt") == 401
-    async with http_session() as s:
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": "Basic YTpi"}) as resp:
-            assert resp.status == 401
-            body = await resp.json()
-            assert body["code"] == "unauthenticated" and "Bearer" in body["message"]
+    basic = {"Authorization": "Basic YTpi"}
+    async with http_session() as s, s.get(f"{gw.url}/api/v1/cases/C-1/files", headers=basic) as resp:
+        assert resp.status == 401
+        body = await resp.json()
+        assert body["code"] == "unauthenticated" and "Bearer" in body["message"]
 
 
 async def test_forged_and_expired_tokens_are_401(gw: RunningGateway) -> None:
@@ -73,7 +73,9 @@ async def test_unsigned_and_hmac_tokens_are_refused(gw: RunningGateway) -> None:
     payload = jwt.decode(forged(gw), options={"verify_signature": False})
     none_token = jwt.encode(payload, None, algorithm="none", headers={"kid": gw.gateway.signer.kid})
     assert await status_of(gw, none_token) == 401
-    hs = jwt.encode(payload, "secret-secret-secret-secret-1234", algorithm="HS256", headers={"kid": gw.gateway.signer.kid})
+    hs = jwt.encode(
+        payload, "secret-secret-secret-secret-1234", algorithm="HS256", headers={"kid": gw.gateway.signer.kid}
+    )
     assert await status_of(gw, hs) == 401
 
 
@@ -124,13 +126,15 @@ async def test_engineer_reaches_any_case_and_uploads_for_the_customer(gw: Runnin
         async with s.post(gw.uploads_url("C-9"), data=b"hi", headers=h) as resp:
             assert resp.status == 201
         customer = gw.token("C-9", user="carol")
-        async with s.get(f"{gw.url}/api/v1/cases/C-9/files", headers={"Authorization": f"Bearer {customer}"}) as r:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-9/files", headers={"Authorization": f"Bearer {customer}"}
+        ) as r:
             (record,) = await r.json()
     assert record["source"] == "engineer" and record["uploaded_by"] == "eve"
 
 
 async def test_service_token_is_for_the_integration_api_only(gw: RunningGateway) -> None:
-    """The service role opens and closes cases but cannot read files; other roles cannot use the integration API."""
+    """The service role opens and closes cases but reads no files; no other role uses the integration API."""
     service = gw.token(None, role="service", user="portal")
     customer = gw.token("C-1")
     async with http_session() as s:
@@ -138,7 +142,9 @@ async def test_service_token_is_for_the_integration_api_only(gw: RunningGateway)
         async with s.post(f"{gw.url}/api/v1/integration/cases/C-7/open", headers=h) as resp:
             assert resp.status == 200 and (await resp.json())["state"] == "open"
         async with s.post(
-            f"{gw.url}/api/v1/integration/cases/C-7/close", headers=h, json={"closed_at": "2026-01-02T03:04:05Z"}
+            f"{gw.url}/api/v1/integration/cases/C-7/close",
+            headers=h,
+            json={"closed_at": "2026-01-02T03:04:05Z"},
         ) as resp:
             body = await resp.json()
             assert body["state"] == "closed" and body["closed_at"] == "2026-01-02T03:04:05Z"
@@ -153,7 +159,7 @@ async def test_service_token_is_for_the_integration_api_only(gw: RunningGateway)
 
 
 async def test_launch_sets_a_host_only_secure_cookie_and_is_single_use(gw: RunningGateway) -> None:
-    """A launch token becomes a __Host- cookie (Secure, HttpOnly, SameSite=Strict) once; replaying it fails."""
+    """A launch token becomes a __Host- cookie (Secure, HttpOnly, SameSite=Strict) once; a replay fails."""
     token = gw.launch_token("C-1")
     async with http_session() as s:
         async with s.post(f"{gw.url}/api/v1/session", json={"token": token}) as resp:
@@ -177,18 +183,22 @@ async def test_launch_sets_a_host_only_secure_cookie_and_is_single_use(gw: Runni
 
 
 async def test_access_tokens_and_long_lived_tokens_cannot_launch(gw: RunningGateway) -> None:
-    """Only short-lived launch tokens open a session: an API token, or a launch token living too long, is 401."""
+    """Only short-lived launch tokens open a session: an API token or a long-lived launch token is 401."""
     async with http_session() as s:
         async with s.post(f"{gw.url}/api/v1/session", json={"token": gw.token("C-1")}) as resp:
             assert resp.status == 401
-        async with s.post(f"{gw.url}/api/v1/session", json={"token": gw.launch_token("C-1", ttl=3600)}) as resp:
+        async with s.post(
+            f"{gw.url}/api/v1/session", json={"token": gw.launch_token("C-1", ttl=3600)}
+        ) as resp:
             assert resp.status == 401
 
 
 async def test_form_launch_redirects_and_sets_the_cookie(gw: RunningGateway) -> None:
     """POST /launch with a form token redirects to the client with the session cookie set."""
     async with http_session() as s:
-        async with s.post(f"{gw.url}/launch", data={"token": gw.launch_token("C-1")}, allow_redirects=False) as resp:
+        async with s.post(
+            f"{gw.url}/launch", data={"token": gw.launch_token("C-1")}, allow_redirects=False
+        ) as resp:
             assert resp.status == 303 and resp.headers["Location"] == "/app"
             assert "__Host-eftgw_session=" in resp.headers["Set-Cookie"]
         async with s.get(f"{gw.url}/api/v1/session") as resp:
@@ -208,7 +218,9 @@ async def test_cookie_requests_need_csrf_token_and_same_origin(gw: RunningGatewa
         evil = {**h, "X-CSRF-Token": csrf, "Origin": "https://evil.example"}
         async with s.post(gw.uploads_url("C-1"), headers=evil) as resp:
             assert resp.status == 403
-        async with s.post(gw.uploads_url("C-1"), headers={**h, "X-CSRF-Token": csrf, "Origin": gw.url}) as resp:
+        async with s.post(
+            gw.uploads_url("C-1"), headers={**h, "X-CSRF-Token": csrf, "Origin": gw.url}
+        ) as resp:
             assert resp.status == 201
         async with s.delete(f"{gw.url}/api/v1/session", headers={"X-CSRF-Token": csrf}) as resp:
             assert resp.status == 204

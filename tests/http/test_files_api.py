@@ -1,4 +1,4 @@
-"""The files API: listing, metadata, downloads with single ranges (resumable), deletion, and the audit trail."""
+"""The files API: listing, metadata, downloads with single ranges (resumable), deletion, audit trail."""
 
 from __future__ import annotations
 
@@ -14,14 +14,23 @@ from tests.support import RunningGateway, http_session, tus_headers
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 
 
-async def upload(gw: RunningGateway, data: bytes, name: str, token: str | None = None, case_id: str = "C-1") -> str:
+async def upload(
+    gw: RunningGateway, data: bytes, name: str, token: str | None = None, case_id: str = "C-1"
+) -> str:
     token = token or gw.token(case_id)
     meta = "filename " + base64.b64encode(name.encode()).decode()
-    h = tus_headers(token, Upload_Length=str(len(data)), Upload_Metadata=meta, Content_Type="application/offset+octet-stream")
+    h = tus_headers(
+        token,
+        Upload_Length=str(len(data)),
+        Upload_Metadata=meta,
+        Content_Type="application/offset+octet-stream",
+    )
     async with http_session() as s:
         async with s.post(gw.uploads_url(case_id), data=io.BytesIO(data), headers=h) as resp:
             assert resp.status == 201 and resp.headers["Upload-Offset"] == str(len(data))
-        async with s.get(f"{gw.url}/api/v1/cases/{case_id}/files", headers={"Authorization": f"Bearer {token}"}) as r:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/{case_id}/files", headers={"Authorization": f"Bearer {token}"}
+        ) as r:
             files = await r.json()
     return next(f["id"] for f in files if f["name"] == name)
 
@@ -53,7 +62,9 @@ async def test_download_whole_file_with_digest_and_safe_headers(gw: RunningGatew
             body = await resp.read()
             headers = resp.headers
     assert body == DATA
-    assert headers["Repr-Digest"] == "sha-256=:" + base64.b64encode(hashlib.sha256(DATA).digest()).decode() + ":"
+    assert (
+        headers["Repr-Digest"] == "sha-256=:" + base64.b64encode(hashlib.sha256(DATA).digest()).decode() + ":"
+    )
     assert headers["Content-Type"] == "application/octet-stream"
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Cache-Control"] == "no-store"
@@ -122,7 +133,9 @@ async def test_closed_case_shows_purge_date(gw: RunningGateway) -> None:
             assert resp.headers["Eftgw-Purge-Due-At"] == body["purge_due_at"]
     assert body["state"] == "closed"
     assert record["purge_due_at"] == body["purge_due_at"]
-    assert body["purge_due_at"].startswith((case.closed_at + __import__("datetime").timedelta(days=30)).date().isoformat())
+    assert body["purge_due_at"].startswith(
+        (case.closed_at + __import__("datetime").timedelta(days=30)).date().isoformat()
+    )
 
 
 async def test_every_transfer_is_audited_with_who_what_when_where(gw: RunningGateway) -> None:

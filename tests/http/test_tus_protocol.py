@@ -15,7 +15,9 @@ from tests.support import RunningGateway, http_session, tus_headers
 OCTETS = "application/offset+octet-stream"
 
 
-async def create(session, gw: RunningGateway, length: int | None = 10, token: str | None = None, **headers: str) -> str:
+async def create(
+    session, gw: RunningGateway, length: int | None = 10, token: str | None = None, **headers: str
+) -> str:
     token = token or gw.token("C-1")
     extra = {"Upload-Length": str(length)} if length is not None else {"Upload-Defer-Length": "1"}
     extra.update(headers)
@@ -56,11 +58,14 @@ async def test_options_announces_version_extensions_and_checksums(gw: RunningGat
 
 
 async def test_creation_head_and_patch_to_completion(gw: RunningGateway) -> None:
-    """A created upload reports offset 0, accepts chunks in order and becomes a listed file with its SHA-256."""
+    """A new upload reports offset 0, accepts chunks in order and becomes a listed file with its SHA-256."""
     token = gw.token("C-1")
-    meta = "filename " + base64.b64encode("report é.log".encode()).decode() + ",filetype " + base64.b64encode(
-        b"text/plain"
-    ).decode()
+    meta = (
+        "filename "
+        + base64.b64encode("report é.log".encode()).decode()
+        + ",filetype "
+        + base64.b64encode(b"text/plain").decode()
+    )
     async with http_session() as s:
         url = await create(s, gw, 10, Upload_Metadata=meta)
         assert url.startswith(gw.url + "/api/v1/cases/C-1/uploads/")
@@ -68,7 +73,10 @@ async def test_creation_head_and_patch_to_completion(gw: RunningGateway) -> None
             assert resp.headers["Upload-Offset"] == "0"
             assert resp.headers["Upload-Length"] == "10"
             assert resp.headers["Cache-Control"] == "no-store"
-            assert "report" in base64.b64decode(resp.headers["Upload-Metadata"].split(",")[0].split(" ")[1]).decode()
+            assert (
+                "report"
+                in base64.b64decode(resp.headers["Upload-Metadata"].split(",")[0].split(" ")[1]).decode()
+            )
             assert "Upload-Expires" in resp.headers
         async with await patch(s, url, 0, b"01234", token) as resp:
             assert resp.status == 204
@@ -76,7 +84,9 @@ async def test_creation_head_and_patch_to_completion(gw: RunningGateway) -> None
             assert resp.headers["Tus-Resumable"] == "1.0.0"
         async with await patch(s, url, 5, b"56789", token) as resp:
             assert resp.status == 204 and resp.headers["Upload-Offset"] == "10"
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             files = await resp.json()
     assert [(f["name"], f["size"], f["sha256"]) for f in files] == [
         ("report é.log", 10, hashlib.sha256(b"0123456789").hexdigest())
@@ -160,16 +170,22 @@ async def test_each_checksum_algorithm_verifies_chunks(gw: RunningGateway, algor
     token = gw.token("C-1")
     async with http_session() as s:
         url = await create(s, gw, 8)
-        async with await patch(s, url, 0, b"good", token, Upload_Checksum=f"{algorithm} {_digest(algorithm, b'good')}") as r:
+        async with await patch(
+            s, url, 0, b"good", token, Upload_Checksum=f"{algorithm} {_digest(algorithm, b'good')}"
+        ) as r:
             assert r.status == 204 and r.headers["Upload-Offset"] == "4"
         bad = f"{algorithm} {_digest(algorithm, b'ba d')}"
         async with await patch(s, url, 4, b"evil", token, Upload_Checksum=bad) as r:
             assert r.status == 460
             assert (await r.json())["code"] == "checksum_mismatch"
         assert await head_offset(s, url, token) == 4
-        async with await patch(s, url, 4, b"more", token, Upload_Checksum=f"{algorithm} {_digest(algorithm, b'more')}") as r:
+        async with await patch(
+            s, url, 4, b"more", token, Upload_Checksum=f"{algorithm} {_digest(algorithm, b'more')}"
+        ) as r:
             assert r.status == 204
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             (record,) = await resp.json()
     assert record["sha256"] == hashlib.sha256(b"goodmore").hexdigest()
     assert record["xxh128"] == xxhash.xxh3_128(b"goodmore").hexdigest()
@@ -253,7 +269,10 @@ async def test_terminated_upload_is_gone(gw: RunningGateway) -> None:
 async def test_unknown_upload_is_404(gw: RunningGateway) -> None:
     """An upload id that does not exist is a 404."""
     token = gw.token("C-1")
-    async with http_session() as s, s.head(gw.uploads_url("C-1") + "/nosuchupload", headers=tus_headers(token)) as r:
+    async with (
+        http_session() as s,
+        s.head(gw.uploads_url("C-1") + "/nosuchupload", headers=tus_headers(token)) as r,
+    ):
         assert r.status == 404
 
 
@@ -280,7 +299,9 @@ async def test_parallel_partials_concatenate_into_one_file(gw: RunningGateway) -
         async with s.head(final, headers=tus_headers(token)) as resp:
             assert resp.headers["Upload-Offset"] == resp.headers["Upload-Length"] == str(sum(map(len, parts)))
             assert resp.headers["Upload-Concat"].startswith("final;")
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             files = await resp.json()
         assert [f["name"] for f in files] == ["joined.bin"]
         assert files[0]["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
@@ -304,7 +325,9 @@ async def test_zero_length_upload_is_a_file_at_once(gw: RunningGateway) -> None:
     token = gw.token("C-1")
     async with http_session() as s:
         await create(s, gw, 0, Upload_Metadata="filename " + base64.b64encode(b"empty").decode())
-        async with s.get(f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with s.get(
+            f"{gw.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             (record,) = await resp.json()
     assert record["size"] == 0 and record["sha256"] == hashlib.sha256(b"").hexdigest()
 

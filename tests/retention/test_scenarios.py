@@ -31,16 +31,21 @@ async def upload_file(node: GatewayProcess, case_id: str, data: bytes, name: str
     meta = "filename " + __import__("base64").b64encode(name.encode()).decode()
     async with http_session() as s:
         h = tus_headers(token, Upload_Length=str(len(data)), Upload_Metadata=meta, Content_Type=OCTETS)
-        async with s.post(f"{node.url}/api/v1/cases/{case_id}/uploads", data=io.BytesIO(data), headers=h) as resp:
+        async with s.post(
+            f"{node.url}/api/v1/cases/{case_id}/uploads", data=io.BytesIO(data), headers=h
+        ) as resp:
             assert resp.status == 201
         return await list_files(node, case_id, token)
 
 
 async def list_files(node: GatewayProcess, case_id: str, token: str | None = None) -> dict:
     token = token or node.token(case_id)
-    async with http_session() as s, s.get(
-        f"{node.url}/api/v1/cases/{case_id}/files", headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
+    async with (
+        http_session() as s,
+        s.get(
+            f"{node.url}/api/v1/cases/{case_id}/files", headers={"Authorization": f"Bearer {token}"}
+        ) as resp,
+    ):
         return {"status": resp.status, "files": await resp.json() if resp.status == 200 else None}
 
 
@@ -54,7 +59,9 @@ async def test_closed_29_days_is_kept_and_31_days_is_purged_completely(tmp_path:
         kept = retention(node, "2026-01-30T12:00:00Z")
         assert kept["purged"] == [] and kept["due"] == []
         assert (await list_files(node, "C-1"))["files"][0]["purge_due_at"] == "2026-01-31T12:00:00Z"
-        dry = json.loads(node.cli("retention", "run", "--now", "2026-02-01T12:00:00Z", "--dry-run", "--json").stdout)
+        dry = json.loads(
+            node.cli("retention", "run", "--now", "2026-02-01T12:00:00Z", "--dry-run", "--json").stdout
+        )
         assert [d["case_id"] for d in dry["due"]] == ["C-1"] and dry["purged"] == []
         assert await stored_keys(node, "C-1") != []
         purged = retention(node, "2026-02-01T12:00:00Z")
@@ -130,7 +137,9 @@ async def test_idle_unfinished_uploads_expire_and_are_cleaned_up(tmp_path: Path)
                 url = resp.headers["Location"]
                 expires = resp.headers["Upload-Expires"]
             assert expires.endswith("GMT")
-            later = __import__("datetime").datetime.now(__import__("datetime").UTC) + __import__("datetime").timedelta(hours=2)
+            later = __import__("datetime").datetime.now(__import__("datetime").UTC) + __import__(
+                "datetime"
+            ).timedelta(hours=2)
             result = retention(node, later.isoformat())
             assert result["expired_uploads"] == 1
             assert await stored_keys(node, "C-5") == []

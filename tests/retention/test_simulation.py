@@ -11,7 +11,7 @@ from pathlib import Path
 from eftgw.clock import FixedClock
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
-from eftgw.model import CaseState, Principal, Role, SYSTEM
+from eftgw.model import SYSTEM, Principal, Role
 from eftgw.retention.policy import due_purges
 from eftgw.retention.worker import sweep
 from tests.support import backend, settings_for
@@ -73,7 +73,9 @@ async def test_ninety_random_days(tmp_path: Path) -> None:
                 if expected.state == "open" and roll < upload_chance:
                     customer = Principal("cust", Role.CUSTOMER, case_id)
                     data = rng.randbytes(rng.randint(0, 2048))
-                    upload = await gw.uploads.create(customer, case_id, length=len(data), metadata={"filename": "f"})
+                    upload = await gw.uploads.create(
+                        customer, case_id, length=len(data), metadata={"filename": "f"}
+                    )
                     if data:
                         upload = await gw.uploads.append(customer, case_id, upload.id, 0, body(data))
                     expected.files.add(upload.file_id)

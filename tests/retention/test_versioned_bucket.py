@@ -29,7 +29,9 @@ async def body(data: bytes):
 async def test_purge_removes_all_versions(tmp_path: Path) -> None:
     """Files overwritten and deleted leave versions behind; the purge lists and removes every one."""
     env = fresh_bucket("versioned-" + secrets.token_hex(2))
-    admin = Minio(env["EFTGW_S3_ENDPOINT"], env["EFTGW_S3_ACCESS_KEY"], env["EFTGW_S3_SECRET_KEY"], secure=False)
+    admin = Minio(
+        env["EFTGW_S3_ENDPOINT"], env["EFTGW_S3_ACCESS_KEY"], env["EFTGW_S3_SECRET_KEY"], secure=False
+    )
     bucket = env["EFTGW_S3_BUCKET"]
     admin.make_bucket(bucket)
     admin.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
@@ -40,7 +42,9 @@ async def test_purge_removes_all_versions(tmp_path: Path) -> None:
         customer = Principal("alice", Role.CUSTOMER, "V-1")
         for name in ("a.log", "b.log"):
             data = secrets.token_bytes(100_000)
-            upload = await gw.gateway.uploads.create(customer, "V-1", length=len(data), metadata={"filename": name})
+            upload = await gw.gateway.uploads.create(
+                customer, "V-1", length=len(data), metadata={"filename": name}
+            )
             await gw.gateway.uploads.append(customer, "V-1", upload.id, 0, body(data))
         # an extra version of one object, as a versioned bucket keeps after an overwrite
         (first, _) = await gw.gateway.repo.list_files("V-1")
