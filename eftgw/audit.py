@@ -25,7 +25,20 @@ class AuditLog:
         target: str | None = None,
         **detail: Any,
     ) -> None:
-        event = AuditEvent(
+        event = self.event(action, principal, case_id, target, **detail)
+        await self.repo.add_audit(event)
+        self.logged(event)
+
+    def event(
+        self,
+        action: str,
+        principal: Principal,
+        case_id: str | None,
+        target: str | None = None,
+        **detail: Any,
+    ) -> AuditEvent:
+        """An audit event for a caller that stores it in the same transaction as the change it records."""
+        return AuditEvent(
             at=self.clock.now(),
             action=action,
             actor=principal.user,
@@ -36,13 +49,16 @@ class AuditLog:
             via=principal.via,
             detail=detail,
         )
-        await self.repo.add_audit(event)
+
+    @staticmethod
+    def logged(event: AuditEvent) -> None:
+        """Write a stored event to the log too."""
         log.info(
             "audit action=%s actor=%s role=%s case=%s target=%s remote=%s",
-            action,
-            principal.user,
-            principal.role.value,
-            case_id,
-            target,
-            principal.remote,
+            event.action,
+            event.actor,
+            event.role,
+            event.case_id,
+            event.target,
+            event.remote,
         )

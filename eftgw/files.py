@@ -78,10 +78,11 @@ class FileService:
         if reason == "user" and not self.may_delete(principal, record, case.state):
             raise Forbidden("You may not delete this file.")
         await self.store.delete_object(record.object_key)
-        await self.repo.delete_file(case_id, file_id)
-        await self.audit.record(
+        event = self.audit.event(
             "file.deleted", principal, case_id, file_id, size=record.size, sha256=record.sha256, reason=reason
         )
+        await self.repo.delete_file(case_id, file_id, audit=event)
+        self.audit.logged(event)
 
     async def rename(self, principal: Principal, case_id: str, file_id: str, name: str) -> FileRecord:
         """Give a file a new (sanitised) name: metadata only. Allowed to whoever may delete the file."""

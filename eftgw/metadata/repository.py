@@ -55,7 +55,7 @@ class Repository(Protocol):
     async def add_file(self, record: FileRecord) -> None: ...
     async def get_file(self, case_id: str, file_id: str) -> FileRecord | None: ...
     async def list_files(self, case_id: str) -> list[FileRecord]: ...
-    async def delete_file(self, case_id: str, file_id: str) -> bool: ...
+    async def delete_file(self, case_id: str, file_id: str, audit: AuditEvent | None = None) -> bool: ...
 
     async def add_upload(self, upload: Upload) -> None: ...
     async def get_upload(self, upload_id: str) -> Upload | None: ...
@@ -167,6 +167,20 @@ def _upload(row: Any) -> Upload:
         partials=list(row.partials),
         content_type=row.content_type,
     )
+
+
+def _audit_values(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "at": event.at,
+        "action": event.action,
+        "actor": event.actor,
+        "role": event.role,
+        "case_id": event.case_id,
+        "target": event.target,
+        "remote": event.remote,
+        "via": event.via,
+        "detail": event.detail,
+    }
 
 
 def _file_values(record: FileRecord) -> dict[str, Any]:
@@ -294,11 +308,14 @@ class SqlRepository:
         async with self.engine.connect() as conn:
             return [_file(r) for r in await conn.execute(query)]
 
-    async def delete_file(self, case_id: str, file_id: str) -> bool:
+    async def delete_file(self, case_id: str, file_id: str, audit: AuditEvent | None = None) -> bool:
+        """Delete a file's row, and store ``audit`` in the same transaction (one commit, not two)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.delete(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
             )
+            if audit is not None:
+                await conn.execute(sa.insert(t.audit_events).values(**_audit_values(audit)))
         return bool(result.rowcount)
 
     # uploads ---------------------------------------------------------------------------------------
@@ -458,19 +475,7 @@ class SqlRepository:
 
     async def add_audit(self, event: AuditEvent) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.audit_events).values(
-                    at=event.at,
-                    action=event.action,
-                    actor=event.actor,
-                    role=event.role,
-                    case_id=event.case_id,
-                    target=event.target,
-                    remote=event.remote,
-                    via=event.via,
-                    detail=event.detail,
-                )
-            )
+            await conn.execute(sa.insert(t.audit_events).values(**_audit_values(event)))
 
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
         query = sa.select(t.audit_events).order_by(t.audit_events.c.id).limit(limit)
