@@ -106,6 +106,9 @@ class ClientPage:
         page.on("request", self._on_request)
         page.on("requestfinished", self._on_finished)
         page.on("requestfailed", self._on_failed)
+        # Playwright turns file chooser interception on without waiting for Chromium to confirm it; a
+        # listener from the start makes sure it is on long before a test opens a chooser by keyboard or click.
+        page.on("filechooser", lambda _chooser: None)
 
     @classmethod
     @contextlib.asynccontextmanager
