@@ -167,6 +167,7 @@ class AccountService:
         lifetime: dt.timedelta = ACCOUNT_LIFETIME,
         hasher: PasswordHasher | None = None,
         max_parallel_verifications: int = 2,
+        endpoint: tuple[str, int] = ("127.0.0.1", 2222),
     ) -> None:
         self.repo = repo
         self.cases = cases
@@ -174,6 +175,7 @@ class AccountService:
         self.clock = clock
         self.sealer = sealer
         self.lifetime = lifetime
+        self.endpoint = endpoint  # the host and port customers put in their SFTP client
         self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
         # argon2id costs memory and CPU by design: bound how many run at once so a flood of logins
         # queues up instead of exhausting the node.
@@ -276,6 +278,11 @@ class AccountService:
             return None
         account = max(active, key=lambda a: a.created_at)
         return IssuedAccount(account, self.sealer.unseal(account.username, account.password_sealed))
+
+    def view(self, account: SftpAccount, password: str | None = None) -> dict[str, object]:
+        """What the CLI and the API show of an account, with where to connect."""
+        host, port = self.endpoint
+        return account_view(account, host=host, port=port, now=self.clock.now(), password=password)
 
     def on_revoke(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(username)`` whenever an account is revoked through this service."""

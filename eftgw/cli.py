@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from eftgw.accounts import account_view
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import Settings
 from eftgw.errors import DomainError
 from eftgw.gateway import Gateway
-from eftgw.model import Case, Principal, Role, SftpAccount
+from eftgw.model import Case, Principal, Role
 
 OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
 
@@ -139,31 +138,20 @@ def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(with_gateway(settings, action))
 
 
-def account_json(gateway: Gateway, account: SftpAccount, password: str | None = None) -> dict[str, Any]:
-    settings = gateway.settings
-    return account_view(
-        account,
-        host=settings.sftp_public_host,
-        port=settings.sftp_port,
-        now=gateway.clock.now(),
-        password=password,
-    )
-
-
 def cmd_sftp_account(settings: Settings, args: argparse.Namespace) -> int:
     async def action(gw: Gateway) -> int:
         if args.action == "create":
             keys = [_read_key(k) for k in args.authorized_key or []]
             issued = await gw.accounts.create(OPERATOR, args.target, authorized_keys=keys)
-            print(json.dumps(account_json(gw, issued.account, issued.password)))
+            print(json.dumps(gw.accounts.view(issued.account, issued.password)))
         elif args.action == "show":
             issued = await gw.accounts.show(OPERATOR, args.target)
-            print(json.dumps(account_json(gw, issued.account, issued.password)))
+            print(json.dumps(gw.accounts.view(issued.account, issued.password)))
         elif args.action == "list":
             accounts = await gw.accounts.list_accounts(OPERATOR, args.target)
-            print(json.dumps([account_json(gw, a) for a in accounts]))
+            print(json.dumps([gw.accounts.view(a) for a in accounts]))
         else:
-            print(json.dumps(account_json(gw, await gw.accounts.revoke(OPERATOR, args.target))))
+            print(json.dumps(gw.accounts.view(await gw.accounts.revoke(OPERATOR, args.target))))
         return 0
 
     if args.action != "list" and not args.target:

@@ -104,7 +104,14 @@ class Gateway:
         account_key = load_or_create_account_key(
             settings.sftp_account_key or data_dir / "keys" / "sftp-accounts.key"
         )
-        accounts = AccountService(repo, cases, audit, clock, PasswordSealer(account_key))
+        accounts = AccountService(
+            repo,
+            cases,
+            audit,
+            clock,
+            PasswordSealer(account_key),
+            endpoint=(settings.sftp_public_host, settings.sftp_port),
+        )
         cases.on_closed.append(accounts.revoke_case)  # closing a case revokes its SFTP accounts
         return cls(
             settings,

@@ -11,30 +11,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from eftgw.accounts import AccountNotFound, IssuedAccount, account_view
+from eftgw.accounts import AccountNotFound
 from eftgw.errors import BadRequest
 from eftgw.http.integration import _json_body, service_principal
 from eftgw.http.keys import gateway_of
 from eftgw.http.session import authenticate
-from eftgw.model import SftpAccount
 
 routes = web.RouteTableDef()
-
-
-def _view(request: web.Request, account: SftpAccount, password: str | None = None) -> dict[str, object]:
-    gateway = gateway_of(request)
-    settings = gateway.settings
-    return account_view(
-        account,
-        host=settings.sftp_public_host,
-        port=settings.sftp_port,
-        now=gateway.clock.now(),
-        password=password,
-    )
-
-
-def _issued(request: web.Request, issued: IssuedAccount) -> dict[str, object]:
-    return _view(request, issued.account, issued.password)
 
 
 @routes.get("/api/v1/cases/{case_id}/sftp-account")
@@ -47,7 +30,7 @@ async def case_account(request: web.Request) -> web.StreamResponse:
     if issued is None:
         raise AccountNotFound("This case has no active SFTP account.")
     # No password here: the portal hands it over; a browser session never needs to carry it.
-    return web.json_response(_view(request, issued.account))
+    return web.json_response(gateway.accounts.view(issued.account))
 
 
 @routes.post("/api/v1/integration/cases/{case_id}/sftp-accounts")
@@ -60,18 +43,18 @@ async def create_account(request: web.Request) -> web.StreamResponse:
     issued = await gateway_of(request).accounts.create(
         principal, request.match_info["case_id"], authorized_keys=keys
     )
-    return web.json_response(_issued(request, issued), status=201)
+    return web.json_response(gateway_of(request).accounts.view(issued.account, issued.password), status=201)
 
 
 @routes.get("/api/v1/integration/cases/{case_id}/sftp-accounts")
 async def list_accounts(request: web.Request) -> web.StreamResponse:
     principal = await service_principal(request)
     accounts = await gateway_of(request).accounts.list_accounts(principal, request.match_info["case_id"])
-    return web.json_response([_view(request, a) for a in accounts])
+    return web.json_response([gateway_of(request).accounts.view(a) for a in accounts])
 
 
 @routes.delete("/api/v1/integration/sftp-accounts/{username}")
 async def revoke_account(request: web.Request) -> web.StreamResponse:
     principal = await service_principal(request)
     account = await gateway_of(request).accounts.revoke(principal, request.match_info["username"])
-    return web.json_response(_view(request, account))
+    return web.json_response(gateway_of(request).accounts.view(account))
