@@ -119,6 +119,16 @@ class PasswordSealer:
             raise ValueError("the sealed password does not open with this gateway's account key") from exc
 
 
+def new_password() -> str:
+    """24 URL-safe random characters (144 bits), starting and ending with a letter or digit: a password that
+    begins with ``-`` is taken for an option by command-line clients (rclone, lftp), one ending in ``_`` or
+    ``-`` is easy to lose when copied."""
+    while True:
+        password = secrets.token_urlsafe(18)
+        if password[0].isalnum() and password[-1].isalnum():
+            return password
+
+
 def account_view(
     account: SftpAccount, *, host: str, port: int, now: dt.datetime, password: str | None = None
 ) -> dict[str, object]:
@@ -193,7 +203,7 @@ class AccountService:
         await self.cases.require_open(case_id)
         keys = [normalize_public_key(k) for k in authorized_keys or []]
         username = "sftp-" + base64.b32encode(secrets.token_bytes(10)).decode().lower()[:12]
-        password = secrets.token_urlsafe(18)
+        password = new_password()
         now = self.clock.now()
         password_hash = await asyncio.to_thread(self.hasher.hash, password)
         account = SftpAccount(

@@ -174,3 +174,13 @@ async def test_purging_a_case_removes_its_accounts(core: Gateway) -> None:
     await core.repo.delete_case_rows("CASE-1")
     assert await core.repo.get_account(issued.account.username) is None
     assert await core.accounts.list_accounts(OPERATOR) == []
+
+
+def test_passwords_never_start_or_end_with_punctuation() -> None:
+    """Generated passwords start and end with a letter or digit, so no command-line client reads one as an
+    option (rclone took a password beginning with '-' for a flag)."""
+    from eftgw.accounts import new_password
+
+    passwords = [new_password() for _ in range(2000)]
+    assert all(p[0].isalnum() and p[-1].isalnum() and len(p) == 24 for p in passwords)
+    assert len(set(passwords)) == len(passwords)

@@ -76,7 +76,12 @@ def test_rclone_copy_and_check(gateway: GatewayThread, tmp_path: Path) -> None:
     for name, data in files.items():
         (source / name).write_bytes(data)
     obscured = subprocess.run(
-        ["rclone", "obscure", account.password], capture_output=True, text=True, check=True, timeout=30
+        ["rclone", "obscure", "-"],
+        input=account.password,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout.strip()
     remote = (
         f":sftp,host=127.0.0.1,port={gateway.port},user={account.username},pass={obscured},"
