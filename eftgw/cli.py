@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -106,21 +107,9 @@ def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     async def action(gw: Gateway) -> int:
         for event in await gw.repo.list_audit(args.case, args.limit):
-            print(
-                json.dumps(
-                    {
-                        "at": isoformat(event.at),
-                        "action": event.action,
-                        "actor": event.actor,
-                        "role": event.role,
-                        "case_id": event.case_id,
-                        "target": event.target,
-                        "remote": event.remote,
-                        "via": event.via,
-                        "detail": event.detail,
-                    }
-                )
-            )
+            fields = dataclasses.asdict(event)
+            del fields["id"]
+            print(json.dumps({**fields, "at": isoformat(event.at)}))
         return 0
 
     return asyncio.run(with_gateway(settings, action))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -170,17 +171,10 @@ def _upload(row: Any) -> Upload:
 
 
 def _audit_values(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "at": event.at,
-        "action": event.action,
-        "actor": event.actor,
-        "role": event.role,
-        "case_id": event.case_id,
-        "target": event.target,
-        "remote": event.remote,
-        "via": event.via,
-        "detail": event.detail,
-    }
+    """The event as column values (the id is the database's)."""
+    values = dataclasses.asdict(event)
+    del values["id"]
+    return values
 
 
 def _file_values(record: FileRecord) -> dict[str, Any]:
