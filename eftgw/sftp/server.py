@@ -3,9 +3,10 @@
 Logins: a password (also through keyboard-interactive, as WinSCP and FileZilla ask) or, if the account has
 authorized keys, a public key whose signature asyncssh verifies against exactly those keys (SHA-1 ``ssh-rsa``
 signatures are refused). Every login goes through :class:`AccountService`: account active, case open. Any
-exception while authenticating rejects the login. A failed login waits ``failure_delay`` seconds before the
-reply and scores against its source address (:class:`LoginDefender`); banned addresses are disconnected
-before they can try again. Unknown and known usernames get the same reply after the same work.
+exception while authenticating rejects the login. A failed password login is answered ``failure_delay``
+seconds after it arrived (:class:`FailurePacer`), whatever its path took, and is scored
+(:class:`LoginDefender`); banned addresses are disconnected before they can try again. Unknown and known
+usernames get the same reply after the same work, at the same moment.
 
 Live sessions: each logged-in connection is a :class:`LiveSession`. Requests check it (account still active,
 case still open); a revocation through :class:`AccountService` cuts the account's sessions at once; a
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +80,28 @@ MAX_FAILURES_PER_CONNECTION = 6
 CUT_MESSAGE = "The SFTP account has expired or was revoked, or the case was closed."
 
 
+class FailurePacer:
+    """Answers every failed password login ``delay`` seconds after the attempt arrived.
+
+    The deadline is set when the attempt arrives, before the account lookup and the argon2id verification,
+    and the reply waits for it: a wrong password for a real account, an unknown account name and a name that
+    cannot be an account are answered at the same moment, however long each path's own work took (as long as
+    that stays under the delay: tens of milliseconds against one second by default). A fixed sleep after the
+    work, instead, would add the work's duration, and its noise, to the reply time.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def deadline(self) -> float:
+        """When a failure of an attempt arriving now is answered (``time.monotonic`` seconds)."""
+        return time.monotonic() + self.delay
+
+    async def wait(self, deadline: float) -> None:
+        """Wait until ``deadline`` (at once if it has passed)."""
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
 class LiveSession:
     """A logged-in SFTP connection; the session guard every request of it checks."""
 
@@ -129,7 +153,7 @@ class SftpService:
         self.port = port if port is not None else settings.sftp_port
         self.context = context or SftpContext(gateway.uploads, gateway.files, gateway.cases)
         self.defender = defender or LoginDefender(gateway.clock)
-        self.failure_delay = failure_delay
+        self.pacer = FailurePacer(failure_delay)
         self.check_interval = check_interval or settings.sftp_session_check_interval
         self.window = window
         self.max_packet = max_packet
@@ -279,14 +303,15 @@ class _AccountSSHServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        deadline = self.service.pacer.deadline()
         try:
             principal = await self.service.accounts.login_password(username, password, self.remote)
         except Unauthenticated:
-            await self._failed(username)
+            await self._failed(username, deadline)
             return False
         except Exception:
             log.exception("SFTP password login of %r failed with an error; rejected", username[:64])
-            await self._failed(username)
+            await self._failed(username, deadline)
             return False
         self._admitted(principal, method=None)
         return True
@@ -324,11 +349,11 @@ class _AccountSSHServer(asyncssh.SSHServer):
         if method is not None:
             self.service.spawn(self.service.accounts.record_login(principal, method=method))
 
-    async def _failed(self, username: str) -> None:
+    async def _failed(self, username: str, deadline: float) -> None:
         self.failures += 1
         banned = self.service.defender.record_failure(self.remote)
         self.service.spawn(self._audit_failure(username))
-        await asyncio.sleep(self.service.failure_delay)
+        await self.service.pacer.wait(deadline)
         if self.conn is not None and (banned or self.failures >= MAX_FAILURES_PER_CONNECTION):
             note = " (banned)" if banned else ""
             log.warning("SFTP logins from %s: too many failures%s", self.remote, note)
