@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -18,13 +17,12 @@ from eftgw.cases import CaseView
 from eftgw.clock import isoformat
 from eftgw.errors import RangeNotSatisfiable
 from eftgw.hashing import repr_digest
+from eftgw.http.headers import parse_range
 from eftgw.http.keys import gateway_of
 from eftgw.http.session import authenticate
 from eftgw.model import FileRecord
 
 routes = web.RouteTableDef()
-
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def case_json(view: CaseView) -> dict[str, Any]:
@@ -100,31 +98,6 @@ async def delete_file(request: web.Request) -> web.StreamResponse:
         principal, request.match_info["case_id"], request.match_info["file_id"]
     )
     return web.Response(status=204)
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """A single byte range as ``(start, end_exclusive)``; ``None`` for the whole file.
-
-    Raises :class:`RangeNotSatisfiable` for a range outside the file; multiple ranges are answered whole.
-    """
-    if not header:
-        return None
-    match = RANGE.match(header.strip())
-    if not match:
-        return None
-    first, last = match.groups()
-    if first == "" and last == "":
-        return None
-    if first == "":
-        suffix = int(last)
-        if suffix == 0:
-            raise RangeNotSatisfiable()
-        return max(0, size - suffix), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if start >= size or end <= start:
-        raise RangeNotSatisfiable()
-    return start, end
 
 
 @routes.get("/api/v1/cases/{case_id}/files/{file_id}/content")

@@ -9,7 +9,6 @@ creation, ``/api/v1/cases/{case_id}/uploads/{upload_id}``.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import AsyncIterator
 from email.utils import format_datetime
 from typing import Any
@@ -22,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from eftgw.clock import isoformat
 from eftgw.errors import BadRequest, DomainError
 from eftgw.hashing import CHECKSUM_ALGORITHMS, ChunkChecksum
+from eftgw.http.headers import parse_integer
 from eftgw.http.keys import gateway_of
 from eftgw.http.middleware import TUS_VERSION
 from eftgw.http.session import authenticate
@@ -61,12 +61,7 @@ def _check_version(request: web.Request) -> None:
 
 
 def _int_header(request: web.Request, name: str) -> int | None:
-    raw = request.headers.get(name)
-    if raw is None:
-        return None
-    if not raw.isdigit() or len(raw) > 19:
-        raise BadRequest(f"{name} must be a non-negative integer.")
-    return int(raw)
+    return parse_integer(name, request.headers.get(name))
 
 
 def parse_metadata(raw: str | None) -> dict[str, str]:
@@ -83,7 +78,7 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
             raise BadRequest("Upload-Metadata is malformed.")
         try:
             value = base64.b64decode(parts[1], validate=True).decode("utf-8") if len(parts) == 2 else ""
-        except (binascii.Error, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
             raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64 UTF-8.") from exc
         out[key] = value
     return out
