@@ -37,6 +37,7 @@ log = logging.getLogger("eftgw.auth")
 
 ALGORITHMS = ["EdDSA"]
 LEEWAY = dt.timedelta(seconds=30)
+MAX_NUMERIC_DATE = 32503680000  # 3000-01-01T00:00:00Z: later "dates" are garbage and overflow arithmetic
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -118,6 +119,17 @@ class TokenSigner:
         return jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": self.kid})
 
 
+def _instant(claim: Any) -> dt.datetime:
+    """A NumericDate claim as a time: seconds from 1970 to the year 3000 only (``10**20`` or ``1e308`` is
+    not a date, and ``True`` is not a number).
+
+    :raises Unauthenticated: for anything else.
+    """
+    if isinstance(claim, bool) or not isinstance(claim, int | float) or not 0 <= claim <= MAX_NUMERIC_DATE:
+        raise Unauthenticated()
+    return dt.datetime.fromtimestamp(int(claim), dt.UTC)
+
+
 class TokenVerifier:
     def __init__(self, keys: dict[str, Ed25519PublicKey], issuer: str, audience: str, clock: Clock) -> None:
         self.keys = keys
@@ -146,8 +158,8 @@ class TokenVerifier:
                 },
             )
             now = self.clock.now()
-            exp = dt.datetime.fromtimestamp(int(payload["exp"]), dt.UTC)
-            nbf = dt.datetime.fromtimestamp(int(payload["nbf"]), dt.UTC)
+            exp, nbf = _instant(payload["exp"]), _instant(payload["nbf"])
+            _instant(payload["iat"])
             if now > exp + LEEWAY or now + LEEWAY < nbf:
                 raise Unauthenticated("The token has expired or is not valid yet.")
             if payload.get("typ") != typ:
@@ -161,7 +173,7 @@ class TokenVerifier:
             return Claims(str(payload["sub"]), role, case_id, typ, str(payload["jti"]), exp, nbf)
         except Unauthenticated:
             raise
-        except (jwt.PyJWTError, ValueError, KeyError, TypeError, BadRequest) as exc:
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError, OverflowError, BadRequest) as exc:
             raise Unauthenticated() from exc
 
 

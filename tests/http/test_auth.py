@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eftgw.model import SYSTEM
@@ -66,6 +67,32 @@ async def test_forged_and_expired_tokens_are_401(gw: RunningGateway) -> None:
     for claim in ("exp", "nbf", "aud", "iss", "jti"):
         assert await status_of(gw, forged(gw, **{claim: None})) == 401, claim
     assert await status_of(gw, forged(gw, typ="launch")) == 401
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": 10**20},
+        {"exp": 1e300},
+        {"exp": float("inf")},
+        {"exp": float("nan")},
+        {"exp": True},
+        {"exp": "2030-01-01"},
+        {"exp": -(10**20)},
+        {"nbf": 10**20},
+        {"nbf": -1},
+        {"iat": 10**20},
+        {"iat": "now"},
+    ],
+)
+async def test_signed_tokens_with_absurd_dates_are_401(gw: RunningGateway, claims: dict[str, object]) -> None:
+    """A correctly signed token whose exp, nbf or iat is not a date (10**20, 1e300, NaN, true, a string) is
+    refused with 401, for API calls and for the launch, instead of overflowing into a 500."""
+    token = forged(gw, **claims)
+    assert await status_of(gw, token) == 401
+    launch = forged(gw, typ="launch", **claims)
+    async with http_session() as s, s.post(f"{gw.url}/api/v1/session", json={"token": launch}) as resp:
+        assert resp.status == 401 and (await resp.json())["code"] == "unauthenticated"
 
 
 async def test_unsigned_and_hmac_tokens_are_refused(gw: RunningGateway) -> None:
