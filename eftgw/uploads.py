@@ -53,6 +53,7 @@ log = logging.getLogger("eftgw.uploads")
 BLOCK_SIZE = 1024 * 1024
 CASE_RECHECK_SECONDS = 2.0
 TOMBSTONE = dt.timedelta(days=1)
+MAX_LENGTH = 2**63 - 1  # the largest size the metadata database stores (a signed 64-bit integer)
 
 
 class BodyInterrupted(Exception):
@@ -110,8 +111,8 @@ class UploadService:
             partials = await self._resolve_partials(principal, case_id, partial_ids or [])
             length = sum(p.length or 0 for p in partials)
         if length is not None:
-            if length < 0:
-                raise BadRequest("Upload-Length must not be negative.")
+            if not 0 <= length <= MAX_LENGTH:
+                raise BadRequest(f"Upload-Length must be from 0 to {MAX_LENGTH}.")
             if self.max_size is not None and length > self.max_size:
                 raise UploadTooLarge(f"The file is larger than this gateway accepts ({self.max_size} bytes).")
         now = self.clock.now()
@@ -137,9 +138,14 @@ class UploadService:
             partials=[p.id for p in partials],
             content_type=sanitize_content_type(metadata.get("filetype") or metadata.get("type")),
         )
-        if concat is not ConcatKind.FINAL:
-            await self.store.create_staging(upload.staging_key)
+        # The row first: a length or name the database refuses must leave no staging data behind.
         await self.repo.add_upload(upload)
+        if concat is not ConcatKind.FINAL:
+            try:
+                await self.store.create_staging(upload.staging_key)
+            except Exception:
+                await self.repo.delete_upload(upload.id)
+                raise
         await self.audit.record(
             "upload.created", principal, case_id, upload.id, name=name, length=length, concat=concat.value
         )
