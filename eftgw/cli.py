@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
-from eftgw.config import Settings
+from eftgw.config import ConfigError, Settings
 from eftgw.errors import DomainError
 from eftgw.gateway import Gateway
 from eftgw.model import Case, Principal, Role
@@ -206,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.load(args.config)
+    try:
+        settings = Settings.load(args.config)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"eftgw: {line}", file=sys.stderr)
+        return 2
     # Admin commands print their result on stdout; only warnings go to the log unless serving.
     level = settings.log_level.upper() if args.command == "serve" else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,20 +6,66 @@ prints the effective configuration with secrets masked.
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 import urllib.parse
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 Region = Literal["us", "emea", "apac"]
+
+
+def split_commas(value: Any) -> Any:
+    """A list setting from the environment: ``a,b`` (as the README documents) or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; ``lines`` has one sentence per problem, naming the variable."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("; ".join(lines))
+
+
+def explain(error: ErrorDetails, config_file: str | None) -> str:
+    """One line for one invalid setting: where it was set, the value (unless secret), what is allowed."""
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    env = f"EFTGW_{field.upper()}"
+    where = env if env in os.environ or not config_file else f"{field!r} in {config_file}"
+    if error["type"] == "extra_forbidden":
+        return f"{where} is not a setting eftgw knows"
+    info = Settings.model_fields.get(field)
+    annotation = info.annotation if info is not None else None
+    secret = "SecretStr" in str(annotation)
+    value = "<hidden>" if secret else repr(error.get("input"))
+    value = value if len(value) <= 80 else value[:77] + "..."
+    if get_origin(annotation) is Literal:
+        choices = ", ".join(str(choice) for choice in get_args(annotation))
+        return f"{where}={value} is not allowed; use one of: {choices}"
+    reason = error["msg"].removeprefix("Value error, ").replace("Input should be", "it must be")
+    return f"{where}={value} is not valid: {reason}"
+
+
+# Every list setting is a CommaList: pydantic-settings would otherwise decode it as JSON before any validator
+# runs, and ``EFTGW_CORS_ORIGINS=https://a.example,https://b.example`` would stop every command.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
 class Settings(BaseSettings):
@@ -71,18 +117,11 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires"
     )
     max_upload_size: int | None = Field(default=None, ge=1, description="Tus-Max-Size; none means no limit")
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: CommaList = Field(default_factory=list)
     clock_offset: float = 0.0
     retention_interval: int = Field(default=300, ge=1)
     retention_days: int = Field(default=30, ge=1)
     log_level: str = "INFO"
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
 
     @classmethod
     def settings_customise_sources(
@@ -101,10 +140,21 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None) -> Settings:
-        """Read the settings; a config file given here wins over ``EFTGW_CONFIG``."""
+        """Read the settings; a config file given here wins over ``EFTGW_CONFIG``.
+
+        :raises ConfigError: naming each bad setting (or the unreadable file) in one line.
+        """
         if config_file is not None:
             os.environ["EFTGW_CONFIG"] = str(config_file)
-        return cls()
+        toml_file = os.environ.get("EFTGW_CONFIG") or None
+        if toml_file is not None and not Path(toml_file).is_file():
+            raise ConfigError([f"config file {toml_file} does not exist"])
+        try:
+            return cls()
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config file {toml_file} is not valid TOML: {exc}"]) from exc
+        except ValidationError as exc:
+            raise ConfigError([explain(error, toml_file) for error in exc.errors(include_url=False)]) from exc
 
     # Derived values -----------------------------------------------------------------------------------
 
