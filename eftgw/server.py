@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -32,6 +34,41 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         return server_context(settings.tls_cert, settings.tls_key)
     cert, key = ensure_self_signed(settings.resolved_data_dir / "tls", settings.host)
     return server_context(cert, key)
+
+
+# Settings an admin command does not need to agree on with the server it administers.
+LOCAL_ONLY = frozenset({"EFTGW_DATA_DIR", "EFTGW_CONFIG", "EFTGW_LOG_LEVEL", "EFTGW_LOG_FORMAT"})
+
+
+def admin_command(settings: Settings) -> str:
+    """The start of an admin command that reaches this server's data from any directory."""
+    cli = Path(sys.executable).with_name("eftgw")
+    eftgw = str(cli) if cli.exists() and shutil.which("eftgw") != str(cli) else "eftgw"
+    words = [f"EFTGW_DATA_DIR={shlex.quote(str(settings.resolved_data_dir))}", shlex.quote(eftgw)]
+    config = os.environ.get("EFTGW_CONFIG")
+    if config:
+        words.append(f"--config {shlex.quote(str(Path(config).resolve()))}")
+    return " ".join(words)
+
+
+def banner(settings: Settings, scheme: str, storage: str, sftp_port: int) -> str:
+    """What ``serve`` prints at start: where it listens, its absolute data dir, and admin commands that work
+    from any directory (a relative data dir would otherwise make them create a second one, with another
+    signing key whose tokens this server refuses)."""
+    admin = admin_command(settings)
+    known = {f"EFTGW_{name.upper()}" for name in Settings.model_fields}
+    shared = sorted(name for name in os.environ if name in known and name not in LOCAL_ONLY)
+    lines = [
+        f"eftgw {settings.region} gateway: {scheme}://{settings.host}:{settings.http_port} "
+        f"(data in {settings.resolved_data_dir}, storage {storage})",
+        f"  open a case:   {admin} case open CASE-1",
+        f"  upload token:  {admin} token CASE-1 --role customer --user alice",
+        f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)",
+        f"  sftp:          port {sftp_port}; accounts: {admin} sftp-account create CASE-1",
+    ]
+    if shared:
+        lines.append("  admin commands also need this server's " + ", ".join(shared))
+    return "\n".join(lines)
 
 
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
@@ -64,19 +101,9 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         ),
     ]
     scheme = "https" if context else "http"
-    cli = Path(sys.executable).with_name("eftgw")
-    eftgw = str(cli) if cli.exists() and shutil.which("eftgw") != str(cli) else "eftgw"
     if context is None:
         log.warning("TLS is off: serving plain HTTP; only run this behind a TLS-terminating load balancer")
-    print(
-        f"eftgw {settings.region} gateway: {scheme}://{settings.host}:{settings.http_port} "
-        f"(data in {settings.resolved_data_dir}, storage {gateway.store.name})\n"
-        f"  open a case:   {eftgw} case open CASE-1\n"
-        f"  upload token:  {eftgw} token CASE-1 --role customer --user alice\n"
-        f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)\n"
-        f"  sftp:          port {sftp.bound_port}; accounts: {eftgw} sftp-account create CASE-1",
-        flush=True,
-    )
+    print(banner(settings, scheme, gateway.store.name, sftp.bound_port), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
