@@ -112,6 +112,15 @@ class Settings(BaseSettings):
     sftp_session_check_interval: float = Field(
         default=5.0, gt=0, description="seconds between checks that cut sessions of expired accounts"
     )
+    # Open files: each SFTP connection and open handle holds a descriptor. The SFTP side as a whole keeps
+    # within max(RLIMIT_NOFILE - sftp_reserved_fds, RLIMIT_NOFILE // 4), leaving the rest to HTTPS.
+    sftp_max_handles_per_session: int = Field(default=64, ge=1, description="open SFTP handles per session")
+    sftp_max_handles_per_account: int = Field(
+        default=128, ge=1, description="open SFTP handles of one account's sessions together"
+    )
+    sftp_reserved_fds: int = Field(
+        default=512, ge=0, description="file descriptors the SFTP side leaves to HTTPS, database and storage"
+    )
 
     upload_expiry: int = Field(
         default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires"

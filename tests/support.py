@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,7 @@ class GatewayProcess:
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec_fn: Callable[[], None] | None = None  # e.g. lower the process's limits
         self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
 
     @property
@@ -162,7 +163,11 @@ class GatewayProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process writes to it until it ends
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eftgw", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "eftgw", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec_fn,
         )
         log.close()
         deadline = time.monotonic() + timeout

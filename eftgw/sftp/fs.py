@@ -53,6 +53,7 @@ from eftgw.model import FileRecord, Principal, Upload, UploadState
 from eftgw.sftp.area import OWNERS, CaseArea, Entry, root_attrs
 from eftgw.sftp.buffer import BufferedUpload, WriterDetached, WriterRegistry, WriterRetired
 from eftgw.sftp.handles import ReadHandle, WriteHandle
+from eftgw.sftp.limits import FileBudget, node_budget
 from eftgw.sftp.paths import ROOT, case_name, display_path, is_temporary
 from eftgw.sftp.status import translated
 from eftgw.uploads import UploadService
@@ -85,6 +86,9 @@ class SftpContext:
     buffer_capacity: int = 8 * MIB
     part_size: int = 64 * MIB
     max_write_handles: int = 8
+    budget: FileBudget = field(
+        default_factory=lambda: FileBudget(per_session=64, per_account=128, node=node_budget(512))
+    )
 
     def remember_mtime(self, upload_id: str, seconds: int) -> None:
         if len(self.pending_mtimes) >= 10_000:  # bounded: forget the oldest
@@ -105,6 +109,12 @@ class CaseSFTPServer(SFTPServer):
         self._writes: set[WriteHandle] = set()
         self._reads: set[ReadHandle] = set()
         self._tearing_down = False
+        self.files_open = context.budget.session(self.principal.user)
+
+    @property
+    def max_open_handles(self) -> int:
+        """The handles this session may hold open at once (told to clients through ``limits@openssh.com``)."""
+        return self.ctx.budget.per_session
 
     def begin_teardown(self) -> None:
         """The connection is ending: handles closed from now on keep their data but do not finish."""
@@ -168,15 +178,22 @@ class CaseSFTPServer(SFTPServer):
             await self.guard.authorize()
             if name == ROOT:
                 raise SFTPFailure("/ is the case folder; open a file in it.")
-            if pflags & (FXF_WRITE | FXF_APPEND):
-                return await self._open_for_write(name, pflags)
-            entry = await self._entry(name)
-            if entry.record is None:
-                raise SFTPPermissionDenied(f"{name} is still being uploaded; it can be read when complete.")
-            handle = ReadHandle(self.ctx.files, self.principal, entry.record)
-            await handle.start()
-            self._reads.add(handle)
-            return handle
+            self.files_open.opening()  # each handle holds a descriptor: counted before it is made
+            try:
+                if pflags & (FXF_WRITE | FXF_APPEND):
+                    return await self._open_for_write(name, pflags)
+                entry = await self._entry(name)
+                if entry.record is None:
+                    raise SFTPPermissionDenied(
+                        f"{name} is still being uploaded; it can be read when complete."
+                    )
+                handle = ReadHandle(self.ctx.files, self.principal, entry.record)
+                await handle.start()
+                self._reads.add(handle)
+                return handle
+            except BaseException:
+                self.files_open.closed()
+                raise
 
     async def _open_for_write(self, name: str, pflags: int) -> WriteHandle:
         if len(self._writes) >= self.ctx.max_write_handles:
@@ -251,12 +268,16 @@ class CaseSFTPServer(SFTPServer):
 
     async def close(self, file_obj: object) -> None:
         if isinstance(file_obj, ReadHandle):
-            self._reads.discard(file_obj)
+            if file_obj in self._reads:
+                self._reads.discard(file_obj)
+                self.files_open.closed()
             await file_obj.close()
             return
         if not isinstance(file_obj, WriteHandle):
             return
-        self._writes.discard(file_obj)
+        if file_obj in self._writes:
+            self._writes.discard(file_obj)
+            self.files_open.closed()
         buffer = file_obj.buffer
         if self._tearing_down:
             await self._keep(file_obj)
@@ -306,6 +327,7 @@ class CaseSFTPServer(SFTPServer):
     def exit(self) -> None:
         self._reads.clear()
         self._writes.clear()
+        self.files_open.close_all()
 
     # attributes ----------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from eftgw.model import Principal, Role
 from eftgw.sftp.defender import LoginDefender
 from eftgw.sftp.fs import CaseSFTPServer, SftpContext
 from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
+from eftgw.sftp.limits import FileBudget, limit_accept_error_logs, listening_socket, node_budget
 from eftgw.sftp.session import SFTPOnlySession
 
 log = logging.getLogger("eftgw.sftp")
@@ -151,7 +152,16 @@ class SftpService:
         self.audit: AuditLog = gateway.audit
         self.host = host if host is not None else settings.host
         self.port = port if port is not None else settings.sftp_port
-        self.context = context or SftpContext(gateway.uploads, gateway.files, gateway.cases)
+        self.context = context or SftpContext(
+            gateway.uploads,
+            gateway.files,
+            gateway.cases,
+            budget=FileBudget(
+                per_session=settings.sftp_max_handles_per_session,
+                per_account=settings.sftp_max_handles_per_account,
+                node=node_budget(settings.sftp_reserved_fds),
+            ),
+        )
         self.defender = defender or LoginDefender(gateway.clock)
         self.pacer = FailurePacer(failure_delay)
         self.check_interval = check_interval or settings.sftp_session_check_interval
@@ -163,6 +173,8 @@ class SftpService:
         self._listener: asyncssh.SSHAcceptor | None = None
         self._checker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._busy_refusals = 0
+        self._busy_logged_at = -60.0
 
     @property
     def bound_port(self) -> int:
@@ -175,10 +187,11 @@ class SftpService:
         keys = await asyncio.to_thread(load_or_create_host_keys, self.host_keys_dir)
         await self.accounts.prepare()
         self.accounts.on_revoke(self._revoked)
+        limit_accept_error_logs()
+        backlog = 256
         self._listener = await asyncssh.create_server(
             lambda: _AccountSSHServer(self),
-            self.host,
-            self.port,
+            sock=listening_socket(self.host, self.port, backlog),
             server_host_keys=host_key_pairs(keys, SIGNATURE_ALGS),
             server_version="eftgw",
             kex_algs=KEX_ALGS,
@@ -195,11 +208,15 @@ class SftpService:
             keepalive_count_max=3,
             window=self.window,
             max_pktsize=self.max_packet,
-            backlog=256,
+            backlog=backlog,
         )
         self._checker = asyncio.create_task(self._check_periodically(), name="sftp-session-check")
         log.info(
-            "SFTP listening on %s:%d; host keys %s", self.host, self.bound_port, ", ".join(fingerprints(keys))
+            "SFTP listening on %s:%d; host keys %s; at most %d descriptors (connections and open files)",
+            self.host,
+            self.bound_port,
+            ", ".join(fingerprints(keys)),
+            self.context.budget.node,
         )
 
     async def stop(self) -> None:
@@ -256,6 +273,18 @@ class SftpService:
             except Exception:
                 log.exception("checking live SFTP sessions failed; retrying")
 
+    def refused_busy(self) -> None:
+        """A connection was refused: the node's descriptor budget is spent (logged once a minute)."""
+        self._busy_refusals += 1
+        now = time.monotonic()
+        if now >= self._busy_logged_at + 60:
+            self._busy_logged_at = now
+            log.warning(
+                "SFTP connections refused: the node's budget of %d descriptors is spent (%d refused so far)",
+                self.context.budget.node,
+                self._busy_refusals,
+            )
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -271,17 +300,26 @@ class _AccountSSHServer(asyncssh.SSHServer):
         self.remote = "unknown"
         self.failures = 0
         self.session: LiveSession | None = None
+        self.counted = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.service.connections.add(conn)
         peer = conn.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else "unknown"
+        self.counted = self.service.context.budget.connect()
+        if not self.counted:
+            self.service.refused_busy()
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "The gateway is busy; try again later.")
+            return
         if self.service.defender.is_banned(self.remote):
             log.warning("SFTP connection from banned address %s closed", self.remote)
             conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            self.service.context.budget.disconnect()
         if self.conn is not None:
             self.service.connections.discard(self.conn)
         if self.session is not None:

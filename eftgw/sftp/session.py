@@ -8,7 +8,7 @@ Two things are not reachable through asyncssh's public ``sftp_factory``, so the 
 - write requests with bytes after the data, which OpenSSH's sftp-server ignores and rclone sends;
 - the extensions offered: only what the case area supports (``posix-rename``, ``fsync``, ``lsetstat``,
   ``limits``), and limits that keep one request's memory small (256 KiB reads and writes, as OpenSSH's
-  sftp-server; a bounded number of handles).
+  sftp-server; the session's limit of open handles).
 
 This uses asyncssh internals (``SFTPServerHandler``, ``SSHServerStreamSession``); asyncssh is pinned exactly
 and ``tests/sftp`` exercise every path here with real clients.
@@ -72,7 +72,8 @@ class _GatewaySFTPHandler(SFTPServerHandler):
 
     async def _process_limits(self, packet: SSHPacket) -> SFTPLimits:
         packet.check_end()
-        return SFTPLimits(MAX_REQUEST + 1024, MAX_REQUEST, MAX_REQUEST, MAX_OPEN_HANDLES)
+        handles = getattr(self._server, "max_open_handles", MAX_OPEN_HANDLES)
+        return SFTPLimits(MAX_REQUEST + 1024, MAX_REQUEST, MAX_REQUEST, handles)
 
     _packet_handlers = {  # noqa: RUF012
         **{
