@@ -42,6 +42,7 @@ from eftgw.clock import Clock, isoformat
 from eftgw.errors import BadRequest, DomainError, Forbidden, Unauthenticated
 from eftgw.metadata import Repository
 from eftgw.model import CaseState, Principal, Role, SftpAccount
+from eftgw.secretfile import load_or_create
 
 log = logging.getLogger("eftgw.accounts")
 
@@ -81,20 +82,9 @@ class IssuedAccount:
 
 def load_or_create_account_key(path: Path) -> bytes:
     """The AES-256 key that seals account passwords: made once (mode 0600) and kept."""
-    if path.exists():
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise ValueError(f"{path} must hold exactly 32 bytes (an AES-256 key)")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = AESGCM.generate_key(bit_length=256)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    key = load_or_create(path, lambda: AESGCM.generate_key(bit_length=256))
+    if len(key) != 32:
+        raise ValueError(f"{path} must hold exactly 32 bytes (an AES-256 key)")
     return key
 
 

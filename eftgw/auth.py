@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from eftgw.errors import BadRequest, Unauthenticated
 from eftgw.ids import check_case_id, new_secret, secret_hash
 from eftgw.metadata import Repository
 from eftgw.model import Principal, Role, Session
+from eftgw.secretfile import load_or_create
 
 log = logging.getLogger("eftgw.auth")
 
@@ -47,21 +47,15 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """The gateway's own issuer key: generated once (mode 0600) and kept."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-    os.replace(tmp, path)
+
+    def make() -> bytes:
+        return Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    key = serialization.load_pem_private_key(load_or_create(path, make), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
     return key
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -13,14 +12,26 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from eftgw.secretfile import load_or_create
+
 
 def ensure_self_signed(directory: Path, host: str) -> tuple[Path, Path]:
     """Return (cert, key) paths in ``directory``, creating an ECDSA P-256 self-signed pair if missing."""
     cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+
+    def make_key() -> bytes:
+        return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    key = serialization.load_pem_private_key(load_or_create(key_path, make_key), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an EC private key")
+    load_or_create(cert_path, lambda: _self_signed_cert(key, host))
+    return cert_path, key_path
+
+
+def _self_signed_cert(key: ec.EllipticCurvePrivateKey, host: str) -> bytes:
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     for candidate in {host, "127.0.0.1", "::1"}:
         try:
@@ -41,15 +52,7 @@ def ensure_self_signed(directory: Path, host: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

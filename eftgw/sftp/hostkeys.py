@@ -13,6 +13,8 @@ from pathlib import Path
 
 import asyncssh
 
+from eftgw.secretfile import load_or_create
+
 HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("ssh_host_ed25519_key", "ssh-ed25519", {}),
     ("ssh_host_rsa_key", "ssh-rsa", {"key_size": 3072}),
@@ -26,11 +28,16 @@ def load_or_create_host_keys(directory: Path) -> list[asyncssh.SSHKey]:
     keys = []
     for filename, algorithm, options in HOST_KEYS:
         path = directory / filename
-        if not path.exists():
-            key = asyncssh.generate_private_key(algorithm, comment="eftgw host key", **options)
-            _write_private(path, key.export_private_key("openssh"))
-            path.with_name(filename + ".pub").write_bytes(key.export_public_key("openssh"))
-        keys.append(asyncssh.read_private_key(path))
+
+        def make(algorithm: str = algorithm, options: dict[str, int] = options) -> bytes:
+            made = asyncssh.generate_private_key(algorithm, comment="eftgw host key", **options)
+            return bytes(made.export_private_key("openssh"))
+
+        key = asyncssh.import_private_key(load_or_create(path, make))
+        public = path.with_name(filename + ".pub")
+        if not public.exists():
+            public.write_bytes(key.export_public_key("openssh"))
+        keys.append(key)
     return keys
 
 
@@ -50,13 +57,3 @@ def host_key_pairs(keys: list[asyncssh.SSHKey], allowed: list[str]) -> list[asyn
 def fingerprints(keys: list[asyncssh.SSHKey]) -> list[str]:
     """``<algorithm> SHA256:...`` of each key, as ``ssh-keygen -l`` shows them, for operators to publish."""
     return [f"{key.get_algorithm()} {key.get_fingerprint('sha256')}" for key in keys]
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
