@@ -130,3 +130,9 @@ class Conflict(DomainError):
     code = "conflict"
     status = 409
     default_message = "The request conflicts with the current state."
+
+
+class BodyInterrupted(Exception):
+    """The transport lost the request body midway (client gone). What arrived before is kept.
+
+    Not a :class:`DomainError`: nobody is left to answer; transports log it and close."""

@@ -24,12 +24,14 @@ class UploadLease:
     def __init__(self) -> None:
         self.interrupted = asyncio.Event()
 
-    def still_valid(self) -> bool:
-        """False once a newer request took over; a holder must then stop writing."""
+    def may_continue(self) -> bool:
+        """Whether the holder may go on reading and writing: ``False`` once a newer request asked to take
+        over (or the lease expired). A holder that may not continue commits what arrived and lets go."""
         return not self.interrupted.is_set()
 
-    def holds(self) -> bool:
-        """Whether the lock is still held at all; ``False`` once a lease expired: commit nothing then."""
+    def may_commit(self) -> bool:
+        """Whether the holder may still commit to the store: ``False`` only once the lease expired (another
+        holder may be writing now). A holder asked to let go still may, and must, commit what arrived."""
         return True
 
 

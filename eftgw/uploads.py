@@ -29,6 +29,7 @@ from eftgw.cases import CaseService
 from eftgw.clock import Clock
 from eftgw.errors import (
     BadRequest,
+    BodyInterrupted,
     ChecksumMismatch,
     DomainError,
     Forbidden,
@@ -54,10 +55,6 @@ BLOCK_SIZE = 1024 * 1024
 CASE_RECHECK_SECONDS = 2.0
 TOMBSTONE = dt.timedelta(days=1)
 MAX_LENGTH = 2**63 - 1  # the largest size the metadata database stores (a signed 64-bit integer)
-
-
-class BodyInterrupted(Exception):
-    """The transport lost the request body midway (client gone). What arrived before is kept."""
 
 
 class _TakenOver(Exception):
@@ -335,7 +332,9 @@ class UploadService:
     async def _commit(
         self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int, lease: UploadLease
     ) -> None:
-        if not lease.holds():  # the lease expired (e.g. the database was unreachable): another may write now
+        if (
+            not lease.may_commit()
+        ):  # the lease expired (e.g. the database was unreachable): another may write now
             raise UploadLocked("This request lost its lock on the upload; what it sent was not kept.")
         durable = await writer.commit()
         upload.offset += written
@@ -571,11 +570,9 @@ class UploadService:
 
 async def _next_chunk(iterator: AsyncIterator[bytes], lease: UploadLease) -> bytes | None:
     """The next chunk of the body, ``None`` at its end; raises :class:`_TakenOver` if a newer request came."""
-    if not lease.still_valid():
+    if not lease.may_continue():
         raise _TakenOver()
     read = asyncio.ensure_future(anext(iterator, None))
-    if read.done():
-        return read.result()
     interrupted = asyncio.ensure_future(lease.interrupted.wait())
     try:
         done, _ = await asyncio.wait({read, interrupted}, return_when=asyncio.FIRST_COMPLETED)

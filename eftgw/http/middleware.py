@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from eftgw.errors import DomainError
+from eftgw.errors import BodyInterrupted, DomainError
 from eftgw.http.keys import gateway_of
-from eftgw.uploads import BodyInterrupted
 
 log = logging.getLogger("eftgw.http")
 access_log = logging.getLogger("eftgw.access")

@@ -19,14 +19,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from eftgw.clock import isoformat
-from eftgw.errors import BadRequest, DomainError
+from eftgw.errors import BadRequest, BodyInterrupted, DomainError
 from eftgw.hashing import CHECKSUM_ALGORITHMS, ChunkChecksum
 from eftgw.http.headers import parse_integer
 from eftgw.http.keys import gateway_of
 from eftgw.http.middleware import TUS_VERSION
 from eftgw.http.session import authenticate
 from eftgw.model import ConcatKind, Upload, UploadState
-from eftgw.uploads import BodyInterrupted
 
 routes = web.RouteTableDef()
 

@@ -8,10 +8,11 @@ The protocol is :class:`eftgw.locks.UploadLocks`, the same as in one process:
 2. Each node renews all its leases with one UPDATE every ``heartbeat`` seconds. A holder whose lease was
    flagged sees it at its next heartbeat (at once if the newer request is on the same node): its lease's
    ``interrupted`` event is set, the upload service stops reading the body, commits what arrived, releases.
-3. A holder that cannot renew (its database connection is gone) stops on its own: its lease stops
-   :meth:`~SqlLease.holds` ``ttl / 2`` after the last renewal it sent, well before the database lets anyone
-   else take it (``ttl`` after that renewal). The upload service checks :meth:`~SqlLease.holds` before it
-   commits to the store, so a stale holder does not overwrite data of the newer one.
+3. A holder that cannot renew (its database connection is gone) stops on its own: its lease's
+   :meth:`~SqlLease.may_commit` turns false ``ttl / 2`` after the last renewal it sent, well before the
+   database lets anyone else take it (``ttl`` after that renewal). The upload service checks
+   :meth:`~SqlLease.may_commit` before it commits to the store, so a stale holder does not overwrite data of
+   the newer one.
 4. Fencing: each lease carries the fence it was taken with. ``SqlRepository.save_progress(upload, fence)``
    records a new offset only while the lease row still has that fence, so a holder that lost its lease
    (it paused longer than ``ttl``) can never move an offset another holder acknowledged.
@@ -43,7 +44,7 @@ def upload_lease_name(upload_id: str) -> str:
 
 
 class SqlLease(UploadLease):
-    """A held upload lease: ``fence`` for fenced writes, :meth:`holds` for the holder's own deadline."""
+    """A held upload lease: ``fence`` for fenced writes, :meth:`may_commit` for the holder's own deadline."""
 
     fence: int
 
@@ -70,11 +71,11 @@ class SqlLease(UploadLease):
         self._lost = True
         self.interrupted.set()
 
-    def holds(self) -> bool:
+    def may_commit(self) -> bool:
         return not self._lost and time.monotonic() < self._deadline
 
-    def still_valid(self) -> bool:
-        return not self.interrupted.is_set() and self.holds()
+    def may_continue(self) -> bool:
+        return not self.interrupted.is_set() and self.may_commit()
 
     def close(self) -> None:
         if self._timer is not None:

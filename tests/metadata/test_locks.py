@@ -48,7 +48,7 @@ async def test_two_nodes_never_hold_one_upload_at_once(nodes: Callable[[], SqlRe
                 assert inside == 1
                 fences.append(lease.fence)
                 await asyncio.sleep(0.05)
-                assert lease.holds()
+                assert lease.may_commit()
                 inside -= 1
         except UploadLocked:
             pass
@@ -69,7 +69,7 @@ async def test_a_newer_request_on_another_node_interrupts_the_holder(
         async with node_a.hold("u1") as first:
             newer = asyncio.create_task(_hold_once(node_b, "u1"))
             await asyncio.wait_for(first.interrupted.wait(), 3)
-            assert not first.still_valid() and first.holds()  # asked to let go, but still the holder
+            assert not first.may_continue() and first.may_commit()  # asked to let go, but still the holder
             assert not newer.done()
         second_fence = await newer
     assert second_fence == first.fence + 1
@@ -105,7 +105,7 @@ async def test_a_holder_gives_up_when_it_cannot_renew(
     async with asyncio.timeout(30), node_a.hold("u1") as lease:
         monkeypatch.setattr(node_a.leases, "renew", unreachable)
         await asyncio.wait_for(lease.interrupted.wait(), 3)
-        assert not lease.holds()
+        assert not lease.may_commit()
 
 
 async def test_a_stale_holder_cannot_record_progress(nodes: Callable[[], SqlRepository]) -> None:

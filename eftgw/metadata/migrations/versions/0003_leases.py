@@ -1,7 +1,7 @@
 """Leases: cross-node upload locks with fencing tokens, and leaders of once-per-region jobs.
 
 Revision ID: 0003
-Revises: 0001 (to be rechained after 0002_sftp_accounts when both branches meet)
+Revises: 0002
 """
 
 from __future__ import annotations
