@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from eftgw.audit import AuditLog
-from eftgw.clock import Clock
+from eftgw.clock import Clock, isoformat
 from eftgw.errors import CaseClosed, CaseNotFound, Conflict, Forbidden
 from eftgw.ids import check_case_id
 from eftgw.metadata import Repository
@@ -16,8 +17,21 @@ from eftgw.model import Case, CaseState, Principal
 
 @dataclass
 class CaseView:
+    """A case as its users see it: its state and, once closed, when its data will be purged."""
+
     case: Case
     purge_due_at: dt.datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The case as the HTTP API and the CLI print it (one shape for both)."""
+        case = self.case
+        return {
+            "id": case.id,
+            "state": case.state.value,
+            "opened_at": isoformat(case.opened_at),
+            "closed_at": isoformat(case.closed_at) if case.closed_at else None,
+            "purge_due_at": isoformat(self.purge_due_at) if self.purge_due_at else None,
+        }
 
 
 class CaseService:
@@ -38,7 +52,10 @@ class CaseService:
     async def view(self, principal: Principal, case_id: str) -> CaseView:
         if not principal.may_access_case(case_id):
             raise CaseNotFound()
-        case = await self.get(case_id)
+        return self.view_of(await self.get(case_id))
+
+    def view_of(self, case: Case) -> CaseView:
+        """The view of a case already read (no access check: the caller has made it)."""
         return CaseView(case, case.purge_due_at(self.retention))
 
     async def require_open(self, case_id: str) -> Case:

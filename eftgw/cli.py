@@ -11,26 +11,14 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import ConfigError, Settings
 from eftgw.errors import DomainError
 from eftgw.gateway import Gateway
-from eftgw.model import Case, Principal, Role
+from eftgw.model import Principal, Role
 
 OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
-
-
-def case_json(gateway: Gateway, case: Case) -> dict[str, Any]:
-    due = case.purge_due_at(gateway.cases.retention)
-    return {
-        "id": case.id,
-        "state": case.state.value,
-        "opened_at": isoformat(case.opened_at),
-        "closed_at": isoformat(case.closed_at) if case.closed_at else None,
-        "purge_due_at": isoformat(due) if due else None,
-    }
 
 
 async def with_gateway(
@@ -62,7 +50,7 @@ def cmd_case(settings: Settings, args: argparse.Namespace) -> int:
             case = await gw.cases.reopen(OPERATOR, args.case_id)
         else:
             case = await gw.cases.get(args.case_id)
-        print(json.dumps(case_json(gw, case)))
+        print(json.dumps(gw.cases.view_of(case).as_json()))
         return 0
 
     return asyncio.run(with_gateway(settings, action))

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from eftgw.accounts import AccountNotFound
 from eftgw.errors import BadRequest
-from eftgw.http.integration import _json_body, service_principal
+from eftgw.http.bodies import json_object
 from eftgw.http.keys import gateway_of
-from eftgw.http.session import authenticate
+from eftgw.http.session import authenticate, service_principal
 
 routes = web.RouteTableDef()
 
@@ -36,7 +36,7 @@ async def case_account(request: web.Request) -> web.StreamResponse:
 @routes.post("/api/v1/integration/cases/{case_id}/sftp-accounts")
 async def create_account(request: web.Request) -> web.StreamResponse:
     principal = await service_principal(request)
-    body = await _json_body(request)
+    body = await json_object(request)
     keys = body.get("authorized_keys", [])
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise BadRequest("authorized_keys must be a list of OpenSSH public key lines.")

@@ -25,17 +25,6 @@ from eftgw.model import FileRecord
 routes = web.RouteTableDef()
 
 
-def case_json(view: CaseView) -> dict[str, Any]:
-    case = view.case
-    return {
-        "id": case.id,
-        "state": case.state.value,
-        "opened_at": isoformat(case.opened_at),
-        "closed_at": isoformat(case.closed_at) if case.closed_at else None,
-        "purge_due_at": isoformat(view.purge_due_at) if view.purge_due_at else None,
-    }
-
-
 def file_json(record: FileRecord, view: CaseView | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": record.id,
@@ -64,7 +53,7 @@ def content_disposition(name: str) -> str:
 async def get_case(request: web.Request) -> web.StreamResponse:
     principal = await authenticate(request)
     view = await gateway_of(request).cases.view(principal, request.match_info["case_id"])
-    return web.json_response(case_json(view))
+    return web.json_response(view.as_json())
 
 
 @routes.get("/api/v1/cases/{case_id}/files")

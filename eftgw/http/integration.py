@@ -8,37 +8,16 @@ launch token and the URL to open in the pop-up.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from eftgw.clock import parse_instant
-from eftgw.errors import BadRequest, Forbidden
-from eftgw.http.files import case_json
+from eftgw.errors import BadRequest
+from eftgw.http.bodies import json_object
 from eftgw.http.keys import gateway_of
-from eftgw.http.session import authenticate
+from eftgw.http.session import service_principal
 from eftgw.model import Principal, Role
 
 routes = web.RouteTableDef()
-
-
-async def service_principal(request: web.Request) -> Principal:
-    principal = await authenticate(request)
-    if principal.role is not Role.SERVICE or principal.via != "token":
-        raise Forbidden("The integration API is for the case system's service token.")
-    return principal
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise BadRequest("The body must be JSON.") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The body must be a JSON object.")
-    return body
 
 
 @routes.post("/api/v1/integration/cases/{case_id}/{action:open|close|reopen}")
@@ -51,7 +30,7 @@ async def case_action(request: web.Request) -> web.StreamResponse:
     elif action == "reopen":
         await gateway.cases.reopen(principal, case_id)
     else:
-        body = await _json_body(request)
+        body = await json_object(request)
         raw = body.get("closed_at")
         try:
             at = parse_instant(raw) if isinstance(raw, str) else None
@@ -59,7 +38,7 @@ async def case_action(request: web.Request) -> web.StreamResponse:
             raise BadRequest("closed_at must be an ISO 8601 time.") from exc
         await gateway.cases.close(principal, case_id, at)
     view = await gateway.cases.view(Principal(principal.user, Role.ENGINEER), case_id)
-    return web.json_response(case_json(view))
+    return web.json_response(view.as_json())
 
 
 @routes.get("/api/v1/integration/cases/{case_id}")
@@ -68,14 +47,14 @@ async def case_show(request: web.Request) -> web.StreamResponse:
     view = await gateway_of(request).cases.view(
         Principal(principal.user, Role.ENGINEER), request.match_info["case_id"]
     )
-    return web.json_response(case_json(view))
+    return web.json_response(view.as_json())
 
 
 @routes.post("/api/v1/integration/launch-tokens")
 async def launch_token(request: web.Request) -> web.StreamResponse:
     await service_principal(request)
     gateway = gateway_of(request)
-    body = await _json_body(request)
+    body = await json_object(request)
     try:
         role = Role(body.get("role", "customer"))
     except ValueError as exc:

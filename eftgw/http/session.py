@@ -19,9 +19,9 @@ from aiohttp import web
 
 from eftgw.auth import AuthService
 from eftgw.clock import isoformat
-from eftgw.errors import BadRequest, CsrfRejected, Unauthenticated
+from eftgw.errors import BadRequest, CsrfRejected, Forbidden, Unauthenticated
 from eftgw.http.keys import PRINCIPAL_KEY, gateway_of
-from eftgw.model import Principal, Session
+from eftgw.model import Principal, Role, Session
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -60,6 +60,14 @@ async def authenticate(request: web.Request) -> Principal:
             raise CsrfRejected()
         principal = AuthService.session_principal(session, remote_of(request))
     request[PRINCIPAL_KEY] = principal
+    return principal
+
+
+async def service_principal(request: web.Request) -> Principal:
+    """The case system's service principal; anyone else gets 403 (the integration API is its alone)."""
+    principal = await authenticate(request)
+    if principal.role is not Role.SERVICE or principal.via != "token":
+        raise Forbidden("The integration API is for the case system's service token.")
     return principal
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from eftgw.model import Case, CaseState
+from eftgw.model import Case
 
 
 @dataclass(frozen=True)
@@ -17,10 +17,8 @@ class DuePurge:
 
 
 def due_at(case: Case, retention: dt.timedelta) -> dt.datetime | None:
-    """When the case's data is to be purged, or ``None`` while it is open."""
-    if case.state is CaseState.OPEN or case.closed_at is None:
-        return None
-    return case.closed_at + retention
+    """When the case's data is to be purged, or ``None`` while it is open (:meth:`Case.purge_due_at`)."""
+    return case.purge_due_at(retention)
 
 
 def due_purges(cases: Iterable[Case], now: dt.datetime, retention: dt.timedelta) -> list[DuePurge]:
