@@ -1,8 +1,9 @@
 """Table definitions used by the repository's queries.
 
 The schema itself is created and changed only by the Alembic migrations in ``migrations/versions``; these
-definitions describe the newest version and must be kept in step with them
-(``tests/metadata/test_repository.py`` checks that a migrated database has exactly these columns).
+definitions describe the newest version and must be kept in step with them: Alembic's own comparison (what
+``alembic check`` runs) must find no difference in tables, columns, types, indexes or constraints between a
+migrated database and these definitions, on SQLite and PostgreSQL (``tests/metadata/test_repository.py``).
 
 Tables: ``cases`` (state and closure time), ``files`` (completed files, keyed by an opaque id, with the object
 key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions``
