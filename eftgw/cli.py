@@ -115,6 +115,20 @@ def cmd_orphans(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(with_gateway(settings, action))
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-hash stored files against their recorded SHA-256; exit 1 if one is damaged, missing or unread."""
+    from eftgw.scrub import scrub
+
+    async def action(gw: Gateway) -> int:
+        if args.case is not None:
+            await gw.cases.get(args.case)  # CaseNotFound for a case this gateway does not know
+        report = await scrub(gw.repo, gw.store, args.case)
+        print(json.dumps(report.as_json(), indent=2))
+        return 0 if report.ok else 1
+
+    return asyncio.run(with_gateway(settings, action))
+
+
 def cmd_sftp_account(settings: Settings, args: argparse.Namespace) -> int:
     async def action(gw: Gateway) -> int:
         if args.action == "create":
@@ -183,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", help="only this case's events")
     p.add_argument("--limit", type=int, default=1000)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("verify", help="re-hash stored files against their SHA-256; print a JSON report")
+    p.add_argument("--case", help="only this case's files (default: every case)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("sftp-account", help="create, show, list or revoke temporary SFTP accounts")
     p.add_argument("action", choices=["create", "show", "list", "revoke"])

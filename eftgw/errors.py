@@ -15,6 +15,8 @@ class DomainError(Exception):
     code: ClassVar[str] = "error"
     status: ClassVar[int] = 400
     default_message: ClassVar[str] = "The request could not be processed."
+    retry_after: ClassVar[int | None] = None
+    """Seconds after which trying again may help (HTTP ``Retry-After``); ``None``: retrying will not help."""
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or self.default_message
@@ -121,9 +123,44 @@ class RangeNotSatisfiable(DomainError):
 
 
 class StorageUnavailable(DomainError):
+    """The object store failed or cannot be reached; nothing that was acknowledged is lost.
+
+    ``offset`` is set (by :meth:`kept_at`) when the error interrupted an upload: the durable offset to resume
+    from. Transports say it to the client (tus ``Upload-Offset``; the SFTP status message).
+    """
+
     code = "storage_unavailable"
     status = 503
+    retry_after = 30
     default_message = "File storage is unavailable right now; your upload is kept, try again shortly."
+    offset: int | None = None
+
+    def kept_at(self, offset: int) -> StorageUnavailable:
+        """The same error, saying at which offset the upload it interrupted is kept."""
+        kept = type(self)(self.message_at(offset))
+        kept.offset = offset
+        kept.__cause__ = self.__cause__ or self
+        return kept
+
+    @staticmethod
+    def message_at(offset: int) -> str:
+        return (
+            "File storage is unavailable right now; your upload is kept, try again shortly."
+            f" It resumes at offset {offset}."
+        )
+
+
+class StorageFull(StorageUnavailable):
+    """The object store has no space (or quota) left; nothing past the last acknowledged offset was kept."""
+
+    code = "storage_full"
+    status = 507
+    retry_after = 300
+    default_message = "The gateway's storage is full; everything it acknowledged is kept. Retry later."
+
+    @staticmethod
+    def message_at(offset: int) -> str:
+        return f"The gateway's storage is full; your upload is kept at offset {offset} \u2014 retry later."
 
 
 class Conflict(DomainError):

@@ -16,6 +16,12 @@ CHECKSUM_FAILURES = Counter(
     "eftgw_checksum_failures", "Chunks discarded for a checksum mismatch", registry=REGISTRY
 )
 DOWNLOADED_BYTES = Counter("eftgw_download_bytes", "Bytes sent to downloaders", registry=REGISTRY)
+INTEGRITY_FAILURES = Counter(
+    "eftgw_integrity_failures",
+    "Stored files found damaged (bytes not matching the recorded SHA-256) or missing, by who found it",
+    ["found_by"],
+    registry=REGISTRY,
+)
 PURGED_CASES = Counter("eftgw_retention_purged_cases", "Cases purged by retention", registry=REGISTRY)
 PURGED_FILES = Counter("eftgw_retention_purged_files", "Files purged by retention", registry=REGISTRY)
 PURGED_BYTES = Counter("eftgw_retention_purged_bytes", "Bytes purged by retention", registry=REGISTRY)

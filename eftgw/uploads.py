@@ -35,6 +35,7 @@ from eftgw.errors import (
     Forbidden,
     LengthExceeded,
     OffsetMismatch,
+    StorageUnavailable,
     UploadGone,
     UploadIncomplete,
     UploadLocked,
@@ -238,10 +239,15 @@ class UploadService:
                 )
             if declared_length is not None:
                 self._declare_length(upload, declared_length)
-            digests = await self._digests_for(upload)
-            await self._write_body(upload, body, digests, checksum, lease)
-            if upload.is_complete:
-                await self._complete(upload, principal, self._digests.get(upload.id))
+            try:
+                digests = await self._digests_for(upload)
+                await self._write_body(upload, body, digests, checksum, lease)
+                if upload.is_complete:
+                    await self._complete(upload, principal, self._digests.get(upload.id))
+            except StorageUnavailable as exc:
+                # Nothing past the durable offset was kept; tell the client where its upload stands.
+                log.warning("upload %s kept at offset %d: %s", upload.id, upload.offset, exc.message)
+                raise exc.kept_at(upload.offset) from exc
             return upload
 
     def _declare_length(self, upload: Upload, length: int) -> None:

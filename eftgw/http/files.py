@@ -3,10 +3,16 @@
 ``GET /api/v1/cases/{case_id}`` (state and purge date), ``GET /api/v1/cases/{case_id}/files`` (JSON list),
 ``GET|HEAD|DELETE /api/v1/cases/{case_id}/files/{file_id}``, and
 ``GET|HEAD /api/v1/cases/{case_id}/files/{file_id}/content`` with ``Range`` / ``If-Range``.
+
+A whole-file download is checked against the file's recorded SHA-256 while it streams (see
+:mod:`eftgw.scrub`); the last block waits for the check. Once the headers are out no error response is
+possible, so a damaged file, or a store failing midway, cuts the connection: the client sees a failed transfer
+(fewer bytes than ``Content-Length``), never a clean end.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +27,9 @@ from eftgw.http.headers import parse_range
 from eftgw.http.keys import gateway_of
 from eftgw.http.session import authenticate
 from eftgw.model import FileRecord
+from eftgw.scrub import DamagedFile, verified
 
+log = logging.getLogger("eftgw.http.files")
 routes = web.RouteTableDef()
 
 
@@ -126,11 +134,28 @@ async def content(request: web.Request) -> web.StreamResponse:
         await head.write_eof()
         return head
     download = await gateway.files.open(principal, case_id, file_id, start, end)
+    stream = verified(record, download.stream) if span is None else download.stream
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await response.prepare(request)
-    async for block in download.stream:
-        await response.write(block)
-        metrics.DOWNLOADED_BYTES.inc(len(block))
+    try:
+        async for block in stream:
+            await response.write(block)
+            metrics.DOWNLOADED_BYTES.inc(len(block))
+    except ConnectionError:
+        return response  # the client went away
+    except DamagedFile:
+        _cut(request)  # logged and counted by verified()
+        return response
+    except Exception:
+        log.exception("download of file %s of case %s failed midway; connection cut", file_id, case_id)
+        _cut(request)
+        return response
     await response.write_eof()
     return response
+
+
+def _cut(request: web.Request) -> None:
+    """End the connection at once, so the client sees a failed transfer (the headers are already sent)."""
+    if request.transport is not None:
+        request.transport.abort()

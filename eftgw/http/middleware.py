@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from eftgw.errors import BodyInterrupted, DomainError
+from eftgw.errors import BodyInterrupted, DomainError, StorageUnavailable
 from eftgw.http.keys import gateway_of
 
 log = logging.getLogger("eftgw.http")
@@ -42,8 +42,12 @@ CSP = (
 
 def error_response(exc: DomainError, request: web.Request) -> web.Response:
     response = web.json_response({"code": exc.code, "message": exc.message}, status=exc.status)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
     if request.path.startswith("/api/v1/cases/") and "/uploads" in request.path:
         response.headers["Tus-Resumable"] = TUS_VERSION
+        if isinstance(exc, StorageUnavailable) and exc.offset is not None:
+            response.headers["Upload-Offset"] = str(exc.offset)  # the durable offset: resume from here
     return response
 
 

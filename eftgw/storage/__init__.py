@@ -13,10 +13,19 @@ contract; ``tests/storage/test_conformance.py`` checks every backend against it.
 from eftgw.storage.base import (
     ObjectNotFound,
     ObjectStore,
+    OutOfSpace,
     StorageError,
     UploadWriter,
     object_key,
     staging_key,
 )
 
-__all__ = ["ObjectNotFound", "ObjectStore", "StorageError", "UploadWriter", "object_key", "staging_key"]
+__all__ = [
+    "ObjectNotFound",
+    "ObjectStore",
+    "OutOfSpace",
+    "StorageError",
+    "UploadWriter",
+    "object_key",
+    "staging_key",
+]

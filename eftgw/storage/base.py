@@ -3,14 +3,32 @@ finished upload to an object, concatenation, ranged reads, deletion and listing.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
-from eftgw.errors import StorageUnavailable
+from eftgw.errors import StorageFull, StorageUnavailable
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class StorageError(StorageUnavailable):
-    """A backend failed; the message is safe to show, the backend's own error is the ``__cause__``."""
+    """A backend failed; the message is safe to show, the backend's own error is the ``__cause__``.
+
+    Every method of every backend raises this (or :class:`OutOfSpace`, or :class:`ObjectNotFound`) and
+    nothing else for a failure of the backend: each transport translates it once (HTTP 503, SFTP failure).
+    """
+
+
+class OutOfSpace(StorageError, StorageFull):
+    """The backend has no space or quota left (ENOSPC, EDQUOT; S3 507, ``QuotaExceeded``): HTTP 507."""
+
+
+def os_error(exc: OSError, what: str) -> StorageError:
+    """The storage error for a failed system call: :class:`OutOfSpace` for a full disk or quota."""
+    if exc.errno in NO_SPACE:
+        return OutOfSpace(f"The storage directory is full ({what}: {exc.strerror}).")
+    return StorageError(f"The storage directory failed ({what}: {exc.strerror or type(exc).__name__}).")
 
 
 class ObjectNotFound(Exception):

@@ -3,6 +3,12 @@
 Staging data is one file per upload; a commit is ``fsync`` of that file, so a committed size survives
 ``kill -9`` and power loss. Promotion is a ``rename`` within the same filesystem (then ``fsync`` of both
 directories). Tags are kept in a sidecar ``<key>.tags.json`` removed with the object.
+
+Every system call runs in a worker thread through :func:`_io`, which converts its ``OSError`` the same way
+everywhere: a missing file is :class:`ObjectNotFound`, a full disk or quota (ENOSPC, EDQUOT) is
+:class:`OutOfSpace`, anything else :class:`StorageError`. A write that fails leaves the staging file longer
+than its committed size at worst; :meth:`FilesystemWriter.rollback` (and the next :meth:`open_writer`) cut it
+back, so nothing past the durable offset survives.
 """
 
 from __future__ import annotations
@@ -12,13 +18,23 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, BinaryIO, TypeVar
 
-from eftgw.storage.base import ObjectNotFound, StorageError
+from eftgw.storage.base import ObjectNotFound, os_error
 
 T = TypeVar("T")
 READ_BLOCK = 1024 * 1024
 TAGS_SUFFIX = ".tags.json"
+
+
+async def _io(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run the blocking ``fn(*args)`` in a worker thread; convert its ``OSError`` into a storage error."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except FileNotFoundError as exc:
+        raise ObjectNotFound(str(exc.filename)) from exc
+    except OSError as exc:
+        raise os_error(exc, what) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -40,7 +56,7 @@ class FilesystemWriter:
     async def write(self, data: bytes) -> None:
         position = self._position
         self._position += len(data)
-        await asyncio.to_thread(self._pwrite_all, data, position)
+        await _io("write", self._pwrite_all, data, position)
 
     def _pwrite_all(self, data: bytes, position: int) -> None:
         view = memoryview(data)
@@ -50,12 +66,12 @@ class FilesystemWriter:
             position += written
 
     async def commit(self) -> int:
-        await asyncio.to_thread(os.fsync, self._fd)
+        await _io("fsync", os.fsync, self._fd)
         self._committed = self._position
         return self._committed
 
     async def rollback(self) -> None:
-        await asyncio.to_thread(self._truncate, self._committed)
+        await _io("truncate", self._truncate, self._committed)
         self._position = self._committed
 
     def _truncate(self, size: int) -> None:
@@ -63,9 +79,11 @@ class FilesystemWriter:
         os.fsync(self._fd)
 
     async def close(self) -> None:
-        if self._position != self._committed:
-            await self.rollback()
-        os.close(self._fd)
+        try:
+            if self._position != self._committed:
+                await self.rollback()
+        finally:
+            os.close(self._fd)
 
 
 class FilesystemStore:
@@ -87,7 +105,7 @@ class FilesystemStore:
             for sub in ("cases", "uploads"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError("The storage directory cannot be created.") from exc
+            raise os_error(exc, f"create {self.root}") from exc
 
     async def close(self) -> None:
         return None
@@ -175,8 +193,8 @@ class FilesystemStore:
     async def object_tags(self, key: str) -> dict[str, str]:
         path = self._path(key)
         try:
-            text = await asyncio.to_thread(path.with_name(path.name + TAGS_SUFFIX).read_text)
-        except FileNotFoundError as exc:
+            text = await _io("read tags", path.with_name(path.name + TAGS_SUFFIX).read_text)
+        except ObjectNotFound as exc:
             raise ObjectNotFound(key) from exc
         return dict(json.loads(text))
 
@@ -216,12 +234,7 @@ class FilesystemStore:
         os.replace(tmp, sidecar)
 
     async def _size(self, path: Path) -> int:
-        try:
-            return (await asyncio.to_thread(path.stat)).st_size
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(str(path)) from exc
-        except OSError as exc:
-            raise StorageError() from exc
+        return (await _io("stat", path.stat)).st_size
 
     async def _unlink(self, path: Path) -> None:
         def unlink() -> None:
@@ -241,16 +254,13 @@ class FilesystemStore:
         await self._run(unlink)
 
     async def _read(self, path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:
+        handle: BinaryIO = await _io("open", path.open, "rb")
         try:
-            handle = await asyncio.to_thread(open, path, "rb")
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(str(path)) from exc
-        try:
-            await asyncio.to_thread(handle.seek, start)
+            await _io("seek", handle.seek, start)
             remaining = None if end is None else end - start
             while remaining is None or remaining > 0:
                 size = READ_BLOCK if remaining is None else min(READ_BLOCK, remaining)
-                block = await asyncio.to_thread(handle.read, size)
+                block = await _io("read", handle.read, size)
                 if not block:
                     break
                 if remaining is not None:
@@ -261,11 +271,4 @@ class FilesystemStore:
 
     @staticmethod
     async def _run(fn: Callable[[], T]) -> T:
-        try:
-            return await asyncio.to_thread(fn)
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(str(exc.filename)) from exc
-        except (ValueError, ObjectNotFound):
-            raise
-        except OSError as exc:
-            raise StorageError() from exc
+        return await _io(fn.__name__, fn)

@@ -2,8 +2,13 @@
 
 ``minio`` is synchronous, so every call runs in a :class:`~concurrent.futures.ThreadPoolExecutor` of
 ``max_workers`` threads (and an HTTP connection pool of the same size), never on the event loop. Every
-third-party exception is converted here: "no such key/upload" becomes :class:`ObjectNotFound`, everything
-else :class:`StorageError` with a message an operator can act on and the original as ``__cause__``.
+third-party exception is converted here: "no such key/upload" becomes :class:`ObjectNotFound`, a full store
+(HTTP 507, MinIO's ``XMinioStorageFull``, a bucket or user quota: ``QuotaExceeded``) :class:`OutOfSpace`,
+everything else :class:`StorageError` with a message an operator can act on and the original as ``__cause__``.
+
+Every request with a body (PutObject, UploadPart) carries ``Content-MD5`` computed here from the bytes to be
+stored, so the store refuses a body that changed on the way (``BadDigest``) instead of keeping it. (Ceph RGW
+16 ignores the newer ``x-amz-checksum-*`` headers; every S3 server checks ``Content-MD5``.)
 
 The multipart calls (create, upload part, upload part copy, complete, abort, list uploads) are not part of
 minio's public API in 7.2; they are its own request builders (``Minio._create_multipart_upload`` etc.),
@@ -13,8 +18,10 @@ stable across 7.x and pinned with the exact minio version. They are wrapped here
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import functools
+import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,13 +34,15 @@ from minio import Minio
 from minio.commonconfig import REPLACE, CopySource, Tags
 from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
-from minio.error import MinioException, S3Error
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from minio.helpers import genheaders, quote
 
-from eftgw.storage.base import ObjectNotFound, StorageError
+from eftgw.storage.base import ObjectNotFound, OutOfSpace, StorageError
 
 T = TypeVar("T")
 NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "NoSuchVersion", "ResourceNotFound"}
+FULL = {"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "InsufficientStorage"}
+INSUFFICIENT_STORAGE = 507
 TRANSIENT = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
@@ -54,6 +63,11 @@ class Unfinished:
     name: str
     upload_id: str
     initiated: dt.datetime | None
+
+
+def content_md5(data: bytes) -> str:
+    """The ``Content-MD5`` header value of a request body (RFC 1864: base64 of the binary MD5)."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def object_tags(values: dict[str, str]) -> Tags:
@@ -107,6 +121,13 @@ class S3Client:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except S3Error as exc:
             raise self.convert(what, exc) from exc
+        except (ServerError, InvalidResponseError) as exc:
+            status = exc.status_code if isinstance(exc, ServerError) else exc._code
+            if status == INSUFFICIENT_STORAGE:
+                raise OutOfSpace(f"S3 storage at {self.endpoint} is full ({what}: HTTP 507).") from exc
+            raise StorageError(
+                f"S3 storage at {self.endpoint} did not complete {what}: HTTP {status}."
+            ) from exc
         except TRANSIENT as exc:
             raise StorageError(
                 f"S3 storage at {self.endpoint} did not complete {what}: {type(exc).__name__}."
@@ -115,6 +136,10 @@ class S3Client:
     def convert(self, what: str, exc: S3Error) -> Exception:
         if exc.code in NOT_FOUND:
             return ObjectNotFound(exc.object_name or what)
+        if exc.code in FULL or getattr(exc.response, "status", None) == INSUFFICIENT_STORAGE:
+            return OutOfSpace(f"S3 storage is full or over quota ({what}: {exc.code}).")
+        if exc.code == "BadDigest":
+            return StorageError(f"S3 storage refused {what}: the body did not match its Content-MD5.")
         if exc.code == "NoSuchBucket":
             return StorageError(f"S3 bucket {self.bucket!r} does not exist ({what}).")
         if exc.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -138,6 +163,7 @@ class S3Client:
                 {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}, None, tags, None, False
             )
             headers["Content-Type"] = "application/octet-stream"
+            headers["Content-MD5"] = content_md5(data)
             self.minio._put_object(self.bucket, name, data, headers)
 
         await self.run(f"PUT {name}", put)
@@ -245,7 +271,7 @@ class S3Client:
             self.bucket,
             name,
             data,
-            None,
+            {"Content-MD5": content_md5(data)},
             upload_id,
             number,
         )
