@@ -1,0 +1,125 @@
+"""A full disk is a clear, retryable answer, not a crash: a real gateway process whose object directory is a
+small tmpfs answers 507 with ``Retry-After`` and the durable offset (tus) or an SFTP failure saying so, keeps
+serving, keeps nothing past the acknowledged offset, and the same upload resumes to the right SHA-256 once
+space returns.
+
+The tmpfs is mounted by the test (the suite runs as root) and unmounted afterwards; a failing ``mount`` fails
+the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tusclient import client as tus_client
+from tusclient.exceptions import TusCommunicationError
+
+from tests.support import GatewayProcess, gateway_process, http_session, tus_headers
+
+MiB = 1024 * 1024
+OCTETS = "application/offset+octet-stream"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs, mounted for this test only."""
+    mount = tmp_path / "objects"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Place a filler file so that about ``leave`` bytes stay free on ``disk``; return its path."""
+    stat = os.statvfs(disk)
+    free = stat.f_bavail * stat.f_frsize
+    filler = disk / "filler"
+    with open(filler, "wb") as out:
+        out.write(b"\0" * (free - leave))
+        out.flush()
+        os.fsync(out.fileno())
+    return filler
+
+
+def tuspy(node: GatewayProcess, token: str, data: bytes, url: str | None = None) -> tus_client.Uploader:
+    client = tus_client.TusClient(
+        f"{node.url}/api/v1/cases/C-1/uploads", headers={"Authorization": f"Bearer {token}"}
+    )
+    return client.uploader(
+        file_stream=io.BytesIO(data), chunk_size=MiB, metadata={"filename": "full.bin"}, url=url
+    )
+
+
+def test_disk_full_answers_507_keeps_the_offset_and_resumes(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tuspy fills the disk: 507 (not 500) with Retry-After, the message and Upload-Offset naming the durable
+    offset; the staging file holds exactly that many bytes; /healthz answers; after the filler is deleted the
+    same upload resumes and the file's SHA-256 is right."""
+    data = os.urandom(6 * MiB + 777)
+    env = {"EFTGW_STORAGE": "filesystem", "EFTGW_STORAGE_DIR": str(small_disk)}
+    with gateway_process(tmp_path / "gw", env) as node:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(node.data_dir / "tls" / "tls-cert.pem"))
+        node.cli("case", "open", "C-1")
+        token = node.token("C-1")
+        filler = fill(small_disk, leave=2 * MiB + MiB // 2)
+
+        uploader = tuspy(node, token, data)
+        with pytest.raises(TusCommunicationError) as failed:
+            uploader.upload()
+        assert failed.value.status_code == 507
+        url = str(uploader.url)
+        upload_id = url.rsplit("/", 1)[1]
+        staged = small_disk / "uploads" / "C-1" / upload_id
+        durable = uploader.offset
+        assert durable == 2 * MiB  # two chunks fitted, the third did not
+        assert staged.stat().st_size == durable  # the part of the third chunk that was written is gone
+
+        async def probe() -> None:
+            async with http_session() as s:
+                patch = tus_headers(token, Upload_Offset=str(durable), Content_Type=OCTETS)
+                async with s.patch(url, data=data[durable : durable + MiB], headers=patch) as resp:
+                    assert resp.status == 507
+                    body = await resp.json()
+                    assert body["code"] == "storage_full"
+                    assert f"your upload is kept at offset {durable}" in body["message"]
+                    assert int(resp.headers["Retry-After"]) > 0
+                    assert resp.headers["Upload-Offset"] == str(durable)
+                async with s.head(url, headers=tus_headers(token)) as resp:
+                    assert resp.headers["Upload-Offset"] == str(durable)
+                async with s.get(f"{node.url}/healthz") as resp:
+                    assert resp.status == 200
+
+        asyncio.run(probe())
+        assert staged.stat().st_size == durable
+
+        filler.unlink()
+        resumed = tuspy(node, token, data, url=url)
+        assert resumed.offset == durable
+        resumed.upload()
+
+        async def listed() -> list[dict[str, object]]:
+            async with (
+                http_session() as s,
+                s.get(
+                    f"{node.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+                ) as r,
+            ):
+                return list(await r.json())
+
+        (record,) = asyncio.run(listed())
+        assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
+        stored = small_disk / "cases" / "C-1" / str(record["id"])
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256"]
+    log = node.log_path.read_text()
+    assert "internal_error" not in log and "Traceback" not in log
