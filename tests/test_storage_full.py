@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
@@ -123,3 +126,60 @@ def test_disk_full_answers_507_keeps_the_offset_and_resumes(
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256"]
     log = node.log_path.read_text()
     assert "internal_error" not in log and "Traceback" not in log
+
+
+def test_sftp_disk_full_is_a_clear_failure_and_the_upload_resumes(tmp_path: Path, small_disk: Path) -> None:
+    """paramiko fills the disk over SFTP: the client gets SSH_FX_FAILURE saying the storage is full and the
+    offset that is kept; stat reports exactly that; after space returns an append resumes it to the right
+    SHA-256."""
+    data = os.urandom(6 * MiB + 555)
+    env = {"EFTGW_STORAGE": "filesystem", "EFTGW_STORAGE_DIR": str(small_disk)}
+    with gateway_process(tmp_path / "gw", env) as node:
+        node.cli("case", "open", "C-1")
+        account = json.loads(node.cli("sftp-account", "create", "C-1").stdout)
+        filler = fill(small_disk, leave=2 * MiB + MiB // 2)
+
+        def connect() -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+            transport = paramiko.Transport(("127.0.0.1", node.sftp_port))
+            transport.connect(username=account["username"], password=account["password"])
+            client = paramiko.SFTPClient.from_transport(transport)
+            assert client is not None
+            client.get_channel().settimeout(60)
+            return transport, client
+
+        transport, sftp = connect()
+        try:
+            with pytest.raises(OSError) as failed, sftp.open("big.bin", "w") as handle:
+                for start in range(0, len(data), 64 * 1024):
+                    handle.write(data[start : start + 64 * 1024])
+            message = str(failed.value)
+            assert "storage is full" in message, message
+            kept = int(re.search(r"kept at offset (\d+)", message).group(1))  # type: ignore[union-attr]
+            assert 0 < kept < len(data)
+            assert sftp.stat("big.bin").st_size == kept
+        finally:
+            transport.close()
+        (staged,) = (small_disk / "uploads" / "C-1").iterdir()
+        assert staged.stat().st_size == kept
+
+        filler.unlink()
+        transport, sftp = connect()
+        try:
+            with sftp.open("big.bin", "a") as handle:
+                handle.write(data[kept:])
+        finally:
+            transport.close()
+
+        token = node.token("C-1")
+
+        async def listed() -> list[dict[str, object]]:
+            async with (
+                http_session() as s,
+                s.get(
+                    f"{node.url}/api/v1/cases/C-1/files", headers={"Authorization": f"Bearer {token}"}
+                ) as r,
+            ):
+                return list(await r.json())
+
+        (record,) = asyncio.run(listed())
+        assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
