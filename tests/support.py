@@ -60,6 +60,18 @@ def backend_env(name: str) -> dict[str, str]:
     }
 
 
+def fill_disk(disk: Path, leave: int) -> Path:
+    """Place a filler file so that about ``leave`` bytes stay free on ``disk``; return its path."""
+    stat = os.statvfs(disk)
+    free = stat.f_bavail * stat.f_frsize
+    filler = disk / "filler"
+    with open(filler, "wb") as out:
+        out.write(b"\0" * (free - leave))
+        out.flush()
+        os.fsync(out.fileno())
+    return filler
+
+
 def client_ssl() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False

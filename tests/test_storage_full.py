@@ -3,8 +3,7 @@ small tmpfs answers 507 with ``Retry-After`` and the durable offset (tus) or an 
 serving, keeps nothing past the acknowledged offset, and the same upload resumes to the right SHA-256 once
 space returns.
 
-The tmpfs is mounted by the test (the suite runs as root) and unmounted afterwards; a failing ``mount`` fails
-the test.
+The tmpfs is the ``small_disk`` fixture (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import io
 import json
 import os
 import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -24,34 +21,10 @@ import pytest
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
-from tests.support import GatewayProcess, gateway_process, http_session, tus_headers
+from tests.support import GatewayProcess, fill_disk, gateway_process, http_session, tus_headers
 
 MiB = 1024 * 1024
 OCTETS = "application/offset+octet-stream"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs, mounted for this test only."""
-    mount = tmp_path / "objects"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """Place a filler file so that about ``leave`` bytes stay free on ``disk``; return its path."""
-    stat = os.statvfs(disk)
-    free = stat.f_bavail * stat.f_frsize
-    filler = disk / "filler"
-    with open(filler, "wb") as out:
-        out.write(b"\0" * (free - leave))
-        out.flush()
-        os.fsync(out.fileno())
-    return filler
 
 
 def tuspy(node: GatewayProcess, token: str, data: bytes, url: str | None = None) -> tus_client.Uploader:
@@ -75,7 +48,7 @@ def test_disk_full_answers_507_keeps_the_offset_and_resumes(
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(node.data_dir / "tls" / "tls-cert.pem"))
         node.cli("case", "open", "C-1")
         token = node.token("C-1")
-        filler = fill(small_disk, leave=2 * MiB + MiB // 2)
+        filler = fill_disk(small_disk, leave=2 * MiB + MiB // 2)
 
         uploader = tuspy(node, token, data)
         with pytest.raises(TusCommunicationError) as failed:
@@ -137,7 +110,7 @@ def test_sftp_disk_full_is_a_clear_failure_and_the_upload_resumes(tmp_path: Path
     with gateway_process(tmp_path / "gw", env) as node:
         node.cli("case", "open", "C-1")
         account = json.loads(node.cli("sftp-account", "create", "C-1").stdout)
-        filler = fill(small_disk, leave=2 * MiB + MiB // 2)
+        filler = fill_disk(small_disk, leave=2 * MiB + MiB // 2)
 
         def connect() -> tuple[paramiko.Transport, paramiko.SFTPClient]:
             transport = paramiko.Transport(("127.0.0.1", node.sftp_port))
