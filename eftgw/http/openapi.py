@@ -21,6 +21,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 ERROR = _json(_ref("Error"), "An error with a stable code and a sentence for people")
+STORAGE_FULL = _json(
+    _ref("Error"),
+    "storage_full: the gateway's storage is full. Retry-After says when to try again; Upload-Offset (and the"
+    " message) give the durable offset the upload is kept at. Nothing past it was kept.",
+)
+STORAGE_UNAVAILABLE = _json(
+    _ref("Error"),
+    "storage_unavailable: the storage failed or is unreachable; Retry-After and Upload-Offset as for 507.",
+)
 CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
 FILE_ID = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}
 UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -169,7 +178,11 @@ def document() -> dict[str, Any]:
                 "get": _op(
                     "Download (single Range, If-Range; Repr-Digest carries the SHA-256)",
                     {
-                        "200": {"description": "The whole file"},
+                        "200": {
+                            "description": "The whole file, checked against its SHA-256 while it streams: if"
+                            " the stored bytes do not match, the connection is cut before the end (a failed"
+                            " transfer, never a clean one)"
+                        },
                         "206": {"description": "The requested range"},
                         "416": ERROR,
                     },
@@ -180,7 +193,11 @@ def document() -> dict[str, Any]:
                 "options": _op("tus discovery", no_content, params=[CASE_ID], security=[]),
                 "post": _op(
                     "tus creation (creation-with-upload, defer-length, concatenation)",
-                    {"201": {"description": "Created; Location is the upload URL"}},
+                    {
+                        "201": {"description": "Created; Location is the upload URL"},
+                        "503": STORAGE_UNAVAILABLE,
+                        "507": STORAGE_FULL,
+                    },
                     params=[CASE_ID, TUS],
                 ),
                 "get": _op(
@@ -194,7 +211,13 @@ def document() -> dict[str, Any]:
                 "head": _op("tus offset", tus_head, params=[CASE_ID, UPLOAD_ID, TUS]),
                 "patch": _op(
                     "tus append (Upload-Offset, Upload-Checksum)",
-                    {"204": {"description": "Upload-Offset is durable"}, "409": ERROR, "460": ERROR},
+                    {
+                        "204": {"description": "Upload-Offset is durable"},
+                        "409": ERROR,
+                        "460": ERROR,
+                        "503": STORAGE_UNAVAILABLE,
+                        "507": STORAGE_FULL,
+                    },
                     params=[CASE_ID, UPLOAD_ID, TUS],
                 ),
                 "delete": _op("tus termination", no_content, params=[CASE_ID, UPLOAD_ID, TUS]),
