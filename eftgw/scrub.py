@@ -93,14 +93,25 @@ async def verified(
     digest = hashlib.sha256()
     size = 0
     held: bytes | None = None
-    async for block in stream:
-        if not block:
-            continue
-        await asyncio.to_thread(digest.update, block)
-        size += len(block)
-        if held is not None:
-            yield held
-        held = block
+    hashing: asyncio.Future[None] | None = (
+        None  # the block being hashed in a thread while the last one is sent
+    )
+    try:
+        async for block in stream:
+            if not block:
+                continue
+            if hashing is not None:
+                await hashing  # blocks are hashed in order, one at a time
+            hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, block))
+            size += len(block)
+            if held is not None:
+                yield held
+            held = block
+        if hashing is not None:
+            await hashing
+    finally:
+        if hashing is not None and not hashing.done():
+            hashing.cancel()
     actual = digest.hexdigest()
     if size != record.size or actual != record.sha256:
         damage = Damage(record.case_id, record.id, record.sha256, actual, record.size, size)
