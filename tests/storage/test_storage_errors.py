@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -220,4 +222,55 @@ async def test_s3_refuses_a_multipart_part_damaged_on_the_way(s3_server: S3Serve
         assert "Content-MD5" in caught.value.message
     finally:
         await client.abort_multipart(name, upload_id)
+        await store.close()
+
+
+# S3: a bucket quota on the real server ------------------------------------------------------------------
+
+
+def radosgw_admin(*args: str) -> None:
+    """Run ``radosgw-admin`` against the test run's Ceph cluster (``EFTGW_TEST_CEPH_CONF``)."""
+    conf = os.environ.get("EFTGW_TEST_CEPH_CONF")
+    if not conf:
+        pytest.fail("EFTGW_TEST_CEPH_CONF is not set: start the S3 server with scripts/ceph-rgw start")
+    subprocess.run(
+        ["radosgw-admin", *args],
+        env={**os.environ, "CEPH_CONF": conf},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+async def test_s3_bucket_quota_is_out_of_space_and_the_upload_resumes(
+    s3_server: S3Server, new_bucket: Callable[[], str]
+) -> None:
+    """Over a bucket quota the real RGW answers QuotaExceeded: the part upload fails with OutOfSpace, the
+    committed size stays, and once the quota is lifted the same staging data continues."""
+    bucket = new_bucket()
+    store = s3_server.store(bucket)
+    await store.open()
+    try:
+        radosgw_admin("quota", "set", "--quota-scope=bucket", f"--bucket={bucket}", "--max-size=4194304")
+        radosgw_admin("quota", "enable", "--quota-scope=bucket", f"--bucket={bucket}")
+        key = staging_key("C-quota", "u1")
+        first, rest = data(MiB, 5), data(9 * MiB, 6)
+        assert await stage(store, key, first) == MiB
+        writer = await store.open_writer(key, MiB)
+        try:
+            with pytest.raises(OutOfSpace) as caught:
+                await writer.write(rest)  # an 8 MiB part: more than the whole quota
+                await writer.commit()
+            await writer.rollback()
+        finally:
+            await writer.close()
+        assert "QuotaExceeded" in caught.value.message
+        assert await store.staging_size(key) == MiB
+        radosgw_admin("quota", "disable", "--quota-scope=bucket", f"--bucket={bucket}")
+        writer = await store.open_writer(key, MiB)
+        await writer.write(rest)
+        assert await writer.commit() == 10 * MiB
+        await writer.close()
+        assert await read_all(store.read_staging(key)) == first + rest
+    finally:
         await store.close()
