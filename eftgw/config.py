@@ -6,6 +6,7 @@ prints the effective configuration with secrets masked.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -13,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -121,6 +122,8 @@ class Settings(BaseSettings):
     sftp_reserved_fds: int = Field(
         default=512, ge=0, description="file descriptors the SFTP side leaves to HTTPS, database and storage"
     )
+    # Networks whose failed SFTP logins are never scored nor banned (e.g. a customer's known NAT).
+    sftp_defender_allowlist: CommaList = Field(default_factory=list)
 
     upload_expiry: int = Field(
         default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires"
@@ -131,6 +134,16 @@ class Settings(BaseSettings):
     retention_interval: int = Field(default=300, ge=1)
     retention_days: int = Field(default=30, ge=1)
     log_level: str = "INFO"
+
+    @field_validator("sftp_defender_allowlist")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network; use CIDRs such as 192.0.2.0/24") from None
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -5,7 +5,8 @@ authorized keys, a public key whose signature asyncssh verifies against exactly 
 signatures are refused). Every login goes through :class:`AccountService`: account active, case open. Any
 exception while authenticating rejects the login. A failed password login is answered ``failure_delay``
 seconds after it arrived (:class:`FailurePacer`), whatever its path took, and is scored
-(:class:`LoginDefender`); banned addresses are disconnected before they can try again. Unknown and known
+(:class:`LoginDefender`, per account and per address); a banned login is refused without checking
+its password. Unknown and known
 usernames get the same reply after the same work, at the same moment.
 
 Live sessions: each logged-in connection is a :class:`LiveSession`. Requests check it (account still active,
@@ -162,7 +163,7 @@ class SftpService:
                 node=node_budget(settings.sftp_reserved_fds),
             ),
         )
-        self.defender = defender or LoginDefender(gateway.clock)
+        self.defender = defender or LoginDefender(gateway.clock, allowlist=settings.sftp_defender_allowlist)
         self.pacer = FailurePacer(failure_delay)
         self.check_interval = check_interval or settings.sftp_session_check_interval
         self.window = window
@@ -312,7 +313,7 @@ class _AccountSSHServer(asyncssh.SSHServer):
             self.service.refused_busy()
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "The gateway is busy; try again later.")
             return
-        if self.service.defender.is_banned(self.remote):
+        if self.service.defender.closes(self.remote):
             log.warning("SFTP connection from banned address %s closed", self.remote)
             conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
 
@@ -342,6 +343,9 @@ class _AccountSSHServer(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         deadline = self.service.pacer.deadline()
+        if self.service.defender.refuses(self.remote, username):
+            await self._refused(username, deadline)
+            return False
         try:
             principal = await self.service.accounts.login_password(username, password, self.remote)
         except Unauthenticated:
@@ -357,6 +361,8 @@ class _AccountSSHServer(asyncssh.SSHServer):
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         """Accept a key authorized for the account; the login happens only once asyncssh has verified the
         signature with it (see :func:`_admit_on_signature`)."""
+        if self.service.defender.refuses(self.remote, username):
+            return False
         try:
             offered = key.public_data
             for line in await self.service.accounts.authorized_keys(username):
@@ -383,18 +389,26 @@ class _AccountSSHServer(asyncssh.SSHServer):
             return
         self.session = LiveSession(principal, self.conn, self.service)
         self.service.sessions.add(self.session)
-        self.service.defender.record_success(self.remote)
+        self.service.defender.record_success(self.remote, principal.user)
         if method is not None:
             self.service.spawn(self.service.accounts.record_login(principal, method=method))
 
     async def _failed(self, username: str, deadline: float) -> None:
         self.failures += 1
-        banned = self.service.defender.record_failure(self.remote)
+        banned = self.service.defender.record_failure(self.remote, username)
         self.service.spawn(self._audit_failure(username))
         await self.service.pacer.wait(deadline)
         if self.conn is not None and (banned or self.failures >= MAX_FAILURES_PER_CONNECTION):
             note = " (banned)" if banned else ""
             log.warning("SFTP logins from %s: too many failures%s", self.remote, note)
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
+
+    async def _refused(self, username: str, deadline: float) -> None:
+        """A login the defender refuses (banned pair, address or account): answered like any failure, its
+        credentials unchecked, then the connection is closed."""
+        await self.service.pacer.wait(deadline)
+        if self.conn is not None:
+            log.warning("SFTP login to %r from %s refused: banned", username[:64], self.remote)
             self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
 
     async def _audit_failure(self, username: str) -> None:

@@ -13,7 +13,8 @@ from sftp_support import ClientKey, DroppingProxy, GatewayThread
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
-    """Start gateways with options (``failure_delay``, ``check_interval``, ``defender_options``, ...)."""
+    """Start gateways with options (``failure_delay``, ``check_interval``, ``defender_options``, extra
+    ``settings``, ...)."""
     started: list[GatewayThread] = []
 
     def start(**options: Any) -> GatewayThread:

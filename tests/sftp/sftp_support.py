@@ -115,11 +115,14 @@ class GatewayThread:
         return self
 
     async def _start(self) -> None:
-        settings = settings_for(self.data_dir, sftp_port=self.port, host="127.0.0.1")
+        opts = dict(self.options)
+        extra = opts.pop("settings", {})
+        settings = settings_for(self.data_dir, sftp_port=self.port, host="127.0.0.1", **extra)
         self.gateway = Gateway.build(settings, clock=self.clock)
         await self.gateway.start()
-        opts = dict(self.options)
-        defender = opts.pop("defender", None) or LoginDefender(self.clock, **opts.pop("defender_options", {}))
+        defender = opts.pop("defender", None)
+        if "defender_options" in opts:  # else the service makes its own from the settings
+            defender = LoginDefender(self.clock, **opts.pop("defender_options"))
         self.service = SftpService(
             self.gateway,
             port=self.port,

@@ -107,8 +107,8 @@ def test_closing_the_case_from_the_cli_cuts_idle_sessions(gateway: GatewayThread
 
 
 def test_failed_logins_are_delayed_then_the_address_is_banned(gateway_factory: GatewayFactory) -> None:
-    """Each failed login waits before the reply; after the threshold the address is banned, so even the
-    right password is refused from it, while other addresses still log in."""
+    """Each failed login waits before the reply; after the threshold the account is banned from that
+    address, so even the right password is refused from it, while other addresses still log in."""
     gateway = gateway_factory(failure_delay=0.4, defender_options={"threshold": 3, "ban_time": 600})
     account = gateway.account()
     for _ in range(3):
@@ -116,7 +116,7 @@ def test_failed_logins_are_delayed_then_the_address_is_banned(gateway_factory: G
     login_fails(gateway.port, account.username, account.password)
     with pytest.raises((paramiko.SSHException, EOFError, OSError)), paramiko_sftp(gateway.port, account):
         pass
-    assert gateway.sftp.defender.is_banned("127.0.0.1")
+    assert gateway.sftp.defender.refuses("127.0.0.1", account.username)
     other = socket.create_connection(("127.0.0.1", gateway.port), timeout=30, source_address=("127.0.0.2", 0))
     with paramiko_sftp(gateway.port, account, sock=other) as (_t, sftp):
         assert sftp.listdir() == []
@@ -232,10 +232,6 @@ def test_an_error_while_authenticating_rejects_the_login(
         setattr(accounts, "authorized_keys", saved[1])  # noqa: B010
     with paramiko_sftp(gateway.port, account) as (_t, sftp):
         assert sftp.listdir() == []
-
-
-async def _banned(gateway: GatewayThread, address: str) -> bool:
-    return gateway.sftp.defender.is_banned(address)
 
 
 # paths --------------------------------------------------------------------------------------------
