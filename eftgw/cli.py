@@ -14,7 +14,7 @@ from pathlib import Path
 
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import ConfigError, Settings
-from eftgw.errors import DomainError
+from eftgw.errors import BadRequest, DomainError
 from eftgw.gateway import Gateway
 from eftgw.model import Principal, Role
 
@@ -64,6 +64,23 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     ttl = args.ttl if args.ttl is not None else (120 if args.launch else 3600)
     print(gateway.signer.mint(role=role, user=args.user or role.value, case_id=case_id, ttl=ttl, typ=typ))
     return 0
+
+
+def cmd_launch(settings: Settings, args: argparse.Namespace) -> int:
+    """Mint a one-time launch token, as the portal does, and print the page's URL with it in the fragment."""
+    ttl = args.ttl if args.ttl is not None else settings.launch_token_max_ttl
+    if not 10 <= ttl <= settings.launch_token_max_ttl:
+        raise BadRequest(f"--ttl must be between 10 and {settings.launch_token_max_ttl} seconds.")
+
+    async def action(gw: Gateway) -> int:
+        await gw.cases.get(args.case_id)
+        role = Role(args.role)
+        user = args.user or role.value
+        token = gw.signer.mint(role=role, user=user, case_id=args.case_id, ttl=ttl, typ="launch")
+        print(f"{settings.resolved_public_url}/launch#{token}")
+        return 0
+
+    return asyncio.run(with_gateway(settings, action))
 
 
 def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
@@ -179,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, help="seconds (default 3600, or 120 with --launch)")
     p.add_argument("--launch", action="store_true", help="a one-time launch token for /launch")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("launch", help="print a ready /launch#... URL that opens the case in a browser")
+    p.add_argument("case_id")
+    p.add_argument("--user", help="who the page says is uploading (default: the role)")
+    p.add_argument("--role", choices=["customer", "engineer"], default="customer")
+    p.add_argument("--ttl", type=int, help="seconds the link works (default: the maximum, 300)")
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("retention", help="apply the retention rules once")
     p.add_argument("action", choices=["run"])

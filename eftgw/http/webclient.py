@@ -7,9 +7,10 @@ The client is built from ``web-client/`` by ``scripts/build-web-client`` into ``
   it never reaches this server, its logs or a ``Referer``; the page's script removes it from the address bar
   at once and exchanges it at ``POST /api/v1/session``. (``POST /launch`` with a form is in ``session.py``.)
 - ``GET /app``: the same page once a session exists (``/app?case=C-1`` lets an engineer open a case).
+- ``GET /``: a short page saying what this gateway is and how to start (``welcome.html``, no script).
 - ``GET /assets/{name}``: the bundles; immutable, since every name carries a hash of its content.
 
-Both pages are served ``no-store``: the HTML names the current bundles and must never be stale.
+The pages are served ``no-store``: the HTML names the current bundles and must never be stale.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ async def page(request: web.Request) -> web.StreamResponse:
         raise WebClientMissing()
     return web.FileResponse(
         index, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+    )
+
+
+@routes.get("/")
+async def welcome(request: web.Request) -> web.StreamResponse:
+    """What a person who opens the gateway's address sees: what this is and how to start."""
+    page = dist_dir() / "welcome.html"
+    if not page.is_file():
+        raise WebClientMissing()
+    return web.FileResponse(
+        page, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
     )
 
 
