@@ -112,8 +112,9 @@ class ClientPage:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, browser: Browser, base_url: str) -> AsyncIterator[ClientPage]:
-        context = await browser.new_context(ignore_https_errors=True, accept_downloads=True)
+    async def open(cls, browser: Browser, base_url: str, **options: Any) -> AsyncIterator[ClientPage]:
+        """A new context; ``options`` go to ``new_context`` (e.g. ``viewport``, ``is_mobile``)."""
+        context = await browser.new_context(ignore_https_errors=True, accept_downloads=True, **options)
         try:
             page = await context.new_page()
             page.set_default_timeout(30_000)
