@@ -4,6 +4,7 @@
  */
 import { api, ApiError, type CaseInfo, type FileInfo, type Session, type UnfinishedUpload } from './api'
 import { h, replaceChildren, setText } from './dom'
+import { type PickedFile, pickedFromDrop, pickedFromInput } from './folders'
 import { HashPool } from './hashing'
 import { TransferQueue } from './queue'
 import { Transfer, type TransferHost, STALL_MS } from './transfer'
@@ -36,6 +37,7 @@ export class App implements TransferHost {
   private readonly unfinishedList: UnfinishedList
   private readonly filesTable = new FilesTable()
   private readonly fileInput: HTMLInputElement
+  private readonly folderInput: HTMLInputElement
   private readonly resumeInput: HTMLInputElement
   private resumeTarget: UnfinishedUpload | null = null
   private pollTimer: ReturnType<typeof setInterval> | undefined
@@ -52,6 +54,8 @@ export class App implements TransferHost {
     this.main = h('main', { id: 'main', class: 'main' })
     this.fileInput = h('input', { type: 'file', multiple: true, class: 'visually-hidden-input', id: 'file-input', tabindex: -1, 'aria-hidden': 'true' })
     this.fileInput.addEventListener('change', () => this.takeFiles(this.fileInput))
+    this.folderInput = h('input', { type: 'file', webkitdirectory: true, class: 'visually-hidden-input', id: 'folder-input', tabindex: -1, 'aria-hidden': 'true' })
+    this.folderInput.addEventListener('change', () => this.takeFiles(this.folderInput))
     this.resumeInput = h('input', { type: 'file', class: 'visually-hidden-input', id: 'resume-input', tabindex: -1, 'aria-hidden': 'true' })
     this.resumeInput.addEventListener('change', () => this.takeFiles(this.resumeInput, this.resumeTarget))
     this.uploadSection = this.dropZone()
@@ -74,7 +78,7 @@ export class App implements TransferHost {
       h('div', { class: 'brand' }, h('span', { class: 'logo', 'aria-hidden': 'true' }, '⇪'), 'Secure file transfer'),
       h('div', { class: 'who' }, h('span', { class: 'uploader' }, this.session.user), this.session.role === 'engineer' ? ' · support engineer' : ''),
     )
-    replaceChildren(this.root, header, this.main, this.announcer, this.fileInput, this.resumeInput)
+    replaceChildren(this.root, header, this.main, this.announcer, this.fileInput, this.folderInput, this.resumeInput)
     this.root.removeAttribute('aria-busy')
     window.addEventListener('online', () => this.retryWaiting())
     document.addEventListener('visibilitychange', () => {
@@ -210,13 +214,14 @@ export class App implements TransferHost {
 
   private dropZone(): HTMLElement {
     const button = h('button', { type: 'button', class: 'button primary', onclick: () => this.fileInput.click() }, 'Choose files')
+    const folderButton = h('button', { type: 'button', class: 'button', onclick: () => this.folderInput.click() }, 'Choose a folder')
     const zone = h(
       'div',
       { class: 'dropzone', id: 'dropzone' },
-      h('p', { class: 'drop-title' }, 'Drop files here'),
+      h('p', { class: 'drop-title' }, 'Drop files or folders here'),
       h('p', { class: 'muted' }, 'or'),
-      button,
-      h('p', { class: 'hint' }, 'Any size and any number of files. Uploads continue by themselves after a lost connection, and resume after a reload when you select the same file again.'),
+      h('div', { class: 'drop-buttons' }, button, folderButton),
+      h('p', { class: 'hint' }, 'Any size and any number of files; a folder sends every file in it, named with its path (logs/app/server.log becomes logs%2Fapp%2Fserver.log). Uploads continue by themselves after a lost connection, and resume after a reload when you select the same file again.'),
     )
     let depth = 0
     zone.addEventListener('dragenter', (event) => {
@@ -236,11 +241,14 @@ export class App implements TransferHost {
       event.preventDefault()
       depth = 0
       zone.classList.remove('dragging')
-      const items = Array.from(event.dataTransfer?.items ?? [])
-      const folders = items.filter((item) => item.webkitGetAsEntry?.()?.isDirectory).length
-      if (folders > 0) this.showAlert('Folders cannot be uploaded as such; open the folder and select the files in it, or send a zip file.')
-      const files = Array.from(event.dataTransfer?.files ?? []).filter((_, i) => !items[i]?.webkitGetAsEntry?.()?.isDirectory)
-      this.addFiles(files, null)
+      if (!event.dataTransfer) return
+      pickedFromDrop(event.dataTransfer).then(
+        (picked) => {
+          if (picked.length === 0) this.announce('There were no files in what was dropped.')
+          this.addFiles(picked, null)
+        },
+        (err: unknown) => this.showAlert(`The dropped folder could not be read (${err instanceof Error ? err.message : String(err)}); choose it with "Choose a folder" instead.`),
+      )
     })
     return h('section', { class: 'card upload', 'aria-labelledby': 'upload-title' }, h('h2', { id: 'upload-title' }, 'Upload files'), zone)
   }
@@ -251,28 +259,28 @@ export class App implements TransferHost {
   }
 
   private takeFiles(input: HTMLInputElement, target: UnfinishedUpload | null = null): void {
-    const files = Array.from(input.files ?? [])
+    const files = pickedFromInput(Array.from(input.files ?? []))
     input.value = ''
     this.resumeTarget = null
     this.addFiles(files, target)
   }
 
   /** Add files; each continues a matching unfinished upload (same fingerprint) or starts a new one. */
-  addFiles(files: File[], target: UnfinishedUpload | null): void {
+  addFiles(files: PickedFile[], target: UnfinishedUpload | null): void {
     if (this.info?.state !== 'open') return
-    for (const file of files) {
+    for (const { file, name } of files) {
       const twin = this.queue.find(
         (t) =>
-          t.file.name === file.name &&
+          t.name === name &&
           t.file.size === file.size &&
           t.file.lastModified === file.lastModified &&
           !['done', 'cancelled', 'failed'].includes(t.state),
       )
       if (twin) {
-        this.announce(`${file.name} is already in the list.`)
+        this.announce(`${name} is already in the list.`)
         continue
       }
-      const transfer = new Transfer(file, this)
+      const transfer = new Transfer(file, this, name)
       this.queue.add(transfer)
       const row = new TransferRow(transfer, {
         pause: (t) => t.pause(),

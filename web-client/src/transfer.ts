@@ -104,14 +104,12 @@ export class Transfer {
   private rejectedInARow = 0
   private restartFresh = false
 
+  /** ``name``: what the gateway is told the file is called (a folder's file carries its path, folders.ts). */
   constructor(
     readonly file: File,
     private readonly host: TransferHost,
+    readonly name: string = file.name,
   ) {}
-
-  get name(): string {
-    return this.file.name
-  }
 
   get size(): number {
     return this.file.size
@@ -199,7 +197,7 @@ export class Transfer {
       endpoint: api.uploadsEndpoint(this.host.caseId),
       uploadUrl: this.uploadUrl,
       metadata: {
-        filename: file.name,
+        filename: this.name,
         filetype: file.type || 'application/octet-stream',
         fingerprint: this.fingerprint,
         lastModified: String(file.lastModified),
