@@ -117,7 +117,7 @@ async def test_a_file_with_the_same_name_and_size_is_not_taken_for_the_unfinishe
 
     mark = client.traffic.mark()
     async with client.page.expect_file_chooser() as chooser_info:
-        await client.page.get_by_role("button", name="Select same.log again to resume it").click()
+        await client.page.get_by_role("button", name="Select file to resume: same.log").click()
     await (await chooser_info.value).set_files(real)
     await client.wait_done(2, within=60_000)
     resumed = [r for r in client.traffic.since(mark) if "/uploads" in r.url and r.method != "GET"]

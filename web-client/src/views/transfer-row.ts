@@ -52,7 +52,7 @@ export class TransferRow {
     )
     this.dismissButton = h(
       'button',
-      { type: 'button', class: 'button small quiet', 'aria-label': `Remove ${name} from this list`, onclick: () => this.actions.dismiss(this.transfer) },
+      { type: 'button', class: 'button small quiet', 'aria-label': `Remove from list: ${name}`, onclick: () => this.actions.dismiss(this.transfer) },
       'Remove from list',
     )
     this.el = h(

@@ -55,7 +55,7 @@ export class UnfinishedList {
           { class: 'transfer-actions' },
           h(
             'button',
-            { type: 'button', class: 'button small', 'aria-label': `Select ${upload.name} again to resume it`, onclick: () => this.actions.select(upload) },
+            { type: 'button', class: 'button small', 'aria-label': `Select file to resume: ${upload.name}`, onclick: () => this.actions.select(upload) },
             'Select file to resume',
           ),
           h(
