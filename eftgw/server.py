@@ -64,6 +64,8 @@ def banner(settings: Settings, scheme: str, storage: str, sftp_port: int) -> str
         f"  open a case:   {admin} case open CASE-1",
         f"  upload token:  {admin} token CASE-1 --role customer --user alice",
         f"  upload:        POST {settings.resolved_public_url}/api/v1/cases/CASE-1/uploads (tus 1.0.0)",
+        f"  browser link:  EFTGW_PUBLIC_URL={shlex.quote(settings.resolved_public_url)} "
+        f"{admin} launch CASE-1 --user alice",
         f"  sftp:          port {sftp_port}; accounts: {admin} sftp-account create CASE-1",
     ]
     if shared:

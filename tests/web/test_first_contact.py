@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,12 +44,25 @@ async def test_the_root_page_renders_under_the_policy(client: ClientPage, gw: Ru
 
 
 async def test_eftgw_launch_prints_a_url_that_opens_the_case(browser: Browser, tmp_path: Path) -> None:
-    """`eftgw launch CASE --user U` prints <public url>/launch#<token>: it opens that case as U, once."""
+    """`eftgw launch CASE --user U`, as the serve banner prints it, prints <public url>/launch#<token>: it
+    opens that case as U, once; an unknown case or a too long --ttl is a sentence, exit 2."""
     require_built_client()
     proc = GatewayProcess(tmp_path / "gw").start()
     try:
         proc.cli("case", "open", "CASE-7")
-        url = proc.cli("launch", "CASE-7", "--user", "bob").stdout.strip()
+        # The command as the banner of `eftgw serve` prints it, run in a shell.
+        (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("  browser link:")]
+        command = line.split(":", 1)[1].strip().replace("CASE-1 --user alice", "CASE-7 --user bob")
+        printed = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", command],
+            env=proc.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        url = printed.stdout.strip()
         assert url.startswith(f"{proc.url}/launch#") and "\n" not in url
         async with ClientPage.open(browser, proc.url) as client:
             await client.page.goto(url)
