@@ -151,6 +151,14 @@ async def test_firefox_runs_the_core_flows(tmp_path: Path) -> None:
         print(f"Firefox: {result.get('version')}")
         assert result.get("version", "").startswith("firefox/"), result.get("version")
         await check_core_result(result, files, gw, proxy.url, OFFLINE)
+        # Resumed, not started again: after the reload the first request is a HEAD on the unfinished upload,
+        # there is no POST, and the first PATCH starts at or past what the page had seen acknowledged.
+        reload = result["reload"]
+        requests = reload["requests"]
+        assert requests[0]["method"] == "HEAD", requests
+        assert "POST" not in {r["method"] for r in requests}, requests
+        patches = [r for r in requests if r["method"] == "PATCH"]
+        assert patches and int(patches[0]["offset"]) >= reload["ackedBeforeReload"], patches
 
 
 ROW = """Array.from(document.querySelectorAll('.transfer-list > li'))

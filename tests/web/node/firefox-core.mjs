@@ -98,6 +98,7 @@ try {
   out.reload = { ackedBeforeReload: await acked(cfg.resume.name) }
   await page.reload()
   await waitFor(`document.querySelector('.unfinished-item .transfer-name')?.textContent === ${JSON.stringify(cfg.resume.name)}`, 'unfinished upload listed')
+  out.reload.unfinishedListed = await page.evaluate(() => Array.from(document.querySelectorAll('.unfinished-item .transfer-name'), (e) => e.textContent))
   out.violations.unfinished = await axe()
   const mark = out.requests.length
   await choose(cfg.resume.path)
