@@ -15,6 +15,11 @@ UPLOADS_COMPLETED = Counter(
 CHECKSUM_FAILURES = Counter(
     "eftgw_checksum_failures", "Chunks discarded for a checksum mismatch", registry=REGISTRY
 )
+DIGEST_REREAD_BYTES = Counter(
+    "eftgw_digest_reread_bytes",
+    "Stored bytes of uploads in progress read again to rebuild their digests (no usable saved state)",
+    registry=REGISTRY,
+)
 DOWNLOADED_BYTES = Counter("eftgw_download_bytes", "Bytes sent to downloaders", registry=REGISTRY)
 INTEGRITY_FAILURES = Counter(
     "eftgw_integrity_failures",

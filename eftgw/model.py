@@ -110,6 +110,9 @@ class Upload:
     concat: ConcatKind = ConcatKind.NONE
     partials: list[str] = field(default_factory=list)
     content_type: str = "application/octet-stream"
+    # The whole-file digests' state after exactly `offset` bytes (FileDigests.export), committed with it;
+    # None when there is none (a new upload, after a truncate, or where it cannot be exported).
+    digest_state: bytes | None = field(default=None, repr=False)
 
     @property
     def is_complete(self) -> bool:

@@ -10,8 +10,11 @@ The workflow of an append (one tus PATCH, or a run of SFTP writes):
    arrived; then commit (fsync) and only then record the new offset, which is what gets acknowledged;
 5. when the offset reaches the length, promote the staging data to the case's object and add the file.
 
-Whole-file digests are carried in memory between requests, so resuming on a living gateway never re-reads
-stored data; after a restart the stored prefix is read once to rebuild them.
+The whole-file digests' state is saved in the same commit as the offset it belongs to (the progress row),
+so whichever node continues an upload continues its digests without reading stored data. Only where there
+is no usable state (none could be exported on that node, or it is not the state of the durable offset:
+after a truncate there is none) is the stored prefix read once to rebuild them; those bytes are counted in
+the ``eftgw_digest_reread_bytes`` metric.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -42,7 +46,7 @@ from eftgw.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
-from eftgw.hashing import ChunkChecksum, FileDigests
+from eftgw.hashing import ChunkChecksum, FileDigests, StateError
 from eftgw.ids import new_file_id, new_upload_id
 from eftgw.locks import UploadLease, UploadLocks
 from eftgw.metadata import Repository
@@ -56,6 +60,9 @@ BLOCK_SIZE = 1024 * 1024
 CASE_RECHECK_SECONDS = 2.0
 TOMBSTONE = dt.timedelta(days=1)
 MAX_LENGTH = 2**63 - 1  # the largest size the metadata database stores (a signed 64-bit integer)
+# Saved instead of a digest state where it cannot be exported: only this process, which keeps the digests
+# under this unique mark, may continue from it (and only while the row still holds the mark).
+LOCAL_DIGESTS_MARK = b"EDL\x01"
 
 
 class _TakenOver(Exception):
@@ -85,7 +92,8 @@ class UploadService:
         self.region = region
         self.expiry = expiry
         self.max_size = max_size
-        self._digests: dict[str, FileDigests] = {}
+        # Digests that could not be exported, (the mark saved in its row, the digests at its offset).
+        self._digests: dict[str, tuple[bytes, FileDigests]] = {}
 
     # creation --------------------------------------------------------------------------------------
 
@@ -149,7 +157,7 @@ class UploadService:
         )
         if concat is ConcatKind.FINAL or length == 0:
             async with self.locks.hold(upload.id):
-                await self._complete(upload, principal, self._fresh_digests(upload))
+                await self._complete(upload, principal, None)
         return upload
 
     async def _resolve_partials(self, principal: Principal, case_id: str, ids: list[str]) -> list[Upload]:
@@ -243,7 +251,7 @@ class UploadService:
                 digests = await self._digests_for(upload)
                 await self._write_body(upload, body, digests, checksum, lease)
                 if upload.is_complete:
-                    await self._complete(upload, principal, self._digests.get(upload.id))
+                    await self._complete(upload, principal, digests)
             except StorageUnavailable as exc:
                 # Nothing past the durable offset was kept; tell the client where its upload stands.
                 log.warning("upload %s kept at offset %d: %s", upload.id, upload.offset, exc.message)
@@ -269,7 +277,6 @@ class UploadService:
         checksum: ChunkChecksum | None,
         lease: UploadLease,
     ) -> None:
-        before = digests.copy()
         writer = await self.store.open_writer(upload.staging_key, upload.offset)
         pending: asyncio.Future[None] | None = None
         written = 0
@@ -318,7 +325,6 @@ class UploadService:
                 raise ChecksumMismatch()
             if not keep or written == 0:
                 await writer.rollback()
-                self._digests[upload.id] = before
             else:
                 await asyncio.shield(self._commit(upload, writer, digests, written, lease))
         except BaseException:
@@ -326,7 +332,6 @@ class UploadService:
                 with contextlib.suppress(Exception):
                     await pending
             await asyncio.shield(writer.rollback())
-            self._digests[upload.id] = before
             raise
         finally:
             await writer.close()
@@ -349,8 +354,8 @@ class UploadService:
         now = self.clock.now()
         upload.updated_at = now
         upload.expires_at = now + self.expiry
+        upload.digest_state = self._digest_state(upload, digests)
         await self.repo.save_progress(upload, fence=lease.fence)
-        self._digests[upload.id] = digests
         metrics.UPLOADED_BYTES.labels(upload.via).inc(written)
 
     @staticmethod
@@ -366,20 +371,37 @@ class UploadService:
 
     # digests ---------------------------------------------------------------------------------------
 
-    def _fresh_digests(self, upload: Upload) -> FileDigests | None:
-        cached = self._digests.get(upload.id)
-        return cached if cached is not None and cached.size == upload.offset else None
+    def _digest_state(self, upload: Upload, digests: FileDigests) -> bytes:
+        """The state to commit with ``upload.offset``: exported, else a mark of digests this process keeps."""
+        self._digests.pop(upload.id, None)
+        state = digests.export()
+        if state is None:
+            state = LOCAL_DIGESTS_MARK + secrets.token_bytes(16)
+            self._digests[upload.id] = (state, digests.copy())
+        return state
 
     async def _digests_for(self, upload: Upload) -> FileDigests:
-        cached = self._fresh_digests(upload)
-        if cached is not None:
-            return cached
+        """The digests of the upload's durable bytes: from the state saved with its offset, else re-read."""
+        state = upload.digest_state
+        reason = "no saved state"
+        if state is not None and state.startswith(LOCAL_DIGESTS_MARK):
+            mark, cached = self._digests.get(upload.id, (None, None))
+            if mark == state and cached is not None and cached.size == upload.offset:
+                return cached.copy()
+            reason = "the state was kept by another process"
+        elif state is not None:
+            try:
+                return FileDigests.restore(state, upload.offset)
+            except StateError as exc:
+                reason = str(exc)
         digests = FileDigests()
         if upload.offset:
-            log.info("rebuilding digests of upload %s from %d stored bytes", upload.id, upload.offset)
+            log.info(
+                "rebuilding digests of upload %s from %d stored bytes (%s)", upload.id, upload.offset, reason
+            )
             async for block in self.store.read_staging(upload.staging_key, 0, upload.offset):
+                metrics.DIGEST_REREAD_BYTES.inc(len(block))
                 await asyncio.to_thread(digests.update, block)
-        self._digests[upload.id] = digests
         return digests
 
     # completion ------------------------------------------------------------------------------------
@@ -473,7 +495,7 @@ class UploadService:
             if name is not None:
                 upload.name = sanitize_name(name)
             upload.length = upload.offset
-            await self._complete(upload, principal, self._digests.get(upload.id))
+            await self._complete(upload, principal, None)
             return upload
 
     async def rename(self, principal: Principal, case_id: str, upload_id: str, name: str) -> Upload:
@@ -512,6 +534,7 @@ class UploadService:
             old = upload.offset
             now = self.clock.now()
             upload.offset = size
+            upload.digest_state = None  # the next append re-reads what is left: never a state of other bytes
             upload.updated_at = now
             upload.expires_at = now + self.expiry
             await self.repo.save_progress(upload)
@@ -536,6 +559,7 @@ class UploadService:
         await self.repo.set_upload_state(upload.id, UploadState.TERMINATED, now)
         upload.state = UploadState.TERMINATED
         upload.expires_at = now + TOMBSTONE
+        upload.digest_state = None
         await self.repo.save_progress(upload)
         self._digests.pop(upload.id, None)
 

@@ -167,6 +167,7 @@ def _upload(row: Any) -> Upload:
         concat=ConcatKind(row.concat),
         partials=list(row.partials),
         content_type=row.content_type,
+        digest_state=row.digest_state,
     )
 
 
@@ -336,6 +337,7 @@ class SqlRepository:
                     concat=upload.concat.value,
                     partials=upload.partials,
                     content_type=upload.content_type,
+                    digest_state=upload.digest_state,
                 )
             )
 
@@ -357,7 +359,7 @@ class SqlRepository:
             return [_upload(r) for r in await conn.execute(query)]
 
     async def save_progress(self, upload: Upload, fence: int | None = None) -> None:
-        """Record the upload's offset, length, name and times.
+        """Record the upload's offset, length, name, times and the digest state that goes with the offset.
 
         With ``fence`` (the token of a cross-node lease), only while that lease still has that fence: a holder
         that lost its lock gets :class:`UploadLocked` and records nothing.
@@ -381,6 +383,7 @@ class SqlRepository:
                     updated_at=upload.updated_at,
                     expires_at=upload.expires_at,
                     name=upload.name,
+                    digest_state=upload.digest_state,
                 )
             )
         if fence is not None and result.rowcount == 0:
@@ -402,6 +405,7 @@ class SqlRepository:
                 .where(t.uploads.c.id == upload.id)
                 .values(
                     state=UploadState.FINISHED.value,
+                    digest_state=None,
                     name=upload.name,
                     offset=upload.offset,
                     length=upload.length,

@@ -6,12 +6,12 @@ definitions describe the newest version and must be kept in step with them: Alem
 migrated database and these definitions, on SQLite and PostgreSQL (``tests/metadata/test_repository.py``).
 
 Tables: ``cases`` (state and closure time), ``files`` (completed files, keyed by an opaque id, with the object
-key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key), ``sessions``
-(browser sessions; only a hash of the cookie value is kept), ``launch_tokens`` (used ``jti`` values, for
-single use), ``audit_events`` (append-only), ``sftp_accounts`` (temporary SFTP logins of a case: argon2id hash
-and sealed copy of the password, expiry, revocation, authorized public keys), ``leases`` (who holds an
-upload's lock or leads a once-per-region job, until when, and the fencing token that grows with every new
-holder).
+key and digests), ``uploads`` (in-progress uploads: offset, length, expiry, staging key, and the state of the
+whole-file digests at that offset), ``sessions`` (browser sessions; only a hash of the cookie value is kept),
+``launch_tokens`` (used ``jti`` values, for single use), ``audit_events`` (append-only), ``sftp_accounts``
+(temporary SFTP logins of a case: argon2id hash and sealed copy of the password, expiry, revocation,
+authorized public keys), ``leases`` (who holds an upload's lock or leads a once-per-region job, until when,
+and the fencing token that grows with every new holder).
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ uploads = sa.Table(
     sa.Column("concat", sa.String(16), nullable=False),
     sa.Column("partials", sa.JSON, nullable=False),
     sa.Column("content_type", sa.String(255), nullable=False),
+    # The whole-file SHA-256/xxh128 state at `offset` (eftgw.hashing.FileDigests.export), saved with it.
+    sa.Column("digest_state", sa.LargeBinary),
 )
 
 sessions = sa.Table(
