@@ -1,14 +1,15 @@
 """Running SHA-256 and XXH3-128 whose state can be written down and continued in another process.
 
 hashlib and the ``xxhash`` package cannot export a running hash, so a node that takes over an upload would
-have to re-read everything stored so far. These hashers call the same C code as hashlib and ``xxhash`` do
-(OpenSSL's ``libcrypto``, which hashlib itself is linked with, and Debian's ``libxxhash``) through ctypes,
-on a context this module allocates, so the context's bytes are the state. ctypes releases the GIL during
-each call, so hashing runs in a worker thread as before, at the same speed (see ``bench/digest_state.py``).
+have to re-read everything stored so far. These hashers call the very C code that hashlib and ``xxhash``
+run, through ctypes: OpenSSL's ``libcrypto`` that hashlib is linked with, and the xxHash library compiled
+into the (pinned) ``xxhash`` package's extension, which exports its C API. They work on a context this
+module allocates, so the context's bytes are the state. ctypes releases the GIL during each call, so hashing
+runs in a worker thread as before, at the same speed (see ``bench/digest_state.py``).
 
 The exported state is canonical, not a memory dump: SHA-256 as its eight chaining words, the byte count and
 the pending partial block (the same in any SHA-256 implementation); XXH3 as its accumulators, buffer and
-counters, tagged with the libxxhash version that wrote it, since its buffering is that version's. Pointers
+counters, tagged with the xxHash version that wrote it, since its buffering is that version's. Pointers
 (XXH3's reference to its built-in secret) are never exported; an import takes them from a fresh reset.
 
 Both bindings depend on struct layouts that these libraries do not promise, so :func:`available` is decided
@@ -23,6 +24,7 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import importlib
 import logging
 import os
 import random
@@ -56,7 +58,7 @@ class StateError(ValueError):
 class _Libraries:
     def __init__(self) -> None:
         self.crypto = _load_libcrypto()
-        self.xxh = _load("xxhash", "libxxhash.so.0")
+        self.xxh = ctypes.CDLL(importlib.import_module("xxhash._xxhash").__file__)
         c, x = self.crypto, self.xxh
         c.SHA256_Init.argtypes = [ctypes.c_void_p]
         c.SHA256_Update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
@@ -67,13 +69,15 @@ class _Libraries:
         x.XXH_versionNumber.restype = ctypes.c_uint
         x.XXH3_128bits_reset.argtypes = [ctypes.c_void_p]
         x.XXH3_128bits_reset.restype = ctypes.c_int
-        x.XXH3_128bits_update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-        x.XXH3_128bits_update.restype = ctypes.c_int
+        # The runtime-dispatched update (AVX2/AVX-512 where the CPU has them), as xxhash.xxh3_128 calls it.
+        self.xxh_update = getattr(x, "XXH3_128bits_update_dispatch", None) or x.XXH3_128bits_update
+        self.xxh_update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        self.xxh_update.restype = ctypes.c_int
         x.XXH3_128bits_digest.argtypes = [ctypes.c_void_p]
         x.XXH3_128bits_digest.restype = _XXH128Hash
         self.xxh_version = int(x.XXH_versionNumber())
         if not 800 <= self.xxh_version < 900:
-            raise OSError(f"libxxhash {self.xxh_version} is not 0.8.x, whose XXH3 state layout this knows")
+            raise OSError(f"xxHash {self.xxh_version} is not 0.8.x, whose XXH3 state layout this knows")
 
 
 class _XXH128Hash(ctypes.Structure):
@@ -182,7 +186,7 @@ class ResumableSha256:
 
 
 class ResumableXxh128:
-    """XXH3-128 (seed 0, as ``xxhash.xxh3_128``) over libxxhash; :meth:`export` gives its state."""
+    """XXH3-128 (seed 0, as ``xxhash.xxh3_128``) over xxHash's C API; :meth:`export` gives its state."""
 
     digest_size = 16
 
@@ -192,6 +196,7 @@ class ResumableXxh128:
             raise RuntimeError("resumable hashing is not available here")
         self._libs = libs
         self._lib = libs.xxh
+        self._update = libs.xxh_update
         # XXH3_state_t must be 64-byte aligned: take an aligned window of a larger buffer.
         self._buffer = ctypes.create_string_buffer(_XXH3_STATE_SIZE + _XXH3_ALIGN)
         base = ctypes.addressof(self._buffer)
@@ -205,7 +210,7 @@ class ResumableXxh128:
     def update(self, data: bytes, /) -> None:
         if not isinstance(data, bytes):
             data = bytes(data)
-        self._lib.XXH3_128bits_update(self._state, data, len(data))
+        self._update(self._state, data, len(data))
 
     def digest(self) -> bytes:
         value = self._lib.XXH3_128bits_digest(self._state)
@@ -221,7 +226,7 @@ class ResumableXxh128:
         return int(_XXH3_COUNTERS.unpack_from(self._raw(), _XXH3_COUNTERS_AT)[3])
 
     def export(self) -> bytes:
-        """libxxhash's version (u32), the accumulators, the buffer, bufferedSize, nbStripesSoFar, totalLen."""
+        """xxHash's version (u32), the accumulators, the buffer, bufferedSize, nbStripesSoFar, totalLen."""
         raw = self._raw()
         buffered, use_seed, stripes, total, per_block, limit, seed, _ = _XXH3_COUNTERS.unpack_from(
             raw, _XXH3_COUNTERS_AT
@@ -242,7 +247,7 @@ class ResumableXxh128:
         hasher = cls(_libs)
         (version,) = struct.unpack_from("<I", state, 0)
         if version != hasher._libs.xxh_version:
-            raise StateError(f"XXH3 state written by libxxhash {version}, this is {hasher._libs.xxh_version}")
+            raise StateError(f"XXH3 state written by xxHash {version}, this is {hasher._libs.xxh_version}")
         buffered, stripes, total = struct.unpack_from("<IQQ", state, 324)
         if buffered > 256 or stripes >= _XXH3_STRIPES_PER_BLOCK:
             raise StateError("XXH3 state is inconsistent")
