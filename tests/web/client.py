@@ -165,6 +165,10 @@ class ClientPage:
         self._upload_rate = upload_bytes_per_second
         await self._emulate(offline=False)
 
+    async def unthrottle(self) -> None:
+        """Uploads at full speed again (once a test has done what it needed mid-upload)."""
+        await self.throttle(-1)
+
     async def set_offline(self, offline: bool) -> None:
         """Take the page off the network, or back (the browser fires its offline and online events)."""
         await self._emulate(offline=offline)

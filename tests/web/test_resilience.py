@@ -99,10 +99,12 @@ async def test_a_file_with_the_same_name_and_size_is_not_taken_for_the_unfinishe
     decoy = random_file(tmp_path / "two" / "same.log", 6 * MiB)
     token = gw.token("C-1")
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
-    await client.throttle(1_500_000)
+    # Slow, so the Pause lands mid-upload even on a loaded machine (about 8 s are left after the first chunk).
+    await client.throttle(500_000)
     await client.choose(real)
     await wait_for_server_offset(gw.url, token, "C-1", 1)
     await client.page.get_by_role("button", name="Pause upload of same.log").click()
+    await client.unthrottle()
     await client.page.reload()
     (unfinished,) = await gateway_json(gw.url, token, "/api/v1/cases/C-1/uploads")
     assert unfinished["offset"] > 0

@@ -164,7 +164,8 @@ async def test_pause_stops_sending_resume_continues_cancel_discards(
     drop = random_file(tmp_path / "drop.bin", 8 * MiB)
     token = gw.token("C-1")
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
-    await client.throttle(2_000_000)
+    # Slow (each file gets 300 kB/s): Pause and Cancel land mid-upload even when polling takes seconds.
+    await client.throttle(600_000)
     await client.choose(keep, drop)
     await wait_for_server_offset(gw.url, token, "C-1", 1)
     await client.page.get_by_role("button", name="Pause upload of keep.bin").click()
@@ -179,6 +180,7 @@ async def test_pause_stops_sending_resume_continues_cancel_discards(
     assert [u["offset"] for u in await gateway_json(gw.url, token, "/api/v1/cases/C-1/uploads")] == offsets
     assert len(offsets) == 1 and any(r.method == "DELETE" for r in client.traffic.requests)
 
+    await client.unthrottle()
     await client.page.get_by_role("button", name="Resume upload of keep.bin").click()
     await client.wait_done(1)
     files = await gateway_json(gw.url, token, "/api/v1/cases/C-1/files")
