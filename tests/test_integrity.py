@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from eftgw.gateway import build_store
-from eftgw.storage import ObjectStore, object_key
+from eftgw.storage import ObjectStore, StorageError, object_key
 from eftgw.storage.filesystem import FilesystemStore
 from eftgw.storage.s3 import S3Store
 from tests.http.test_files_api import auth, upload
@@ -173,3 +174,36 @@ def test_verify_command_reports_damaged_and_missing_files(tmp_path: Path) -> Non
         assert only_b["checked"] == 0 and only_b["damaged"] == [] and len(only_b["missing"]) == 1
         unknown = node.cli("verify", "--case", "C-NOPE", check=False)
         assert unknown.returncode == 2 and "not open" in unknown.stderr
+
+
+async def test_store_failing_midway_cuts_the_download(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the store fails after the headers went out (here after 1 MiB), the connection is cut: the client
+    sees a failed transfer, never a second response written into the body; the gateway serves on."""
+    caplog.set_level(logging.ERROR, logger="eftgw.http.files")
+    file_id = await upload(gw, DATA, "midway.log")
+    store = gw.gateway.store
+    reading = store.read_object
+
+    async def failing(key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        async for block in reading(key, start, min(end or len(DATA), start + MiB)):
+            yield block
+        raise StorageError("The storage directory failed (read: Input/output error).")
+
+    monkeypatch.setattr(store, "read_object", failing)
+    engineer = gw.token(None, role="engineer", user="eve")
+    url = f"{gw.url}/api/v1/cases/C-1/files/{file_id}/content"
+    for headers in (auth(engineer), auth(engineer, Range="bytes=10-")):
+        received = bytearray()
+        stalled = aiohttp.ClientTimeout(sock_read=60)  # a connection left open is a failure, not a hang
+        async with http_session(timeout=stalled) as s, s.get(url, headers=headers) as resp:
+            assert resp.status in (200, 206)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for block in resp.content.iter_any():
+                    received += block
+        assert len(received) <= MiB and b"internal_error" not in received
+    assert "failed midway; connection cut" in caplog.text
+    monkeypatch.setattr(store, "read_object", reading)
+    async with http_session() as s, s.get(url, headers=auth(engineer)) as resp:
+        assert resp.status == 200 and await resp.read() == DATA
