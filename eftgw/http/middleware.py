@@ -40,6 +40,16 @@ CSP = (
 )
 
 
+# nginx's status for "the client closed the connection before the answer was complete": what the access
+# log records for an aborted download (nothing is sent: there is no one to send it to).
+CLIENT_CLOSED_REQUEST = 499
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def error_response(exc: DomainError, request: web.Request) -> web.Response:
     response = web.json_response({"code": exc.code, "message": exc.message}, status=exc.status)
     if exc.retry_after is not None:
@@ -72,7 +82,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
             )
         raise
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and client_gone(request):
+            # The client hung up mid-answer (a killed curl, aria2c closing a segment): not our error.
+            what = "download" if request.method in ("GET", "HEAD") else "request"
+            log.info("client aborted %s: %s %s", what, request.method, request.path)
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(
             {"code": "internal_error", "message": "Something went wrong on the gateway; please try again."},
