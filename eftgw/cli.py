@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import ConfigError, Settings
 from eftgw.errors import BadRequest, DomainError
 from eftgw.gateway import Gateway
+from eftgw.logs import configure_logging
 from eftgw.model import Principal, Role
 
 OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Admin commands print their result on stdout; only warnings go to the log unless serving.
     level = settings.log_level.upper() if args.command == "serve" else "WARNING"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(level)
     try:
         return int(args.func(settings, args))
     except DomainError as exc:

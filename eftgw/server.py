@@ -18,6 +18,7 @@ from aiohttp import web
 
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
+from eftgw.logs import PROTOCOL_LOG, install_redaction
 from eftgw.metadata.election import run_as_leader
 from eftgw.orphans import sweep_orphans
 from eftgw.retention.worker import sweep
@@ -76,10 +77,11 @@ def banner(settings: Settings, scheme: str, storage: str, sftp_port: int) -> str
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
     from eftgw.http.app import make_app
 
+    install_redaction()
     gateway = Gateway.build(settings)
     await gateway.start()
     app = make_app(gateway)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=False, logger=PROTOCOL_LOG)
     await runner.setup()
     context = tls_context(settings)
     site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)

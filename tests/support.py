@@ -29,6 +29,7 @@ from eftgw.clock import Clock
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
 from eftgw.http.app import make_app
+from eftgw.logs import PROTOCOL_LOG
 from eftgw.model import Role
 from eftgw.server import tls_context
 
@@ -117,7 +118,7 @@ async def running_gateway(
     settings = settings_for(data_dir, http_port=port, **overrides)
     gateway = Gateway.build(settings, clock)
     await gateway.start()
-    runner = web.AppRunner(make_app(gateway), handler_cancellation=False)
+    runner = web.AppRunner(make_app(gateway), handler_cancellation=False, logger=PROTOCOL_LOG)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls_context(settings))
     await site.start()

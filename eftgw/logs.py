@@ -1,0 +1,100 @@
+"""Logging setup, and the rule that no credential reaches any log line, whoever writes it.
+
+Credentials arrive in places other code logs without meaning to: aiohttp's own "bad request" error quotes
+the raw header line (a whole ``Cookie`` or ``Authorization`` header), an exception message may quote a URL
+with a launch token. So redaction does not rely on each caller: :func:`install_redaction` replaces the
+log record factory, and every record, from any logger, is redacted when it is made — its message, the text
+of its exception and stack — before any handler or formatter (text or JSON) sees it. The formatted
+exception is kept in ``record.exc_text`` (which :class:`logging.Formatter` prints) and ``record.exc_info``
+is cleared, so no formatter can render the unredacted exception again.
+
+What counts as a credential: bearer and basic credentials, anything shaped like a JWT (access and launch
+tokens), the session cookie and any ``*session*`` cookie, and the value of any field named like a token,
+password or secret (``token=...``, ``"password": "..."``, ``X-CSRF-Token: ...``), webhook secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
+
+REDACTED = "[redacted]"
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    # JWTs (access and launch tokens), even cut short by a "..." in a quoted line.
+    (re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[^\s'\",;]+"), rf"\1\2{REDACTED}"),
+    # name=value and "name": "value" where the name says secret: cookies, form and query fields, JSON.
+    (
+        re.compile(
+            r"(?i)([\w.-]*(?:session|token|password|passwd|secret|csrf|api[_-]?key)[\w.-]*)"
+            r"(['\"]?\s*[:=]\s*['\"]?)([^\s'\",;&]+)"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    (re.compile(r"whsec_[A-Za-z0-9+/=_-]+"), REDACTED),
+]
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential replaced by ``[redacted]``."""
+    for pattern, replacement in _RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redacting_factory(factory: Any) -> Any:
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: still log what there is, redacted
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return record
+
+    make.eftgw_redacting = True  # type: ignore[attr-defined]
+    return make
+
+
+def install_redaction() -> None:
+    """Redact every log record this process makes (idempotent)."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "eftgw_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(factory))
+
+
+def configure_logging(level: str) -> None:
+    """The process's logging: one stream handler at ``level``, credentials redacted in every record."""
+    install_redaction()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's connection-level logger for the gateway's listeners.
+
+    A request that does not parse as HTTP (an oversized header line, a bad request line) is the client's
+    error, answered with a 4xx by aiohttp: one info line with its kind, not an ERROR with a traceback that
+    quotes the raw line (and the credentials in it). Anything else stays an error with its traceback.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            remote = args[0] if args else "?"
+            self.logger.info(
+                "refused a malformed request from %s: %s (%d)", remote, type(exc_info).__name__, exc_info.code
+            )
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+PROTOCOL_LOG = ProtocolLog(logging.getLogger("aiohttp.server"), {})
