@@ -91,7 +91,10 @@ def _set_cookie(response: web.StreamResponse, secret: str, session: Session, max
 async def launch_form(request: web.Request) -> web.StreamResponse:
     """A portal may POST the launch token as a form instead of putting it in the URL fragment."""
     gateway = gateway_of(request)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as exc:  # e.g. multipart/form-data without its boundary, or undecodable fields
+        raise BadRequest("The launch form must carry a 'token' field.") from exc
     token = form.get("token")
     if not isinstance(token, str) or not token:
         raise BadRequest("The launch form must carry a 'token' field.")

@@ -164,3 +164,11 @@ async def test_any_range_of_an_empty_file_is_416(gw: RunningGateway) -> None:
             assert resp.headers["content-range"] == "bytes */0"
     resp = await raw_request(gw.url, "GET", target, [("Authorization", f"Bearer {token}")])
     assert resp.status == 200 and resp.headers["content-length"] == "0" and resp.body == b""
+
+
+async def test_launch_form_without_multipart_boundary_is_400(gw: RunningGateway) -> None:
+    """POST /launch declared as multipart/form-data but without its boundary (found by Schemathesis) is a
+    400 asking for the form field, not a 500."""
+    headers = [("Content-Type", "multipart/form-data")]
+    resp = await raw_request(gw.url, "POST", "/launch", headers, b"token=abc")
+    assert resp.status == 400 and b"token" in resp.body
