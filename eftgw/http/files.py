@@ -143,7 +143,7 @@ async def content(request: web.Request) -> web.StreamResponse:
             await response.write(block)
             metrics.DOWNLOADED_BYTES.inc(len(block))
     except ConnectionError:
-        return response  # the client went away
+        raise  # the client went away: errors_middleware logs a client abort (info, 499), not an error
     except DamagedFile:
         _cut(request)  # logged and counted by verified()
         return response
