@@ -158,10 +158,11 @@ def test_every_list_setting_takes_the_comma_separated_form(monkeypatch: pytest.M
     ]
     assert "cors_origins" in list_fields
     for name in list_fields:
-        monkeypatch.setenv(f"EFTGW_{name.upper()}", "https://a.example, https://b.example")
-        assert getattr(Settings(), name) == ["https://a.example", "https://b.example"], name
-        monkeypatch.setenv(f"EFTGW_{name.upper()}", '["https://c.example"]')
-        assert getattr(Settings(), name) == ["https://c.example"], name
+        # Values every list setting accepts (origins are not checked; allowlists must be networks).
+        monkeypatch.setenv(f"EFTGW_{name.upper()}", "192.0.2.0/24, 198.51.100.7")
+        assert getattr(Settings(), name) == ["192.0.2.0/24", "198.51.100.7"], name
+        monkeypatch.setenv(f"EFTGW_{name.upper()}", '["203.0.113.0/24"]')
+        assert getattr(Settings(), name) == ["203.0.113.0/24"], name
         monkeypatch.delenv(f"EFTGW_{name.upper()}")
 
 
