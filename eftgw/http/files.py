@@ -25,6 +25,7 @@ from eftgw.errors import RangeNotSatisfiable
 from eftgw.hashing import repr_digest
 from eftgw.http.headers import parse_range
 from eftgw.http.keys import gateway_of
+from eftgw.http.middleware import client_gone
 from eftgw.http.session import authenticate
 from eftgw.model import FileRecord
 from eftgw.scrub import DamagedFile, verified
@@ -143,7 +144,11 @@ async def content(request: web.Request) -> web.StreamResponse:
             await response.write(block)
             metrics.DOWNLOADED_BYTES.inc(len(block))
     except ConnectionError:
-        raise  # the client went away: errors_middleware logs a client abort (info, 499), not an error
+        if client_gone(request):
+            raise  # the client went away: errors_middleware logs a client abort (info, 499), not an error
+        log.exception("download of file %s of case %s failed midway; connection cut", file_id, case_id)
+        _cut(request)
+        return response
     except DamagedFile:
         _cut(request)  # logged and counted by verified()
         return response
