@@ -30,7 +30,7 @@ from eftgw.clock import Clock
 from eftgw.errors import BadRequest, Unauthenticated
 from eftgw.ids import check_case_id, new_secret, secret_hash
 from eftgw.metadata import Repository
-from eftgw.model import Principal, Role, Session
+from eftgw.model import Principal, Role, Session, Via
 from eftgw.secretfile import load_or_create
 
 log = logging.getLogger("eftgw.auth")
@@ -195,7 +195,7 @@ class AuthService:
 
     async def bearer(self, token: str, remote: str | None) -> Principal:
         claims = self.verifier.verify(token, "access")
-        return Principal(claims.sub, claims.role, claims.case_id, via="token", remote=remote)
+        return Principal(claims.sub, claims.role, claims.case_id, via=Via.TOKEN, remote=remote)
 
     async def launch(self, token: str, remote: str | None) -> tuple[str, Session]:
         """Exchange a launch token for a session; returns the cookie value and the session."""
@@ -208,7 +208,7 @@ class AuthService:
             if not await self.repo.use_launch_jti(claims.jti, claims.exp + LEEWAY):
                 raise Unauthenticated("This launch link was already used; open it again from the portal.")
         except Unauthenticated as exc:
-            anonymous = Principal("anonymous", Role.CUSTOMER, None, via="launch", remote=remote)
+            anonymous = Principal("anonymous", Role.CUSTOMER, None, via=Via.LAUNCH, remote=remote)
             await self.audit.record("login.failed", anonymous, None, reason=exc.message)
             raise
         secret = new_secret()
@@ -239,7 +239,7 @@ class AuthService:
             session.user,
             session.role,
             session.case_id,
-            via="session",
+            via=Via.SESSION,
             remote=remote,
             session_id=session.id_hash,
         )

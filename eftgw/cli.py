@@ -16,9 +16,9 @@ from eftgw.config import ConfigError, Settings
 from eftgw.errors import BadRequest, DomainError
 from eftgw.gateway import Gateway
 from eftgw.logs import configure_logging
-from eftgw.model import Principal, Role
+from eftgw.model import Principal, Role, Via
 
-OPERATOR = Principal(user="operator", role=Role.SERVICE, via="cli")
+OPERATOR = Principal(user="operator", role=Role.SERVICE, via=Via.CLI)
 
 
 async def with_gateway(

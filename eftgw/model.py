@@ -32,19 +32,41 @@ class ConcatKind(enum.StrEnum):
     FINAL = "final"
 
 
+class Via(enum.StrEnum):
+    """How a principal reached the gateway (recorded in audit events)."""
+
+    TOKEN = "token"  # noqa: S105 - an API bearer token (a name, not a secret)
+    SESSION = "session"  # a browser session (after a launch)
+    LAUNCH = "launch"  # a launch attempt that did not become a session
+    SFTP = "sftp"
+    CLI = "cli"  # an admin command
+    SYSTEM = "system"  # the gateway itself (retention, sweeps); only :class:`SystemPrincipal` has it
+
+
+class Transport(enum.StrEnum):
+    """The transport an upload (and the file it became) came over."""
+
+    HTTP = "http"
+    SFTP = "sftp"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is acting: a user with a role, bound to one case unless an engineer or service."""
+    """Who is acting: a user with a role, bound to one case unless an engineer or service.
+
+    Access to a case follows from the role alone; nothing a request carries (no string, no flag) widens it.
+    The gateway's own jobs act as a :class:`SystemPrincipal`, a distinct type the type checker follows.
+    """
 
     user: str
     role: Role
     case_id: str | None = None
-    via: str = "token"  # token | session | sftp | cli | system
+    via: Via = Via.TOKEN
     remote: str | None = None
     session_id: str | None = None
 
     def may_access_case(self, case_id: str) -> bool:
-        if self.role is Role.ENGINEER or self.via == "system":
+        if self.role is Role.ENGINEER:
             return True
         if self.role is Role.CUSTOMER:
             return self.case_id == case_id
@@ -56,7 +78,22 @@ class Principal:
         return "engineer" if self.role is Role.ENGINEER else "customer"
 
 
-SYSTEM = Principal(user="system", role=Role.SERVICE, via="system")
+@dataclass(frozen=True)
+class SystemPrincipal(Principal):
+    """The gateway itself (retention, expiry sweeps): may reach every case.
+
+    Only code that constructs one gets this power; no token, session or SFTP login can produce it, and the
+    operations reserved to it (e.g. :meth:`FileService.purge`) take this type, not a :class:`Principal`.
+    """
+
+    role: Role = Role.SERVICE
+    via: Via = Via.SYSTEM
+
+    def may_access_case(self, case_id: str) -> bool:
+        return True
+
+
+SYSTEM = SystemPrincipal(user="system")
 
 
 @dataclass
@@ -85,7 +122,7 @@ class FileRecord:
     uploaded_at: dt.datetime
     uploaded_by: str
     source: str  # customer | engineer
-    via: str  # http | sftp
+    via: Transport
     content_type: str = "application/octet-stream"
     modified_at: dt.datetime | None = None
 
@@ -104,7 +141,7 @@ class Upload:
     expires_at: dt.datetime
     created_by: str
     source: str
-    via: str
+    via: Transport
     staging_key: str
     metadata: dict[str, str] = field(default_factory=dict)
     concat: ConcatKind = ConcatKind.NONE

@@ -21,7 +21,7 @@ from eftgw.auth import AuthService
 from eftgw.clock import isoformat
 from eftgw.errors import BadRequest, CsrfRejected, Forbidden, Unauthenticated
 from eftgw.http.keys import PRINCIPAL_KEY, gateway_of
-from eftgw.model import Principal, Role, Session
+from eftgw.model import Principal, Role, Session, Via
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -66,7 +66,7 @@ async def authenticate(request: web.Request) -> Principal:
 async def service_principal(request: web.Request) -> Principal:
     """The case system's service principal; anyone else gets 403 (the integration API is its alone)."""
     principal = await authenticate(request)
-    if principal.role is not Role.SERVICE or principal.via != "token":
+    if principal.role is not Role.SERVICE or principal.via is not Via.TOKEN:
         raise Forbidden("The integration API is for the case system's service token.")
     return principal
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from eftgw.clock import isoformat
 from eftgw.errors import DomainError
 from eftgw.gateway import Gateway
-from eftgw.model import CaseState, Principal, Role
+from eftgw.model import CaseState, SystemPrincipal
 from eftgw.storage import object_key, staging_key
 
 log = logging.getLogger("eftgw.retention")
 
-RETENTION = Principal(user="retention", role=Role.SERVICE, via="system")
+RETENTION = SystemPrincipal(user="retention")
 
 
 class PurgeIncomplete(DomainError):
@@ -64,7 +64,7 @@ async def purge_case(gateway: Gateway, case_id: str, closed_at: dt.datetime | No
     report = PurgeReport(case_id, closed_at)
     report.uploads = await gateway.uploads.discard_case(RETENTION, case_id)
     for record in await gateway.repo.list_files(case_id):
-        await gateway.files.delete(RETENTION, case_id, record.id, reason="retention")
+        await gateway.files.purge(RETENTION, case_id, record.id)
         report.files.append({"id": record.id, "sha256": record.sha256, "size": record.size})
         report.bytes += record.size
     for prefix in case_prefixes(case_id):

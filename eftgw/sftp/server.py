@@ -32,7 +32,7 @@ from eftgw.accounts import AccountService
 from eftgw.audit import AuditLog
 from eftgw.errors import Unauthenticated
 from eftgw.gateway import Gateway
-from eftgw.model import Principal, Role
+from eftgw.model import Principal, Role, Via
 from eftgw.sftp.defender import LoginDefender
 from eftgw.sftp.fs import CaseSFTPServer, SftpContext
 from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
@@ -412,7 +412,7 @@ class _AccountSSHServer(asyncssh.SSHServer):
             self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")
 
     async def _audit_failure(self, username: str) -> None:
-        actor = Principal(username[:64] or "-", Role.CUSTOMER, via="sftp", remote=self.remote)
+        actor = Principal(username[:64] or "-", Role.CUSTOMER, via=Via.SFTP, remote=self.remote)
         with contextlib.suppress(Exception):
             await self.service.audit.record("sftp.login_failed", actor, None)
 
