@@ -41,7 +41,8 @@ from eftgw.cases import CaseService
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import BadRequest, DomainError, Forbidden, Unauthenticated
 from eftgw.metadata import Repository
-from eftgw.model import CaseState, Principal, Role, SftpAccount
+from eftgw.model import CaseState, Principal, Role, SftpAccount, Via
+from eftgw.pagination import Page, decode_cursor, page_of
 from eftgw.secretfile import load_or_create
 
 log = logging.getLogger("eftgw.accounts")
@@ -233,6 +234,15 @@ class AccountService:
         self._require_admin(principal)
         return await self.repo.list_accounts(case_id)
 
+    async def page_accounts(
+        self, principal: Principal, case_id: str, limit: int, cursor: str | None = None
+    ) -> Page[SftpAccount]:
+        """One page of the case's accounts, oldest first, after ``cursor`` if given."""
+        self._require_admin(principal)
+        after = decode_cursor(cursor) if cursor else None
+        accounts = await self.repo.list_accounts(case_id, limit + 1, after)
+        return page_of(accounts, limit, lambda a: (a.created_at, a.username))
+
     async def revoke(self, principal: Principal, username: str) -> SftpAccount:
         """Revoke an account: no new logins, and live sessions are cut (listeners are told at once)."""
         self._require_admin(principal)
@@ -340,7 +350,7 @@ class AccountService:
 
     @staticmethod
     def _principal(account: SftpAccount, remote: str | None) -> Principal:
-        return Principal(account.username, Role.CUSTOMER, account.case_id, via="sftp", remote=remote)
+        return Principal(account.username, Role.CUSTOMER, account.case_id, via=Via.SFTP, remote=remote)
 
     async def _usable(self, account: SftpAccount) -> bool:
         if not account.active_at(self.clock.now()):

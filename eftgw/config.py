@@ -129,6 +129,15 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires"
     )
     max_upload_size: int | None = Field(default=None, ge=1, description="Tus-Max-Size; none means no limit")
+    max_active_uploads_per_case: int = Field(
+        default=1000, ge=1, description="unfinished uploads a case may hold at once; more are refused (429)"
+    )
+    upload_creation_rate: int = Field(
+        default=120, ge=1, description="uploads one principal may create per minute, on average (429 past it)"
+    )
+    upload_creation_burst: int = Field(
+        default=120, ge=1, description="uploads one principal may create at once before the rate applies"
+    )
     cors_origins: CommaList = Field(default_factory=list)
     clock_offset: float = 0.0
     retention_interval: int = Field(default=300, ge=1)

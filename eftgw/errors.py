@@ -15,7 +15,7 @@ class DomainError(Exception):
     code: ClassVar[str] = "error"
     status: ClassVar[int] = 400
     default_message: ClassVar[str] = "The request could not be processed."
-    retry_after: ClassVar[int | None] = None
+    retry_after: int | None = None
     """Seconds after which trying again may help (HTTP ``Retry-After``); ``None``: retrying will not help."""
 
     def __init__(self, message: str | None = None) -> None:
@@ -173,3 +173,15 @@ class BodyInterrupted(Exception):
     """The transport lost the request body midway (client gone). What arrived before is kept.
 
     Not a :class:`DomainError`: nobody is left to answer; transports log it and close."""
+
+
+class TooManyRequests(DomainError):
+    """A quota or rate was reached; ``retry_after`` (seconds) says when trying again makes sense."""
+
+    code = "too_many_requests"
+    status = 429
+    default_message = "Too many requests; try again later."
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.errors import FileNotFound, Forbidden, RangeNotSatisfiable
 from eftgw.metadata import Repository
-from eftgw.model import CaseState, FileRecord, Principal, Role
+from eftgw.model import CaseState, FileRecord, Principal, Role, SystemPrincipal
 from eftgw.names import sanitize_name
+from eftgw.pagination import Page, decode_cursor, page_of
 from eftgw.storage import ObjectStore
 
 
@@ -42,6 +45,23 @@ class FileService:
         await self.cases.get(case_id)
         return await self.repo.list_files(case_id)
 
+    async def page(
+        self, principal: Principal, case_id: str, limit: int, cursor: str | None = None
+    ) -> Page[FileRecord]:
+        """One page of the case's files in ``(uploaded_at, id)`` order, after ``cursor`` if given."""
+        if not principal.may_access_case(case_id):
+            raise FileNotFound("No such case for this sign-in.")
+        after = decode_cursor(cursor) if cursor else None
+        await self.cases.get(case_id)
+        records = await self.repo.list_files_page(case_id, limit + 1, after)
+        return page_of(records, limit, lambda r: (r.uploaded_at, r.id))
+
+    async def named(self, principal: Principal, case_id: str, name: str) -> builtins.list[FileRecord]:
+        """The case's files with exactly this name, oldest first: one indexed query, whatever it holds."""
+        if not principal.may_access_case(case_id):
+            raise FileNotFound("No such case for this sign-in.")
+        return await self.repo.files_named(case_id, name)
+
     async def get(self, principal: Principal, case_id: str, file_id: str) -> FileRecord:
         if not principal.may_access_case(case_id):
             raise FileNotFound()
@@ -71,17 +91,37 @@ class FileService:
             return True
         return principal.role is Role.CUSTOMER and record.source == "customer" and state is CaseState.OPEN
 
-    async def delete(self, principal: Principal, case_id: str, file_id: str, *, reason: str = "user") -> None:
-        """Delete a file's object and its record; the same path serves users and retention."""
+    async def delete(self, principal: Principal, case_id: str, file_id: str) -> None:
+        """A user deletes a file: allowed only as :meth:`may_delete` says, for every caller."""
         record = await self.get(principal, case_id, file_id)
         case = await self.cases.get(case_id)
-        if reason == "user" and not self.may_delete(principal, record, case.state):
+        if not self.may_delete(principal, record, case.state):
             raise Forbidden("You may not delete this file.")
+        await self._remove(principal, record, "user")
+
+    async def purge(self, principal: SystemPrincipal, case_id: str, file_id: str) -> None:
+        """Retention deletes a file of a case being purged: no user's permission applies, so it takes the
+        gateway's own :class:`SystemPrincipal` (a type, checked by mypy, that no login produces)."""
+        if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
+            raise Forbidden("Only the gateway's retention may purge files.")
+        record = await self.get(principal, case_id, file_id)
+        await self._remove(principal, record, "retention")
+
+    async def _remove(
+        self, principal: Principal, record: FileRecord, reason: Literal["user", "retention"]
+    ) -> None:
+        """Delete the object, then the row with its audit event in one transaction."""
         await self.store.delete_object(record.object_key)
         event = self.audit.event(
-            "file.deleted", principal, case_id, file_id, size=record.size, sha256=record.sha256, reason=reason
+            "file.deleted",
+            principal,
+            record.case_id,
+            record.id,
+            size=record.size,
+            sha256=record.sha256,
+            reason=reason,
         )
-        await self.repo.delete_file(case_id, file_id, audit=event)
+        await self.repo.delete_file(record.case_id, record.id, audit=event)
         self.audit.logged(event)
 
     async def rename(self, principal: Principal, case_id: str, file_id: str, name: str) -> FileRecord:

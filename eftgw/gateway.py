@@ -24,6 +24,7 @@ from eftgw.config import Settings
 from eftgw.files import FileService
 from eftgw.locks import LocalUploadLocks, UploadLocks
 from eftgw.metadata import SqlRepository
+from eftgw.quotas import CreationRate
 from eftgw.storage import ObjectStore
 from eftgw.uploads import UploadService
 
@@ -84,6 +85,8 @@ class Gateway:
             region=settings.region,
             expiry=dt.timedelta(seconds=settings.upload_expiry),
             max_size=settings.max_upload_size,
+            max_active_per_case=settings.max_active_uploads_per_case,
+            creation_rate=CreationRate(settings.upload_creation_rate, settings.upload_creation_burst),
         )
         files = FileService(repo, store, cases, audit)
         signing_key = load_or_create_signing_key(

@@ -40,6 +40,7 @@ from eftgw.errors import (
     LengthExceeded,
     OffsetMismatch,
     StorageUnavailable,
+    TooManyRequests,
     UploadGone,
     UploadIncomplete,
     UploadLocked,
@@ -50,8 +51,10 @@ from eftgw.hashing import ChunkChecksum, FileDigests, StateError
 from eftgw.ids import new_file_id, new_upload_id
 from eftgw.locks import UploadLease, UploadLocks
 from eftgw.metadata import Repository
-from eftgw.model import ConcatKind, FileRecord, Principal, Upload, UploadState
+from eftgw.model import ConcatKind, FileRecord, Principal, SystemPrincipal, Transport, Upload, UploadState
 from eftgw.names import sanitize_content_type, sanitize_name
+from eftgw.pagination import Page, decode_cursor, page_of
+from eftgw.quotas import CreationRate
 from eftgw.storage import ObjectNotFound, ObjectStore, UploadWriter, object_key, staging_key
 
 log = logging.getLogger("eftgw.uploads")
@@ -63,6 +66,7 @@ MAX_LENGTH = 2**63 - 1  # the largest size the metadata database stores (a signe
 # Saved instead of a digest state where it cannot be exported: only this process, which keeps the digests
 # under this unique mark, may continue from it (and only while the row still holds the mark).
 LOCAL_DIGESTS_MARK = b"EDL\x01"
+ACTIVE_QUOTA_RETRY_SECONDS = 60  # a guess: uploads in progress usually finish within minutes
 
 
 class _TakenOver(Exception):
@@ -82,6 +86,8 @@ class UploadService:
         region: str,
         expiry: dt.timedelta,
         max_size: int | None = None,
+        max_active_per_case: int | None = None,
+        creation_rate: CreationRate | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -94,6 +100,8 @@ class UploadService:
         self.max_size = max_size
         # Digests that could not be exported, (the mark saved in its row, the digests at its offset).
         self._digests: dict[str, tuple[bytes, FileDigests]] = {}
+        self.max_active_per_case = max_active_per_case
+        self.creation_rate = creation_rate
 
     # creation --------------------------------------------------------------------------------------
 
@@ -104,7 +112,7 @@ class UploadService:
         *,
         length: int | None,
         metadata: dict[str, str],
-        via: str = "http",
+        via: Transport = Transport.HTTP,
         concat: ConcatKind = ConcatKind.NONE,
         partial_ids: list[str] | None = None,
     ) -> Upload:
@@ -112,6 +120,7 @@ class UploadService:
         if not principal.may_access_case(case_id):
             raise UploadNotFound("No such case for this sign-in.")
         await self.cases.require_open(case_id)
+        await self._check_quotas(principal, case_id)
         partials: list[Upload] = []
         if concat is ConcatKind.FINAL:
             partials = await self._resolve_partials(principal, case_id, partial_ids or [])
@@ -119,8 +128,7 @@ class UploadService:
         if length is not None:
             if not 0 <= length <= MAX_LENGTH:
                 raise BadRequest(f"Upload-Length must be from 0 to {MAX_LENGTH}.")
-            if self.max_size is not None and length > self.max_size:
-                raise UploadTooLarge(f"The file is larger than this gateway accepts ({self.max_size} bytes).")
+            self.check_size(length)
         now = self.clock.now()
         upload_id = new_upload_id()
         name = sanitize_name(metadata.get("filename") or metadata.get("name"))
@@ -160,6 +168,21 @@ class UploadService:
                 await self._complete(upload, principal, None)
         return upload
 
+    async def _check_quotas(self, principal: Principal, case_id: str) -> None:
+        """Refuse a new upload past the principal's creation rate or the case's number of unfinished ones."""
+        if isinstance(principal, SystemPrincipal):
+            return
+        if self.max_active_per_case is not None:
+            active = await self.repo.count_active_uploads(case_id, self.clock.now())
+            if active >= self.max_active_per_case:
+                raise TooManyRequests(
+                    f"This case already has {active} unfinished uploads, the most the gateway keeps at once; "
+                    "finish or cancel some before starting more.",
+                    retry_after=ACTIVE_QUOTA_RETRY_SECONDS,
+                )
+        if self.creation_rate is not None:
+            self.creation_rate.take(principal)
+
     async def _resolve_partials(self, principal: Principal, case_id: str, ids: list[str]) -> list[Upload]:
         if not ids:
             raise BadRequest("A final upload must name its partial uploads.")
@@ -198,6 +221,27 @@ class UploadService:
             if u.expires_at > now and u.concat is not ConcatKind.FINAL
         ]
 
+    async def page_active(
+        self, principal: Principal, case_id: str, limit: int, cursor: str | None = None
+    ) -> Page[Upload]:
+        """One page of :meth:`list_active` in ``(created_at, id)`` order, after ``cursor`` if given."""
+        if not principal.may_access_case(case_id):
+            raise UploadNotFound("No such case for this sign-in.")
+        after = decode_cursor(cursor) if cursor else None
+        await self.cases.get(case_id)
+        uploads = await self.repo.list_active_uploads_page(case_id, self.clock.now(), limit + 1, after)
+        return page_of(uploads, limit, lambda u: (u.created_at, u.id))
+
+    async def active_named(
+        self, principal: Principal, case_id: str, name: str, via: Transport | None = None
+    ) -> list[Upload]:
+        """The case's uploads in progress with exactly this name (and transport), oldest first: one indexed
+        query, whatever the case holds."""
+        if not principal.may_access_case(case_id):
+            raise UploadNotFound("No such case for this sign-in.")
+        uploads = await self.repo.active_uploads_named(case_id, name, self.clock.now())
+        return [u for u in uploads if via is None or u.via == via]
+
     async def _visible(self, principal: Principal, case_id: str, upload_id: str) -> Upload:
         if not principal.may_access_case(case_id):
             raise UploadNotFound()
@@ -212,6 +256,11 @@ class UploadService:
 
     # appending -------------------------------------------------------------------------------------
 
+    def check_size(self, size: int) -> None:
+        """Raise :class:`UploadTooLarge` if a file of ``size`` bytes would exceed the gateway's limit."""
+        if self.max_size is not None and size > self.max_size:
+            raise UploadTooLarge(f"The file exceeds the gateway's size limit of {self.max_size} bytes.")
+
     async def append(
         self,
         principal: Principal,
@@ -222,12 +271,18 @@ class UploadService:
         *,
         checksum: ChunkChecksum | None = None,
         declared_length: int | None = None,
+        body_size: int | None = None,
     ) -> Upload:
         """Append a request body at ``offset``; return the upload with its new durable offset.
 
+        ``body_size`` is the body's size if the transport knows it in advance (``Content-Length``): a body
+        that cannot fit is refused before a byte of it is read. Whatever the transport says, no byte past
+        the upload's length or the gateway's size limit is ever stored.
+
         Raises :class:`OffsetMismatch` unless ``offset`` is the durable offset, :class:`ChecksumMismatch` (the
-        chunk discarded), :class:`LengthExceeded`, :class:`CaseClosed`, and :class:`BodyInterrupted` after
-        keeping what arrived when the transport lost the body.
+        chunk discarded), :class:`LengthExceeded` and :class:`UploadTooLarge` (the chunk discarded),
+        :class:`CaseClosed`, and :class:`BodyInterrupted` after keeping what arrived when the transport lost
+        the body.
         """
         await self._visible(principal, case_id, upload_id)
         async with self.locks.hold(upload_id) as lease:
@@ -247,6 +302,8 @@ class UploadService:
                 )
             if declared_length is not None:
                 self._declare_length(upload, declared_length)
+            if body_size is not None:
+                self._check_room(upload, upload.offset + body_size)
             try:
                 digests = await self._digests_for(upload)
                 await self._write_body(upload, body, digests, checksum, lease)
@@ -265,9 +322,14 @@ class UploadService:
             return
         if length < upload.offset:
             raise BadRequest("Upload-Length is smaller than what was already uploaded.")
-        if self.max_size is not None and length > self.max_size:
-            raise UploadTooLarge(f"The file is larger than this gateway accepts ({self.max_size} bytes).")
+        self.check_size(length)
         upload.length = length
+
+    def _check_room(self, upload: Upload, end: int) -> None:
+        """Refuse data that would end at ``end``: past the declared length, or past the size limit."""
+        if upload.length is not None and end > upload.length:
+            raise LengthExceeded()
+        self.check_size(end)
 
     async def _write_body(
         self,
@@ -304,9 +366,7 @@ class UploadService:
                     break
                 if chunk is None:
                     break
-                received = upload.offset + written + len(buffer) + len(chunk)
-                if upload.length is not None and received > upload.length:
-                    raise LengthExceeded()
+                self._check_room(upload, upload.offset + written + len(buffer) + len(chunk))
                 buffer += chunk
                 if len(buffer) >= BLOCK_SIZE:
                     block = bytes(buffer)
@@ -563,8 +623,10 @@ class UploadService:
         await self.repo.save_progress(upload)
         self._digests.pop(upload.id, None)
 
-    async def discard_case(self, principal: Principal, case_id: str) -> int:
+    async def discard_case(self, principal: SystemPrincipal, case_id: str) -> int:
         """Cancel every upload of the case (its purge): data goes, a running writer is taken over first."""
+        if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
+            raise Forbidden("Only the gateway's retention may discard a case's uploads.")
         count = 0
         for upload in await self.repo.list_uploads(case_id):
             async with self.locks.hold(upload.id):
@@ -577,7 +639,7 @@ class UploadService:
                 count += 1
         return count
 
-    async def sweep_expired(self, principal: Principal) -> int:
+    async def sweep_expired(self, principal: SystemPrincipal) -> int:
         """Delete the data of idle unfinished uploads and forget old upload records; return how many."""
         count = 0
         for upload in await self.repo.list_expired_uploads(self.clock.now()):

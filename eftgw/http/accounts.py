@@ -15,6 +15,7 @@ from eftgw.accounts import AccountNotFound
 from eftgw.errors import BadRequest
 from eftgw.http.bodies import json_object
 from eftgw.http.keys import gateway_of
+from eftgw.http.pages import page_params, page_response
 from eftgw.http.session import authenticate, service_principal
 
 routes = web.RouteTableDef()
@@ -49,8 +50,10 @@ async def create_account(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/integration/cases/{case_id}/sftp-accounts")
 async def list_accounts(request: web.Request) -> web.StreamResponse:
     principal = await service_principal(request)
-    accounts = await gateway_of(request).accounts.list_accounts(principal, request.match_info["case_id"])
-    return web.json_response([gateway_of(request).accounts.view(a) for a in accounts])
+    accounts = gateway_of(request).accounts
+    limit, cursor = page_params(request)
+    page = await accounts.page_accounts(principal, request.match_info["case_id"], limit, cursor)
+    return page_response(request, page, [accounts.view(a) for a in page.items], limit)
 
 
 @routes.delete("/api/v1/integration/sftp-accounts/{username}")

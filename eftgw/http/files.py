@@ -1,6 +1,7 @@
 """The files API: the case, its files, their content with single ranges (resumable downloads), deletion.
 
-``GET /api/v1/cases/{case_id}`` (state and purge date), ``GET /api/v1/cases/{case_id}/files`` (JSON list),
+``GET /api/v1/cases/{case_id}`` (state and purge date), ``GET /api/v1/cases/{case_id}/files`` (JSON list, in
+pages: ``limit``, ``cursor``, ``Link: rel="next"``),
 ``GET|HEAD|DELETE /api/v1/cases/{case_id}/files/{file_id}``, and
 ``GET|HEAD /api/v1/cases/{case_id}/files/{file_id}/content`` with ``Range`` / ``If-Range``.
 
@@ -26,6 +27,7 @@ from eftgw.hashing import repr_digest
 from eftgw.http.headers import parse_range
 from eftgw.http.keys import gateway_of
 from eftgw.http.middleware import client_gone
+from eftgw.http.pages import page_params, page_response
 from eftgw.http.session import authenticate
 from eftgw.model import FileRecord
 from eftgw.scrub import DamagedFile, verified
@@ -71,8 +73,9 @@ async def list_files(request: web.Request) -> web.StreamResponse:
     gateway = gateway_of(request)
     case_id = request.match_info["case_id"]
     view = await gateway.cases.view(principal, case_id)
-    records = await gateway.files.list(principal, case_id)
-    response = web.json_response([file_json(r, view) for r in records])
+    limit, cursor = page_params(request)
+    page = await gateway.files.page(principal, case_id, limit, cursor)
+    response = page_response(request, page, [file_json(r, view) for r in page.items], limit)
     response.headers["Eftgw-Case-State"] = view.case.state.value
     if view.purge_due_at:
         response.headers["Eftgw-Purge-Due-At"] = isoformat(view.purge_due_at)

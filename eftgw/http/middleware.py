@@ -32,7 +32,16 @@ TUS_HEADERS = [
     "Tus-Checksum-Algorithm",
 ]
 ALLOWED_HEADERS = [*TUS_HEADERS, "Authorization", "Content-Type", "X-CSRF-Token", "X-Requested-With", "Range"]
-EXPOSED_HEADERS = [*TUS_HEADERS, "Location", "Repr-Digest", "Content-Disposition", "Content-Range", "ETag"]
+EXPOSED_HEADERS = [
+    *TUS_HEADERS,
+    "Location",
+    "Repr-Digest",
+    "Content-Disposition",
+    "Content-Range",
+    "ETag",
+    "Link",
+    "Retry-After",
+]
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from eftgw import __version__
+from eftgw.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 JSON = "application/json"
 
@@ -33,6 +34,36 @@ STORAGE_UNAVAILABLE = _json(
 CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
 FILE_ID = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}
 UPLOAD_ID = {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": f"Items per page (default {DEFAULT_LIMIT})",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "required": False,
+    "description": "Where the page starts: the opaque cursor of the previous page's Link rel=next",
+    "schema": {"type": "string"},
+}
+PAGE_HEADERS = {
+    "Link": {
+        "description": 'URL of the next page as `<url>; rel="next"`; absent on the last page',
+        "schema": {"type": "string"},
+    },
+    "Eftgw-Next-Cursor": {
+        "description": "The cursor of the next page; absent on the last page",
+        "schema": {"type": "string"},
+    },
+}
+TOO_MANY = {
+    "description": "A quota was reached (unfinished uploads of the case, or uploads started per minute); "
+    "Retry-After says when to try again",
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    "content": {JSON: {"schema": _ref("Error")}},
+}
 TUS = {"name": "Tus-Resumable", "in": "header", "required": True, "schema": {"const": "1.0.0"}}
 
 
@@ -165,9 +196,14 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/cases/{case_id}/files": {
                 "get": _op(
-                    "The case's completed files",
-                    {"200": _json({"type": "array", "items": _ref("File")}, "Files")},
-                    params=[CASE_ID],
+                    "The case's completed files, oldest first, in pages",
+                    {
+                        "200": {
+                            **_json({"type": "array", "items": _ref("File")}, "Files"),
+                            "headers": PAGE_HEADERS,
+                        }
+                    },
+                    params=[CASE_ID, LIMIT, CURSOR],
                 )
             },
             "/api/v1/cases/{case_id}/files/{file_id}": {
@@ -195,15 +231,22 @@ def document() -> dict[str, Any]:
                     "tus creation (creation-with-upload, defer-length, concatenation)",
                     {
                         "201": {"description": "Created; Location is the upload URL"},
+                        "413": ERROR,
+                        "429": TOO_MANY,
                         "503": STORAGE_UNAVAILABLE,
                         "507": STORAGE_FULL,
                     },
                     params=[CASE_ID, TUS],
                 ),
                 "get": _op(
-                    "Unfinished uploads of the case",
-                    {"200": _json({"type": "array", "items": _ref("Upload")}, "Uploads")},
-                    params=[CASE_ID],
+                    "Unfinished uploads of the case, oldest first, in pages",
+                    {
+                        "200": {
+                            **_json({"type": "array", "items": _ref("Upload")}, "Uploads"),
+                            "headers": PAGE_HEADERS,
+                        }
+                    },
+                    params=[CASE_ID, LIMIT, CURSOR],
                 ),
             },
             "/api/v1/cases/{case_id}/uploads/{upload_id}": {
@@ -214,6 +257,7 @@ def document() -> dict[str, Any]:
                     {
                         "204": {"description": "Upload-Offset is durable"},
                         "409": ERROR,
+                        "413": ERROR,
                         "460": ERROR,
                         "503": STORAGE_UNAVAILABLE,
                         "507": STORAGE_FULL,
@@ -268,9 +312,14 @@ def document() -> dict[str, Any]:
                     },
                 ),
                 "get": _op(
-                    "The case's SFTP accounts, without passwords (service)",
-                    {"200": _json({"type": "array", "items": _ref("SftpAccount")}, "Accounts")},
-                    params=[CASE_ID],
+                    "The case's SFTP accounts, without passwords, oldest first, in pages (service)",
+                    {
+                        "200": {
+                            **_json({"type": "array", "items": _ref("SftpAccount")}, "Accounts"),
+                            "headers": PAGE_HEADERS,
+                        }
+                    },
+                    params=[CASE_ID, LIMIT, CURSOR],
                 ),
             },
             "/api/v1/integration/sftp-accounts/{username}": {

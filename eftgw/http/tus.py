@@ -19,11 +19,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from eftgw.clock import isoformat
-from eftgw.errors import BadRequest, BodyInterrupted, DomainError
+from eftgw.errors import BadRequest, BodyInterrupted, DomainError, UploadTooLarge
 from eftgw.hashing import CHECKSUM_ALGORITHMS, ChunkChecksum
 from eftgw.http.headers import parse_integer
 from eftgw.http.keys import gateway_of
 from eftgw.http.middleware import TUS_VERSION
+from eftgw.http.pages import page_params, page_response
 from eftgw.http.session import authenticate
 from eftgw.model import ConcatKind, Upload, UploadState
 
@@ -169,6 +170,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     metadata = parse_metadata(request.headers.get("Upload-Metadata"))
     with_body = request.headers.get("Content-Type") == OFFSET_CONTENT_TYPE
     checksum = _checksum(request) if with_body else None
+    if with_body and request.content_length is not None:
+        gateway.uploads.check_size(request.content_length)  # a body that cannot fit creates nothing
     upload = await gateway.uploads.create(
         principal, case_id, length=length, metadata=metadata, concat=concat, partial_ids=partial_ids
     )
@@ -177,8 +180,18 @@ async def create(request: web.Request) -> web.StreamResponse:
     if with_body and concat is not ConcatKind.FINAL:
         try:
             upload = await gateway.uploads.append(
-                principal, case_id, upload.id, 0, body_of(request), checksum=checksum
+                principal,
+                case_id,
+                upload.id,
+                0,
+                body_of(request),
+                checksum=checksum,
+                body_size=request.content_length,
             )
+        except UploadTooLarge:
+            # The file cannot fit whatever the client does next: the empty upload goes and the answer is 413.
+            await gateway.uploads.terminate(principal, case_id, upload.id)
+            raise
         except DomainError as exc:
             # creation-with-upload: the upload exists even if its first chunk failed; say where it stands.
             response = web.json_response({"code": exc.code, "message": exc.message}, status=201)
@@ -194,11 +207,12 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/v1/cases/{case_id}/uploads")
 async def list_unfinished(request: web.Request) -> web.StreamResponse:
-    """Unfinished uploads of the case, so a reloaded page can offer to resume them."""
+    """Unfinished uploads of the case, so a reloaded page can offer to resume them (in pages)."""
     principal = await authenticate(request)
     gateway = gateway_of(request)
-    uploads = await gateway.uploads.list_active(principal, request.match_info["case_id"])
-    return web.json_response([_upload_json(request, u) for u in uploads])
+    limit, cursor = page_params(request)
+    page = await gateway.uploads.page_active(principal, request.match_info["case_id"], limit, cursor)
+    return page_response(request, page, [_upload_json(request, u) for u in page.items], limit)
 
 
 def _upload_json(request: web.Request, upload: Upload) -> dict[str, Any]:
@@ -257,6 +271,7 @@ async def patch(request: web.Request) -> web.StreamResponse:
         body_of(request),
         checksum=checksum,
         declared_length=_int_header(request, "Upload-Length"),
+        body_size=request.content_length,
     )
     headers = _upload_headers(request, upload)
     headers["Upload-Offset"] = str(upload.offset)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -24,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eftgw.errors import UploadLocked
+from eftgw.metadata import rows
 from eftgw.metadata import schema as t
 from eftgw.model import (
     AuditEvent,
@@ -37,6 +37,7 @@ from eftgw.model import (
     Upload,
     UploadState,
 )
+from eftgw.pagination import Position
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -56,12 +57,19 @@ class Repository(Protocol):
     async def add_file(self, record: FileRecord) -> None: ...
     async def get_file(self, case_id: str, file_id: str) -> FileRecord | None: ...
     async def list_files(self, case_id: str) -> list[FileRecord]: ...
+    async def list_files_page(self, case_id: str, limit: int, after: Position | None) -> list[FileRecord]: ...
+    async def files_named(self, case_id: str, name: str) -> list[FileRecord]: ...
     async def delete_file(self, case_id: str, file_id: str, audit: AuditEvent | None = None) -> bool: ...
 
     async def add_upload(self, upload: Upload) -> None: ...
     async def get_upload(self, upload_id: str) -> Upload | None: ...
     async def list_uploads(self, case_id: str, state: UploadState | None = None) -> list[Upload]: ...
     async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]: ...
+    async def list_active_uploads_page(
+        self, case_id: str, now: dt.datetime, limit: int, after: Position | None
+    ) -> list[Upload]: ...
+    async def active_uploads_named(self, case_id: str, name: str, now: dt.datetime) -> list[Upload]: ...
+    async def count_active_uploads(self, case_id: str, now: dt.datetime) -> int: ...
     async def save_progress(self, upload: Upload, fence: int | None = None) -> None: ...
     async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None: ...
     async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None: ...
@@ -81,7 +89,9 @@ class Repository(Protocol):
     ) -> bool: ...
     async def add_account(self, account: SftpAccount) -> None: ...
     async def get_account(self, username: str) -> SftpAccount | None: ...
-    async def list_accounts(self, case_id: str | None = None) -> list[SftpAccount]: ...
+    async def list_accounts(
+        self, case_id: str | None = None, limit: int | None = None, after: Position | None = None
+    ) -> list[SftpAccount]: ...
     async def revoke_account(self, username: str, at: dt.datetime) -> None: ...
     async def set_account_keys(self, username: str, keys: list[str]) -> None: ...
     async def record_account_login(self, username: str, at: dt.datetime) -> None: ...
@@ -117,83 +127,6 @@ async def _file_lock(path: str) -> AsyncIterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _case(row: Any) -> Case:
-    return Case(
-        id=row.id,
-        state=CaseState(row.state),
-        opened_at=row.opened_at,
-        closed_at=row.closed_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _file(row: Any) -> FileRecord:
-    return FileRecord(
-        id=row.id,
-        case_id=row.case_id,
-        name=row.name,
-        size=row.size,
-        sha256=row.sha256,
-        xxh128=row.xxh128,
-        object_key=row.object_key,
-        content_type=row.content_type,
-        uploaded_at=row.uploaded_at,
-        uploaded_by=row.uploaded_by,
-        source=row.source,
-        via=row.via,
-        modified_at=row.modified_at,
-    )
-
-
-def _upload(row: Any) -> Upload:
-    return Upload(
-        id=row.id,
-        case_id=row.case_id,
-        file_id=row.file_id,
-        name=row.name,
-        length=row.length,
-        offset=row.offset,
-        state=UploadState(row.state),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        expires_at=row.expires_at,
-        created_by=row.created_by,
-        source=row.source,
-        via=row.via,
-        staging_key=row.staging_key,
-        metadata=dict(row.metadata),
-        concat=ConcatKind(row.concat),
-        partials=list(row.partials),
-        content_type=row.content_type,
-        digest_state=row.digest_state,
-    )
-
-
-def _audit_values(event: AuditEvent) -> dict[str, Any]:
-    """The event as column values (the id is the database's)."""
-    values = dataclasses.asdict(event)
-    del values["id"]
-    return values
-
-
-def _file_values(record: FileRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "case_id": record.case_id,
-        "name": record.name,
-        "size": record.size,
-        "sha256": record.sha256,
-        "xxh128": record.xxh128,
-        "object_key": record.object_key,
-        "content_type": record.content_type,
-        "uploaded_at": record.uploaded_at,
-        "uploaded_by": record.uploaded_by,
-        "source": record.source,
-        "via": record.via,
-        "modified_at": record.modified_at,
-    }
 
 
 class SqlRepository:
@@ -236,7 +169,7 @@ class SqlRepository:
     async def get_case(self, case_id: str) -> Case | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(t.cases).where(t.cases.c.id == case_id))).first()
-        return _case(row) if row else None
+        return rows.case(row) if row else None
 
     async def save_case(self, case: Case) -> None:
         values = {
@@ -255,7 +188,7 @@ class SqlRepository:
         if state is not None:
             query = query.where(t.cases.c.state == state.value)
         async with self.engine.connect() as conn:
-            return [_case(r) for r in await conn.execute(query)]
+            return [rows.case(r) for r in await conn.execute(query)]
 
     async def claim_case_for_purge(self, case_id: str, closed_at: dt.datetime | None) -> bool:
         """Mark the case ``purging`` if it is still closed since ``closed_at`` (or already purging).
@@ -286,13 +219,13 @@ class SqlRepository:
 
     async def add_file(self, record: FileRecord) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(sa.insert(t.files).values(**_file_values(record)))
+            await conn.execute(sa.insert(t.files).values(**rows.file_values(record)))
 
     async def get_file(self, case_id: str, file_id: str) -> FileRecord | None:
         query = sa.select(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return _file(row) if row else None
+        return rows.file(row) if row else None
 
     async def list_files(self, case_id: str) -> list[FileRecord]:
         query = (
@@ -301,7 +234,23 @@ class SqlRepository:
             .order_by(t.files.c.uploaded_at, t.files.c.id)
         )
         async with self.engine.connect() as conn:
-            return [_file(r) for r in await conn.execute(query)]
+            return [rows.file(r) for r in await conn.execute(query)]
+
+    async def list_files_page(self, case_id: str, limit: int, after: Position | None) -> list[FileRecord]:
+        """At most ``limit`` files of the case in ``(uploaded_at, id)`` order, after ``after`` if given."""
+        c = t.files.c
+        query = sa.select(t.files).where(c.case_id == case_id).order_by(c.uploaded_at, c.id).limit(limit)
+        if after is not None:
+            query = query.where(_after(c.uploaded_at, c.id, after))
+        async with self.engine.connect() as conn:
+            return [rows.file(r) for r in await conn.execute(query)]
+
+    async def files_named(self, case_id: str, name: str) -> list[FileRecord]:
+        """The case's files with exactly this name (an indexed lookup), oldest first."""
+        c = t.files.c
+        query = sa.select(t.files).where(c.case_id == case_id, c.name == name).order_by(c.uploaded_at, c.id)
+        async with self.engine.connect() as conn:
+            return [rows.file(r) for r in await conn.execute(query)]
 
     async def delete_file(self, case_id: str, file_id: str, audit: AuditEvent | None = None) -> bool:
         """Delete a file's row, and store ``audit`` in the same transaction (one commit, not two)."""
@@ -310,7 +259,7 @@ class SqlRepository:
                 sa.delete(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
             )
             if audit is not None:
-                await conn.execute(sa.insert(t.audit_events).values(**_audit_values(audit)))
+                await conn.execute(sa.insert(t.audit_events).values(**rows.audit_values(audit)))
         return bool(result.rowcount)
 
     # uploads ---------------------------------------------------------------------------------------
@@ -344,19 +293,59 @@ class SqlRepository:
     async def get_upload(self, upload_id: str) -> Upload | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(t.uploads).where(t.uploads.c.id == upload_id))).first()
-        return _upload(row) if row else None
+        return rows.upload(row) if row else None
 
     async def list_uploads(self, case_id: str, state: UploadState | None = None) -> list[Upload]:
         query = sa.select(t.uploads).where(t.uploads.c.case_id == case_id).order_by(t.uploads.c.created_at)
         if state is not None:
             query = query.where(t.uploads.c.state == state.value)
         async with self.engine.connect() as conn:
-            return [_upload(r) for r in await conn.execute(query)]
+            return [rows.upload(r) for r in await conn.execute(query)]
 
     async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]:
         query = sa.select(t.uploads).where(t.uploads.c.expires_at <= now)
         async with self.engine.connect() as conn:
-            return [_upload(r) for r in await conn.execute(query)]
+            return [rows.upload(r) for r in await conn.execute(query)]
+
+    @staticmethod
+    def _active(case_id: str, now: dt.datetime) -> sa.ColumnElement[bool]:
+        c = t.uploads.c
+        return sa.and_(
+            c.case_id == case_id,
+            c.state == UploadState.ACTIVE.value,
+            c.expires_at > now,
+            c.concat != ConcatKind.FINAL.value,
+        )
+
+    async def list_active_uploads_page(
+        self, case_id: str, now: dt.datetime, limit: int, after: Position | None
+    ) -> list[Upload]:
+        """At most ``limit`` unfinished, unexpired uploads of the case (no final concatenations) in
+        ``(created_at, id)`` order, after ``after`` if given."""
+        c = t.uploads.c
+        query = (
+            sa.select(t.uploads).where(self._active(case_id, now)).order_by(c.created_at, c.id).limit(limit)
+        )
+        if after is not None:
+            query = query.where(_after(c.created_at, c.id, after))
+        async with self.engine.connect() as conn:
+            return [rows.upload(r) for r in await conn.execute(query)]
+
+    async def active_uploads_named(self, case_id: str, name: str, now: dt.datetime) -> list[Upload]:
+        """The case's unfinished, unexpired uploads with this exact name (an indexed lookup), oldest first."""
+        c = t.uploads.c
+        query = (
+            sa.select(t.uploads)
+            .where(self._active(case_id, now), c.name == name)
+            .order_by(c.created_at, c.id)
+        )
+        async with self.engine.connect() as conn:
+            return [rows.upload(r) for r in await conn.execute(query)]
+
+    async def count_active_uploads(self, case_id: str, now: dt.datetime) -> int:
+        query = sa.select(sa.func.count()).select_from(t.uploads).where(self._active(case_id, now))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     async def save_progress(self, upload: Upload, fence: int | None = None) -> None:
         """Record the upload's offset, length, name, times and the digest state that goes with the offset.
@@ -414,7 +403,7 @@ class SqlRepository:
                 )
             )
             if record is not None:
-                await conn.execute(sa.insert(t.files).values(**_file_values(record)))
+                await conn.execute(sa.insert(t.files).values(**rows.file_values(record)))
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -473,7 +462,7 @@ class SqlRepository:
 
     async def add_audit(self, event: AuditEvent) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(sa.insert(t.audit_events).values(**_audit_values(event)))
+            await conn.execute(sa.insert(t.audit_events).values(**rows.audit_values(event)))
 
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
         query = sa.select(t.audit_events).order_by(t.audit_events.c.id).limit(limit)
@@ -539,14 +528,20 @@ class SqlRepository:
         query = sa.select(t.sftp_accounts).where(t.sftp_accounts.c.username == username)
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return _account(row) if row else None
+        return rows.account(row) if row else None
 
-    async def list_accounts(self, case_id: str | None = None) -> list[SftpAccount]:
-        query = sa.select(t.sftp_accounts).order_by(t.sftp_accounts.c.created_at, t.sftp_accounts.c.username)
+    async def list_accounts(
+        self, case_id: str | None = None, limit: int | None = None, after: Position | None = None
+    ) -> list[SftpAccount]:
+        """Accounts in ``(created_at, username)`` order; at most ``limit``, after ``after``, if given."""
+        c = t.sftp_accounts.c
+        query = sa.select(t.sftp_accounts).order_by(c.created_at, c.username).limit(limit)
         if case_id is not None:
-            query = query.where(t.sftp_accounts.c.case_id == case_id)
+            query = query.where(c.case_id == case_id)
+        if after is not None:
+            query = query.where(_after(c.created_at, c.username, after))
         async with self.engine.connect() as conn:
-            return [_account(r) for r in await conn.execute(query)]
+            return [rows.account(r) for r in await conn.execute(query)]
 
     async def revoke_account(self, username: str, at: dt.datetime) -> None:
         """Record the revocation time (the first one stays if revoked twice)."""
@@ -574,16 +569,7 @@ class SqlRepository:
             )
 
 
-def _account(row: Any) -> SftpAccount:
-    return SftpAccount(
-        username=row.username,
-        case_id=row.case_id,
-        password_hash=row.password_hash,
-        password_sealed=row.password_sealed,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        created_by=row.created_by,
-        revoked_at=row.revoked_at,
-        authorized_keys=list(row.authorized_keys),
-        last_login_at=row.last_login_at,
-    )
+def _after(at: sa.ColumnElement[Any], item_id: sa.ColumnElement[Any], position: Position) -> Any:
+    """Rows strictly after ``position`` in ``(at, id)`` order (the keyset condition)."""
+    stamp, last = position
+    return sa.or_(at > stamp, sa.and_(at == stamp, item_id > last))

@@ -73,6 +73,8 @@ files = sa.Table(
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("via", sa.String(16), nullable=False),
     sa.Column("modified_at", UTCDateTime()),
+    sa.Index("ix_files_case_name", "case_id", "name"),
+    sa.Index("ix_files_case_uploaded", "case_id", "uploaded_at", "id"),
 )
 
 uploads = sa.Table(
@@ -98,6 +100,8 @@ uploads = sa.Table(
     sa.Column("content_type", sa.String(255), nullable=False),
     # The whole-file SHA-256/xxh128 state at `offset` (eftgw.hashing.FileDigests.export), saved with it.
     sa.Column("digest_state", sa.LargeBinary),
+    sa.Index("ix_uploads_case_name", "case_id", "name"),
+    sa.Index("ix_uploads_case_state_created", "case_id", "state", "created_at", "id"),
 )
 
 sessions = sa.Table(

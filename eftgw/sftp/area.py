@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from asyncssh import SFTPAttrs
 
 from eftgw.files import FileService
-from eftgw.model import FileRecord, Principal, Upload
+from eftgw.model import FileRecord, Principal, Transport, Upload
 from eftgw.uploads import UploadService
 
 CUSTOMER_UID = 1000
@@ -116,18 +116,28 @@ class CaseArea:
         return dict(sorted(shown.items()))
 
     async def lookup(self, name: str) -> Entry | None:
-        """The entry a name shows, or ``None``."""
-        return (await self.entries()).get(name)
+        """The entry a name shows, or ``None``: two indexed queries by name, whatever the case holds."""
+        uploads = await self.uploads_named(name)
+        if uploads:
+            return Entry(name, upload=max(uploads, key=lambda u: (u.created_at, u.id)))
+        shown: FileRecord | None = None
+        for record in await self.versions(name):
+            if _newer_file(record, shown):
+                shown = record
+        return Entry(name, record=shown) if shown is not None else None
 
     async def versions(self, name: str) -> list[FileRecord]:
         """Every completed file of the case with this name (the shown one and those it hides)."""
-        return [r for r in await self.files.list(self.principal, self.case_id) if r.name == name]
+        return await self.files.named(self.principal, self.case_id, name)
 
     async def uploads_named(self, name: str) -> list[Upload]:
-        return [u for u in await self._uploads() if u.name == name]
+        """The uploads in progress over SFTP with this name."""
+        return await self.uploads.active_named(self.principal, self.case_id, name, Transport.SFTP)
 
     async def _uploads(self) -> list[Upload]:
-        return [u for u in await self.uploads.list_active(self.principal, self.case_id) if u.via == "sftp"]
+        return [
+            u for u in await self.uploads.list_active(self.principal, self.case_id) if u.via == Transport.SFTP
+        ]
 
 
 def _newer_file(record: FileRecord, other: FileRecord | None) -> bool:

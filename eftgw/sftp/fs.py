@@ -47,9 +47,9 @@ from asyncssh import (
 )
 
 from eftgw.cases import CaseService
-from eftgw.errors import DomainError, Forbidden
+from eftgw.errors import DomainError, Forbidden, UploadTooLarge
 from eftgw.files import FileService
-from eftgw.model import FileRecord, Principal, Upload, UploadState
+from eftgw.model import FileRecord, Principal, Transport, Upload, UploadState
 from eftgw.sftp.area import OWNERS, CaseArea, Entry, root_attrs
 from eftgw.sftp.buffer import BufferedUpload, WriterDetached, WriterRegistry, WriterRetired
 from eftgw.sftp.handles import ReadHandle, WriteHandle
@@ -222,7 +222,7 @@ class CaseSFTPServer(SFTPServer):
                 upload = await self.ctx.uploads.get(self.principal, self.case_id, entry.upload.id)
         if upload is None:
             upload = await self.ctx.uploads.create(
-                self.principal, self.case_id, length=None, metadata={"filename": name}, via="sftp"
+                self.principal, self.case_id, length=None, metadata={"filename": name}, via=Transport.SFTP
             )
         buffer = BufferedUpload(
             self.ctx.uploads,
@@ -258,6 +258,13 @@ class CaseSFTPServer(SFTPServer):
                     f"other without gaps, and a resumed upload starts at the size that stat reports."
                 )
             if data:
+                try:
+                    self.ctx.uploads.check_size(buffer.end + len(data))
+                except UploadTooLarge as exc:
+                    # Keep what came before; this write and every later one is refused, and the upload is
+                    # not finished by a close (a cut-off file must not look complete).
+                    await buffer.detach(exc)
+                    raise
                 await buffer.write(data)
             return len(data)
 
