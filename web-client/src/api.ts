@@ -127,7 +127,7 @@ export function csrfHeaders(method: string): Record<string, string> {
   return isUnsafe(method) && csrfToken ? { 'X-CSRF-Token': csrfToken } : {}
 }
 
-export async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+async function exchange<T>(method: string, path: string, body?: unknown): Promise<{ data: T; headers: Headers }> {
   const headers: Record<string, string> = { Accept: 'application/json', ...csrfHeaders(method) }
   if (body !== undefined) headers['Content-Type'] = 'application/json'
   let response: Response
@@ -147,12 +147,36 @@ export async function request<T>(method: string, path: string, body?: unknown): 
   if (!response.ok) {
     throw new ApiError(messageFor(response.status, text), response.status, codeOf(text) || `http_${response.status}`)
   }
-  if (!text) return undefined as T
+  if (!text) return { data: undefined as T, headers: response.headers }
   try {
-    return JSON.parse(text) as T
+    return { data: JSON.parse(text) as T, headers: response.headers }
   } catch {
     throw new ApiError('The gateway sent an answer this page does not understand.', response.status, 'bad_json')
   }
+}
+
+export async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  return (await exchange<T>(method, path, body)).data
+}
+
+/** The path of the next page from a `Link: <url>; rel="next"` header, on this page's own origin; or null. */
+export function nextPage(link: string | null): string | null {
+  const match = link?.match(/<([^>]+)>;\s*rel="next"/)
+  if (!match) return null
+  const url = new URL(match[1], location.origin)
+  return url.pathname + url.search
+}
+
+/** Every item of a list the gateway sends in pages, following its `Link: rel="next"` to the last page. */
+export async function requestAll<T>(path: string): Promise<T[]> {
+  const items: T[] = []
+  let next: string | null = path
+  for (let pages = 0; next !== null && pages < 10_000; pages++) {
+    const { data, headers } = await exchange<T[]>('GET', next)
+    items.push(...data)
+    next = nextPage(headers.get('Link'))
+  }
+  return items
 }
 
 const casePath = (caseId: string): string => `/api/v1/cases/${encodeURIComponent(caseId)}`
@@ -161,8 +185,8 @@ export const api = {
   createSession: (token: string) => request<Session>('POST', '/api/v1/session', { token }),
   getSession: () => request<Session>('GET', '/api/v1/session'),
   getCase: (caseId: string) => request<CaseInfo>('GET', casePath(caseId)),
-  listFiles: (caseId: string) => request<FileInfo[]>('GET', `${casePath(caseId)}/files`),
-  listUnfinished: (caseId: string) => request<UnfinishedUpload[]>('GET', `${casePath(caseId)}/uploads`),
+  listFiles: (caseId: string) => requestAll<FileInfo>(`${casePath(caseId)}/files`),
+  listUnfinished: (caseId: string) => requestAll<UnfinishedUpload>(`${casePath(caseId)}/uploads`),
   uploadsEndpoint: (caseId: string) => `${location.origin}${casePath(caseId)}/uploads`,
   contentUrl: (caseId: string, fileId: string) => `${casePath(caseId)}/files/${encodeURIComponent(fileId)}/content`,
   /** The case's temporary SFTP account, or null when it has none (404). */
