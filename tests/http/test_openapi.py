@@ -6,7 +6,7 @@ from eftgw.http.app import make_app
 from tests.support import RunningGateway, http_session
 
 # Pages for people and the Prometheus endpoint, not API operations.
-NOT_API = {("GET", "/launch"), ("GET", "/app"), ("GET", "/metrics"), ("GET", "/assets/{name}")}
+NOT_API = {("GET", "/"), ("GET", "/launch"), ("GET", "/app"), ("GET", "/metrics"), ("GET", "/assets/{name}")}
 
 
 def served_operations(gw: RunningGateway) -> set[tuple[str, str]]:
