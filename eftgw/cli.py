@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -175,6 +176,23 @@ def _read_key(value: str) -> str:
     return value
 
 
+TEN_YEARS = 10 * 366 * 24 * 3600
+
+
+def bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (else argparse's one-line error)."""
+
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"-?[0-9]{1,20}", raw.strip(), re.ASCII):
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number")
+        value = int(raw)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eftgw", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (EFTGW_* environment variables override it)")
@@ -193,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("case_id", help="the case the token is bound to ('-' for none: engineer or service)")
     p.add_argument("--role", choices=[r.value for r in Role], required=True)
     p.add_argument("--user")
-    p.add_argument("--ttl", type=int, help="seconds (default 3600, or 120 with --launch)")
+    p.add_argument("--ttl", type=bounded(1, TEN_YEARS), help="seconds (default 3600, or 120 with --launch)")
     p.add_argument("--launch", action="store_true", help="a one-time launch token for /launch")
     p.set_defaults(func=cmd_token)
 
@@ -201,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("case_id")
     p.add_argument("--user", help="who the page says is uploading (default: the role)")
     p.add_argument("--role", choices=["customer", "engineer"], default="customer")
-    p.add_argument("--ttl", type=int, help="seconds the link works (default: the maximum, 300)")
+    p.add_argument(
+        "--ttl", type=bounded(1, TEN_YEARS), help="seconds the link works (default: the maximum, 300)"
+    )
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("retention", help="apply the retention rules once")
@@ -213,13 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("orphans", help="remove stored data no upload knows (e.g. after a crash)")
     p.add_argument("action", choices=["sweep"])
-    p.add_argument("--grace", type=int, default=3600, help="leave anything touched this many seconds ago")
+    p.add_argument(
+        "--grace",
+        type=bounded(0, TEN_YEARS),
+        default=3600,
+        help="leave anything touched this many seconds ago",
+    )
     p.set_defaults(func=cmd_orphans)
 
     p = sub.add_parser("audit", help="print audit events as JSON lines, oldest first")
     p.add_argument("action", choices=["list"])
     p.add_argument("--case", help="only this case's events")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=bounded(1, 1_000_000), default=1000)
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("verify", help="re-hash stored files against their SHA-256; print a JSON report")

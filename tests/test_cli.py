@@ -241,3 +241,22 @@ def test_banner_admin_commands_work_from_any_directory(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["token", "-", "--role", "engineer", "--ttl", "99999999999999"],
+        ["token", "-", "--role", "engineer", "--ttl", "\u00b2"],
+        ["audit", "list", "--limit", "99999999999999999999"],
+        ["orphans", "sweep", "--grace", "99999999999999999"],
+    ],
+)
+def test_out_of_range_numbers_on_the_command_line_are_one_line(tmp_path: Path, args: list[str]) -> None:
+    """A number argument that is not a whole number in its range is refused by argparse in one line naming
+    the option (exit 2), not an OverflowError traceback, and nothing is created."""
+    env = clean_env(EFTGW_DATA_DIR=str(tmp_path / "data"))
+    result = eftgw(*args, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {args[-2]}:" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "data").exists()
