@@ -13,8 +13,9 @@ being written). Without limits one session opening the same file a thousand time
   leaves the reserved descriptors to HTTPS, the database, storage and logs.
 
 An open past a limit gets ``SSH_FX_FAILURE`` with a message saying which limit; a connection past the node
-budget is closed at once, before the key exchange. Each session logs the first limit it hits, so the log
-stays bounded whatever a client does.
+budget is closed as it is accepted, with a line saying the gateway is busy. Each session logs the first
+limit it hits, refusals of connections are logged once a minute, so the log stays bounded whatever a client
+does.
 
 If the process runs out of descriptors all the same (other work used them), the accept loops must neither
 spin nor flood the log. asyncio's (``selector_events._accept_connection``, Python 3.11) logs an
@@ -23,6 +24,7 @@ goes on calling ``accept()`` up to ``backlog`` times in the same pass: each call
 more restart, so the restarts multiply (hundreds of thousands of log lines in half a minute).
 :func:`listening_socket` makes the SFTP listener's socket one whose ``accept()`` reports the first failure of
 a pass and answers "nothing to accept" for the rest of the pause: one restart, a real one-second back-off.
+The same socket counts the connections it accepts against the budget.
 :func:`limit_accept_error_logs` lets through at most one such report per ``ACCEPT_LOG_INTERVAL`` seconds
 (HTTPS's listener included) with the count of those held back.
 """
@@ -44,6 +46,7 @@ OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_PAUSE = 0.5  # less than asyncio's ACCEPT_RETRY_DELAY (1 s): the retry after the pause really accepts
 ACCEPT_LOG_INTERVAL = 10.0
 ACCEPT_ERROR = "socket.accept() out of system resource"
+BUSY_LINE = b"The gateway is busy; try again later.\r\n"
 
 
 def node_budget(reserved: int, soft_limit: int | None = None) -> int:
@@ -63,11 +66,24 @@ class FileBudget:
         self.per_account = per_account
         self.node = node
         self.in_use = 0  # connections + open handles
+        self.refused = 0  # connections refused
+        self._refusal_logged_at = -60.0
         self._accounts: collections.Counter[str] = collections.Counter()
 
     def connect(self) -> bool:
-        """Count a new connection; ``False`` (nothing counted) if the node budget is spent."""
+        """Count a new connection; ``False`` (nothing counted, refusal logged once a minute) if the node
+        budget is spent."""
         if self.in_use >= self.node:
+            self.refused += 1
+            now = time.monotonic()
+            if now >= self._refusal_logged_at + 60:
+                self._refusal_logged_at = now
+                log.warning(
+                    "SFTP connections refused: the node's budget of %d descriptors is spent "
+                    "(%d refused so far)",
+                    self.node,
+                    self.refused,
+                )
             return False
         self.in_use += 1
         return True
@@ -135,17 +151,32 @@ class SessionFiles:
         raise SFTPFailure(message)
 
 
-class _BackingOffListener(socket.socket):
-    """A listening socket whose ``accept()`` fails once per pause when the process is out of descriptors.
+class _GuardedListener(socket.socket):
+    """A listening socket that counts the connections it accepts against a :class:`FileBudget`, turns away
+    those past it, and backs off once per pause when the process is out of descriptors.
+
+    Connections past the budget are closed right here, inside ``accept()``, before asyncio or asyncssh make
+    anything of them: asyncio accepts up to ``backlog`` connections in one pass and the transports of those
+    refused later would all hold their descriptors at once. The client gets one line saying why (RFC 4253
+    lets a server send lines before its version) and the connection closes.
 
     The first ``EMFILE`` (or ``ENFILE``, ``ENOBUFS``, ``ENOMEM``) goes to asyncio, which logs it and restarts
     accepting a second later; calls during the next ``ACCEPT_PAUSE`` seconds raise :class:`BlockingIOError`,
     which asyncio takes as an empty queue and ends the pass on, without another log line or restart.
     """
 
+    budget: FileBudget | None = None
     _quiet_until = 0.0
 
     def accept(self) -> tuple[socket.socket, object]:
+        for _ in range(64):  # a bounded number turned away per call; asyncio calls again
+            conn, address = self._accept_once()
+            if self.budget is None or self.budget.connect():
+                return conn, address
+            _turn_away(conn)
+        raise BlockingIOError(errno.EAGAIN, "turned away connections past the budget")
+
+    def _accept_once(self) -> tuple[socket.socket, object]:
         now = time.monotonic()
         if now < self._quiet_until:
             raise BlockingIOError(errno.EAGAIN, "accepting paused: out of file descriptors")
@@ -157,13 +188,25 @@ class _BackingOffListener(socket.socket):
             raise
 
 
-def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A bound, listening TCP socket for ``host:port`` (its first address) that backs off when out of
-    descriptors (:class:`_BackingOffListener`)."""
+def _turn_away(conn: socket.socket) -> None:
+    try:
+        conn.setblocking(False)
+        conn.send(BUSY_LINE)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def listening_socket(host: str, port: int, backlog: int, budget: FileBudget | None = None) -> socket.socket:
+    """A bound, listening TCP socket for ``host:port`` (its first address) whose accepted connections are
+    counted against ``budget`` (:class:`_GuardedListener`); each must be given back with
+    :meth:`FileBudget.disconnect` when it ends."""
     family, kind, proto, _name, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    sock = _BackingOffListener(family, kind, proto)
+    sock = _GuardedListener(family, kind, proto)
+    sock.budget = budget
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:

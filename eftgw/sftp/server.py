@@ -174,8 +174,6 @@ class SftpService:
         self._listener: asyncssh.SSHAcceptor | None = None
         self._checker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._busy_refusals = 0
-        self._busy_logged_at = -60.0
 
     @property
     def bound_port(self) -> int:
@@ -192,7 +190,7 @@ class SftpService:
         backlog = 256
         self._listener = await asyncssh.create_server(
             lambda: _AccountSSHServer(self),
-            sock=listening_socket(self.host, self.port, backlog),
+            sock=listening_socket(self.host, self.port, backlog, self.context.budget),
             server_host_keys=host_key_pairs(keys, SIGNATURE_ALGS),
             server_version="eftgw",
             kex_algs=KEX_ALGS,
@@ -274,18 +272,6 @@ class SftpService:
             except Exception:
                 log.exception("checking live SFTP sessions failed; retrying")
 
-    def refused_busy(self) -> None:
-        """A connection was refused: the node's descriptor budget is spent (logged once a minute)."""
-        self._busy_refusals += 1
-        now = time.monotonic()
-        if now >= self._busy_logged_at + 60:
-            self._busy_logged_at = now
-            log.warning(
-                "SFTP connections refused: the node's budget of %d descriptors is spent (%d refused so far)",
-                self.context.budget.node,
-                self._busy_refusals,
-            )
-
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -301,18 +287,13 @@ class _AccountSSHServer(asyncssh.SSHServer):
         self.remote = "unknown"
         self.failures = 0
         self.session: LiveSession | None = None
-        self.counted = False
+        self.counted = True  # the listening socket counted it against the budget (limits.listening_socket)
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.service.connections.add(conn)
         peer = conn.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else "unknown"
-        self.counted = self.service.context.budget.connect()
-        if not self.counted:
-            self.service.refused_busy()
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "The gateway is busy; try again later.")
-            return
         if self.service.defender.closes(self.remote):
             log.warning("SFTP connection from banned address %s closed", self.remote)
             conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins.")

@@ -89,6 +89,12 @@ def log_lines(node: GatewayProcess, text: str) -> int:
     return node.log_path.read_text(errors="replace").count(text)
 
 
+def log_around(node: GatewayProcess, text: str) -> str:
+    """The log from the first line with ``text`` on (for failure messages)."""
+    log = node.log_path.read_text(errors="replace")
+    return log[log.find(text) :][:3000] if text in log else ""
+
+
 def a_customer_works(node: GatewayProcess, customer: Account, name: str) -> None:
     """Another customer logs in, uploads, stats, lists and reads back over SFTP."""
     data = os.urandom(300_000)
@@ -206,7 +212,7 @@ def test_a_connection_flood_stays_within_the_budget_and_https_answers(
     wait_until(lambda: open_fds(node) < 200, timeout=60)
     a_customer_works(node, customer, "after-flood.bin")
     assert healthz(node) == 200
-    assert log_lines(node, "out of system resource") == 0
+    assert log_lines(node, "out of system resource") == 0, log_around(node, "out of system resource")
     assert log_lines(node, "SFTP connections refused") == 1  # once a minute, however many
 
 
