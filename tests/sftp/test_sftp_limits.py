@@ -202,7 +202,7 @@ def test_a_connection_flood_stays_within_the_budget_and_https_answers(
     with enough_client_descriptors(1100):
         sockets = flood(node.sftp_port, 1100, seconds=60)
         try:
-            assert len(sockets) > 900, len(sockets)
+            assert len(sockets) > 600, len(sockets)  # past the budget of 512
             assert healthz(node) == 200
             descriptors = open_fds(node)
             assert descriptors < 1024 - 256, descriptors
