@@ -13,6 +13,8 @@ hashlib's. This measures, in MB/s (10^6 bytes per second) on 1 MiB blocks as the
 - ``two_threads``: the same hasher in two threads at once (wall time), relative to one: near 2x on an idle
   machine with two free cores means it releases the GIL (it must: the gateway hashes in a worker thread
   while the event loop serves other transfers); below 1x means the GIL serialises the threads;
+- ``new_vs_old``: the median ratio of eftgw's hashers to hashlib/xxhash over back-to-back pairs of runs
+  (1.0 = as fast; pairs cancel most of the noise of a shared machine);
 - the cost of one export and one import of the whole-file state.
 
     .venv/bin/python bench/digest_state.py [--size-mib 512] [--runs 3]
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -114,6 +117,22 @@ def threaded(factory: Callable[[], Any], blocks: list[bytes], total: int) -> flo
     return 2 * total / (time.perf_counter() - started) / 1e6
 
 
+def paired(runs: int, blocks: list[bytes]) -> dict[str, float]:
+    """Median ratio new/old over back-to-back runs (128 MiB each, CPU time): the hot path's cost."""
+    pairs = {
+        "sha256": (hashlib.sha256, digest_state.ResumableSha256),
+        "xxh128": (xxhash.xxh3_128, digest_state.ResumableXxh128),
+        "both": (lambda: _Both(hashlib.sha256(), xxhash.xxh3_128()), FileDigests),
+    }
+    ratios: dict[str, float] = {}
+    for name, (old, new) in pairs.items():
+        samples = [
+            speed(new, blocks, 128 * BLOCK) / speed(old, blocks, 128 * BLOCK) for _ in range(max(runs, 1) * 6)
+        ]
+        ratios[name] = round(statistics.median(samples), 3)
+    return ratios
+
+
 def state_cost(runs: int = 2000) -> dict[str, float]:
     digests = FileDigests()
     digests.update(os.urandom(3 * BLOCK + 77))
@@ -154,6 +173,8 @@ def main() -> None:
         report["mb_per_s"][name] = round(best[name])
         report["two_threads"][name] = round(both / best[name], 2)
         print(f"{name:40s} {best[name]:8.0f} MB/s   two threads: x{both / best[name]:.2f}", file=sys.stderr)
+    report["new_vs_old"] = paired(args.runs, blocks)
+    print(f"eftgw / hashlib+xxhash, paired medians: {report['new_vs_old']}", file=sys.stderr)
     report["state"] = {k: round(v, 1) for k, v in state_cost().items()}
     print(json.dumps(report, indent=2))
 

@@ -1,11 +1,14 @@
 """Whole-file digests whose state is exported and continued elsewhere: the same SHA-256 and xxh128 as hashlib
-and the ``xxhash`` package for any split of the data, and a state that is refused (never misused) when it is
-not exactly the state of the bytes it claims."""
+and the ``xxhash`` package for any split of the data, a state that is refused (never misused) when it is
+not exactly the state of the bytes it claims, and a gateway that still works where no state can be exported.
+Two real nodes taking over each other's uploads: ``tests/test_digest_takeover.py``."""
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import hashlib
+import io
 import os
 import struct
 
@@ -14,11 +17,15 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eftgw import digest_state
+from eftgw import digest_state, metrics
 from eftgw.digest_state import ResumableSha256, ResumableXxh128, StateError
 from eftgw.hashing import FileDigests
+from eftgw.model import SYSTEM
+from tests.support import RunningGateway, http_session, tus_headers
 
 PROPERTY = settings(max_examples=150, deadline=None)
+OCTETS = "application/offset+octet-stream"
+MiB = 1024 * 1024
 
 
 def test_resumable_hashers_are_available_on_the_platform_eftgw_runs_on() -> None:
@@ -153,3 +160,40 @@ def test_without_resumable_hashers_digests_still_work_but_export_nothing(
     assert digests.export() is None
     with pytest.raises(StateError, match="not available"):
         FileDigests.restore(state, 3)
+
+
+async def test_without_resumable_hashers_only_the_process_that_hashed_continues(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With export off, a gateway still continues its own uploads without re-reading (its row holds a mark
+    of the digests it keeps, and a chunk refused for its checksum leaves them untouched), while any other
+    process, holding no digests under that mark, re-reads the stored bytes: counted, and the SHA-256 right."""
+    monkeypatch.setattr(digest_state, "available", lambda: False)
+    token = gw.token("C-1")
+    data = os.urandom(3 * MiB)
+
+    def reread() -> float:
+        return metrics.REGISTRY.get_sample_value("eftgw_digest_reread_bytes_total") or 0.0
+
+    before = reread()
+    async with http_session() as s:
+        h = tus_headers(token, Upload_Length=str(len(data)))
+        async with s.post(gw.uploads_url("C-1"), headers=h) as resp:
+            assert resp.status == 201
+            url = resp.headers["Location"]
+
+        async def patch(offset: int, body: bytes, status: int, **extra: str) -> None:
+            h = tus_headers(token, Upload_Offset=str(offset), Content_Type=OCTETS, **extra)
+            async with s.patch(url, data=io.BytesIO(body), headers=h) as resp:
+                assert resp.status == status, await resp.text()
+
+        await patch(0, data[:MiB], 204)
+        wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+        await patch(MiB, b"\0" * MiB, 460, Upload_Checksum=f"sha256 {wrong}")
+        await patch(MiB, data[MiB : 2 * MiB], 204)
+        assert reread() == before
+        gw.gateway.uploads._digests.clear()  # as if the next request went to another process
+        await patch(2 * MiB, data[2 * MiB :], 204)
+    assert reread() == before + 2 * MiB
+    (record,) = await gw.gateway.files.list(SYSTEM, "C-1")
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
