@@ -17,7 +17,8 @@ CHECKSUM_FAILURES = Counter(
 )
 DIGEST_REREAD_BYTES = Counter(
     "eftgw_digest_reread_bytes",
-    "Stored bytes of uploads in progress read again to rebuild their digests (no usable saved state)",
+    "Stored bytes read back to compute whole-file digests (an upload continued without a usable saved state, "
+    "or a tus concatenation)",
     registry=REGISTRY,
 )
 DOWNLOADED_BYTES = Counter("eftgw_download_bytes", "Bytes sent to downloaders", registry=REGISTRY)

@@ -485,7 +485,10 @@ class UploadService:
                 digests = await self._digests_for(upload)
         if digests is None:
             digests = FileDigests()
-            async for block in self.store.read_object(key):
+            async for block in self.store.read_object(
+                key
+            ):  # a concatenation, or a promoted upload's recovery
+                metrics.DIGEST_REREAD_BYTES.inc(len(block))
                 await asyncio.to_thread(digests.update, block)
             upload.offset = digests.size
             upload.length = digests.size
