@@ -52,6 +52,7 @@ class SqlLease(UploadLease):
         super().__init__()
         self.name = name
         self.fence = fence
+        self.taken_at = time.monotonic()  # a renewal sent before this cannot have seen the lease
         self._lost = False
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -156,6 +157,8 @@ class SqlUploadLocks:
                 continue
             for name, local in list(self._held.items()):
                 for lease in local:
+                    if lease.taken_at >= sent:
+                        continue  # taken while this renewal was on its way: its answer says nothing of it
                     renewed = held.get((name, lease.fence))
                     if renewed is None:
                         lease.lose()

@@ -184,3 +184,34 @@ async def test_a_leader_that_stops_renewing_is_replaced(
             assert not second.is_leader  # the lease has not expired yet: nobody leads for a moment
             assert await _until(lambda: second.is_leader, 3)
             assert not first.is_leader
+
+
+async def test_a_lease_taken_while_a_renewal_is_in_flight_is_kept(nodes: Callable[[], SqlRepository]) -> None:
+    """A renewal that ran its UPDATE before a lease was taken does not list that lease; when its answer
+    arrives, the new lease is not taken for lost (it was: a request then stopped with 423 under load)."""
+    repo = nodes()
+    await repo.add_upload(make_upload("u1"))
+    await repo.add_upload(make_upload("u2"))
+    locks = SqlUploadLocks(repo, heartbeat=0.05, ttl=3)
+    renew = locks.leases.renew
+    answered, release, renewed_since = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    renewals_since_release = 0
+
+    async def delayed_renew(holder: str, name: str | None = None) -> list:
+        nonlocal renewals_since_release
+        if release.is_set():
+            renewals_since_release += 1
+            if renewals_since_release == 2:  # the delayed answer and the next one were both handled
+                renewed_since.set()
+        held = await renew(holder, name)
+        answered.set()
+        await release.wait()  # the answer travels slowly back to this node
+        return held
+
+    locks.leases.renew = delayed_renew  # type: ignore[method-assign]
+    async with asyncio.timeout(30), locks.hold("u1"):
+        await answered.wait()
+        async with locks.hold("u2") as lease:
+            release.set()
+            await renewed_since.wait()
+            assert lease.may_continue()
