@@ -209,9 +209,12 @@ async def test_a_lease_taken_while_a_renewal_is_in_flight_is_kept(nodes: Callabl
         return held
 
     locks.leases.renew = delayed_renew  # type: ignore[method-assign]
-    async with asyncio.timeout(30), locks.hold("u1"):
-        await answered.wait()
-        async with locks.hold("u2") as lease:
-            release.set()
-            await renewed_since.wait()
-            assert lease.may_continue()
+    async with asyncio.timeout(30):
+        async with locks.hold("u1"):
+            await answered.wait()
+            async with locks.hold("u2") as lease:
+                release.set()
+                await renewed_since.wait()
+                assert lease.may_continue()
+        assert locks._beat is not None
+        await locks._beat  # it ends once nothing is held: no renewal runs on into the database's teardown
