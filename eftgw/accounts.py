@@ -39,10 +39,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.clock import Clock, isoformat
-from eftgw.errors import BadRequest, DomainError, Forbidden, Unauthenticated
-from eftgw.metadata import Repository
+from eftgw.errors import BadRequest, CaseNotFound, DomainError, Forbidden, Unauthenticated
 from eftgw.model import CaseState, Principal, Role, SftpAccount, Via
 from eftgw.pagination import Page, decode_cursor, page_of
+from eftgw.ports import AccountRepository
 from eftgw.secretfile import load_or_create
 
 log = logging.getLogger("eftgw.accounts")
@@ -159,7 +159,7 @@ class AccountService:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: AccountRepository,
         cases: CaseService,
         audit: AuditLog,
         clock: Clock,
@@ -355,8 +355,11 @@ class AccountService:
     async def _usable(self, account: SftpAccount) -> bool:
         if not account.active_at(self.clock.now()):
             return False
-        case = await self.repo.get_case(account.case_id)
-        return case is not None and case.state is CaseState.OPEN
+        try:
+            case = await self.cases.get(account.case_id)
+        except CaseNotFound:
+            return False
+        return case.state is CaseState.OPEN
 
     async def _verify(self, password_hash: str | None, password: str) -> bool:
         """argon2id verification; with no hash (unknown user) a decoy hash is verified at the same cost."""

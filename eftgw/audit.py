@@ -6,14 +6,14 @@ import logging
 from typing import Any
 
 from eftgw.clock import Clock
-from eftgw.metadata import Repository
 from eftgw.model import AuditEvent, Principal
+from eftgw.ports import AuditRepository
 
 log = logging.getLogger("eftgw.audit")
 
 
 class AuditLog:
-    def __init__(self, repo: Repository, clock: Clock) -> None:
+    def __init__(self, repo: AuditRepository, clock: Clock) -> None:
         self.repo = repo
         self.clock = clock
 

@@ -29,8 +29,8 @@ from eftgw.audit import AuditLog
 from eftgw.clock import Clock
 from eftgw.errors import BadRequest, Unauthenticated
 from eftgw.ids import check_case_id, new_secret, secret_hash
-from eftgw.metadata import Repository
 from eftgw.model import Principal, Role, Session, Via
+from eftgw.ports import SessionRepository
 from eftgw.secretfile import load_or_create
 
 log = logging.getLogger("eftgw.auth")
@@ -178,7 +178,7 @@ class AuthService:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: SessionRepository,
         verifier: TokenVerifier,
         audit: AuditLog,
         clock: Clock,

@@ -11,8 +11,8 @@ from eftgw.audit import AuditLog
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import CaseClosed, CaseNotFound, Conflict, Forbidden
 from eftgw.ids import check_case_id
-from eftgw.metadata import Repository
 from eftgw.model import Case, CaseState, Principal
+from eftgw.ports import CaseRepository
 
 
 @dataclass
@@ -35,7 +35,7 @@ class CaseView:
 
 
 class CaseService:
-    def __init__(self, repo: Repository, clock: Clock, audit: AuditLog, retention: dt.timedelta) -> None:
+    def __init__(self, repo: CaseRepository, clock: Clock, audit: AuditLog, retention: dt.timedelta) -> None:
         self.repo = repo
         self.clock = clock
         self.audit = audit

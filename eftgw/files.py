@@ -11,10 +11,10 @@ from typing import Literal
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.errors import FileNotFound, Forbidden, RangeNotSatisfiable
-from eftgw.metadata import Repository
 from eftgw.model import CaseState, FileRecord, Principal, Role, SystemPrincipal
 from eftgw.names import sanitize_name
 from eftgw.pagination import Page, decode_cursor, page_of
+from eftgw.ports import FileRepository
 from eftgw.storage import ObjectStore
 
 
@@ -33,7 +33,7 @@ class Download:
 
 
 class FileService:
-    def __init__(self, repo: Repository, store: ObjectStore, cases: CaseService, audit: AuditLog) -> None:
+    def __init__(self, repo: FileRepository, store: ObjectStore, cases: CaseService, audit: AuditLog) -> None:
         self.repo = repo
         self.store = store
         self.cases = cases

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from eftgw.metadata import Repository
 from eftgw.model import ConcatKind, UploadState
+from eftgw.ports import UploadRepository
 from eftgw.storage import ObjectStore
 
 
 async def sweep_orphans(
-    repo: Repository, store: ObjectStore, now: dt.datetime, grace: dt.timedelta = dt.timedelta(hours=1)
+    repo: UploadRepository, store: ObjectStore, now: dt.datetime, grace: dt.timedelta = dt.timedelta(hours=1)
 ) -> list[str]:
     """Remove staging data of unknown or finished uploads and stale unfinished multipart uploads."""
     sweep = getattr(store, "sweep_orphans", None)

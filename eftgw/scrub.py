@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eftgw import metrics
-from eftgw.metadata import Repository
 from eftgw.model import FileRecord
+from eftgw.ports import ScrubRepository
 from eftgw.storage import ObjectNotFound, ObjectStore, StorageError
 
 log = logging.getLogger("eftgw.scrub")
@@ -146,7 +146,7 @@ class ScrubReport:
         }
 
 
-async def scrub(repo: Repository, store: ObjectStore, case_id: str | None = None) -> ScrubReport:
+async def scrub(repo: ScrubRepository, store: ObjectStore, case_id: str | None = None) -> ScrubReport:
     """Re-hash every stored file (of one case, or of all) against its recorded SHA-256, one at a time.
 
     A file deleted while the scrub runs is skipped; an object that is gone while its record remains is

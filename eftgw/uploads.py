@@ -50,10 +50,10 @@ from eftgw.errors import (
 from eftgw.hashing import ChunkChecksum, FileDigests, StateError
 from eftgw.ids import new_file_id, new_upload_id
 from eftgw.locks import UploadLease, UploadLocks
-from eftgw.metadata import Repository
 from eftgw.model import ConcatKind, FileRecord, Principal, SystemPrincipal, Transport, Upload, UploadState
 from eftgw.names import sanitize_content_type, sanitize_name
 from eftgw.pagination import Page, decode_cursor, page_of
+from eftgw.ports import UploadRepository
 from eftgw.quotas import CreationRate
 from eftgw.storage import ObjectNotFound, ObjectStore, UploadWriter, object_key, staging_key
 
@@ -76,7 +76,7 @@ class _TakenOver(Exception):
 class UploadService:
     def __init__(
         self,
-        repo: Repository,
+        repo: UploadRepository,
         store: ObjectStore,
         cases: CaseService,
         locks: UploadLocks,
