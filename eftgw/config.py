@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     s3_bucket: str = "eftgw"
     s3_secure: bool = True
     s3_region: str | None = None
+    upload_memory: int = Field(
+        default=512 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description="bytes of upload buffers (S3 parts filling and in flight) a node holds, HTTP and SFTP"
+        " together; writers wait for room beyond it",
+    )
 
     tls: Literal["on", "off"] = "on"
     tls_cert: Path | None = None

@@ -155,8 +155,10 @@ class UploadService:
         # The row first: a length or name the database refuses must leave no staging data behind.
         await self.repo.add_upload(upload)
         if concat is not ConcatKind.FINAL:
+            # A plain upload is staged for its file's key (S3: a multipart upload that completes into it).
+            target = object_key(case_id, upload.file_id) if concat is ConcatKind.NONE else None
             try:
-                await self.store.create_staging(upload.staging_key)
+                await self.store.create_staging(upload.staging_key, target)
             except Exception:
                 await self.repo.delete_upload(upload.id)
                 raise

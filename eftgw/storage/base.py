@@ -74,8 +74,14 @@ class ObjectStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create_staging(self, key: str) -> None:
-        """Create empty staging data at ``key`` (durably). Creating an existing key empties it."""
+    async def create_staging(self, key: str, target: str | None = None) -> None:
+        """Create empty staging data at ``key`` (durably). Creating an existing key empties it.
+
+        ``target`` is the object key a later :meth:`promote` will most likely name (the file's key), or
+        ``None`` (a tus partial upload, never promoted itself). A backend may stage the data at the target
+        already (S3: a multipart upload for it), so that promotion is a completion and not a copy; promotion
+        to another key must still work.
+        """
         ...
 
     async def staging_size(self, key: str) -> int:
@@ -99,6 +105,9 @@ class ObjectStore(Protocol):
 
     async def promote(self, staging: str, key: str, tags: Mapping[str, str]) -> None:
         """Turn finished staging data into the object ``key`` without copying through the gateway.
+
+        Until this returns, ``key`` may hold leftovers of the staging (S3: a sealed prefix) that
+        :meth:`delete_staging` removes with it; only after it returned is the object the file.
 
         Idempotent: if the staging data is gone and ``key`` exists, the promotion already happened.
         """

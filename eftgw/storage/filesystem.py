@@ -110,7 +110,7 @@ class FilesystemStore:
     async def close(self) -> None:
         return None
 
-    async def create_staging(self, key: str) -> None:
+    async def create_staging(self, key: str, target: str | None = None) -> None:
         path = self._path(key)
 
         def create() -> None:

@@ -1,121 +1,53 @@
 """The S3 backend (MinIO, AWS S3, Ceph RGW) for several gateway nodes sharing one regional bucket.
 
-Upload data goes to S3 while it arrives, as parts cut by the fixed schedule of :mod:`eftgw.storage.s3_parts`
-(read it for the staging layout). A writer holds the bytes of the part it is filling in memory (8 MiB for
-files up to 7.8 GiB, at most one part size) plus at most one part being uploaded; nothing touches the local
-disk. :meth:`S3Writer.commit` makes the written bytes durable with one PUT of the commit record, whose body is
-the short tail, so an acknowledged byte is always in S3. Any node can continue an upload: the commit record
-says everything about the staging data.
+An upload's bytes go to S3 once: as parts of a multipart upload for the file's final key, started when the
+first full part is ready (see :mod:`eftgw.storage.s3_parts` for the layout and :mod:`eftgw.storage.s3_writer`
+for the writer). Finishing is a CompleteMultipartUpload listing the committed parts plus the tail as the last
+part, then a PutObjectTagging with ``case``, ``region``, ``file`` and ``sha256`` (metadata only; the SHA-256
+is known only at the end). A file smaller than one part never starts a multipart upload: it is one PUT.
 
-Finished uploads are assembled server-side into ``cases/<case>/<file>``: one CopyObject for data that fits
-one object copy, otherwise a multipart upload of UploadPartCopy requests, one per staging part (see
-:mod:`eftgw.storage.s3_assembly`). The object carries S3 object tags (``case``, ``region``, ``file``,
-``sha256``) and the same values as ``x-amz-meta-eftgw-*`` metadata.
+Safety: an acknowledged byte is in a committed part or in the tail of the commit record, so it survives
+``kill -9``; any node can continue an upload from the record. Deleting staging data aborts its multipart
+upload (S3 drops every part) and deletes the record and any sealed prefix; the orphan sweep aborts
+multipart uploads that no commit record lists.
 
-Nothing is left behind: deleting staging data deletes the record and every part (every version, when the
-bucket is versioned); :meth:`S3Store.sweep_orphans` removes staging data no upload knows and aborts multipart
-uploads that a crash left unfinished.
+Reading staging data back needs the bytes of parts S3 will not serve before completion, so the store first
+*seals* them: the multipart upload is completed into the target key and its parts become the ``base``; a
+later completion copies the base back server-side (UploadPartCopy). Only these paths copy: reading back
+(a node rebuilding digests, a truncate inside the parts), a promotion to another key than the target, and
+tus concatenation (:mod:`eftgw.storage.s3_assembly`). Read-backs must run under the upload's lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from minio.datatypes import Part
+
 from eftgw.storage.base import ObjectNotFound, StorageError
+from eftgw.storage.budget import BufferBudget
 from eftgw.storage.s3_assembly import Segment, assemble
 from eftgw.storage.s3_client import S3Client
 from eftgw.storage.s3_parts import (
-    CAPACITY,
-    PARTS_META,
-    part_at,
-    part_name,
-    part_size,
-    part_start,
+    BASE_PART,
+    DATA_SUFFIX,
+    MAX_OBJECT,
+    MAX_PARTS,
+    SIZE_META,
+    UPLOAD_META,
+    Record,
+    copy_ranges,
     staging_of,
 )
+from eftgw.storage.s3_writer import S3Writer
 
 log = logging.getLogger("eftgw.storage.s3")
 READ_BLOCK = 1024 * 1024
-
-
-class S3Writer:
-    """Appends to one staging upload: fills the current part in memory, uploads it when full.
-
-    At most one part upload is in flight while the next part fills, so memory is bounded by two part sizes.
-    """
-
-    def __init__(self, store: S3Store, key: str, parts: int, tail: bytes) -> None:
-        self._store = store
-        self._key = key
-        self._parts = parts  # full parts stored, committed or not
-        self._committed_parts = parts
-        self._buffer = bytearray(tail)  # the bytes after the last full part
-        self._committed_tail = len(tail)
-        self._dirty = False
-        self._inflight: asyncio.Task[None] | None = None
-
-    @property
-    def _size(self) -> int:
-        return part_start(self._parts) + len(self._buffer)
-
-    async def write(self, data: bytes) -> None:
-        if self._size + len(data) > CAPACITY:
-            raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
-        self._buffer += data
-        self._dirty = True
-        while len(self._buffer) >= part_size(self._parts):
-            size = part_size(self._parts)
-            chunk = bytes(memoryview(self._buffer)[:size])
-            del self._buffer[:size]
-            await self._settle()
-            name = part_name(self._key, self._parts)
-            self._inflight = asyncio.ensure_future(self._store.client.put(name, chunk))
-            self._parts += 1
-
-    async def _settle(self) -> None:
-        """Wait for the part upload in flight; its failure is this writer's failure."""
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await inflight
-
-    async def commit(self) -> int:
-        await self._settle()
-        if self._dirty:
-            await self._store.put_record(self._key, self._parts, bytes(self._buffer))
-            self._committed_parts = self._parts
-            self._committed_tail = len(self._buffer)
-            self._dirty = False
-        return self._size
-
-    async def rollback(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._settle()
-        if not self._dirty:
-            return
-        uploaded = range(self._committed_parts, self._parts)
-        if uploaded:
-            await self._store.client.delete([(part_name(self._key, i), None) for i in uploaded])
-            self._buffer = bytearray(await self._store.client.get_bytes(self._key, 0, 0))
-            if len(self._buffer) != self._committed_tail:
-                raise StorageError(f"The commit record of {self._key} changed under its writer.")
-            self._parts = self._committed_parts
-        else:
-            del self._buffer[self._committed_tail :]
-        self._dirty = False
-
-    async def close(self) -> None:
-        try:
-            if self._dirty:
-                await self.rollback()
-        except Exception:
-            log.exception("could not drop uncommitted parts of %s; the orphan sweep will", self._key)
-        finally:
-            self._buffer = bytearray()
+DEFAULT_BUDGET = 512 * 1024 * 1024
 
 
 class S3Store:
@@ -123,10 +55,11 @@ class S3Store:
 
     name = "s3"
 
-    def __init__(self, client: S3Client, *, region: str | None = None) -> None:
+    def __init__(self, client: S3Client, *, region: str | None = None, budget: BufferBudget | None = None):
         self.client = client
         self.region = region
         self.versioned = False
+        self.budget = budget or BufferBudget(DEFAULT_BUDGET)
 
     @classmethod
     def from_settings(cls, settings: Any) -> S3Store:
@@ -143,7 +76,8 @@ class S3Store:
         client = S3Client(
             endpoint.rstrip("/"), access, secret, settings.s3_bucket, secure=secure, region=settings.s3_region
         )
-        return cls(client, region=settings.s3_region)
+        budget = BufferBudget(int(getattr(settings, "upload_memory", DEFAULT_BUDGET)))
+        return cls(client, region=settings.s3_region, budget=budget)
 
     async def open(self) -> None:
         self.versioned = await self.client.ensure_bucket(self.region)
@@ -151,86 +85,195 @@ class S3Store:
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)
 
+    # the commit record --------------------------------------------------------------------------------
+
+    async def put_record(self, key: str, record: Record, tail: bytes) -> None:
+        """Commit: ``record`` plus ``tail`` are the staging data of ``key`` (one atomic PUT)."""
+        size = record.parts_end + len(tail)
+        meta = {SIZE_META: str(size), UPLOAD_META: record.upload or ""}
+        await self.client.put(key, record.encode(tail), metadata=meta)
+
+    async def load(self, key: str) -> tuple[Record, bytes]:
+        """The committed record and tail of ``key``; finishes a seal a crash interrupted."""
+        body = await self.client.get_bytes(key, 0, 0)
+        try:
+            record, tail = Record.decode(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"{key} is not eftgw staging data (no commit record).") from exc
+        if record.sealing:
+            record = await self._finish_seal(key, record, tail)
+        return record, tail
+
     # staging ------------------------------------------------------------------------------------------
 
-    async def put_record(self, key: str, parts: int, tail: bytes) -> None:
-        """Commit: ``parts`` full parts plus ``tail`` are the staging data of ``key`` (one atomic PUT)."""
-        await self.client.put(key, tail, metadata={PARTS_META: str(parts)})
+    async def create_staging(self, key: str, target: str | None = None) -> None:
+        """Create empty staging data at ``key`` whose multipart upload will complete into ``target``."""
+        await self.delete_staging(key)
+        await self.put_record(key, Record(target or key + DATA_SUFFIX), b"")
 
-    async def _record(self, key: str) -> tuple[int, int]:
-        """(full parts, tail size) of the staging data at ``key``; :class:`ObjectNotFound` if none."""
-        size, meta = await self.client.head(key)
+    async def staging_size(self, key: str) -> int:
+        _size, meta = await self.client.head(key)
         try:
-            return int(meta[PARTS_META]), size
+            return int(meta[SIZE_META])
         except (KeyError, ValueError) as exc:
             raise StorageError(f"{key} is not eftgw staging data (no commit record).") from exc
 
-    async def create_staging(self, key: str) -> None:
-        await self.put_record(key, 0, b"")
-        await self._delete_listed(key, only_parts=True)
-
-    async def staging_size(self, key: str) -> int:
-        parts, tail = await self._record(key)
-        return part_start(parts) + tail
-
     async def open_writer(self, key: str, offset: int) -> S3Writer:
-        parts, tail = await self._record(key)
-        committed = part_start(parts) + tail
+        record, tail = await self.load(key)
+        committed = record.parts_end + len(tail)
         if offset > committed:
             raise ValueError(f"offset {offset} beyond stored size {committed}")
-        keep_parts = parts if offset >= part_start(parts) else part_at(offset)
-        keep = offset - part_start(keep_parts)
-        source = key if keep_parts == parts else part_name(key, keep_parts)
-        buffer = await self.client.get_bytes(source, 0, keep) if keep else b""
-        if offset < committed:  # bytes that were never acknowledged (a crash mid-request): drop them durably
-            await self.put_record(key, keep_parts, buffer)
-            await self.client.delete([(part_name(key, i), None) for i in range(keep_parts, parts)])
-        return S3Writer(self, key, keep_parts, buffer)
+        if offset < committed:  # bytes that were never acknowledged, or a truncate: drop them durably
+            record, tail = await self._cut(key, record, tail, offset)
+        return S3Writer(self, key, record, tail)
 
-    async def _segments(self, key: str) -> tuple[list[Segment], int]:
-        parts, tail = await self._record(key)
-        segments = [Segment(part_name(key, i), part_start(i), part_size(i)) for i in range(parts)]
-        if tail:
-            segments.append(Segment(key, part_start(parts), tail))
-        return segments, part_start(parts) + tail
+    async def _cut(self, key: str, record: Record, tail: bytes, offset: int) -> tuple[Record, bytes]:
+        if offset < record.parts_end:
+            record = await self._seal(key, record, tail)
+            base = offset - offset % BASE_PART  # 0 or at least 16 MiB: a valid first run of copied parts
+            tail = await self.client.get_bytes(record.target, base, offset - base) if offset > base else b""
+            record = Record(record.target, base, record.upload)
+        else:
+            tail = tail[: offset - record.parts_end]
+        await self.put_record(key, record, tail)
+        return record, tail
+
+    async def _seal(self, key: str, record: Record, tail: bytes) -> Record:
+        """Complete the committed parts into the target object so they can be read (they become the base)."""
+        if not record.parts:
+            return record
+        record.sealing = True
+        await self.put_record(key, record, tail)
+        return await self._finish_seal(key, record, tail)
+
+    async def _finish_seal(self, key: str, record: Record, tail: bytes) -> Record:
+        size = record.parts_end
+        if record.upload is not None and record.parts:
+            await self._complete(record, size, b"", seal=True)
+        sealed = Record(record.target, size)
+        await self.put_record(key, sealed, tail)
+        return sealed
+
+    async def _complete(self, record: Record, size: int, tail: bytes, *, seal: bool = False) -> bool:
+        """Complete the record's multipart upload: the base copied back, its parts, then ``tail``.
+
+        Ceph RGW 16 completes an upload only if every part stored in it is listed, and parts of abandoned
+        writes (a rollback, a writer that died) may follow the committed ones. A seal lists them too (they
+        end up after the committed bytes, where nothing reads them); a promotion returns ``False`` without
+        completing, so that the caller seals first. Idempotent: if the upload is gone because an earlier
+        attempt completed it, the target must hold ``size`` bytes (at least ``size`` for a seal).
+        """
+        assert record.upload is not None
+        target, upload = record.target, record.upload
+        try:
+            stored = await self.client.list_parts(target, upload)
+        except ObjectNotFound as exc:
+            found = await self._size_or_none(target)
+            if found is None or found < size or (found != size and not seal):
+                raise StorageError(f"The multipart upload of {target} is gone before completion.") from exc
+            return True
+        last = record.first + len(record.parts) - 1
+        leftovers = [Part(p.part_number, p.etag) for p in stored if p.part_number > last]
+        if not seal and any(p.part_number < MAX_PARTS for p in leftovers):
+            return False  # (a tail stored by an earlier attempt is replaced below)
+        copies = await asyncio.gather(
+            *(
+                self.client.upload_part_copy(target, upload, n, target, start, length)
+                for n, (start, length) in enumerate(copy_ranges(record.base), start=1)
+            )
+        )
+        parts = [Part(record.first + i, etag) for i, (etag, _size) in enumerate(record.parts)]
+        if tail:  # always the last number: a retry replaces it, and no writer's part ever has it
+            leftovers = [await self.client.upload_part(target, upload, MAX_PARTS, tail)]
+        await self.client.complete_multipart(target, upload, [*copies, *parts, *leftovers])
+        return True
+
+    async def _size_or_none(self, key: str) -> int | None:
+        try:
+            return await self.object_size(key)
+        except ObjectNotFound:
+            return None
 
     async def read_staging(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        segments, size = await self._segments(key)
+        record, tail = await self.load(key)
+        size = record.parts_end + len(tail)
         end = size if end is None else min(end, size)
-        for segment in segments:
-            lo, hi = max(start, segment.offset), min(end, segment.offset + segment.length)
-            if lo < hi:
-                async for block in self._stream(segment.name, lo - segment.offset, hi - lo):
-                    yield block
+        if start < min(end, record.parts_end) and record.parts:
+            record = await self._seal(key, record, tail)
+        if start < min(end, record.base):
+            async for block in self._stream(record.target, start, min(end, record.base) - start):
+                yield block
+        lo, hi = max(start, record.parts_end), end
+        if lo < hi:
+            yield tail[lo - record.parts_end : hi - record.parts_end]
 
     async def delete_staging(self, key: str) -> None:
-        await self._delete_listed(key, only_parts=False)
+        record = await self._record_or_none(key)
+        if record is not None:
+            if record.upload is not None:
+                await self.client.abort_multipart(record.target, record.upload)
+            if (record.base or record.sealing) and staging_of(record.target) != key:
+                await self._delete_versions(record.target)  # a sealed prefix, never a finished file
+        listed = await self.client.listing(key, versions=self.versioned)
+        await self.client.delete([(o.name, o.version_id) for o in listed if staging_of(o.name) == key])
 
-    async def _delete_listed(self, key: str, *, only_parts: bool) -> None:
-        prefix = key + "/" if only_parts else key
-        listed = await self.client.listing(prefix, versions=self.versioned)
-        doomed = [(o.name, o.version_id) for o in listed if staging_of(o.name) == key]
-        await self.client.delete(doomed)
+    async def _record_or_none(self, key: str) -> Record | None:
+        """The record at ``key`` as stored (even mid-seal); ``None`` if there is none or it is not one."""
+        try:
+            body = await self.client.get_bytes(key, 0, 0)
+        except ObjectNotFound:
+            return None
+        try:
+            return Record.decode(body)[0]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def _delete_versions(self, name: str) -> None:
+        listed = await self.client.listing(name, versions=self.versioned)
+        await self.client.delete([(o.name, o.version_id) for o in listed if o.name == name])
 
     # objects ------------------------------------------------------------------------------------------
 
     async def promote(self, staging: str, key: str, tags: Mapping[str, str]) -> None:
         try:
-            segments, _size = await self._segments(staging)
+            record, tail = await self.load(staging)
         except ObjectNotFound:
             await self.object_size(key)  # promoted before (ObjectNotFound if not: nothing to promote)
             return
-        await assemble(self.client, key, segments, dict(tags))
-        await self.delete_staging(staging)
+        if record.target != key:  # staging made without this target: assemble a copy, then forget it
+            await self.concatenate([staging], key, tags)
+            await self.delete_staging(staging)
+            return
+        size = record.parts_end + len(tail)
+        if record.base == 0 and not record.parts:
+            await self.client.put(key, tail, tags=dict(tags))  # smaller than one part: one PUT
+            if record.upload is not None:
+                await self.client.abort_multipart(key, record.upload)
+        elif record.upload is None and not tail and await self._size_or_none(key) == size:
+            pass  # everything is the sealed base: the target already is the file
+        else:
+            if record.upload is None or not await self._complete(record, size, tail):
+                record = await self._seal(staging, record, tail)  # nothing to seal without an upload
+                record.upload = await self.client.create_multipart(key, {}, {})
+                await self.put_record(staging, record, tail)
+                await self._complete(record, size, tail)
+        await self.client.set_tags(key, dict(tags))  # RGW 16 ignores x-amz-tagging on multipart uploads
+        listed = await self.client.listing(staging, versions=self.versioned)
+        await self.client.delete([(o.name, o.version_id) for o in listed if o.name == staging])
 
     async def concatenate(self, stagings: list[str], key: str, tags: Mapping[str, str]) -> None:
         segments: list[Segment] = []
         total = 0
         for staging in stagings:
-            own, size = await self._segments(staging)
-            segments += [Segment(s.name, total + s.offset, s.length, s.start) for s in own]
-            total += size
-        if total > CAPACITY:
+            record, tail = await self.load(staging)
+            record = await self._seal(staging, record, tail)
+            if record.base:
+                segments.append(Segment(record.target, total, record.base))
+            if tail:
+                header = len(record.encode(b""))
+                segments.append(Segment(staging, total + record.base, len(tail), header))
+            total += record.base + len(tail)
+        if total > MAX_OBJECT:
             raise StorageError("The concatenated upload is larger than S3 can store in one object (5 TiB).")
         await assemble(self.client, key, segments, dict(tags))
 
@@ -268,8 +311,7 @@ class S3Store:
         return await self.client.tags(key)
 
     async def delete_object(self, key: str) -> None:
-        listed = await self.client.listing(key, versions=self.versioned)
-        await self.client.delete([(o.name, o.version_id) for o in listed if o.name == key])
+        await self._delete_versions(key)
         for upload in await self.client.unfinished(key):
             if upload.name == key:
                 await self.client.abort_multipart(upload.name, upload.upload_id)
@@ -288,7 +330,7 @@ class S3Store:
         now: dt.datetime,
         grace: dt.timedelta = dt.timedelta(hours=1),
     ) -> list[str]:
-        """Delete staging data no upload needs and abort multipart uploads a crash left unfinished.
+        """Delete staging data no upload needs and abort multipart uploads no commit record lists.
 
         ``is_live(staging_key)`` says whether an upload still needs that staging data. Only things untouched
         for ``grace`` are considered, so an upload being created (staging first, then its row) or a promotion
@@ -302,12 +344,21 @@ class S3Store:
             if staging not in newest or modified > newest[staging]:
                 newest[staging] = modified
         removed: list[str] = []
+        recorded: set[str] = set()
         for staging, modified in sorted(newest.items()):
             if modified < cutoff and not await is_live(staging):
                 await self.delete_staging(staging)
                 removed.append(staging)
+                continue
+            try:
+                _size, meta = await self.client.head(staging)
+            except ObjectNotFound:
+                continue
+            if meta.get(UPLOAD_META):
+                recorded.add(meta[UPLOAD_META])
         for upload in await self.client.unfinished(""):
-            if upload.initiated is not None and upload.initiated < cutoff:
+            stale = upload.initiated is not None and upload.initiated < cutoff
+            if stale and upload.upload_id not in recorded:
                 await self.client.abort_multipart(upload.name, upload.upload_id)
                 removed.append(upload.name)
         if removed:

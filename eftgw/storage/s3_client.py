@@ -10,7 +10,8 @@ Every request with a body (PutObject, UploadPart) carries ``Content-MD5`` comput
 stored, so the store refuses a body that changed on the way (``BadDigest``) instead of keeping it. (Ceph RGW
 16 ignores the newer ``x-amz-checksum-*`` headers; every S3 server checks ``Content-MD5``.)
 
-The multipart calls (create, upload part, upload part copy, complete, abort, list uploads) are not part of
+The multipart calls (create, upload part, upload part copy, list parts, complete, abort, list uploads) are not
+part of
 minio's public API in 7.2; they are its own request builders (``Minio._create_multipart_upload`` etc.),
 stable across 7.x and pinned with the exact minio version. They are wrapped here and nowhere else.
 """
@@ -265,16 +266,13 @@ class S3Client:
         )
 
     async def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
-        etag = await self.run(
-            f"UploadPart {name}#{number}",
-            self.minio._upload_part,
-            self.bucket,
-            name,
-            data,
-            {"Content-MD5": content_md5(data)},
-            upload_id,
-            number,
-        )
+        def upload() -> str:
+            # hashed in the worker thread, not on the event loop
+            headers: dict[str, str | list[str] | tuple[str]] = {"Content-MD5": content_md5(data)}
+            etag: str = self.minio._upload_part(self.bucket, name, data, headers, upload_id, number)
+            return etag
+
+        etag = await self.run(f"UploadPart {name}#{number}", upload)
         return Part(number, etag)
 
     async def upload_part_copy(
@@ -294,6 +292,21 @@ class S3Client:
             headers,
         )
         return Part(number, etag)
+
+    async def list_parts(self, name: str, upload_id: str) -> list[Part]:
+        """Every part stored in the multipart upload (number, ETag, size), in number order."""
+
+        def listing() -> list[Part]:
+            parts: list[Part] = []
+            marker: str | None = None
+            while True:
+                result = self.minio._list_parts(self.bucket, name, upload_id, part_number_marker=marker)
+                parts += result.parts
+                if not result.is_truncated:
+                    return parts
+                marker = result.next_part_number_marker
+
+        return await self.run(f"ListParts {name}", listing)
 
     async def complete_multipart(self, name: str, upload_id: str, parts: list[Part]) -> None:
         await self.run(

@@ -1,10 +1,11 @@
 """The store contract (eftgw/storage/base.py), proven against every backend: filesystem and S3 (Ceph RGW).
 
-Sizes are chosen so that S3 staging data spans several 8 MiB parts plus a tail.
+Sizes are chosen so that S3 staging data spans 16 MiB parts plus a tail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -309,9 +310,8 @@ async def test_list_keys_shows_unfinished_work(store: ObjectStore, case_id: str)
     await stage(store, key, data(2 * MiB))
     abandoned = await store.open_writer(key, 2 * MiB)
     await abandoned.write(data(17 * MiB, 2))  # full parts reach the store; the node "dies" here
-    inflight = getattr(abandoned, "_inflight", None)  # S3: the last full part may still be on its way
-    if inflight is not None:
-        await inflight  # let it land, as it would before the node died (else it lands after the delete below)
+    inflight = getattr(abandoned, "_inflight", [])  # S3: the last full parts may still be on their way
+    await asyncio.gather(*inflight)  # let them land, as before the node died (else after the delete below)
     listed = await store.list_keys(f"uploads/{case_id}/")
     assert listed and all(k == key or k.startswith(key) for k in listed)
     await store.delete_staging(key)

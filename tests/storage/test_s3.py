@@ -3,17 +3,18 @@ leftovers and the orphan sweep, against a real S3 server (Ceph RGW)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from eftgw.errors import StorageUnavailable
 from eftgw.storage import ObjectNotFound, StorageError, object_key, staging_key
 from eftgw.storage.s3 import S3Store
-from eftgw.storage.s3_parts import part_name
 from tests.storage.conftest import S3Server
-from tests.storage.test_conformance import TAGS, MiB, data, read_all, stage
+from tests.storage.test_conformance import TAGS, MiB, data, read_all
 
 
 @pytest.fixture
@@ -72,9 +73,10 @@ async def test_versioned_bucket_deletes_every_version(
     try:
         assert store.versioned
         key, target = staging_key("C-1", "u1"), object_key("C-1", "f_1")
-        await stage(store, key, data(3 * MiB, 1), data(9 * MiB, 2))  # the record is overwritten: 3 versions
+        await stage_for(store, key, target, data(3 * MiB, 1), data(30 * MiB, 2))  # a part, a tail, 3 records
         await store.promote(key, target, TAGS)
-        await stage(store, key, data(1, 3))
+        await stage_for(store, key, object_key("C-1", "f_2"), data(20 * MiB, 3))
+        assert len(await read_all(store.read_staging(key))) == 20 * MiB  # sealed into f_2: a version there
         await store.delete_staging(key)
         assert await store.list_keys("uploads/") == []
         await store.delete_object(target)
@@ -84,15 +86,133 @@ async def test_versioned_bucket_deletes_every_version(
         await store.close()
 
 
+async def stage_for(store: S3Store, key: str, target: str, *chunks: bytes) -> int:
+    """Like ``stage``, for staging data created for the object ``target`` (as the engine does)."""
+    await store.create_staging(key, target)
+    size = 0
+    for chunk in chunks:
+        writer = await store.open_writer(key, size)
+        await writer.write(chunk)
+        size = await writer.commit()
+        await writer.close()
+    return size
+
+
+def count_calls(store: S3Store, *names: str) -> dict[str, int]:
+    """Count the calls of the client methods ``names`` (server-side copies, plain PUTs, ...)."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        method = getattr(store.client, name)
+
+        def counted(*args: object, _name: str = name, _method: Any = method, **kwargs: object) -> Any:
+            counts[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(store.client, name, counted)
+    return counts
+
+
+async def test_completion_is_a_completion_not_a_copy(s3: S3Store, case_id: str) -> None:
+    """Data staged for its object goes to S3 once: promotion completes the multipart upload (its ETag says
+    so) and sets the tags; nothing is copied server-side or uploaded twice."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    stored = data(3 * MiB, 1) + data(50 * MiB, 2) + data(5, 3)
+    await stage_for(s3, key, target, stored[: 3 * MiB], stored[3 * MiB : 53 * MiB], stored[53 * MiB :])
+    calls = count_calls(s3, "upload_part_copy", "copy", "upload_part")
+    await s3.promote(key, target, TAGS)
+    assert calls == {"upload_part_copy": 0, "copy": 0, "upload_part": 1}  # only the 5 MiB tail, once
+    assert await read_all(s3.read_object(target)) == stored
+    assert await s3.object_tags(target) == TAGS
+    stat = s3_stat(s3, target)
+    assert stat.endswith('-4"') or stat.endswith("-4")  # three 16 MiB parts and the tail
+    assert await s3.list_keys(f"uploads/{case_id}/") == []
+    assert await s3.client.unfinished(f"cases/{case_id}/") == []
+
+
+def s3_stat(s3: S3Store, key: str) -> str:
+    return str(s3.client.minio.stat_object(s3.client.bucket, key).etag)
+
+
+async def test_a_small_file_is_one_put(s3: S3Store, case_id: str) -> None:
+    """A file smaller than one part never starts a multipart upload: promotion is one PUT of the tail."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    await stage_for(s3, key, target, data(MiB, 1), data(2, 2))
+    assert await s3.client.unfinished(f"cases/{case_id}/") == []
+    await s3.promote(key, target, TAGS)
+    assert await read_all(s3.read_object(target)) == data(MiB, 1) + data(2, 2)
+    assert await s3.object_tags(target) == TAGS
+
+
+async def test_reading_back_seals_and_the_upload_continues(s3: S3Store, case_id: str) -> None:
+    """Reading staging data back (a node rebuilding digests) completes its parts into the target; writing
+    then continues and the final object holds every byte, the sealed prefix copied back server-side."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    first, second, third = data(20 * MiB, 1), data(40 * MiB, 2), data(MiB, 3)
+    await stage_for(s3, key, target, first)
+    assert await read_all(s3.read_staging(key)) == first  # seals the first 16 MiB part
+    await stage_more(s3, key, len(first), second)
+    assert await read_all(s3.read_staging(key, 10 * MiB, 50 * MiB)) == (first + second)[10 * MiB : 50 * MiB]
+    await stage_more(s3, key, 60 * MiB, third)
+    calls = count_calls(s3, "upload_part_copy")
+    await s3.promote(key, target, TAGS)
+    assert calls["upload_part_copy"] == 1  # the 48 MiB sealed base, once
+    assert await read_all(s3.read_object(target)) == first + second + third
+    assert await s3.list_keys(f"uploads/{case_id}/") == []
+
+
+async def stage_more(store: S3Store, key: str, offset: int, chunk: bytes) -> int:
+    writer = await store.open_writer(key, offset)
+    await writer.write(chunk)
+    size = await writer.commit()
+    await writer.close()
+    return size
+
+
+async def test_truncating_inside_the_parts(s3: S3Store, case_id: str) -> None:
+    """Cutting an upload back into its committed parts (SFTP truncate or overwrite) keeps exactly the prefix,
+    and the upload continues from there to the right bytes."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    stored = data(50 * MiB, 1)
+    await stage_for(s3, key, target, stored)
+    for cut in (40 * MiB + 7, 16 * MiB, 3 * MiB):
+        writer = await s3.open_writer(key, cut)
+        assert await writer.commit() == cut
+        await writer.close()
+        assert await s3.staging_size(key) == cut
+        assert await read_all(s3.read_staging(key)) == stored[:cut]
+    rest = data(30 * MiB, 2)
+    await stage_more(s3, key, 3 * MiB, rest)
+    await s3.promote(key, target, TAGS)
+    assert await read_all(s3.read_object(target)) == stored[: 3 * MiB] + rest
+
+
+async def test_concatenating_partials_with_parts(s3: S3Store, case_id: str) -> None:
+    """tus concatenation of partial uploads that hold full parts and tails makes the right object; the
+    partials stay until deleted, then nothing is left."""
+    pieces = [data(20 * MiB, 1), data(3, 2), data(17 * MiB, 3)]
+    keys = [staging_key(case_id, f"p{i}") for i in range(3)]
+    for key, piece in zip(keys, pieces, strict=True):
+        await s3.create_staging(key)
+        await stage_more(s3, key, 0, piece)
+    target = object_key(case_id, "f_1")
+    await s3.concatenate(keys, target, TAGS)
+    assert await read_all(s3.read_object(target)) == b"".join(pieces)
+    for key in keys:
+        await s3.delete_staging(key)
+    assert await s3.list_keys(f"uploads/{case_id}/") == []
+    assert await s3.client.unfinished(f"uploads/{case_id}/") == []
+
+
 async def test_a_node_dying_before_commit_costs_only_a_resume(
     s3: S3Store, s3_server: S3Server, s3_bucket: str, case_id: str
 ) -> None:
     """Parts a dead node uploaded without committing are ignored; another node resumes where it committed."""
-    key = staging_key(case_id, "u1")
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
     first = data(10 * MiB, 1)
-    await stage(s3, key, first)
+    await stage_for(s3, key, target, first)
     dying = await s3.open_writer(key, len(first))
-    await dying.write(data(20 * MiB, 2))  # two more full parts reach S3; then the node is killed
+    await dying.write(data(40 * MiB, 2))  # two full parts reach S3; then the node is killed
+    await asyncio.gather(*dying._inflight)  # its requests end (a killed node's connections close)
     other = s3_server.store(s3_bucket)
     await other.open()
     try:
@@ -102,25 +222,43 @@ async def test_a_node_dying_before_commit_costs_only_a_resume(
         await writer.write(rest)
         assert await writer.commit() == len(first) + len(rest)
         await writer.close()
-        assert await read_all(other.read_staging(key)) == first + rest
-        await other.promote(key, object_key(case_id, "f_1"), TAGS)
-        assert await read_all(other.read_object(object_key(case_id, "f_1"))) == first + rest
+        await other.promote(key, target, TAGS)
+        assert await read_all(other.read_object(target)) == first + rest
         assert await other.list_keys(f"uploads/{case_id}/") == []
+        assert await other.client.unfinished(f"cases/{case_id}/") == []
     finally:
         await other.close()
 
 
-async def test_rollback_deletes_the_parts_it_uploaded(s3: S3Store, case_id: str) -> None:
-    """A rolled-back chunk (a failed checksum) leaves no part objects in S3."""
-    key = staging_key(case_id, "u1")
-    await stage(s3, key, data(2 * MiB))
+async def test_rollback_leaves_no_trace_in_the_file(s3: S3Store, case_id: str) -> None:
+    """A rolled-back chunk (a failed checksum) whose parts reached S3 adds no key, and none of its bytes
+    reach the file: the parts are replaced or dropped at completion."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    await stage_for(s3, key, target, data(2 * MiB))
     writer = await s3.open_writer(key, 2 * MiB)
-    await writer.write(data(30 * MiB, 2))
-    assert len(await s3.list_keys(key + "/")) >= 3  # the fourth may still be in flight
+    await writer.write(data(50 * MiB, 2))
     await writer.rollback()
     await writer.close()
     assert await s3.list_keys(f"uploads/{case_id}/") == [key]
     assert await s3.staging_size(key) == 2 * MiB
+    await stage_more(s3, key, 2 * MiB, data(15 * MiB, 3))
+    await s3.promote(key, target, TAGS)
+    assert await read_all(s3.read_object(target)) == data(2 * MiB) + data(15 * MiB, 3)
+
+
+async def test_terminating_aborts_the_multipart_upload(s3: S3Store, case_id: str) -> None:
+    """Deleting staging data (termination, expiry, purge) aborts its multipart upload and deletes a sealed
+    prefix at the target: nothing of it is left anywhere."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    await stage_for(s3, key, target, data(40 * MiB))
+    assert len(await s3.client.unfinished(f"cases/{case_id}/")) == 1
+    await s3.delete_staging(key)
+    assert await s3.list_keys(f"cases/{case_id}/") == [] == await s3.list_keys(f"uploads/{case_id}/")
+    await stage_for(s3, key, target, data(40 * MiB))
+    await read_all(s3.read_staging(key))  # sealed: the prefix is an object at the target
+    assert await s3.list_keys(f"cases/{case_id}/") == [target]
+    await s3.delete_staging(key)
+    assert await s3.list_keys(f"cases/{case_id}/") == [] == await s3.list_keys(f"uploads/{case_id}/")
 
 
 async def test_unfinished_multipart_upload_is_listed_and_deleted_with_its_key(
@@ -136,10 +274,11 @@ async def test_unfinished_multipart_upload_is_listed_and_deleted_with_its_key(
 
 
 async def test_sweep_removes_orphans_and_keeps_live_uploads(s3: S3Store, case_id: str) -> None:
-    """The orphan sweep deletes staging data no upload knows and stale multipart uploads, and nothing else."""
+    """The orphan sweep deletes staging data no upload knows and stale multipart uploads no commit record
+    lists; the multipart upload of a live upload survives however old it is."""
     live, orphan = staging_key(case_id, "live"), staging_key(case_id, "orphan")
-    await stage(s3, live, data(9 * MiB, 1))
-    await stage(s3, orphan, data(9 * MiB, 2))
+    await stage_for(s3, live, object_key(case_id, "f_1"), data(20 * MiB, 1))
+    await stage_for(s3, orphan, object_key(case_id, "f_2"), data(20 * MiB, 2))
     stale = await s3.client.create_multipart(object_key(case_id, "f_9"), {}, {})
     assert stale
 
@@ -150,21 +289,39 @@ async def test_sweep_removes_orphans_and_keeps_live_uploads(s3: S3Store, case_id
     assert await s3.sweep_orphans(is_live, now=now) == []  # everything is younger than the grace period
     removed = await s3.sweep_orphans(is_live, now=now + dt.timedelta(hours=2))
     assert orphan in removed and object_key(case_id, "f_9") in removed and live not in removed
-    assert await s3.list_keys(f"uploads/{case_id}/") == [live, part_name(live, 0)]
-    assert await s3.list_keys(f"cases/{case_id}/") == []
+    assert await s3.list_keys(f"uploads/{case_id}/") == [live]
+    assert await s3.list_keys(f"cases/{case_id}/") == [object_key(case_id, "f_1")]  # live's upload
+    await s3.promote(live, object_key(case_id, "f_1"), TAGS)
+    assert await read_all(s3.read_object(object_key(case_id, "f_1"))) == data(20 * MiB, 1)
 
 
 async def test_promote_retry_after_crash_before_cleanup(s3: S3Store, case_id: str) -> None:
-    """A promotion that assembled the object but died before deleting staging data can simply run again."""
+    """A promotion that completed the multipart upload but died before deleting the commit record can
+    simply run again."""
     key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
     stored = data(18 * MiB)
-    await stage(s3, key, stored)
-    from eftgw.storage.s3_assembly import assemble
-
-    segments, _ = await s3._segments(key)
-    await assemble(s3.client, target, segments, TAGS)  # the crash: staging data is still there
+    await stage_for(s3, key, target, stored)
+    record, tail = await s3.load(key)
+    assert record.upload is not None
+    assert await s3._complete(record, len(stored), tail)  # the crash: the commit record is still there
     await s3.promote(key, target, TAGS)
     assert await read_all(s3.read_object(target)) == stored
+    assert await s3.object_tags(target) == TAGS
     assert await s3.list_keys(f"uploads/{case_id}/") == []
     with pytest.raises(ObjectNotFound):
         await s3.staging_size(key)
+
+
+async def test_a_crash_while_sealing_is_finished_by_the_next_reader(s3: S3Store, case_id: str) -> None:
+    """A seal that completed the parts but died before rewriting the record is finished when the staging
+    data is next loaded; no byte is lost."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    stored = data(40 * MiB)
+    await stage_for(s3, key, target, stored)
+    record, tail = await s3.load(key)
+    record.sealing = True
+    await s3.put_record(key, record, tail)
+    await s3._complete(record, record.parts_end, b"", seal=True)  # the crash: the record says "sealing"
+    assert await read_all(s3.read_staging(key)) == stored
+    await s3.promote(key, target, TAGS)
+    assert await read_all(s3.read_object(target)) == stored

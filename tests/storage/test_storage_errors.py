@@ -17,12 +17,12 @@ import pytest
 from aiohttp import web
 
 from eftgw.errors import StorageFull, StorageUnavailable
-from eftgw.storage import ObjectNotFound, OutOfSpace, StorageError, staging_key
+from eftgw.storage import OutOfSpace, StorageError, staging_key
 from eftgw.storage.base import os_error
 from eftgw.storage.filesystem import FilesystemStore
 from eftgw.storage.s3 import S3Store
 from eftgw.storage.s3_client import S3Client
-from eftgw.storage.s3_parts import part_name
+from eftgw.storage.s3_parts import DATA_SUFFIX, Record
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import MiB, data, read_all, stage
 from tests.support import fill_disk, free_port
@@ -136,7 +136,7 @@ async def test_s3_full_answers_are_out_of_space(status: int, body: str | None) -
             with pytest.raises(OutOfSpace):
                 await client.put("k", b"x")
             with pytest.raises(OutOfSpace):
-                await store.put_record(staging_key("C-1", "u1"), 0, b"tail")
+                await store.put_record(staging_key("C-1", "u1"), Record("cases/C-1/f_1"), b"tail")
             with pytest.raises(OutOfSpace):
                 await client.upload_part("k", "upload", 1, b"x")
         finally:
@@ -175,35 +175,35 @@ def corrupting(client: S3Client, names: Callable[[str], bool]) -> list[str]:
 
 
 async def test_s3_refuses_a_part_damaged_on_the_way(s3_server: S3Server, s3_bucket: str) -> None:
-    """A staging part whose body no longer matches its Content-MD5 is refused by the real S3 server
-    (BadDigest): the commit fails, the committed size stays, nothing of the part is stored, and the upload
-    then resumes."""
+    """A part of the upload's multipart upload whose body no longer matches its Content-MD5 is refused by
+    the real S3 server (BadDigest): the commit fails, the committed size stays, the damaged part is never
+    part of the file, and the upload then resumes to the right bytes."""
     store = s3_server.store(s3_bucket)
     await store.open()
     try:
         key = staging_key("C-md5", "u1")
+        target = key + DATA_SUFFIX  # staged without a target: the multipart upload is for K/data
         await stage(store, key, data(MiB, 1))
-        damaged = corrupting(store.client, lambda name: name == part_name(key, 0))
+        damaged = corrupting(store.client, lambda name: name == target)
         writer = await store.open_writer(key, MiB)
         try:
             with pytest.raises(StorageError) as caught:
-                await writer.write(data(9 * MiB, 2))
+                await writer.write(data(17 * MiB, 2))  # fills the first 16 MiB part
                 await writer.commit()
             await writer.rollback()
         finally:
             await writer.close()
-        assert damaged == [part_name(key, 0)]
+        assert damaged == [target]
         assert "Content-MD5" in caught.value.message
         assert await store.staging_size(key) == MiB
-        with pytest.raises(ObjectNotFound):
-            await store.client.head(part_name(key, 0))
         del store.client.minio._put_object  # the fault is over: the class's method again
         writer = await store.open_writer(key, MiB)
-        await writer.write(data(9 * MiB, 2))
-        assert await writer.commit() == 10 * MiB
+        await writer.write(data(17 * MiB, 2))
+        assert await writer.commit() == 18 * MiB
         await writer.close()
-        assert await read_all(store.read_staging(key)) == data(MiB, 1) + data(9 * MiB, 2)
+        assert await read_all(store.read_staging(key)) == data(MiB, 1) + data(17 * MiB, 2)
         await store.delete_staging(key)
+        assert await store.list_keys(key) == []
     finally:
         await store.close()
 
@@ -259,7 +259,7 @@ async def test_s3_bucket_quota_is_out_of_space_and_the_upload_resumes(
         writer = await store.open_writer(key, MiB)
         try:
             with pytest.raises(OutOfSpace) as caught:
-                await writer.write(rest)  # an 8 MiB part: more than the whole quota
+                await writer.write(rest)  # 10 MiB committed: more than the whole quota
                 await writer.commit()
             await writer.rollback()
         finally:

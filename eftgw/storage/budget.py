@@ -1,0 +1,69 @@
+"""The node-wide budget for upload buffers: writers wait for room instead of growing memory.
+
+Every S3 writer holds the part it is filling and the parts it is uploading in memory; whether the upload
+came over HTTPS or SFTP, it takes that room from one :class:`BufferBudget` (``EFTGW_UPLOAD_MEMORY``) first.
+A writer reserves a whole part before it starts filling it and gives it back when the part is stored, so
+a writer that waits holds no half-filled part and the budget cannot deadlock: the room held is always on
+its way to S3 or being filled by a client that is sending. While a writer waits it does not read its
+request body, so TCP backpressure slows the client down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+
+class BufferBudget:
+    """A pool of ``limit`` bytes handed out first come, first served."""
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError("the upload buffer budget must be positive")
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def clamp(self, size: int) -> int:
+        """What a request for ``size`` bytes really takes: never more than the whole budget."""
+        return min(size, self.limit)
+
+    async def acquire(self, size: int) -> int:
+        """Wait until ``size`` bytes (at most the whole budget) are free, take them and return the amount."""
+        size = self.clamp(size)
+        if not self._waiters and self.used + size <= self.limit:
+            self._take(size)
+            return size
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)  # granted as we were cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        return size
+
+    def _take(self, size: int) -> None:
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take(size)
+                waiter.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
