@@ -1,0 +1,207 @@
+"""Benchmark: eftgw on S3 against a raw minio-py multipart put of the same bytes to the same S3, same run.
+
+Two measurements, each repeated ``--rounds`` times with eftgw and the raw put alternating, reported as
+medians and the ratio eftgw / raw (MB/s, 10^6 bytes per second):
+
+- ``single``: one file (default 1 GiB) sent in one tus PATCH over plain HTTP (``EFTGW_TLS=off``) to a real
+  ``eftgw serve`` process on S3, completion included (the PATCH answers once the file exists); against
+  ``Minio.put_object`` of the same bytes with 16 MiB parts;
+- ``concurrent``: ``--streams`` uploads (default 8 of 256 MiB) at once, aggregate bytes over wall time;
+  against as many raw puts at once (threads).
+
+The gateway's peak RSS is sampled every 50 ms. Every file's SHA-256 is checked against the gateway's record.
+The S3 server and bucket come from the EFTGW_TEST_S3_* variables (the bucket is made and emptied here):
+
+    EFTGW_TEST_S3_ENDPOINT=127.0.0.1:7481 EFTGW_TEST_S3_ACCESS_KEY=... EFTGW_TEST_S3_SECRET_KEY=... \\
+    .venv/bin/python bench/s3_side_by_side.py [--size-mib 1024] [--streams 8] [--stream-mib 256] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+from minio import Minio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.storage.conftest import empty_bucket
+from tests.support import GatewayProcess
+
+MiB = 1024 * 1024
+PART = 16 * MiB
+
+
+def block(seed: int, index: int) -> bytes:
+    """The ``index``-th MiB of stream ``seed``: distinct blocks, made on the fly."""
+    return hashlib.sha256(f"{seed}:{index}".encode()).digest() * (MiB // 32)
+
+
+async def body(seed: int, size_mib: int) -> AsyncIterator[bytes]:
+    for i in range(size_mib):
+        yield block(seed, i)
+
+
+def sha256_of(seed: int, size_mib: int) -> str:
+    digest = hashlib.sha256()
+    for i in range(size_mib):
+        digest.update(block(seed, i))
+    return digest.hexdigest()
+
+
+class Blocks(io.RawIOBase):
+    """The same bytes as :func:`body` as a file object (what minio's put_object reads)."""
+
+    def __init__(self, seed: int, size_mib: int) -> None:
+        self.seed, self.size_mib, self.index, self.pending = seed, size_mib, 0, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while (size < 0 or len(out) < size) and (self.pending or self.index < self.size_mib):
+            if not self.pending:
+                self.pending = block(self.seed, self.index)
+                self.index += 1
+            take = len(self.pending) if size < 0 else min(size - len(out), len(self.pending))
+            out += self.pending[:take]
+            self.pending = self.pending[take:]
+        return bytes(out)
+
+
+class Gateway:
+    def __init__(self, node: GatewayProcess) -> None:
+        self.node = node
+        self.url = f"http://127.0.0.1:{node.port}"
+        self.token = node.token("BENCH-1")
+        self.peak_rss = 0
+
+    async def sample(self, stop: asyncio.Event) -> None:
+        assert self.node.proc is not None
+        proc = psutil.Process(self.node.proc.pid)
+        while not stop.is_set():
+            self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
+            await asyncio.sleep(0.05)
+
+    async def upload(self, session: aiohttp.ClientSession, seed: int, size_mib: int) -> str:
+        auth = {"Authorization": f"Bearer {self.token}", "Tus-Resumable": "1.0.0"}
+        created = {**auth, "Upload-Length": str(size_mib * MiB), "Upload-Metadata": "filename YmVuY2g="}
+        async with session.post(f"{self.url}/api/v1/cases/BENCH-1/uploads", headers=created) as resp:
+            assert resp.status == 201, await resp.text()
+            location = resp.headers["Location"]
+        patch = {
+            **auth,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(size_mib * MiB),
+        }
+        async with session.patch(location, data=body(seed, size_mib), headers=patch) as resp:
+            assert resp.status == 204, await resp.text()
+        return location
+
+    async def sha256s(self, session: aiohttp.ClientSession) -> set[str]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with session.get(f"{self.url}/api/v1/cases/BENCH-1/files", headers=headers) as resp:
+            return {f["sha256"] for f in await resp.json()}
+
+
+async def eftgw_round(gw: Gateway, seeds: list[int], size_mib: int) -> float:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(gw.upload(session, seed, size_mib) for seed in seeds))
+        elapsed = time.perf_counter() - started
+        stored = await gw.sha256s(session)
+    for seed in seeds:
+        assert sha256_of(seed, size_mib) in stored, "SHA-256 mismatch"
+    return len(seeds) * size_mib * MiB / elapsed / 1e6
+
+
+async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int) -> float:
+    def put(seed: int) -> None:
+        client.put_object(bucket, f"raw/{seed}", Blocks(seed, size_mib), size_mib * MiB, part_size=PART)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(asyncio.to_thread(put, seed) for seed in seeds))
+    return len(seeds) * size_mib * MiB / (time.perf_counter() - started) / 1e6
+
+
+async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]:
+    endpoint = os.environ["EFTGW_TEST_S3_ENDPOINT"].removeprefix("http://")
+    access, secret = os.environ["EFTGW_TEST_S3_ACCESS_KEY"], os.environ["EFTGW_TEST_S3_SECRET_KEY"]
+    bucket = "eftgw-bench-" + secrets.token_hex(4)
+    raw = Minio(endpoint, access, secret, secure=False)
+    raw.make_bucket(bucket)
+    env = {
+        "EFTGW_TLS": "off",
+        "EFTGW_STORAGE": "s3",
+        "EFTGW_S3_ENDPOINT": endpoint,
+        "EFTGW_S3_ACCESS_KEY": access,
+        "EFTGW_S3_SECRET_KEY": secret,
+        "EFTGW_S3_BUCKET": bucket,
+        "EFTGW_S3_SECURE": "false",
+        "EFTGW_LOG_LEVEL": "WARNING",
+    }
+    node = GatewayProcess(data_dir, env=env).start()
+    results: dict[str, list[float]] = {"single_eftgw": [], "single_raw": [], "many_eftgw": [], "many_raw": []}
+    try:
+        node.cli("case", "open", "BENCH-1")
+        gw = Gateway(node)
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(gw.sample(stop))
+        for seed in range(1, args.rounds + 1):
+            results["single_eftgw"].append(await eftgw_round(gw, [seed], args.size_mib))
+            results["single_raw"].append(await raw_round(raw, bucket, [seed], args.size_mib))
+            seeds = list(range(seed * 100, seed * 100 + args.streams))
+            results["many_eftgw"].append(await eftgw_round(gw, seeds, args.stream_mib))
+            results["many_raw"].append(await raw_round(raw, bucket, seeds, args.stream_mib))
+            empty_bucket(raw, bucket)  # keep the shared S3 server's disk in check
+        stop.set()
+        await sampler
+    finally:
+        node.stop()
+        empty_bucket(raw, bucket, remove=True)
+    medians = {k: round(statistics.median(v), 1) for k, v in results.items()}
+    return {
+        "single": f"{args.size_mib} MiB in one PATCH, plain HTTP, completion included",
+        "concurrent": f"{args.streams} x {args.stream_mib} MiB at once",
+        "rounds_MBps": {k: [round(x, 1) for x in v] for k, v in results.items()},
+        "medians_MBps": medians,
+        "ratio_single": round(medians["single_eftgw"] / medians["single_raw"], 2),
+        "ratio_concurrent": round(medians["many_eftgw"] / medians["many_raw"], 2),
+        "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),
+        "load_average_at_end": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--stream-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="eftgw-bench-"))
+    try:
+        result = asyncio.run(measure(args, tmp / "data"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

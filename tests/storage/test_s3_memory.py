@@ -1,0 +1,112 @@
+"""Memory of S3 uploads is bounded: at most 64 MiB per upload, and a node-wide budget that makes writers wait
+(backpressure) instead of growing, proven with real writers against the real S3 server (Ceph RGW)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from eftgw.config import Settings
+from eftgw.storage import object_key, staging_key
+from eftgw.storage.budget import BufferBudget
+from eftgw.storage.s3 import S3Store
+from tests.storage.conftest import S3Server
+from tests.storage.test_conformance import TAGS, MiB, data, read_all
+
+
+@pytest.fixture
+async def small_budget_store(s3_server: S3Server, s3_bucket: str) -> AsyncIterator[S3Store]:
+    store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(48 * MiB))
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_one_upload_holds_at_most_64_mib(s3_server: S3Server, s3_bucket: str, case_id: str) -> None:
+    """A 200 MiB upload through one writer never holds more than 64 MiB of buffers (one 16 MiB part filling
+    and three in flight), even when the node's budget would allow more."""
+    store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB))
+    await store.open()
+    try:
+        key, target = staging_key(case_id, "big"), object_key(case_id, "f_big")
+        await store.create_staging(key, target)
+        writer = await store.open_writer(key, 0)
+        digest = hashlib.sha256()
+        for i in range(200):
+            block = data(MiB, i)
+            digest.update(block)
+            await writer.write(block)
+            assert len(writer._inflight) <= 4  # the part just cut may not have started yet
+        assert await writer.commit() == 200 * MiB
+        await writer.close()
+        assert 0 < store.budget.peak <= 64 * MiB
+        assert store.budget.used == 0
+        await store.promote(key, target, TAGS)
+        stored = hashlib.sha256(await read_all(store.read_object(target))).hexdigest()
+        assert stored == digest.hexdigest()
+    finally:
+        await store.close()
+
+
+async def test_many_uploads_wait_for_a_small_budget(small_budget_store: S3Store, case_id: str) -> None:
+    """Twelve uploads of 40 MiB at once against a 48 MiB budget (three parts): writers wait for room
+    instead of holding more, all of them finish with the right bytes, and the budget is whole again."""
+    store = small_budget_store
+    waited: list[int] = []
+
+    async def upload(n: int) -> None:
+        key, target = staging_key(case_id, f"u{n}"), object_key(case_id, f"f_{n}")
+        await store.create_staging(key, target)
+        writer = await store.open_writer(key, 0)
+        try:
+            for i in range(40):
+                await writer.write(data(MiB, n * 100 + i))
+                waited.append(store.budget.waiting)
+                assert store.budget.used <= store.budget.limit
+            assert await writer.commit() == 40 * MiB
+        finally:
+            await writer.close()
+        await store.promote(key, target, TAGS)
+
+    async with asyncio.timeout(600):
+        await asyncio.gather(*(upload(n) for n in range(12)))
+    assert store.budget.peak <= 48 * MiB
+    assert max(waited) > 0  # some writers really waited
+    assert store.budget.used == 0 and store.budget.waiting == 0
+    for n in range(12):
+        expected = b"".join(data(MiB, n * 100 + i) for i in range(40))
+        assert await read_all(store.read_object(object_key(case_id, f"f_{n}"))) == expected
+
+
+async def test_a_waiting_writer_that_is_cancelled_gives_nothing_away() -> None:
+    """A writer cancelled while it waits for room (its client went away) takes no room, and the next
+    waiter gets what is freed; requests larger than the budget take the whole budget, so they never wait
+    forever."""
+    budget = BufferBudget(32 * MiB)
+    assert await budget.acquire(16 * MiB) == 16 * MiB
+    assert await budget.acquire(16 * MiB) == 16 * MiB
+    first = asyncio.ensure_future(budget.acquire(16 * MiB))
+    second = asyncio.ensure_future(budget.acquire(8 * MiB))
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    budget.release(16 * MiB)
+    assert await second == 8 * MiB
+    assert budget.used == 24 * MiB
+    budget.release(24 * MiB)
+    assert await budget.acquire(100 * MiB) == 32 * MiB  # clamped to the whole budget
+    budget.release(32 * MiB)
+    assert budget.used == 0 and budget.waiting == 0
+
+
+def test_the_budget_is_a_setting() -> None:
+    """EFTGW_UPLOAD_MEMORY sizes the node's budget (512 MiB by default)."""
+    settings = Settings(storage="s3", s3_endpoint="127.0.0.1:1", upload_memory=64 * MiB)
+    assert S3Store.from_settings(settings).budget.limit == 64 * MiB
+    default = Settings(storage="s3", s3_endpoint="127.0.0.1:1")
+    assert S3Store.from_settings(default).budget.limit == 512 * MiB
