@@ -111,7 +111,7 @@ def settings_from_env(data_dir: Path, bucket: str, database_url: str | None) -> 
 async def bench_store(store: S3Store, size_mib: int, commit_mib: int) -> dict[str, object]:
     case = "BENCH-" + secrets.token_hex(4)
     key, target = staging_key(case, "u1"), object_key(case, "f_1")
-    await store.create_staging(key)
+    await store.create_staging(key, target)  # as the engine does: staged for the file's key
     probe = Probe()
     probe.start()
     started = time.perf_counter()
