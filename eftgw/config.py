@@ -11,10 +11,11 @@ import json
 import os
 import tomllib
 import urllib.parse
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -69,10 +70,16 @@ def explain(error: ErrorDetails, config_file: str | None) -> str:
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
+# The config file :meth:`Settings.load` is reading, for its sources (pydantic-settings asks the class, not the
+# instance, for them); never written to the process environment.
+_LOADING: ContextVar[str | None] = ContextVar("eftgw_config_file", default=None)
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Names match ``EFTGW_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="EFTGW_", extra="forbid", validate_default=True)
+    _config_file: Path | None = PrivateAttr(default=None)
 
     data_dir: Path = Path("./eftgw-data")
     host: str = "127.0.0.1"
@@ -170,7 +177,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = os.environ.get("EFTGW_CONFIG")
+        toml_file = _LOADING.get() or os.environ.get("EFTGW_CONFIG")
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
@@ -181,17 +188,25 @@ class Settings(BaseSettings):
 
         :raises ConfigError: naming each bad setting (or the unreadable file) in one line.
         """
-        if config_file is not None:
-            os.environ["EFTGW_CONFIG"] = str(config_file)
-        toml_file = os.environ.get("EFTGW_CONFIG") or None
+        toml_file = str(config_file) if config_file is not None else os.environ.get("EFTGW_CONFIG") or None
         if toml_file is not None and not Path(toml_file).is_file():
             raise ConfigError([f"config file {toml_file} does not exist"])
+        loading = _LOADING.set(toml_file)
         try:
-            return cls()
+            settings = cls()
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"config file {toml_file} is not valid TOML: {exc}"]) from exc
         except ValidationError as exc:
             raise ConfigError([explain(error, toml_file) for error in exc.errors(include_url=False)]) from exc
+        finally:
+            _LOADING.reset(loading)
+        settings._config_file = Path(toml_file).resolve() if toml_file else None
+        return settings
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from (absolute), if any."""
+        return self._config_file
 
     # Derived values -----------------------------------------------------------------------------------
 

@@ -46,9 +46,8 @@ def admin_command(settings: Settings) -> str:
     cli = Path(sys.executable).with_name("eftgw")
     eftgw = str(cli) if cli.exists() and shutil.which("eftgw") != str(cli) else "eftgw"
     words = [f"EFTGW_DATA_DIR={shlex.quote(str(settings.resolved_data_dir))}", shlex.quote(eftgw)]
-    config = os.environ.get("EFTGW_CONFIG")
-    if config:
-        words.append(f"--config {shlex.quote(str(Path(config).resolve()))}")
+    if settings.config_file is not None:
+        words.append(f"--config {shlex.quote(str(settings.config_file))}")
     return " ".join(words)
 
 

@@ -197,6 +197,8 @@ class WriterRegistry:
 
     def __init__(self) -> None:
         self._writers: dict[str, BufferedUpload] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def get(self, upload_id: str) -> BufferedUpload | None:
         return self._writers.get(upload_id)
@@ -207,16 +209,17 @@ class WriterRegistry:
     async def take_over(self, upload_id: str, reason: DomainError | None = None) -> None:
         """Before a new handle writes to ``upload_id`` (or it is finished): the old writer keeps what it
         has, then stops with ``reason``."""
-        old = self._writers.pop(upload_id, None)
+        old = self._pop(upload_id)
         if old is not None:
             await old.detach(reason)
 
     def register(self, writer: BufferedUpload) -> None:
         self._writers[writer.upload_id] = writer
+        self._empty.clear()
 
     def release(self, writer: BufferedUpload) -> None:
         if self._writers.get(writer.upload_id) is writer:
-            del self._writers[writer.upload_id]
+            self._pop(writer.upload_id)
 
     async def settle(self, upload_id: str) -> None:
         """Make what the live writer of ``upload_id`` accepted durable, so sizes read now are complete."""
@@ -227,6 +230,16 @@ class WriterRegistry:
 
     async def discard(self, upload_id: str, reason: DomainError) -> None:
         """The upload is being cancelled or replaced: its live writer drops its queue and stops."""
-        writer = self._writers.pop(upload_id, None)
+        writer = self._pop(upload_id)
         if writer is not None:
             await writer.discard(reason)
+
+    async def drained(self) -> None:
+        """Return once no writer is live (every handle's data made durable and released)."""
+        await self._empty.wait()
+
+    def _pop(self, upload_id: str) -> BufferedUpload | None:
+        writer = self._writers.pop(upload_id, None)
+        if not self._writers:
+            self._empty.set()
+        return writer

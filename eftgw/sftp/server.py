@@ -234,10 +234,11 @@ class SftpService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 10)
         # Handles closed by the teardown make what they hold durable before the core shuts down.
-        for _ in range(600):
-            if not len(self.context.writers):
-                break
-            await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(30):
+                await self.context.writers.drained()
+        except TimeoutError:
+            log.warning("%d SFTP writers still busy at shutdown", len(self.context.writers))
         if self._background:
             await asyncio.wait(self._background, timeout=30)
 

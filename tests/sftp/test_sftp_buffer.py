@@ -93,13 +93,13 @@ async def test_writes_return_without_waiting_for_storage_while_there_is_room(cor
     chunks: list[bytes] = []
     while True:
         chunk = os.urandom(32 * KIB)
-        started = time.monotonic()
         pending = asyncio.create_task(buffer.write(chunk))
-        done, _ = await asyncio.wait({pending}, timeout=0.3)
+        # Storage takes nothing until the gate opens, so a write that returns was accepted without waiting
+        # for it; the generous wait only tells a blocked write from a slow machine.
+        done, _ = await asyncio.wait({pending}, timeout=2.0)
         chunks.append(chunk)
         if not done:
             break
-        assert time.monotonic() - started < 0.1  # accepted without waiting for storage
         assert len(chunks) < 200, "the buffer never filled up"
     accepted = 32 * KIB * (len(chunks) - 1)
     assert capacity <= accepted <= capacity + 2 * BLOCK_SIZE  # the buffer plus the core's block(s)
