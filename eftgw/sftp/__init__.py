@@ -7,7 +7,8 @@ SFTP is an ordinary core upload (``UploadService``, ``via="sftp"``): it lands in
 finished, listed and downloaded like any other.
 
 Modules: :mod:`~eftgw.sftp.server` (listener, logins, live sessions), :mod:`~eftgw.sftp.defender`
-(failed-login scores and bans), :mod:`~eftgw.sftp.hostkeys`, :mod:`~eftgw.sftp.session` (asyncssh plumbing),
+(failed-login scores and bans), :mod:`~eftgw.sftp.hostkeys`,
+:mod:`~eftgw.sftp.asyncssh_compat` (asyncssh internals),
 :mod:`~eftgw.sftp.fs` (the SFTP operations), :mod:`~eftgw.sftp.area` (the view of the case),
 :mod:`~eftgw.sftp.buffer` (bounded write buffer, flushed in parts), :mod:`~eftgw.sftp.handles`,
 :mod:`~eftgw.sftp.paths` and :mod:`~eftgw.sftp.status` (errors to SFTP statuses).

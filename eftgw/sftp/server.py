@@ -33,11 +33,16 @@ from eftgw.audit import AuditLog
 from eftgw.errors import Unauthenticated
 from eftgw.gateway import Gateway
 from eftgw.model import Principal, Role, Via
+from eftgw.sftp.asyncssh_compat import (
+    SFTPOnlySession,
+    require_tested_version,
+    strict_kex_negotiated,
+    wrap_signature_check,
+)
 from eftgw.sftp.defender import LoginDefender
 from eftgw.sftp.fs import CaseSFTPServer, SftpContext
 from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
 from eftgw.sftp.limits import FileBudget, limit_accept_error_logs, listening_socket, node_budget
-from eftgw.sftp.session import SFTPOnlySession
 
 log = logging.getLogger("eftgw.sftp")
 
@@ -183,6 +188,7 @@ class SftpService:
         return int(self._listener.get_port())
 
     async def start(self) -> None:
+        require_tested_version()
         keys = await asyncio.to_thread(load_or_create_host_keys, self.host_keys_dir)
         await self.accounts.prepare()
         self.accounts.on_revoke(self._revoked)
@@ -406,7 +412,7 @@ def terrapin_safe(conn: asyncssh.SSHServerConnection) -> bool:
     safe. A client without it (rclone 1.60, for one) is accepted only with a cipher mode the attack cannot
     use: AES-GCM, or AES-CTR with a MAC that is not encrypt-then-MAC.
     """
-    if getattr(conn, "_strict_kex", False):  # asyncssh records the negotiation here (pinned version)
+    if strict_kex_negotiated(conn):
         return True
     for direction in ("send", "recv"):
         cipher = str(conn.get_extra_info(f"{direction}_cipher", ""))
@@ -426,10 +432,9 @@ def _admit_on_signature(key: asyncssh.SSHKey, admit: Callable[[], None]) -> None
     whatever signature algorithm the client chose, then reports success; wrapping that object is the one
     place where both the algorithm and the outcome are known.
     """
-    verify = key.verify
     allowed = {alg.encode() for alg in SIGNATURE_ALGS}
 
-    def verify_and_admit(data: bytes, sig: bytes) -> bool:
+    def check_and_admit(data: bytes, sig: bytes, verify: Callable[[bytes, bytes], bool]) -> bool:
         try:
             algorithm = SSHPacket(sig).get_string()
         except Exception:
@@ -439,4 +444,4 @@ def _admit_on_signature(key: asyncssh.SSHKey, admit: Callable[[], None]) -> None
         admit()
         return True
 
-    key.verify = verify_and_admit  # type: ignore[method-assign]
+    wrap_signature_check(key, check_and_admit)

@@ -1,6 +1,11 @@
-"""How an SSH session becomes an SFTP session of the gateway (the asyncssh plumbing, kept in one place).
+"""Everything eftgw uses of asyncssh beyond its public API, in one place, for the version it was tested with.
 
-Two things are not reachable through asyncssh's public ``sftp_factory``, so the session is started here:
+:func:`require_tested_version` runs when the SFTP service starts and refuses any other asyncssh version with
+a clear message; ``tests/sftp/test_asyncssh_compat.py`` fails loudly when an upgrade changes one of the
+internals below, and ``tests/sftp`` exercise each of them with real clients.
+
+1. How an SSH session becomes an SFTP session of the gateway. Three things are not reachable through
+   asyncssh's public ``sftp_factory``, so the session is started here:
 
 - telling an explicit ``CLOSE`` from the closing of handles at teardown. asyncssh closes every open handle
   through the same :meth:`SFTPServer.close` when the client goes away; the handler below marks the server as
@@ -10,8 +15,11 @@ Two things are not reachable through asyncssh's public ``sftp_factory``, so the 
   ``limits``), and limits that keep one request's memory small (256 KiB reads and writes, as OpenSSH's
   sftp-server; the session's limit of open handles).
 
-This uses asyncssh internals (``SFTPServerHandler``, ``SSHServerStreamSession``); asyncssh is pinned exactly
-and ``tests/sftp`` exercise every path here with real clients.
+   (internals: ``SFTPServerHandler`` with its ``_extensions``, ``_packet_handlers``, ``_cleanup``,
+   ``_file_handles`` and ``_server``; ``SSHServerStreamSession`` with ``_chan``, ``_conn``, ``_encoding``).
+2. Whether strict key exchange was negotiated (Terrapin): asyncssh records it only in ``_strict_kex``.
+3. Seeing the outcome and algorithm of a public-key login signature: the approved key object's ``verify``
+   is wrapped (asyncssh offers no hook between verifying the signature and reporting success).
 """
 
 from __future__ import annotations
@@ -20,11 +28,15 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import asyncssh
 from asyncssh import SFTPInvalidHandle, SFTPLimits, SFTPServer, SSHReader, SSHServerChannel, SSHWriter
 from asyncssh.constants import FXP_WRITE
 from asyncssh.packet import SSHPacket
 from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
+
+TESTED_VERSIONS = frozenset({"2.24.1"})
+"""The asyncssh versions whose internals this module was checked against (``pyproject.toml`` pins one)."""
 
 SFTP_VERSION = 3
 MAX_REQUEST = 256 * 1024
@@ -111,3 +123,39 @@ class SFTPOnlySession(SSHServerStreamSession[bytes]):
         server = self._server_factory(chan)  # type: ignore[arg-type]
         handler = _GatewaySFTPHandler(server, reader, writer, SFTP_VERSION)
         conn.create_task(handler.run(), reader.logger)
+
+
+class UntestedAsyncsshVersion(RuntimeError):
+    """asyncssh is not a version this module's use of its internals was tested with."""
+
+
+def require_tested_version(version: str | None = None) -> None:
+    """Refuse to serve SFTP with an asyncssh this module was not tested with (its internals may differ).
+
+    :raises UntestedAsyncsshVersion: naming the installed and the tested versions.
+    """
+    found = version if version is not None else asyncssh.__version__
+    if found not in TESTED_VERSIONS:
+        raise UntestedAsyncsshVersion(
+            f"asyncssh {found} is installed, but eftgw's SFTP service was tested only with asyncssh "
+            f"{', '.join(sorted(TESTED_VERSIONS))}; install the version pinned in eftgw's requirements"
+        )
+
+
+def strict_kex_negotiated(conn: asyncssh.SSHServerConnection) -> bool:
+    """Whether the client and the gateway agreed on strict key exchange (``kex-strict-*-v00@openssh.com``)."""
+    return bool(getattr(conn, "_strict_kex", False))
+
+
+def wrap_signature_check(
+    key: asyncssh.SSHKey, check: Callable[[bytes, bytes, Callable[[bytes, bytes], bool]], bool]
+) -> None:
+    """Make this key object's signature verification go through ``check(data, sig, verify)``, where
+    ``verify`` is the key's own; asyncssh verifies a public-key login with the very key object the server
+    approved, whatever signature algorithm the client chose, and only then reports success."""
+    verify = key.verify
+
+    def checked(data: bytes, sig: bytes) -> bool:
+        return check(data, sig, verify)
+
+    key.verify = checked  # type: ignore[method-assign]
