@@ -31,7 +31,7 @@ from minio.datatypes import Part
 from eftgw.storage.base import ObjectNotFound, StorageError
 from eftgw.storage.budget import BufferBudget
 from eftgw.storage.s3_assembly import Segment, assemble
-from eftgw.storage.s3_client import S3Client
+from eftgw.storage.s3_client import S3Client, require_tested_minio
 from eftgw.storage.s3_parts import (
     BASE_PART,
     DATA_SUFFIX,
@@ -80,6 +80,7 @@ class S3Store:
         return cls(client, region=settings.s3_region, budget=budget)
 
     async def open(self) -> None:
+        require_tested_minio()
         self.versioned = await self.client.ensure_bucket(self.region)
 
     async def close(self) -> None:

@@ -10,10 +10,13 @@ Every request with a body (PutObject, UploadPart) carries ``Content-MD5`` comput
 stored, so the store refuses a body that changed on the way (``BadDigest``) instead of keeping it. (Ceph RGW
 16 ignores the newer ``x-amz-checksum-*`` headers; every S3 server checks ``Content-MD5``.)
 
-The multipart calls (create, upload part, upload part copy, list parts, complete, abort, list uploads) are not
-part of
-minio's public API in 7.2; they are its own request builders (``Minio._create_multipart_upload`` etc.),
-stable across 7.x and pinned with the exact minio version. They are wrapped here and nowhere else.
+This module is also the one place that uses minio beyond its public API (its compatibility module). The
+single-request PutObject with our own headers and the multipart calls (create, upload part, upload part
+copy, list parts, complete, abort, list uploads) are not public in minio 7.2: they are its own request
+builders (``Minio._put_object``, ``Minio._create_multipart_upload`` etc.), used here with ``genheaders`` and
+``quote`` from ``minio.helpers``. :func:`require_tested_minio` refuses, when the store opens, a minio version
+they were not tested with; ``tests/storage/test_minio_compat.py`` names each of them, so an upgrade that
+changes one fails there loudly.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, TypeVar
 from xml.etree import ElementTree
 
 import certifi
+import minio
 import urllib3
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource, Tags
@@ -41,10 +45,29 @@ from minio.helpers import genheaders, quote
 from eftgw.storage.base import ObjectNotFound, OutOfSpace, StorageError
 
 T = TypeVar("T")
+TESTED_MINIO_VERSIONS = frozenset({"7.2.20"})
+"""The minio versions whose private request builders this module was checked against (one is pinned)."""
 NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchUpload", "NoSuchVersion", "ResourceNotFound"}
 FULL = {"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "InsufficientStorage"}
 INSUFFICIENT_STORAGE = 507
 TRANSIENT = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+class UntestedMinioVersion(StorageError):
+    """minio is not a version this module's use of its private request builders was tested with."""
+
+
+def require_tested_minio(version: str | None = None) -> None:
+    """Refuse to use S3 with a minio this module was not tested with (its private builders may differ).
+
+    :raises UntestedMinioVersion: naming the installed and the tested versions.
+    """
+    found = version if version is not None else minio.__version__
+    if found not in TESTED_MINIO_VERSIONS:
+        raise UntestedMinioVersion(
+            f"minio {found} is installed, but eftgw's S3 store was tested only with minio "
+            f"{', '.join(sorted(TESTED_MINIO_VERSIONS))}; install the version pinned in eftgw's requirements"
+        )
 
 
 @dataclass(frozen=True)
