@@ -26,6 +26,7 @@ the 5 TiB S3 allows for one object.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ def copy_ranges(size: int) -> list[tuple[int, int]]:
     return ranges
 
 
+@functools.lru_cache(maxsize=64)
 def capacity(first: int) -> int:
     """The most bytes that full parts ``first .. 9,999`` plus a tail can hold."""
     return sum(part_size(n) for n in range(first, MAX_FULL_PARTS + 1)) + part_size(MAX_FULL_PARTS + 1) - 1
