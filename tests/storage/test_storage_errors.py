@@ -176,8 +176,8 @@ def corrupting(client: S3Client, names: Callable[[str], bool]) -> list[str]:
 
 async def test_s3_refuses_a_part_damaged_on_the_way(s3_server: S3Server, s3_bucket: str) -> None:
     """A part of the upload's multipart upload whose body no longer matches its checksum (the SHA-256 the
-    gateway computed and signed) is refused by the real S3 server: the commit fails, the committed size stays, the damaged part is never
-    part of the file, and the upload then resumes to the right bytes."""
+    gateway computed and signed) is refused by the real S3 server: the commit fails, the committed size
+    stays, the damaged part is never part of the file, and the upload then resumes to the right bytes."""
     store = s3_server.store(s3_bucket)
     await store.open()
     try:
