@@ -65,3 +65,21 @@ def test_the_header_helpers_behave_as_used() -> None:
     assert headers["x-amz-meta-eftgw-case"] == "C-1"
     assert "case=C-1" in str(headers["x-amz-tagging"]) and "sha256=ab" in str(headers["x-amz-tagging"])
     assert quote("/bucket/cases/C 1/f") == "/bucket/cases/C%201/f"
+
+
+def test_the_signed_payload_override_matches_minio_build_headers() -> None:
+    """``Minio._build_headers(host, headers, body, creds)`` is what s3_client overrides to sign the body's
+    SHA-256 it computed: the parameters are unchanged, and with our header the request carries that SHA-256
+    as ``x-amz-content-sha256`` (on HTTP and HTTPS) with no Content-MD5; without it, minio's own behaviour."""
+    from minio.credentials import Credentials
+
+    params = list(inspect.signature(Minio._build_headers).parameters)
+    assert params == ["self", "host", "headers", "body", "creds"]
+    creds = Credentials("key", "secret")
+    for secure in (False, True):
+        client = s3_client._SignedPayloadMinio("127.0.0.1:1", "key", "secret", secure=secure)
+        signed, _date = client._build_headers("h", {s3_client.PAYLOAD_SHA256: "ab" * 32}, b"body", creds)
+        assert signed["x-amz-content-sha256"] == "ab" * 32 and signed["Content-Length"] == "4"
+        assert "Content-MD5" not in signed and s3_client.PAYLOAD_SHA256 not in signed
+        plain, _date = client._build_headers("h", {}, b"body", creds)
+        assert plain["x-amz-content-sha256"] != "ab" * 32
