@@ -3,7 +3,8 @@ expiration, checksum, termination and concatenation.
 
 Routes: ``OPTIONS|POST /api/v1/cases/{case_id}/uploads``, ``GET`` of the same lists unfinished uploads (for
 the web client's resume after a reload), and ``OPTIONS|HEAD|PATCH|DELETE`` on the ``Location`` returned at
-creation, ``/api/v1/cases/{case_id}/uploads/{upload_id}``.
+creation, ``/api/v1/cases/{case_id}/uploads/{upload_id}``. A request with ``Upload-Draft-Interop-Version``
+speaks the IETF resumable uploads draft instead and goes to :mod:`eftgw.http.resumable` (same URLs, uploads).
 """
 
 from __future__ import annotations
@@ -127,15 +128,19 @@ def _checksum(request: web.Request) -> ChunkChecksum | None:
     return ChunkChecksum.parse(header) if header else None
 
 
+# The draft's handlers build on this module's helpers, so they are imported when a request needs them.
 @routes.options("/api/v1/cases/{case_id}/uploads")
 @routes.options("/api/v1/cases/{case_id}/uploads/{upload_id}")
 async def options(request: web.Request) -> web.StreamResponse:
+    from eftgw.http import resumable
+
     settings = gateway_of(request).settings
     headers = {
         "Tus-Resumable": TUS_VERSION,
         "Tus-Version": TUS_VERSION,
         "Tus-Extension": EXTENSIONS,
         "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+        "Upload-Limit": resumable.limits(request),  # the draft's discovery, on the same OPTIONS
     }
     if settings.max_upload_size is not None:
         headers["Tus-Max-Size"] = str(settings.max_upload_size)
@@ -144,6 +149,10 @@ async def options(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/api/v1/cases/{case_id}/uploads")
 async def create(request: web.Request) -> web.StreamResponse:
+    from eftgw.http import resumable
+
+    if resumable.is_draft(request):
+        return await resumable.create(request)
     _check_version(request)
     principal = await authenticate(request)
     gateway = gateway_of(request)
@@ -232,6 +241,10 @@ def _upload_json(request: web.Request, upload: Upload) -> dict[str, Any]:
 
 @routes.head("/api/v1/cases/{case_id}/uploads/{upload_id}")
 async def head(request: web.Request) -> web.StreamResponse:
+    from eftgw.http import resumable
+
+    if resumable.is_draft(request):
+        return await resumable.offset(request)
     _check_version(request)
     principal = await authenticate(request)
     upload = await gateway_of(request).uploads.get(
@@ -255,6 +268,10 @@ async def head(request: web.Request) -> web.StreamResponse:
 
 @routes.patch("/api/v1/cases/{case_id}/uploads/{upload_id}")
 async def patch(request: web.Request) -> web.StreamResponse:
+    from eftgw.http import resumable
+
+    if resumable.is_draft(request):
+        return await resumable.append(request)
     _check_version(request)
     principal = await authenticate(request)
     if request.headers.get("Content-Type") != OFFSET_CONTENT_TYPE:
@@ -280,6 +297,10 @@ async def patch(request: web.Request) -> web.StreamResponse:
 
 @routes.delete("/api/v1/cases/{case_id}/uploads/{upload_id}")
 async def terminate(request: web.Request) -> web.StreamResponse:
+    from eftgw.http import resumable
+
+    if resumable.is_draft(request):
+        return await resumable.cancel(request)
     _check_version(request)
     principal = await authenticate(request)
     await gateway_of(request).uploads.terminate(
