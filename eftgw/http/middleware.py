@@ -31,9 +31,26 @@ TUS_HEADERS = [
     "Tus-Max-Size",
     "Tus-Checksum-Algorithm",
 ]
-ALLOWED_HEADERS = [*TUS_HEADERS, "Authorization", "Content-Type", "X-CSRF-Token", "X-Requested-With", "Range"]
+# The IETF resumable uploads draft's fields (eftgw.http.resumable), for browser clients speaking it.
+DRAFT_REQUEST_HEADERS = [
+    "Upload-Draft-Interop-Version",
+    "Upload-Complete",
+    "Content-Digest",
+    "Content-Disposition",
+]
+DRAFT_RESPONSE_HEADERS = ["Upload-Draft-Interop-Version", "Upload-Complete", "Upload-Limit"]
+ALLOWED_HEADERS = [
+    *TUS_HEADERS,
+    *DRAFT_REQUEST_HEADERS,
+    "Authorization",
+    "Content-Type",
+    "X-CSRF-Token",
+    "X-Requested-With",
+    "Range",
+]
 EXPOSED_HEADERS = [
     *TUS_HEADERS,
+    *DRAFT_RESPONSE_HEADERS,
     "Location",
     "Repr-Digest",
     "Content-Disposition",

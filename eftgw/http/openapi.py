@@ -64,7 +64,42 @@ TOO_MANY = {
     "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
     "content": {JSON: {"schema": _ref("Error")}},
 }
-TUS = {"name": "Tus-Resumable", "in": "header", "required": True, "schema": {"const": "1.0.0"}}
+TUS = {
+    "name": "Tus-Resumable",
+    "in": "header",
+    "required": False,
+    "description": "Required by tus 1.0; draft requests send Upload-Draft-Interop-Version instead",
+    "schema": {"const": "1.0.0"},
+}
+DRAFT = {
+    "name": "Upload-Draft-Interop-Version",
+    "in": "header",
+    "required": False,
+    "description": "Speak the IETF resumable uploads draft (draft-ietf-httpbis-resumable-upload), not tus:"
+    " 8 (drafts -09 on), 7 (-06 to -08), 6 (-04/-05, tus-js-client 'ietf-draft-05'),"
+    " 5 (-03, 'ietf-draft-03')",
+    "schema": {"enum": ["5", "6", "7", "8"]},
+}
+UPLOAD_COMPLETE = {
+    "name": "Upload-Complete",
+    "in": "header",
+    "required": False,
+    "description": "Draft requests (required there): '?1' when this request's content ends the upload",
+    "schema": {"enum": ["?0", "?1"]},
+}
+CONTENT_DIGEST = {
+    "name": "Content-Digest",
+    "in": "header",
+    "required": False,
+    "description": "Draft requests (RFC 9530): sha-256 or sha-512 of this request's content; on a"
+    " mismatch none of it is kept (400)",
+    "schema": {"type": "string"},
+}
+PROBLEM = {
+    "description": "An RFC 9457 problem of the draft: mismatching-upload-offset (409, with expected-offset"
+    " and provided-offset) or inconsistent-upload-length (400)",
+    "content": {"application/problem+json": {"schema": {"type": "object"}}},
+}
 
 
 def _op(
@@ -88,7 +123,8 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "eftgw",
             "version": __version__,
-            "description": "Resumable file transfer for support cases: tus 1.0.0, files, integration API.",
+            "description": "Resumable file transfer for support cases: tus 1.0.0 and the IETF resumable"
+            " uploads draft, files, integration API.",
         },
         "components": {
             "securitySchemes": {
