@@ -95,9 +95,12 @@ CONTENT_DIGEST = {
     " mismatch none of it is kept (400)",
     "schema": {"type": "string"},
 }
+PROBLEM_TYPES = (
+    "an RFC 9457 problem of the draft: mismatching-upload-offset (409, with expected-offset and"
+    " provided-offset) or inconsistent-upload-length (400)"
+)
 PROBLEM = {
-    "description": "An RFC 9457 problem of the draft: mismatching-upload-offset (409, with expected-offset"
-    " and provided-offset) or inconsistent-upload-length (400)",
+    "description": "Draft: " + PROBLEM_TYPES,
     "content": {"application/problem+json": {"schema": {"type": "object"}}},
 }
 
@@ -262,16 +265,30 @@ def document() -> dict[str, Any]:
                 )
             },
             "/api/v1/cases/{case_id}/uploads": {
-                "options": _op("tus discovery", no_content, params=[CASE_ID], security=[]),
+                "options": _op(
+                    "tus discovery; Upload-Limit for the resumable uploads draft",
+                    no_content,
+                    params=[CASE_ID],
+                    security=[],
+                ),
                 "post": _op(
-                    "tus creation (creation-with-upload, defer-length, concatenation)",
+                    "tus creation (creation-with-upload, defer-length, concatenation), or the draft's upload"
+                    " creation (Upload-Draft-Interop-Version, Upload-Complete, optional Upload-Length,"
+                    " Content-Digest and content; a 104 interim response announces Location and Upload-Limit"
+                    " on HTTP/1.1)",
                     {
-                        "201": {"description": "Created; Location is the upload URL"},
+                        "201": {
+                            "description": "Created; Location is the upload URL. Draft: Upload-Offset,"
+                            " Upload-Complete, Upload-Limit, Repr-Digest once complete"
+                        },
+                        "400": PROBLEM,
                         "413": ERROR,
                         "429": TOO_MANY,
                         "503": STORAGE_UNAVAILABLE,
                         "507": STORAGE_FULL,
                     },
+                    # The draft's fields are in the summary, not listed: a draft creation is answered with a
+                    # 104 first, which clients built on Python's http.client (Schemathesis) cannot read.
                     params=[CASE_ID, TUS],
                 ),
                 "get": _op(
@@ -287,20 +304,36 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/cases/{case_id}/uploads/{upload_id}": {
                 "options": _op("tus discovery", no_content, params=[CASE_ID, UPLOAD_ID], security=[]),
-                "head": _op("tus offset", tus_head, params=[CASE_ID, UPLOAD_ID, TUS]),
-                "patch": _op(
-                    "tus append (Upload-Offset, Upload-Checksum)",
+                "head": _op(
+                    "tus offset, or the draft's offset retrieval",
                     {
-                        "204": {"description": "Upload-Offset is durable"},
-                        "409": ERROR,
+                        **tus_head,
+                        "204": {
+                            "description": "Draft: Upload-Offset, Upload-Complete, Upload-Length (if known),"
+                            " Upload-Limit"
+                        },
+                    },
+                    params=[CASE_ID, UPLOAD_ID, TUS, DRAFT],
+                ),
+                "patch": _op(
+                    "tus append (Upload-Offset, Upload-Checksum), or the draft's upload append"
+                    " (application/partial-upload, Upload-Offset, Upload-Complete, Content-Digest)",
+                    {
+                        "204": {"description": "Upload-Offset is durable (draft: and Upload-Complete)"},
+                        "400": PROBLEM,
+                        "409": {**PROBLEM, "description": "tus: an error; draft: " + PROBLEM_TYPES},
                         "413": ERROR,
                         "460": ERROR,
                         "503": STORAGE_UNAVAILABLE,
                         "507": STORAGE_FULL,
                     },
-                    params=[CASE_ID, UPLOAD_ID, TUS],
+                    params=[CASE_ID, UPLOAD_ID, TUS, DRAFT, UPLOAD_COMPLETE, CONTENT_DIGEST],
                 ),
-                "delete": _op("tus termination", no_content, params=[CASE_ID, UPLOAD_ID, TUS]),
+                "delete": _op(
+                    "tus termination, or the draft's upload cancellation",
+                    no_content,
+                    params=[CASE_ID, UPLOAD_ID, TUS, DRAFT],
+                ),
             },
             "/api/v1/integration/cases/{case_id}": {
                 "get": _op("Case state (service)", {"200": _json(case_schema, "Case")}, params=[CASE_ID])
