@@ -456,3 +456,60 @@ async def test_upload_limit_announces_and_enforces_the_maximum_size(tmp_path: Pa
                 b"",
             )
             assert too_long.status == 413
+
+
+def _send_part_then_cut(host: str, port: int, request: bytes, content: bytes) -> Message:
+    """Send a request's head and part of its content, read the 104, then drop the connection."""
+    with _open(host, port) as sock:
+        conn = Connection(sock, f"{host}:{port}")
+        sock.sendall(request + content)
+        head = conn._line_block().decode("latin-1").split("\r\n")
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in head[1:])
+        )
+        return Message(int(head[0].split()[1]), headers)
+
+
+async def test_interrupted_creation_resumes_from_the_104_location(gw: RunningGateway) -> None:
+    """Example C: the connection drops during a creation whose final response never comes; the 104 gave the
+    upload URL, offset retrieval says how much was kept, and appends from there complete the file."""
+    token = gw.token("C-1")
+    data = bytes(range(256)) * 2048  # 512 KiB
+    parts = urlsplit(gw.url)
+    assert parts.hostname is not None and parts.port is not None
+    head = "\r\n".join(
+        [
+            "POST /api/v1/cases/C-1/uploads HTTP/1.1",
+            f"Host: {parts.hostname}:{parts.port}",
+            *(f"{k}: {v}" for k, v in draft(token, Upload_Complete="?1").items()),
+            f"Content-Length: {len(data)}",
+        ]
+    )
+    interim = await asyncio.to_thread(
+        _send_part_then_cut, parts.hostname, parts.port, (head + "\r\n\r\n").encode(), data[:200_000]
+    )
+    assert interim.status == 104
+    target = path_of(interim.headers["location"])
+    async with connect(gw) as conn:
+        for _ in range(200):  # the cut request may still hold the upload for a moment: 409/423 say so
+            offset = (await conn.request("HEAD", target, draft(token))).headers["upload-offset"]
+            assert int(offset) <= 200_000
+            answer = await conn.request(
+                "PATCH",
+                target,
+                draft(
+                    token,
+                    Upload_Complete="?1",
+                    Upload_Offset=offset,
+                    Content_Type="application/partial-upload",
+                ),
+                data[int(offset) :],
+            )
+            if answer.status in (409, 423):
+                await asyncio.sleep(0.1)
+                continue
+            assert answer.status == 204, answer.body
+            assert answer.headers["upload-complete"] == "?1"
+            break
+    (record,) = await files_of(gw, token)
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
