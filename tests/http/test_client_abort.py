@@ -14,6 +14,8 @@ import pytest
 from tests.http.rawhttp import download_and_hang_up
 from tests.support import RunningGateway, http_session, tus_headers
 
+pytestmark = pytest.mark.timeout(600)  # two 48 MiB uploads through S3 on a loaded machine take a while
+
 SIZE = 48 * 1024 * 1024  # more than loopback socket buffers hold, so the gateway is still writing at the cut
 
 
