@@ -513,3 +513,24 @@ async def test_interrupted_creation_resumes_from_the_104_location(gw: RunningGat
             break
     (record,) = await files_of(gw, token)
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_cors_lets_configured_origins_speak_the_draft(tmp_path: Path) -> None:
+    """A configured origin's preflight may send the draft's request fields and reads its response fields."""
+    async with running_gateway(tmp_path / "gw", cors_origins=["https://portal.example"]) as gw:
+        await gw.gateway.cases.open(SYSTEM, "C-1")
+        origin = {"Origin": "https://portal.example"}
+        async with connect(gw) as conn:
+            preflight = await conn.request(
+                "OPTIONS", "/api/v1/cases/C-1/uploads", {**origin, "Access-Control-Request-Method": "POST"}
+            )
+            created = await conn.request(
+                "POST",
+                "/api/v1/cases/C-1/uploads",
+                {**draft(gw.token("C-1"), Upload_Complete="?0"), **origin},
+                b"",
+            )
+        allowed = preflight.headers["access-control-allow-headers"].split(", ")
+        assert {"Upload-Draft-Interop-Version", "Upload-Complete", "Content-Digest"} <= set(allowed)
+        exposed = created.headers["access-control-expose-headers"].split(", ")
+        assert {"Upload-Complete", "Upload-Limit", "Upload-Offset", "Location"} <= set(exposed)
