@@ -31,7 +31,6 @@ from eftgw.model import (
     CaseState,
     ConcatKind,
     FileRecord,
-    Role,
     Session,
     SftpAccount,
     Upload,
@@ -72,6 +71,11 @@ async def _file_lock(path: str) -> AsyncIterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _insert_audit(event: AuditEvent) -> sa.Insert:
+    """The INSERT of an audit event (the id is the database's)."""
+    return sa.insert(t.audit_events).values(**rows.values(t.audit_events, event, exclude=("id",)))
 
 
 class SqlRepository:
@@ -118,12 +122,8 @@ class SqlRepository:
         return rows.case(row) if row else None
 
     async def save_case(self, case: Case) -> None:
-        values = {
-            "state": case.state.value,
-            "opened_at": case.opened_at,
-            "closed_at": case.closed_at,
-            "updated_at": case.updated_at or case.opened_at,
-        }
+        values = rows.values(t.cases, case, exclude=("id",))
+        values["updated_at"] = case.updated_at or case.opened_at
         async with self.engine.begin() as conn:
             updated = await conn.execute(sa.update(t.cases).where(t.cases.c.id == case.id).values(**values))
             if updated.rowcount == 0:
@@ -165,7 +165,7 @@ class SqlRepository:
 
     async def add_file(self, record: FileRecord) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(sa.insert(t.files).values(**rows.file_values(record)))
+            await conn.execute(sa.insert(t.files).values(**rows.values(t.files, record)))
 
     async def get_file(self, case_id: str, file_id: str) -> FileRecord | None:
         query = sa.select(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
@@ -205,36 +205,16 @@ class SqlRepository:
                 sa.delete(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
             )
             if audit is not None:
-                await conn.execute(sa.insert(t.audit_events).values(**rows.audit_values(audit)))
+                await conn.execute(
+                    sa.insert(t.audit_events).values(**rows.values(t.audit_events, audit, exclude=("id",)))
+                )
         return bool(result.rowcount)
 
     # uploads ---------------------------------------------------------------------------------------
 
     async def add_upload(self, upload: Upload) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.uploads).values(
-                    id=upload.id,
-                    case_id=upload.case_id,
-                    file_id=upload.file_id,
-                    name=upload.name,
-                    length=upload.length,
-                    offset=upload.offset,
-                    state=upload.state.value,
-                    created_at=upload.created_at,
-                    updated_at=upload.updated_at,
-                    expires_at=upload.expires_at,
-                    created_by=upload.created_by,
-                    source=upload.source,
-                    via=upload.via,
-                    staging_key=upload.staging_key,
-                    metadata=upload.metadata,
-                    concat=upload.concat.value,
-                    partials=upload.partials,
-                    content_type=upload.content_type,
-                    digest_state=upload.digest_state,
-                )
-            )
+            await conn.execute(sa.insert(t.uploads).values(**rows.values(t.uploads, upload)))
 
     async def get_upload(self, upload_id: str) -> Upload | None:
         async with self.engine.connect() as conn:
@@ -349,7 +329,7 @@ class SqlRepository:
                 )
             )
             if record is not None:
-                await conn.execute(sa.insert(t.files).values(**rows.file_values(record)))
+                await conn.execute(sa.insert(t.files).values(**rows.values(t.files, record)))
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -359,32 +339,14 @@ class SqlRepository:
 
     async def add_session(self, session: Session) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.sessions).values(
-                    id_hash=session.id_hash,
-                    user=session.user,
-                    role=session.role.value,
-                    case_id=session.case_id,
-                    csrf_token=session.csrf_token,
-                    created_at=session.created_at,
-                    expires_at=session.expires_at,
-                )
-            )
+            await conn.execute(sa.insert(t.sessions).values(**rows.values(t.sessions, session)))
 
     async def get_session(self, id_hash: str) -> Session | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(t.sessions).where(t.sessions.c.id_hash == id_hash))).first()
         if row is None:
             return None
-        return Session(
-            id_hash=row.id_hash,
-            user=row.user,
-            role=Role(row.role),
-            case_id=row.case_id,
-            csrf_token=row.csrf_token,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-        )
+        return rows.session(row)
 
     async def delete_session(self, id_hash: str) -> None:
         async with self.engine.begin() as conn:
@@ -408,29 +370,16 @@ class SqlRepository:
 
     async def add_audit(self, event: AuditEvent) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(sa.insert(t.audit_events).values(**rows.audit_values(event)))
+            await conn.execute(
+                sa.insert(t.audit_events).values(**rows.values(t.audit_events, event, exclude=("id",)))
+            )
 
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
         query = sa.select(t.audit_events).order_by(t.audit_events.c.id).limit(limit)
         if case_id is not None:
             query = query.where(t.audit_events.c.case_id == case_id)
         async with self.engine.connect() as conn:
-            rows = list(await conn.execute(query))
-        return [
-            AuditEvent(
-                id=r.id,
-                at=r.at,
-                action=r.action,
-                actor=r.actor,
-                role=r.role,
-                case_id=r.case_id,
-                target=r.target,
-                remote=r.remote,
-                via=r.via,
-                detail=dict(r.detail),
-            )
-            for r in rows
-        ]
+            return [rows.audit(r) for r in await conn.execute(query)]
 
     # file metadata and SFTP accounts ----------------------------------------------------------------
 
@@ -455,20 +404,7 @@ class SqlRepository:
 
     async def add_account(self, account: SftpAccount) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.sftp_accounts).values(
-                    username=account.username,
-                    case_id=account.case_id,
-                    password_hash=account.password_hash,
-                    password_sealed=account.password_sealed,
-                    created_at=account.created_at,
-                    expires_at=account.expires_at,
-                    created_by=account.created_by,
-                    revoked_at=account.revoked_at,
-                    authorized_keys=list(account.authorized_keys),
-                    last_login_at=account.last_login_at,
-                )
-            )
+            await conn.execute(sa.insert(t.sftp_accounts).values(**rows.values(t.sftp_accounts, account)))
 
     async def get_account(self, username: str) -> SftpAccount | None:
         query = sa.select(t.sftp_accounts).where(t.sftp_accounts.c.username == username)

@@ -1,110 +1,85 @@
-"""Conversions between table rows and the domain's dataclasses (one place for each mapping)."""
+"""Conversions between table rows and the domain's dataclasses, derived from the dataclasses themselves.
+
+A table's columns carry the names of its dataclass's fields (``schema.py`` and ``model.py`` agree on them,
+and Alembic's comparison keeps the tables equal to ``schema.py``). :func:`from_row` builds a dataclass from
+the columns of a row that it has fields for; :func:`values` gives the column values of a dataclass for a
+table. Field types drive the conversions, in one place: enums are stored as their values and rebuilt from
+them; lists and dicts are copied (so no row object is shared with the domain).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import enum
+import functools
+import types
+import typing
+from typing import Any, TypeVar
 
-from eftgw.model import (
-    AuditEvent,
-    Case,
-    CaseState,
-    ConcatKind,
-    FileRecord,
-    SftpAccount,
-    Transport,
-    Upload,
-    UploadState,
-)
+import sqlalchemy as sa
+
+from eftgw.model import AuditEvent, Case, FileRecord, Session, SftpAccount, Upload
+
+T = TypeVar("T")
 
 
-def case(row: Any) -> Case:
-    return Case(
-        id=row.id,
-        state=CaseState(row.state),
-        opened_at=row.opened_at,
-        closed_at=row.closed_at,
-        updated_at=row.updated_at,
-    )
+_DECODERS: dict[type[Any], dict[str, Any]] = {}
 
 
-def file(row: Any) -> FileRecord:
-    return FileRecord(
-        id=row.id,
-        case_id=row.case_id,
-        name=row.name,
-        size=row.size,
-        sha256=row.sha256,
-        xxh128=row.xxh128,
-        object_key=row.object_key,
-        content_type=row.content_type,
-        uploaded_at=row.uploaded_at,
-        uploaded_by=row.uploaded_by,
-        source=row.source,
-        via=Transport(row.via),
-        modified_at=row.modified_at,
-    )
+def _decoders(cls: type[Any]) -> dict[str, Any]:
+    """Per field of ``cls``: how to turn a column value into the field's value (worked out once)."""
+    decoders = _DECODERS.get(cls)
+    if decoders is None:
+        hints = typing.get_type_hints(cls)
+        decoders = _DECODERS[cls] = {f.name: _decoder(hints[f.name]) for f in dataclasses.fields(cls)}
+    return decoders
 
 
-def upload(row: Any) -> Upload:
-    return Upload(
-        id=row.id,
-        case_id=row.case_id,
-        file_id=row.file_id,
-        name=row.name,
-        length=row.length,
-        offset=row.offset,
-        state=UploadState(row.state),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        expires_at=row.expires_at,
-        created_by=row.created_by,
-        source=row.source,
-        via=Transport(row.via),
-        staging_key=row.staging_key,
-        metadata=dict(row.metadata),
-        concat=ConcatKind(row.concat),
-        partials=list(row.partials),
-        content_type=row.content_type,
-        digest_state=row.digest_state,
-    )
+def _decoder(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        inner = _decoder(args[0])
+        return lambda value: None if value is None else inner(value)
+    origin = typing.get_origin(hint) or hint
+    if isinstance(origin, type) and issubclass(origin, enum.Enum):
+        return origin
+    if origin is list:
+        return list
+    if origin is dict:
+        return dict
+    return lambda value: value
 
 
-def audit_values(event: AuditEvent) -> dict[str, Any]:
-    """The event as column values (the id is the database's)."""
-    values = dataclasses.asdict(event)
-    del values["id"]
-    return values
+def from_row(cls: type[T], row: Any) -> T:
+    """The dataclass ``cls`` from the row's columns that name its fields (others take their defaults)."""
+    columns = row._mapping
+    decoders = _decoders(cls)
+    return cls(**{name: decode(columns[name]) for name, decode in decoders.items() if name in columns})
 
 
-def file_values(record: FileRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "case_id": record.case_id,
-        "name": record.name,
-        "size": record.size,
-        "sha256": record.sha256,
-        "xxh128": record.xxh128,
-        "object_key": record.object_key,
-        "content_type": record.content_type,
-        "uploaded_at": record.uploaded_at,
-        "uploaded_by": record.uploaded_by,
-        "source": record.source,
-        "via": record.via,
-        "modified_at": record.modified_at,
-    }
+def values(table: sa.Table, item: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The column values of dataclass ``item`` for ``table`` (its fields that are columns)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(item):
+        if field.name in table.c and field.name not in exclude:
+            out[field.name] = _encode(getattr(item, field.name))
+    return out
 
 
-def account(row: Any) -> SftpAccount:
-    return SftpAccount(
-        username=row.username,
-        case_id=row.case_id,
-        password_hash=row.password_hash,
-        password_sealed=row.password_sealed,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        created_by=row.created_by,
-        revoked_at=row.revoked_at,
-        authorized_keys=list(row.authorized_keys),
-        last_login_at=row.last_login_at,
-    )
+def _encode(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+# The mappings the repository uses, one per entity.
+case = functools.partial(from_row, Case)
+file = functools.partial(from_row, FileRecord)
+upload = functools.partial(from_row, Upload)
+account = functools.partial(from_row, SftpAccount)
+session = functools.partial(from_row, Session)
+audit = functools.partial(from_row, AuditEvent)

@@ -64,7 +64,8 @@ def _fill(gateway: GatewayThread, case_id: str, count: int) -> None:
     """``count`` completed files and ``count`` SFTP uploads in progress, inserted in one transaction each."""
     now = dt.datetime.now(dt.UTC)
     files = [
-        rows.file_values(
+        rows.values(
+            t.files,
             FileRecord(
                 id=f"f{case_id}{i}",
                 case_id=case_id,
@@ -77,7 +78,7 @@ def _fill(gateway: GatewayThread, case_id: str, count: int) -> None:
                 uploaded_by="alice",
                 source="customer",
                 via=Transport.SFTP,
-            )
+            ),
         )
         for i in range(count)
     ]
