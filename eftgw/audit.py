@@ -61,4 +61,5 @@ class AuditLog:
             event.case_id,
             event.target,
             event.remote,
+            extra={"client": event.remote, "case": event.case_id},
         )

@@ -16,7 +16,7 @@ from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import ConfigError, Settings
 from eftgw.errors import BadRequest, DomainError
 from eftgw.gateway import Gateway
-from eftgw.logs import configure_logging
+from eftgw.logs import configure_logging, use_json
 from eftgw.model import Principal, Role, Via
 
 OPERATOR = Principal(user="operator", role=Role.SERVICE, via=Via.CLI)
@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     # Admin commands print their result on stdout; only warnings go to the log unless serving.
     level = settings.log_level.upper() if args.command == "serve" else "WARNING"
     configure_logging(level)
+    if settings.log_format == "json":
+        use_json(settings.node_name, settings.region)
     try:
         return int(args.func(settings, args))
     except DomainError as exc:

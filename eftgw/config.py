@@ -9,13 +9,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import tomllib
 import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -156,6 +165,13 @@ class Settings(BaseSettings):
     retention_interval: int = Field(default=300, ge=1)
     retention_days: int = Field(default=30, ge=1)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    node_name: str = Field(default_factory=socket.gethostname, description="this node's name in the logs")
+
+    # Several nodes behind a TCP balancer: PROXY protocol v2 on the HTTPS and SFTP listeners gives each
+    # connection its client's address. Only connections from ``trusted_proxies`` may (and then must) send it.
+    proxy_protocol: Literal["on", "off"] = "off"
+    trusted_proxies: CommaList = Field(default_factory=list)
 
     @field_validator("sftp_defender_allowlist")
     @classmethod
@@ -166,6 +182,26 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{network!r} is not a network; use CIDRs such as 192.0.2.0/24") from None
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            try:
+                return [str(ipaddress.ip_network(str(v).strip(), strict=False)) for v in value]
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies takes CIDRs such as 10.0.0.0/24: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _proxies_for_proxy_protocol(self) -> Settings:
+        if self.proxy_protocol == "on" and not self.trusted_proxies:
+            raise ValueError(
+                "EFTGW_PROXY_PROTOCOL=on needs EFTGW_TRUSTED_PROXIES: the balancers' addresses (CIDRs)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

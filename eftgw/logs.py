@@ -1,5 +1,17 @@
 """Logging setup, and the rule that no credential reaches any log line, whoever writes it.
 
+Log lines an operator can ship: ``EFTGW_LOG_FORMAT=json`` writes one JSON object per line, access log and
+application log alike, with the same fields::
+
+    {"time": "2026-11-30T11:04:41.123+00:00", "level": "INFO", "logger": "eftgw.access", "node": "gw1",
+     "region": "emea", "request_id": "6f1c...", "case": "C-1", "upload": "u_...", "client": "203.0.113.9",
+     "event": "203.0.113.9 PATCH /api/v1/cases/C-1/uploads/u_... 204 1.234s"}
+
+``request_id``, ``case``, ``upload`` and ``client`` come from the context the HTTP layer binds for each
+request (:func:`bind`), or from a record's ``extra`` (the SFTP listener and the audit log pass them); a
+field that is unknown is ``null``. :class:`JsonFormatter` formats records that redaction (below) has already
+cleaned, so a JSON line holds what the text line would, never more.
+
 Credentials arrive in places other code logs without meaning to: aiohttp's own "bad request" error quotes
 the raw header line (a whole ``Cookie`` or ``Authorization`` header), an exception message may quote a URL
 with a launch token. So redaction does not rely on each caller: :func:`install_redaction` replaces the
@@ -15,8 +27,13 @@ password or secret (``token=...``, ``"password": "..."``, ``X-CSRF-Token: ...``)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime as dt
+import json
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -98,3 +115,63 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
 
 
 PROTOCOL_LOG = ProtocolLog(logging.getLogger("aiohttp.server"), {})
+
+
+CONTEXT_FIELDS = ("request_id", "case", "upload", "client")
+
+_context: dict[str, contextvars.ContextVar[str | None]] = {
+    name: contextvars.ContextVar(f"eftgw_log_{name}", default=None) for name in CONTEXT_FIELDS
+}
+
+
+@contextlib.contextmanager
+def bind(**fields: str | None) -> Iterator[None]:
+    """Attach ``request_id``, ``case``, ``upload`` or ``client`` to every log line inside the block."""
+    tokens = [(_context[name], _context[name].set(value)) for name, value in fields.items()]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def current(name: str) -> str | None:
+    """The bound value of a context field (``None`` if unbound)."""
+    return _context[name].get()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the node's identity and the bound context fields."""
+
+    def __init__(self, node: str, region: str) -> None:
+        super().__init__()
+        self.node = node
+        self.region = region
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "node": self.node,
+            "region": self.region,
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            line[name] = str(value) if value is not None else _context[name].get()
+        line["event"] = record.getMessage()
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["error"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def use_json(node: str, region: str, logger: logging.Logger | None = None) -> None:
+    """Switch every handler of ``logger`` (the root logger by default) to :class:`JsonFormatter`.
+
+    The handlers themselves, with their filters, stay as they are.
+    """
+    formatter = JsonFormatter(node, region)
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.setFormatter(formatter)

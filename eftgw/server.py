@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from eftgw.gateway import Gateway
 from eftgw.logs import PROTOCOL_LOG, install_redaction
 from eftgw.metadata.election import run_as_leader
 from eftgw.orphans import sweep_orphans
+from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
 from eftgw.retention.worker import sweep
 from eftgw.sftp import SftpService
 from eftgw.tlsutil import ensure_self_signed, server_context
@@ -73,6 +75,66 @@ def banner(settings: Settings, scheme: str, storage: str, sftp_port: int) -> str
     return "\n".join(lines)
 
 
+class ProxyProtocolSite(web.BaseSite):
+    """An aiohttp site whose connections are admitted through PROXY protocol v2 (``EFTGW_PROXY_PROTOCOL``).
+
+    The PROXY header comes before TLS, so the listener reads it from the plain socket and only then starts
+    TLS and aiohttp's request handling on it (``loop.connect_accepted_socket``).
+    """
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        trusted: list[str],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 512,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._trusted = parse_networks(trusted)
+        self.listener: ProxyProtocolListener | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port} (PROXY protocol v2)"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None  # BaseSite's constructor checked that the runner is set up
+
+        async def handoff(sock: socket.socket) -> None:
+            await loop.connect_accepted_socket(
+                server, sock, ssl=self._ssl_context, ssl_handshake_timeout=60 if self._ssl_context else None
+            )
+
+        self.listener = await ProxyProtocolListener.start(
+            self._host,
+            self._port,
+            handoff,
+            self._trusted,
+            name="https" if self._ssl_context else "http",
+            client_speaks_first=True,
+            backlog=self._backlog,
+        )
+        self._server = self.listener
+
+
+def http_site(runner: web.AppRunner, settings: Settings, context: ssl.SSLContext | None) -> web.BaseSite:
+    """The HTTP(S) listener: plain TCP, or admitting connections through PROXY protocol v2."""
+    if settings.proxy_protocol == "on":
+        return ProxyProtocolSite(
+            runner, settings.host, settings.http_port, settings.trusted_proxies, ssl_context=context
+        )
+    return web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)
+
+
 async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) -> None:
     from eftgw.http.app import make_app
 
@@ -83,7 +145,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     runner = web.AppRunner(app, access_log=None, handler_cancellation=False, logger=PROTOCOL_LOG)
     await runner.setup()
     context = tls_context(settings)
-    site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=context, backlog=512)
+    site = http_site(runner, settings, context)
     sftp = SftpService(gateway)
     await sftp.start()  # first: host keys are made on the first start, before the node answers anything
     await site.start()
@@ -104,9 +166,17 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
         ),
     ]
     scheme = "https" if context else "http"
+    if settings.proxy_protocol == "on":
+        log.info(
+            "PROXY protocol v2 on HTTP and SFTP; trusted proxies: %s", ", ".join(settings.trusted_proxies)
+        )
     if context is None:
         log.warning("TLS is off: serving plain HTTP; only run this behind a TLS-terminating load balancer")
-    print(banner(settings, scheme, gateway.store.name, sftp.bound_port), flush=True)
+    text = banner(settings, scheme, gateway.store.name, sftp.bound_port)
+    if settings.log_format == "json":  # the output is log lines only: one JSON object each
+        log.info("%s; SFTP on port %d", text.splitlines()[0], sftp.bound_port)
+    else:
+        print(text, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,12 @@ from eftgw import metrics
 from eftgw.gateway import Gateway
 from eftgw.http import accounts, files, integration, openapi, session, tus, webclient
 from eftgw.http.keys import GATEWAY
-from eftgw.http.middleware import cors_middleware, errors_middleware, security_headers_middleware
+from eftgw.http.middleware import (
+    cors_middleware,
+    errors_middleware,
+    log_context_middleware,
+    security_headers_middleware,
+)
 
 routes = web.RouteTableDef()
 
@@ -33,7 +38,7 @@ async def openapi_document(request: web.Request) -> web.StreamResponse:
 
 def make_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[security_headers_middleware, cors_middleware, errors_middleware],
+        middlewares=[log_context_middleware, security_headers_middleware, cors_middleware, errors_middleware],
         client_max_size=1024 * 1024,  # JSON and form bodies; upload bodies are streamed, not read whole
     )
     app[GATEWAY] = gateway

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from eftgw import logs
 from eftgw.errors import BodyInterrupted, DomainError, StorageUnavailable
 from eftgw.http.keys import gateway_of
 
@@ -122,8 +124,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 @web.middleware
+async def log_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every log line of the request carries its id, case, upload and client address (JSON logs); the
+    response names the id in ``X-Request-Id`` so a customer's report can be matched with the logs."""
+    request_id = secrets.token_hex(8)
+    match = request.match_info
+    with logs.bind(
+        request_id=request_id, case=match.get("case_id"), upload=match.get("upload_id"), client=request.remote
+    ):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+
+@web.middleware
 async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.monotonic()
+    if request.method == "PATCH":  # an upload's PATCH may last hours: say which node took it when it starts
+        access_log.info("%s %s %s started", request.remote, request.method, request.path)
     response = await handler(request)
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -1,7 +1,8 @@
 """The browser File Transfer Client, served from the gateway's own origin (no other origin is ever involved).
 
 The client is built from ``web-client/`` by ``scripts/build-web-client`` into ``web-client/dist``:
-``index.html`` plus content-hashed bundles in ``dist/assets/``. Routes (pages and static files, not API):
+``index.html`` plus content-hashed bundles in ``dist/assets/``. An installed package (wheel) carries that
+build as package data, ``eftgw/web_client/``; a source checkout serves ``web-client/dist`` itself. Routes (pages and static files, not API):
 
 - ``GET /launch``: the page the portal opens as ``/launch#<launch token>``. The token is in the fragment, so
   it never reaches this server, its logs or a ``Referer``; the page's script removes it from the address bar
@@ -24,7 +25,8 @@ from eftgw.errors import DomainError, FileNotFound
 
 routes = web.RouteTableDef()
 
-DIST = Path(__file__).resolve().parents[2] / "web-client" / "dist"
+PACKAGED = Path(__file__).resolve().parents[1] / "web_client"
+CHECKOUT = Path(__file__).resolve().parents[2] / "web-client" / "dist"
 ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -42,8 +44,8 @@ class WebClientMissing(DomainError):
 
 
 def dist_dir() -> Path:
-    """Where the built client lives: ``web-client/dist`` next to the ``eftgw`` package."""
-    return DIST
+    """Where the built client lives: in the installed package, else ``web-client/dist`` of the checkout."""
+    return PACKAGED if (PACKAGED / "index.html").is_file() else CHECKOUT
 
 
 @routes.get("/launch")

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ from eftgw.audit import AuditLog
 from eftgw.errors import Unauthenticated
 from eftgw.gateway import Gateway
 from eftgw.model import Principal, Role, Via
+from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
 from eftgw.sftp.asyncssh_compat import (
     SFTPOnlySession,
     require_tested_version,
@@ -176,7 +178,7 @@ class SftpService:
         self.host_keys_dir = settings.sftp_host_keys_dir or settings.resolved_data_dir / "ssh"
         self.sessions: set[LiveSession] = set()
         self.connections: set[asyncssh.SSHServerConnection] = set()
-        self._listener: asyncssh.SSHAcceptor | None = None
+        self._listener: asyncssh.SSHAcceptor | ProxyProtocolListener | None = None
         self._checker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -193,10 +195,7 @@ class SftpService:
         await self.accounts.prepare()
         self.accounts.on_revoke(self._revoked)
         limit_accept_error_logs()
-        backlog = 256
-        self._listener = await asyncssh.create_server(
-            lambda: _AccountSSHServer(self),
-            sock=listening_socket(self.host, self.port, backlog, self.context.budget),
+        options: dict[str, Any] = dict(
             server_host_keys=host_key_pairs(keys, SIGNATURE_ALGS),
             server_version="eftgw",
             kex_algs=KEX_ALGS,
@@ -213,8 +212,8 @@ class SftpService:
             keepalive_count_max=3,
             window=self.window,
             max_pktsize=self.max_packet,
-            backlog=backlog,
         )
+        self._listener = await self._listen(options)
         self._checker = asyncio.create_task(self._check_periodically(), name="sftp-session-check")
         log.info(
             "SFTP listening on %s:%d; host keys %s; at most %d descriptors (connections and open files)",
@@ -222,6 +221,36 @@ class SftpService:
             self.bound_port,
             ", ".join(fingerprints(keys)),
             self.context.budget.node,
+        )
+
+    async def _listen(self, options: dict[str, Any]) -> asyncssh.SSHAcceptor | ProxyProtocolListener:
+        """The SSH listener: plain TCP, or admitting connections through PROXY protocol v2; either way each
+        connection's ``peername`` is its client's address (what the defender, audit and logs use)."""
+        settings = self.gateway.settings
+        backlog = 256
+        # Accepted connections count against the node's descriptor budget; each is given back when its
+        # SSH connection ends (_AccountSSHServer.connection_lost) or, refused by the PROXY rules, at once.
+        sock = listening_socket(self.host, self.port, backlog, self.context.budget)
+        if settings.proxy_protocol != "on":
+            return await asyncssh.create_server(
+                lambda: _AccountSSHServer(self), sock=sock, backlog=backlog, **options
+            )
+        prepared = await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: _AccountSSHServer(self), **options
+        )
+
+        async def handoff(sock: socket.socket) -> None:
+            # asyncssh's public API for an accepted socket; it returns once the client has logged in.
+            await asyncssh.run_server(sock, options=prepared)
+
+        return ProxyProtocolListener.on_socket(
+            sock,
+            handoff,
+            parse_networks(settings.trusted_proxies),
+            name="sftp",
+            client_speaks_first=False,
+            log_connections=True,
+            on_refused=self.context.budget.disconnect,
         )
 
     async def stop(self) -> None:
@@ -299,7 +328,7 @@ class _AccountSSHServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.service.connections.add(conn)
-        peer = conn.get_extra_info("peername")
+        peer = conn.get_extra_info("peername")  # the client's address, also behind a PROXY protocol balancer
         self.remote = str(peer[0]) if peer else "unknown"
         if self.service.defender.closes(self.remote):
             log.warning("SFTP connection from banned address %s closed", self.remote)
