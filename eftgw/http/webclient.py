@@ -2,7 +2,8 @@
 
 The client is built from ``web-client/`` by ``scripts/build-web-client`` into ``web-client/dist``:
 ``index.html`` plus content-hashed bundles in ``dist/assets/``. An installed package (wheel) carries that
-build as package data, ``eftgw/web_client/``; a source checkout serves ``web-client/dist`` itself. Routes (pages and static files, not API):
+build as package data, ``eftgw/web_client/``; a source checkout serves ``web-client/dist`` itself.
+Routes (pages and static files, not API):
 
 - ``GET /launch``: the page the portal opens as ``/launch#<launch token>``. The token is in the fragment, so
   it never reaches this server, its logs or a ``Referer``; the page's script removes it from the address bar
