@@ -1,5 +1,6 @@
 """PROXY protocol v2 on a node's HTTPS and SFTP listeners: the client's address from a trusted balancer's
-header reaches request handling, the SFTP login defender, audit events and the logs; anyone else is refused a header.
+header reaches request handling, the SFTP login defender, audit events and the logs; anyone else is
+refused a header.
 
 The node is a real ``eftgw serve`` process with ``EFTGW_PROXY_PROTOCOL=on`` trusting 127.0.0.1 only; the
 tests act as the balancer (from 127.0.0.1) and as direct clients (from 127.0.0.2), over real sockets.
