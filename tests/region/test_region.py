@@ -23,9 +23,11 @@ import aiohttp
 import paramiko
 import psutil
 import pytest
+from playwright.async_api import async_playwright
 
 from tests.region.region import ROOT, Region, wait_until
 from tests.support import client_ssl, tus_headers
+from tests.web.client import CHROMIUM, CHROMIUM_ARGS, ClientPage, random_file, sha256_of
 
 pytestmark = pytest.mark.once  # the region picks its servers itself
 
@@ -288,6 +290,13 @@ async def test_haproxy_marks_a_killed_node_down_and_sends_new_requests_to_the_ot
     after = region.served(listings)
     assert after[survivor] - before[survivor] == 10 and after[victim] == before[victim]
     await asyncio.to_thread(region.restart, victim)
+    # Back up by the checks deploy/haproxy.cfg means: HTTP 200 from /healthz and the SSH banner (tcp-check).
+    ups = [line for line in region.haproxy_lines() if f"/{victim} is UP" in line]
+    assert any("gateways_https" in line and "Layer7 check passed, code: 200" in line for line in ups)
+    assert any(
+        "gateways_sftp" in line and 'Layer7 check passed, code: 0, info: "(tcp-check)"' in line
+        for line in ups
+    )
 
 
 def wrong_password(region: Region, source: str, username: str) -> None:
@@ -334,3 +343,36 @@ def test_ten_wrong_passwords_ban_the_attackers_address_only(both_up: Region) -> 
     assert failed.count(attacker) >= 10 and "127.0.0.1" not in failed
     logins = [e["remote"] for e in events if e["action"] == "sftp.login"]
     assert customer in logins and attacker not in logins and "127.0.0.1" not in logins
+
+
+async def test_the_browser_page_uploads_two_files_through_the_balancer_while_a_node_is_stopped(
+    both_up: Region, tmp_path: Path
+) -> None:
+    """With gateway2 stopped (SIGTERM), the page opened through the balancer launches and uploads two files;
+    both are listed with their SHA-256, and every request of theirs was served by gateway1."""
+    region = both_up
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-test-deps-web")
+    region.nodes["gateway2"].stop()
+    files = [
+        random_file(tmp_path / name, size) for name, size in (("one.log", 9 * MiB), ("two.log", 5 * MiB))
+    ]
+    launch = region.any_node.cli("token", "C-1", "--role", "customer", "--user", "bob", "--launch").strip()
+    before = region.served(lambda line: line["logger"] == "eftgw.access")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            async with ClientPage.open(browser, region.url) as client:
+                await client.launch(launch)
+                await client.choose(*files)
+                await client.wait_done(2, within=120_000)
+                listed = {row["name"]: row["sha256"] for row in await client.files()}
+                assert not client.csp_violations() and not client.page_errors
+        finally:
+            await browser.close()
+    assert listed["one.log"] == sha256_of(files[0]) and listed["two.log"] == sha256_of(files[1])
+    after = region.served(lambda line: line["logger"] == "eftgw.access")
+    assert after["gateway2"] == before["gateway2"] and after["gateway1"] > before["gateway1"]
+    await asyncio.to_thread(region.restart, "gateway2")
