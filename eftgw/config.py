@@ -22,8 +22,8 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -183,25 +183,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"{network!r} is not a network; use CIDRs such as 192.0.2.0/24") from None
         return value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies")
     @classmethod
-    def _split_proxies(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if isinstance(value, list):
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
             try:
-                return [str(ipaddress.ip_network(str(v).strip(), strict=False)) for v in value]
-            except ValueError as exc:
-                raise ValueError(f"trusted_proxies takes CIDRs such as 10.0.0.0/24: {exc}") from exc
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network; use CIDRs such as 10.0.0.0/24") from None
         return value
 
-    @model_validator(mode="after")
-    def _proxies_for_proxy_protocol(self) -> Settings:
-        if self.proxy_protocol == "on" and not self.trusted_proxies:
-            raise ValueError(
-                "EFTGW_PROXY_PROTOCOL=on needs EFTGW_TRUSTED_PROXIES: the balancers' addresses (CIDRs)"
-            )
-        return self
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_for_proxy_protocol(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("proxy_protocol") == "on" and not value:
+            raise ValueError("EFTGW_PROXY_PROTOCOL=on needs the balancers' addresses here (CIDRs)")
+        return value
 
     @classmethod
     def settings_customise_sources(
