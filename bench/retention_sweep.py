@@ -77,12 +77,12 @@ async def run(cases: int, files: int, data_dir: Path) -> dict[str, object]:
     try:
         await populate(gw, cases, files)
         started = time.perf_counter()
-        idle = await sweep(gw)
+        idle = await sweep(gw.retention)
         idle_seconds = time.perf_counter() - started
         assert idle.purged == []
         clock.at = CLOSED + dt.timedelta(days=31)
         started = time.perf_counter()
-        result = await sweep(gw)
+        result = await sweep(gw.retention)
         purge_seconds = time.perf_counter() - started
         assert len(result.purged) == cases and not result.failed
         assert await gw.store.list_keys("cases/") == []

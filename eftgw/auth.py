@@ -248,6 +248,10 @@ class AuthService:
     def csrf_ok(session: Session, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(session.csrf_token, presented)
 
+    async def forget_expired(self) -> None:
+        """Delete expired sessions and launch-token ids (run by the retention sweep)."""
+        await self.repo.delete_expired(self.clock.now())
+
     async def logout(self, session: Session, remote: str | None) -> None:
         await self.repo.delete_session(session.id_hash)
         await self.audit.record("logout", self.session_principal(session, remote), session.case_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ from eftgw.audit import AuditLog
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import CaseClosed, CaseNotFound, Conflict, Forbidden
 from eftgw.ids import check_case_id
-from eftgw.model import Case, CaseState, Principal
+from eftgw.model import AuditEvent, Case, CaseState, Principal, SystemPrincipal
 from eftgw.ports import CaseRepository
 
 
@@ -121,3 +121,29 @@ class CaseService:
         await self.repo.save_case(case)
         await self.audit.record("case.reopened", principal, case_id)
         return case
+
+    # retention -------------------------------------------------------------------------------------
+
+    async def in_state(self, state: CaseState) -> list[Case]:
+        """Every case in ``state`` (what the retention sweep plans from)."""
+        return await self.repo.list_cases(state)
+
+    async def claim_for_purge(
+        self, principal: SystemPrincipal, due: Sequence[tuple[str, dt.datetime | None]]
+    ) -> list[str]:
+        """Move each case still closed since its ``closed_at`` (or already purging) to ``purging``, in one
+        transaction; the ids claimed. A case reopened or closed again since is left out: a reopening wins,
+        and once a case is ``purging`` it can be neither reopened nor closed until its purge ends."""
+        if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
+            raise Forbidden("Only the gateway's retention may purge cases.")
+        return await self.repo.claim_cases_for_purge(due)
+
+    async def remove_purged(
+        self, principal: SystemPrincipal, case_ids: Sequence[str], events: Sequence[AuditEvent]
+    ) -> None:
+        """Delete every row of these purged cases and record ``events`` (their audit) in one transaction."""
+        if not isinstance(principal, SystemPrincipal):
+            raise Forbidden("Only the gateway's retention may purge cases.")
+        await self.repo.delete_purged_cases(case_ids, events)
+        for event in events:
+            self.audit.logged(event)

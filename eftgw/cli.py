@@ -90,7 +90,7 @@ def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
     clock = FixedClock(parse_instant(args.now)) if args.now else None
 
     async def action(gw: Gateway) -> int:
-        result = await sweep(gw, dry_run=args.dry_run)
+        result = await sweep(gw.retention, dry_run=args.dry_run)
         if args.json:
             print(json.dumps(result.as_json(), indent=2))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
@@ -11,11 +12,13 @@ from typing import Literal
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.errors import FileNotFound, Forbidden, RangeNotSatisfiable
-from eftgw.model import CaseState, FileRecord, Principal, Role, SystemPrincipal
+from eftgw.model import AuditEvent, CaseState, FileRecord, Principal, Role, SystemPrincipal
 from eftgw.names import sanitize_name
 from eftgw.pagination import Page, decode_cursor, page_of
 from eftgw.ports import FileRepository
-from eftgw.storage import ObjectStore
+from eftgw.storage import ObjectStore, object_key, staging_key
+
+log = logging.getLogger("eftgw.files")
 
 
 @dataclass
@@ -106,6 +109,50 @@ class FileService:
             raise Forbidden("Only the gateway's retention may purge files.")
         record = await self.get(principal, case_id, file_id)
         await self._remove(principal, record, "retention")
+
+    async def purge_objects(
+        self, principal: SystemPrincipal, case_id: str
+    ) -> builtins.list[tuple[FileRecord, AuditEvent]]:
+        """Retention deletes the stored objects of every file of a case being purged, and gets back each
+        file with its ``file.deleted`` event (as :meth:`purge` records it). The rows and the events are the
+        caller's to commit, together with the rest of the case (:meth:`CaseService.remove_purged`), so a
+        whole batch of cases costs one transaction instead of one per file. Deleting an object again is
+        harmless, so a purge that failed midway is simply done again."""
+        if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
+            raise Forbidden("Only the gateway's retention may purge files.")
+        purged = []
+        for record in await self.repo.list_files(case_id):
+            await self.store.delete_object(record.object_key)
+            event = self.audit.event(
+                "file.deleted",
+                principal,
+                record.case_id,
+                record.id,
+                size=record.size,
+                sha256=record.sha256,
+                reason="retention",
+            )
+            purged.append((record, event))
+        return purged
+
+    async def purge_leftovers(
+        self, principal: SystemPrincipal, case_id: str
+    ) -> tuple[int, builtins.list[str]]:
+        """Retention lists every store prefix of a case (objects and staging), removes what is there, and
+        lists again: ``(removed, still there)``. The second listing is the proof nothing is left."""
+        if not isinstance(principal, SystemPrincipal):
+            raise Forbidden("Only the gateway's retention may purge files.")
+        prefixes = [object_key(case_id, ""), staging_key(case_id, "")]
+        removed = 0
+        for prefix in prefixes:
+            for key in await self.store.list_keys(prefix):
+                log.warning("purge of %s: removing leftover %s", case_id, key)
+                await self.store.delete_object(key)
+                await self.store.delete_staging(key)
+                removed += 1
+        if not removed:
+            return 0, []  # the listing just made is the proof
+        return removed, [key for prefix in prefixes for key in await self.store.list_keys(prefix)]
 
     async def _remove(
         self, principal: Principal, record: FileRecord, reason: Literal["user", "retention"]

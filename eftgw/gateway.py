@@ -25,6 +25,7 @@ from eftgw.files import FileService
 from eftgw.locks import LocalUploadLocks, UploadLocks
 from eftgw.metadata import SqlRepository
 from eftgw.quotas import CreationRate
+from eftgw.retention.purge import Retention
 from eftgw.storage import ObjectStore
 from eftgw.uploads import UploadService
 
@@ -63,6 +64,7 @@ class Gateway:
     verifier: TokenVerifier
     auth: AuthService
     accounts: AccountService
+    retention: Retention
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Gateway:
@@ -116,6 +118,7 @@ class Gateway:
             endpoint=(settings.sftp_public_host, settings.sftp_port),
         )
         cases.on_closed.append(accounts.revoke_case)  # closing a case revokes its SFTP accounts
+        purges = Retention(cases, files, uploads, auth, audit, clock, retention)
         return cls(
             settings,
             clock,
@@ -130,6 +133,7 @@ class Gateway:
             verifier,
             auth,
             accounts=accounts,
+            retention=purges,
         )
 
     async def start(self) -> None:

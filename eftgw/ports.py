@@ -11,6 +11,7 @@ exception; each method is one transaction, so a crash leaves the old state or th
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Protocol
 
 from eftgw.model import AuditEvent, Case, CaseState, FileRecord, Session, SftpAccount, Upload, UploadState
@@ -30,6 +31,16 @@ class CaseRepository(Protocol):
 
     async def delete_case_rows(self, case_id: str) -> None:
         """Delete every row of the case (files, uploads, sessions, accounts, the case) in one transaction."""
+        ...
+
+    async def claim_cases_for_purge(self, due: Sequence[tuple[str, dt.datetime | None]]) -> list[str]:
+        """:meth:`claim_case_for_purge` for each ``(case_id, closed_at)``, all in one transaction; the ids
+        claimed (a case reopened or closed again since is left out, as there)."""
+        ...
+
+    async def delete_purged_cases(self, case_ids: Sequence[str], audit: Sequence[AuditEvent]) -> None:
+        """Delete every row of these cases (as :meth:`delete_case_rows`) and record ``audit``, in one
+        transaction."""
         ...
 
 

@@ -152,7 +152,9 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     # Jobs that must run once per region elect one runner through the database (any number of nodes).
     tasks = [
         asyncio.create_task(
-            run_as_leader(gateway.repo, "retention", settings.retention_interval, lambda: sweep(gateway)),
+            run_as_leader(
+                gateway.repo, "retention", settings.retention_interval, lambda: sweep(gateway.retention)
+            ),
             name="retention",
         ),
         asyncio.create_task(

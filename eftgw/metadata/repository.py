@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ from eftgw.model import (
     UploadState,
 )
 from eftgw.pagination import Position
+
+# Ids per ``IN (...)`` list: well under SQLite's and PostgreSQL's bound-parameter limits.
+_IN_CHUNK = 500
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -160,6 +163,38 @@ class SqlRepository:
             for table in (t.files, t.uploads, t.sessions, t.sftp_accounts):
                 await conn.execute(sa.delete(table).where(table.c.case_id == case_id))
             await conn.execute(sa.delete(t.cases).where(t.cases.c.id == case_id))
+
+    async def claim_cases_for_purge(self, due: Sequence[tuple[str, dt.datetime | None]]) -> list[str]:
+        """:meth:`claim_case_for_purge` for many cases in one transaction (one commit); the ids claimed."""
+        claimed = []
+        async with self.engine.begin() as conn:
+            for case_id, closed_at in due:
+                condition = t.cases.c.state == CaseState.PURGING.value
+                if closed_at is not None:
+                    still_due = sa.and_(
+                        t.cases.c.state == CaseState.CLOSED.value, t.cases.c.closed_at == closed_at
+                    )
+                    condition = sa.or_(condition, still_due)
+                result = await conn.execute(
+                    sa.update(t.cases)
+                    .where(t.cases.c.id == case_id, condition)
+                    .values(state=CaseState.PURGING.value)
+                )
+                if result.rowcount:
+                    claimed.append(case_id)
+        return claimed
+
+    async def delete_purged_cases(self, case_ids: Sequence[str], audit: Sequence[AuditEvent]) -> None:
+        """Remove every row of these cases (as :meth:`delete_case_rows`) and record ``audit``, all in one
+        transaction: a crash leaves the cases ``purging`` with no event, or gone with every event."""
+        async with self.engine.begin() as conn:
+            for start in range(0, len(case_ids), _IN_CHUNK):
+                chunk = list(case_ids[start : start + _IN_CHUNK])
+                for table in (t.files, t.uploads, t.sessions, t.sftp_accounts):
+                    await conn.execute(sa.delete(table).where(table.c.case_id.in_(chunk)))
+                await conn.execute(sa.delete(t.cases).where(t.cases.c.id.in_(chunk)))
+            if audit:
+                await conn.execute(sa.insert(t.audit_events), [rows.audit_values(e) for e in audit])
 
     # files -----------------------------------------------------------------------------------------
 

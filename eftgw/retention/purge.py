@@ -1,24 +1,40 @@
-"""Purging a case: everything of it goes, through the same services as a user's delete, then a listing
-proves nothing is left, and an audit record (no file names) says it happened.
+"""Purging cases: everything of them goes, through the same core services as a user's delete, a listing
+proves nothing is left in storage, and the audit trail says what went (one ``file.deleted`` per file, one
+``case.purged`` per case, no file names).
 
-Order: claim the case (``closed`` → ``purging``, only if its closure is still the one that made it due, so
-a reopening in the meantime wins); discard unfinished uploads (staging data, multipart parts); delete every
-file through :meth:`FileService.delete`; list the case's prefixes in the store and remove any leftover;
-delete the rows (files, uploads, sessions, SFTP accounts, the case); record ``case.purged``. A failure leaves
-the case ``purging`` and the next sweep finishes the job; nothing is skipped silently.
+Retention sits between the composition root and the services: it is handed a :class:`Retention` (built by
+:mod:`eftgw.gateway` from the services) and imports neither the composition root nor any adapter, so it
+takes the paths a user's delete takes and nothing else (import-linter checks this).
+
+A purge works on a batch of due cases, so that its cost is not one fsynced transaction per file:
+
+1. claim the whole batch in one transaction (``closed`` → ``purging``, each only if its closure is still the
+   one that made it due, so a reopening in the meantime wins, exactly as a claim of one case would);
+2. for each claimed case (a few at a time): discard its unfinished uploads, delete every file's object
+   (:meth:`FileService.purge_objects`), list its store prefixes, remove any leftover and list again;
+3. delete the rows of every case whose store is empty, and record all their audit events, in ONE
+   transaction (:meth:`CaseService.remove_purged`).
+
+A case whose storage cleanup fails is left out of step 3: it stays ``purging`` with its rows, and the next
+sweep does it again (deleting an object twice is harmless), without holding back the rest of its batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from eftgw.clock import isoformat
+from eftgw.audit import AuditLog
+from eftgw.auth import AuthService
+from eftgw.cases import CaseService
+from eftgw.clock import Clock, isoformat
 from eftgw.errors import DomainError
-from eftgw.gateway import Gateway
-from eftgw.model import CaseState, SystemPrincipal
-from eftgw.storage import object_key, staging_key
+from eftgw.files import FileService
+from eftgw.model import AuditEvent, SystemPrincipal
+from eftgw.uploads import UploadService
 
 log = logging.getLogger("eftgw.retention")
 
@@ -29,6 +45,21 @@ class PurgeIncomplete(DomainError):
     code = "purge_incomplete"
     status = 500
     default_message = "Some data of the case could not be removed; the purge will be retried."
+
+
+@dataclass
+class Retention:
+    """What retention needs, injected by the composition root: the core services and the period."""
+
+    cases: CaseService
+    files: FileService
+    uploads: UploadService
+    auth: AuthService
+    audit: AuditLog
+    clock: Clock
+    period: dt.timedelta
+    batch_size: int = 500  # cases per claim and per commit
+    concurrency: int = 8  # cases whose storage is cleaned at once
 
 
 @dataclass
@@ -52,44 +83,88 @@ class PurgeReport:
         }
 
 
-def case_prefixes(case_id: str) -> list[str]:
-    """Every store prefix that can hold data of the case (objects and staging)."""
-    return [object_key(case_id, ""), staging_key(case_id, "")]
+@dataclass
+class BatchOutcome:
+    purged: list[PurgeReport] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
-async def purge_case(gateway: Gateway, case_id: str, closed_at: dt.datetime | None) -> PurgeReport | None:
-    """Purge one case if it is still closed since ``closed_at`` (or already being purged); else ``None``."""
-    if not await gateway.repo.claim_case_for_purge(case_id, closed_at):
-        return None
+async def clear_storage(
+    retention: Retention, case_id: str, closed_at: dt.datetime | None
+) -> tuple[PurgeReport, list[AuditEvent]]:
+    """Remove everything the store holds of a claimed case; its report and the events of its files.
+    Raises :class:`PurgeIncomplete` if a listing still shows data of the case afterwards."""
     report = PurgeReport(case_id, closed_at)
-    report.uploads = await gateway.uploads.discard_case(RETENTION, case_id)
-    for record in await gateway.repo.list_files(case_id):
-        await gateway.files.purge(RETENTION, case_id, record.id)
+    report.uploads = await retention.uploads.discard_case(RETENTION, case_id)
+    events = []
+    for record, event in await retention.files.purge_objects(RETENTION, case_id):
         report.files.append({"id": record.id, "sha256": record.sha256, "size": record.size})
         report.bytes += record.size
-    for prefix in case_prefixes(case_id):
-        for key in await gateway.store.list_keys(prefix):
-            log.warning("purge of %s: removing leftover %s", case_id, key)
-            await gateway.store.delete_object(key)
-            await gateway.store.delete_staging(key)
-            report.leftovers += 1
-    remaining = [key for prefix in case_prefixes(case_id) for key in await gateway.store.list_keys(prefix)]
+        events.append(event)
+    report.leftovers, remaining = await retention.files.purge_leftovers(RETENTION, case_id)
     if remaining:
         raise PurgeIncomplete(f"{len(remaining)} objects of case {case_id} remain after the purge.")
-    await gateway.repo.delete_case_rows(case_id)
-    await gateway.audit.record(
-        "case.purged",
-        RETENTION,
-        case_id,
-        closed_at=isoformat(closed_at) if closed_at else None,
-        files=len(report.files),
-        bytes=report.bytes,
-        unfinished_uploads=report.uploads,
-        leftover_objects=report.leftovers,
-        file_ids=[f["id"] for f in report.files],
-        sha256=[f["sha256"] for f in report.files],
+    events.append(
+        retention.audit.event(
+            "case.purged",
+            RETENTION,
+            case_id,
+            closed_at=isoformat(closed_at) if closed_at else None,
+            files=len(report.files),
+            bytes=report.bytes,
+            unfinished_uploads=report.uploads,
+            leftover_objects=report.leftovers,
+            file_ids=[f["id"] for f in report.files],
+            sha256=[f["sha256"] for f in report.files],
+        )
     )
-    return report
+    return report, events
 
 
-__all__ = ["RETENTION", "CaseState", "PurgeIncomplete", "PurgeReport", "case_prefixes", "purge_case"]
+async def purge_batch(retention: Retention, due: Sequence[tuple[str, dt.datetime | None]]) -> BatchOutcome:
+    """Purge the cases of ``(case_id, closed_at)`` still closed since then, or already purging (see the
+    module docstring): two transactions for the whole batch, whatever the number of files."""
+    outcome = BatchOutcome()
+    closed_at = dict(due)
+    claimed = await retention.cases.claim_for_purge(RETENTION, due)
+    gate = asyncio.Semaphore(retention.concurrency)
+
+    async def clear(case_id: str) -> tuple[PurgeReport, list[AuditEvent]]:
+        async with gate:
+            return await clear_storage(retention, case_id, closed_at[case_id])
+
+    results = await asyncio.gather(*(clear(c) for c in claimed), return_exceptions=True)
+    events: list[AuditEvent] = []
+    for case_id, result in zip(claimed, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("purge of case %s failed; it stays purging and is retried", case_id, exc_info=result)
+            outcome.failed[case_id] = str(getattr(result, "message", "")) or type(result).__name__
+            continue
+        if isinstance(result, BaseException):  # cancelled: stop, the claimed cases are retried later
+            raise result
+        report, case_events = result
+        outcome.purged.append(report)
+        events.extend(case_events)
+    if outcome.purged:
+        await retention.cases.remove_purged(RETENTION, [r.case_id for r in outcome.purged], events)
+    return outcome
+
+
+async def purge_case(retention: Retention, case_id: str, closed_at: dt.datetime | None) -> PurgeReport | None:
+    """Purge one case if it is still closed since ``closed_at`` (or already being purged); else ``None``."""
+    outcome = await purge_batch(retention, [(case_id, closed_at)])
+    if case_id in outcome.failed:
+        raise PurgeIncomplete(outcome.failed[case_id])
+    return outcome.purged[0] if outcome.purged else None
+
+
+__all__ = [
+    "RETENTION",
+    "BatchOutcome",
+    "PurgeIncomplete",
+    "PurgeReport",
+    "Retention",
+    "clear_storage",
+    "purge_batch",
+    "purge_case",
+]

@@ -1,5 +1,8 @@
 """The retention sweep: purge every due case, expire idle uploads, and report; run by ``serve``
-periodically and by ``eftgw retention run`` once (optionally as of another time, or as a dry run)."""
+periodically and by ``eftgw retention run`` once (optionally as of another time, or as a dry run).
+
+It is handed a :class:`~eftgw.retention.purge.Retention` (the services, the clock and the period) by the
+composition root, and purges the due cases in batches (:func:`~eftgw.retention.purge.purge_batch`)."""
 
 from __future__ import annotations
 
@@ -9,10 +12,9 @@ from typing import Any
 
 from eftgw import metrics
 from eftgw.clock import isoformat
-from eftgw.gateway import Gateway
 from eftgw.model import CaseState
 from eftgw.retention.policy import DuePurge, due_purges, oldest_overdue
-from eftgw.retention.purge import RETENTION, PurgeReport, purge_case
+from eftgw.retention.purge import RETENTION, PurgeReport, Retention, purge_batch
 
 log = logging.getLogger("eftgw.retention")
 
@@ -40,42 +42,45 @@ class SweepResult:
         }
 
 
-async def plan(gateway: Gateway) -> list[DuePurge]:
+async def plan(retention: Retention) -> list[DuePurge]:
     """What is due now: closed cases past their period, and purges an earlier sweep did not finish."""
-    now = gateway.clock.now()
-    retention = gateway.cases.retention
-    closed = await gateway.repo.list_cases(CaseState.CLOSED)
-    purging = await gateway.repo.list_cases(CaseState.PURGING)
-    metrics.OLDEST_OVERDUE.set(oldest_overdue([*closed, *purging], now, retention).total_seconds())
-    return due_purges([*purging, *closed], now, retention)
+    now = retention.clock.now()
+    closed = await retention.cases.in_state(CaseState.CLOSED)
+    purging = await retention.cases.in_state(CaseState.PURGING)
+    metrics.OLDEST_OVERDUE.set(oldest_overdue([*closed, *purging], now, retention.period).total_seconds())
+    return due_purges([*purging, *closed], now, retention.period)
 
 
-async def sweep(gateway: Gateway, *, dry_run: bool = False) -> SweepResult:
-    """Apply the retention rules once, as of the gateway's clock. Failures are reported and retried later."""
-    result = SweepResult(now=isoformat(gateway.clock.now()), dry_run=dry_run)
-    result.due = await plan(gateway)
+async def sweep(retention: Retention, *, dry_run: bool = False) -> SweepResult:
+    """Apply the retention rules once, as of the clock. Failures are reported and retried later."""
+    result = SweepResult(now=isoformat(retention.clock.now()), dry_run=dry_run)
+    result.due = await plan(retention)
     if dry_run:
         return result
-    for due in result.due:
+    for start in range(0, len(result.due), retention.batch_size):
+        batch = result.due[start : start + retention.batch_size]
         try:
-            report = await purge_case(gateway, due.case_id, due.closed_at)
-        except Exception as exc:
-            log.exception("purge of case %s failed; it will be retried", due.case_id)
-            metrics.PURGE_FAILURES.inc()
-            result.failed[due.case_id] = str(getattr(exc, "message", "")) or type(exc).__name__
+            outcome = await purge_batch(retention, [(d.case_id, d.closed_at) for d in batch])
+        except Exception as exc:  # the claim or the commit failed: the whole batch is retried later
+            log.exception("purge of %d cases failed; they will be retried", len(batch))
+            message = str(getattr(exc, "message", "")) or type(exc).__name__
+            outcome_failed = {d.case_id: message for d in batch}
+            metrics.PURGE_FAILURES.inc(len(outcome_failed))
+            result.failed.update(outcome_failed)
             continue
-        if report is None:
-            continue  # reopened or closed again since the plan was made
-        result.purged.append(report)
-        metrics.PURGED_CASES.inc()
-        metrics.PURGED_FILES.inc(len(report.files))
-        metrics.PURGED_BYTES.inc(report.bytes)
-        log.info("purged case %s: %d files, %d bytes", due.case_id, len(report.files), report.bytes)
-    result.expired_uploads = await gateway.uploads.sweep_expired(RETENTION)
-    await gateway.repo.delete_expired(gateway.clock.now())
+        metrics.PURGE_FAILURES.inc(len(outcome.failed))
+        result.failed.update(outcome.failed)
+        for report in outcome.purged:  # a case reopened or closed again since the plan is in neither
+            result.purged.append(report)
+            metrics.PURGED_CASES.inc()
+            metrics.PURGED_FILES.inc(len(report.files))
+            metrics.PURGED_BYTES.inc(report.bytes)
+            log.info("purged case %s: %d files, %d bytes", report.case_id, len(report.files), report.bytes)
+    result.expired_uploads = await retention.uploads.sweep_expired(RETENTION)
+    await retention.auth.forget_expired()
     metrics.OLDEST_OVERDUE.set(
         oldest_overdue(
-            await gateway.repo.list_cases(CaseState.CLOSED), gateway.clock.now(), gateway.cases.retention
+            await retention.cases.in_state(CaseState.CLOSED), retention.clock.now(), retention.period
         ).total_seconds()
     )
     return result

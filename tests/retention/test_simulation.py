@@ -92,7 +92,7 @@ async def test_ninety_random_days(tmp_path: Path) -> None:
             clock.at = START + dt.timedelta(days=day, hours=23)
             cases = await gw.repo.list_cases()
             due = {d.case_id for d in due_purges(cases, clock.now(), RETENTION)}
-            result = await sweep(gw)
+            result = await sweep(gw.retention)
             assert {p.case_id for p in result.purged} == due
             assert result.failed == {}
             for case_id in due:

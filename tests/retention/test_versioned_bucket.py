@@ -53,7 +53,7 @@ async def test_purge_removes_all_versions(tmp_path: Path) -> None:
         assert len(versions) >= 3
         await gw.gateway.cases.close(SYSTEM, "V-1")
         clock.advance(dt.timedelta(days=31))
-        result = await sweep(gw.gateway)
+        result = await sweep(gw.gateway.retention)
         assert [p.case_id for p in result.purged] == ["V-1"] and result.failed == {}
     for prefix in ("cases/V-1/", "uploads/V-1/"):
         left = list(admin.list_objects(bucket, prefix=prefix, recursive=True, include_version=True))
