@@ -2,8 +2,8 @@
 
 Populates the metadata and the local store directly (bulk SQL, small object files), then times
 (1) a sweep when nothing is due (the planning cost every interval pays), and (2) a sweep as of 31 days after
-closure, when every case is due and is purged completely, file by file through the same services as a
-user's delete, each verified by listing.
+closure, when every case is due and is purged completely through the core services (in batches: one claim
+and one commit of rows and audit events per batch of cases), each case verified by listing.
 
     .venv/bin/python bench/retention_sweep.py [--cases 10000] [--files 10]
 """

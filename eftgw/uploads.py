@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from eftgw import metrics
 from eftgw.audit import AuditLog
@@ -628,12 +628,25 @@ class UploadService:
         await self.repo.save_progress(upload)
         self._digests.pop(upload.id, None)
 
-    async def discard_case(self, principal: SystemPrincipal, case_id: str) -> int:
-        """Cancel every upload of the case (its purge): data goes, a running writer is taken over first."""
+    async def of_cases(self, principal: SystemPrincipal, case_ids: Sequence[str]) -> dict[str, list[Upload]]:
+        """Every upload of these cases, by case, in one query (a purge's batch reads them at once)."""
+        if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
+            raise Forbidden("Only the gateway's retention may list the uploads of many cases.")
+        found: dict[str, list[Upload]] = {case_id: [] for case_id in case_ids}
+        for upload in await self.repo.list_uploads_of_cases(case_ids):
+            found[upload.case_id].append(upload)
+        return found
+
+    async def discard_case(
+        self, principal: SystemPrincipal, case_id: str, uploads: Sequence[Upload] | None = None
+    ) -> int:
+        """Cancel every upload of the case (its purge): data goes, a running writer is taken over first.
+        ``uploads`` are the case's uploads if the caller has read them already (:meth:`of_cases`); the case
+        is being purged then, so no new upload can start in between."""
         if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
             raise Forbidden("Only the gateway's retention may discard a case's uploads.")
         count = 0
-        for upload in await self.repo.list_uploads(case_id):
+        for upload in await self.repo.list_uploads(case_id) if uploads is None else uploads:
             async with self.locks.hold(upload.id):
                 await self.store.delete_staging(upload.staging_key)
                 self._digests.pop(upload.id, None)

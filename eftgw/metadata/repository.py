@@ -165,23 +165,35 @@ class SqlRepository:
             await conn.execute(sa.delete(t.cases).where(t.cases.c.id == case_id))
 
     async def claim_cases_for_purge(self, due: Sequence[tuple[str, dt.datetime | None]]) -> list[str]:
-        """:meth:`claim_case_for_purge` for many cases in one transaction (one commit); the ids claimed."""
-        claimed = []
+        """:meth:`claim_case_for_purge` for many cases in one transaction (one commit); the ids claimed.
+
+        One ``UPDATE`` per 500 cases carries every case's own condition (``(id, closed_at)`` pairs), so a
+        case reopened or closed again after the sweep read it is left alone, exactly as one by one."""
+        claimed: list[str] = []
         async with self.engine.begin() as conn:
-            for case_id, closed_at in due:
+            for start in range(0, len(due), _IN_CHUNK):
+                chunk = list(due[start : start + _IN_CHUNK])
+                ids = [case_id for case_id, _ in chunk]
+                pairs = [(case_id, closed_at) for case_id, closed_at in chunk if closed_at is not None]
                 condition = t.cases.c.state == CaseState.PURGING.value
-                if closed_at is not None:
+                if pairs:
                     still_due = sa.and_(
-                        t.cases.c.state == CaseState.CLOSED.value, t.cases.c.closed_at == closed_at
+                        t.cases.c.state == CaseState.CLOSED.value,
+                        sa.tuple_(t.cases.c.id, t.cases.c.closed_at).in_(pairs),
                     )
                     condition = sa.or_(condition, still_due)
-                result = await conn.execute(
+                await conn.execute(
                     sa.update(t.cases)
-                    .where(t.cases.c.id == case_id, condition)
+                    .where(t.cases.c.id.in_(ids), condition)
                     .values(state=CaseState.PURGING.value)
                 )
-                if result.rowcount:
-                    claimed.append(case_id)
+                purging = await conn.execute(
+                    sa.select(t.cases.c.id).where(
+                        t.cases.c.id.in_(ids), t.cases.c.state == CaseState.PURGING.value
+                    )
+                )
+                found = {row.id for row in purging}
+                claimed.extend(case_id for case_id in ids if case_id in found)
         return claimed
 
     async def delete_purged_cases(self, case_ids: Sequence[str], audit: Sequence[AuditEvent]) -> None:
@@ -194,7 +206,7 @@ class SqlRepository:
                     await conn.execute(sa.delete(table).where(table.c.case_id.in_(chunk)))
                 await conn.execute(sa.delete(t.cases).where(t.cases.c.id.in_(chunk)))
             if audit:
-                await conn.execute(sa.insert(t.audit_events), [rows.audit_values(e) for e in audit])
+                await conn.execute(sa.insert(t.audit_events), [rows.values(t.audit_events, e, exclude=("id",)) for e in audit])
 
     # files -----------------------------------------------------------------------------------------
 
@@ -216,6 +228,19 @@ class SqlRepository:
         )
         async with self.engine.connect() as conn:
             return [rows.file(r) for r in await conn.execute(query)]
+
+    async def list_files_of_cases(self, case_ids: Sequence[str]) -> list[FileRecord]:
+        """The files of all these cases, by case and then in upload order: one query per 500 cases."""
+        out: list[FileRecord] = []
+        async with self.engine.connect() as conn:
+            for start in range(0, len(case_ids), _IN_CHUNK):
+                query = (
+                    sa.select(t.files)
+                    .where(t.files.c.case_id.in_(list(case_ids[start : start + _IN_CHUNK])))
+                    .order_by(t.files.c.case_id, t.files.c.uploaded_at, t.files.c.id)
+                )
+                out.extend(rows.file(r) for r in await conn.execute(query))
+        return out
 
     async def list_files_page(self, case_id: str, limit: int, after: Position | None) -> list[FileRecord]:
         """At most ``limit`` files of the case in ``(uploaded_at, id)`` order, after ``after`` if given."""
@@ -262,6 +287,19 @@ class SqlRepository:
             query = query.where(t.uploads.c.state == state.value)
         async with self.engine.connect() as conn:
             return [rows.upload(r) for r in await conn.execute(query)]
+
+    async def list_uploads_of_cases(self, case_ids: Sequence[str]) -> list[Upload]:
+        """The uploads of all these cases, by case and then oldest first: one query per 500 cases."""
+        out: list[Upload] = []
+        async with self.engine.connect() as conn:
+            for start in range(0, len(case_ids), _IN_CHUNK):
+                query = (
+                    sa.select(t.uploads)
+                    .where(t.uploads.c.case_id.in_(list(case_ids[start : start + _IN_CHUNK])))
+                    .order_by(t.uploads.c.case_id, t.uploads.c.created_at)
+                )
+                out.extend(rows.upload(r) for r in await conn.execute(query))
+        return out
 
     async def list_expired_uploads(self, now: dt.datetime) -> list[Upload]:
         query = sa.select(t.uploads).where(t.uploads.c.expires_at <= now)

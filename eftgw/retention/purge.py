@@ -33,7 +33,7 @@ from eftgw.cases import CaseService
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import DomainError
 from eftgw.files import FileService
-from eftgw.model import AuditEvent, SystemPrincipal
+from eftgw.model import AuditEvent, FileRecord, SystemPrincipal, Upload
 from eftgw.uploads import UploadService
 
 log = logging.getLogger("eftgw.retention")
@@ -90,17 +90,21 @@ class BatchOutcome:
 
 
 async def clear_storage(
-    retention: Retention, case_id: str, closed_at: dt.datetime | None
+    retention: Retention,
+    case_id: str,
+    closed_at: dt.datetime | None,
+    files: Sequence[FileRecord],
+    uploads: Sequence[Upload],
 ) -> tuple[PurgeReport, list[AuditEvent]]:
-    """Remove everything the store holds of a claimed case; its report and the events of its files.
-    Raises :class:`PurgeIncomplete` if a listing still shows data of the case afterwards."""
+    """Remove everything the store holds of a claimed case (``files`` and ``uploads`` are its rows); its
+    report and the events of its files. Raises :class:`PurgeIncomplete` if a listing afterwards still shows
+    data of the case."""
     report = PurgeReport(case_id, closed_at)
-    report.uploads = await retention.uploads.discard_case(RETENTION, case_id)
-    events = []
-    for record, event in await retention.files.purge_objects(RETENTION, case_id):
+    report.uploads = await retention.uploads.discard_case(RETENTION, case_id, uploads)
+    events = await retention.files.purge_objects(RETENTION, files)
+    for record in files:
         report.files.append({"id": record.id, "sha256": record.sha256, "size": record.size})
         report.bytes += record.size
-        events.append(event)
     report.leftovers, remaining = await retention.files.purge_leftovers(RETENTION, case_id)
     if remaining:
         raise PurgeIncomplete(f"{len(remaining)} objects of case {case_id} remain after the purge.")
@@ -127,11 +131,15 @@ async def purge_batch(retention: Retention, due: Sequence[tuple[str, dt.datetime
     outcome = BatchOutcome()
     closed_at = dict(due)
     claimed = await retention.cases.claim_for_purge(RETENTION, due)
+    files = await retention.files.of_cases(RETENTION, claimed)
+    uploads = await retention.uploads.of_cases(RETENTION, claimed)
     gate = asyncio.Semaphore(retention.concurrency)
 
     async def clear(case_id: str) -> tuple[PurgeReport, list[AuditEvent]]:
         async with gate:
-            return await clear_storage(retention, case_id, closed_at[case_id])
+            return await clear_storage(
+                retention, case_id, closed_at[case_id], files[case_id], uploads[case_id]
+            )
 
     results = await asyncio.gather(*(clear(c) for c in claimed), return_exceptions=True)
     events: list[AuditEvent] = []

@@ -4,7 +4,7 @@ finished upload to an object, concatenation, ranged reads, deletion and listing.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from eftgw.errors import StorageFull, StorageUnavailable
@@ -131,6 +131,11 @@ class ObjectStore(Protocol):
 
     async def delete_object(self, key: str) -> None:
         """Delete the object (every version of it); deleting a missing key is not an error."""
+        ...
+
+    async def delete_objects(self, keys: Sequence[str]) -> None:
+        """Delete many objects, each as :meth:`delete_object` does (a purge removes a case's files at once:
+        one call, not one round trip to a worker thread per file)."""
         ...
 
     async def list_keys(self, prefix: str) -> list[str]:

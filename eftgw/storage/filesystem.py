@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -203,6 +203,16 @@ class FilesystemStore:
         await self._unlink(path)
         await self._unlink(path.with_name(path.name + TAGS_SUFFIX))
 
+    async def delete_objects(self, keys: Sequence[str]) -> None:
+        paths = [self._path(key) for key in keys]
+
+        def unlink_all() -> None:
+            for path in paths:
+                self._unlink_now(path)
+                self._unlink_now(path.with_name(path.name + TAGS_SUFFIX))
+
+        await self._run(unlink_all)
+
     async def list_keys(self, prefix: str) -> list[str]:
         # Walk only below the prefix's directory part, so listing one case costs what that case holds.
         directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -238,20 +248,23 @@ class FilesystemStore:
 
     async def _unlink(self, path: Path) -> None:
         def unlink() -> None:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                return
-            # Remove the case's directory once it is empty, so a purge leaves nothing behind.
-            parent = path.parent
-            while parent != self.root and parent.parent != self.root:
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-                parent = parent.parent
+            self._unlink_now(path)
 
         await self._run(unlink)
+
+    def _unlink_now(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        # Remove the case's directory once it is empty, so a purge leaves nothing behind.
+        parent = path.parent
+        while parent != self.root and parent.parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
     async def _read(self, path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:
         handle: BinaryIO = await _io("open", path.open, "rb")

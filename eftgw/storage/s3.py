@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from minio.datatypes import Part
@@ -316,6 +316,10 @@ class S3Store:
         for upload in await self.client.unfinished(key):
             if upload.name == key:
                 await self.client.abort_multipart(upload.name, upload.upload_id)
+
+    async def delete_objects(self, keys: Sequence[str]) -> None:
+        for key in keys:  # every version of each: a listing per key, as delete_object does
+            await self.delete_object(key)
 
     async def list_keys(self, prefix: str) -> list[str]:
         names = {o.name for o in await self.client.listing(prefix, versions=self.versioned)}

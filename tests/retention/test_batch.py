@@ -39,6 +39,10 @@ class FailingDeletes:
             raise StorageError(f"injected failure deleting {key}")
         await self.store.delete_object(key)
 
+    async def delete_objects(self, keys: list[str]) -> None:
+        for key in keys:
+            await self.delete_object(key)
+
 
 async def case_with_files(gw: Gateway, case_id: str, count: int) -> list[str]:
     await gw.cases.open(SYSTEM, case_id)
