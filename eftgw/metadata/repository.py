@@ -206,7 +206,10 @@ class SqlRepository:
                     await conn.execute(sa.delete(table).where(table.c.case_id.in_(chunk)))
                 await conn.execute(sa.delete(t.cases).where(t.cases.c.id.in_(chunk)))
             if audit:
-                await conn.execute(sa.insert(t.audit_events), [rows.values(t.audit_events, e, exclude=("id",)) for e in audit])
+                await conn.execute(
+                    sa.insert(t.audit_events),
+                    [rows.values(t.audit_events, e, exclude=("id",)) for e in audit],
+                )
 
     # files -----------------------------------------------------------------------------------------
 
