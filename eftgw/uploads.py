@@ -55,7 +55,7 @@ from eftgw.names import sanitize_content_type, sanitize_name
 from eftgw.pagination import Page, decode_cursor, page_of
 from eftgw.ports import UploadRepository
 from eftgw.quotas import CreationRate
-from eftgw.storage import ObjectNotFound, ObjectStore, UploadWriter, object_key, staging_key
+from eftgw.storage import ObjectNotFound, ObjectStore, StorageError, UploadWriter, object_key, staging_key
 
 log = logging.getLogger("eftgw.uploads")
 
@@ -199,6 +199,66 @@ class UploadService:
                 raise UploadIncomplete()
             partials.append(partial)
         return partials
+
+    async def continue_file(
+        self, principal: Principal, case_id: str, record: FileRecord, *, via: Transport
+    ) -> Upload:
+        """Reopen a finished file for appending: a new upload whose staging data starts as a copy of the
+        file's bytes, at offset = its size, named like it (``metadata["continues"]`` holds its id).
+
+        The file itself is untouched and stays listed; whoever finishes the upload decides what happens to
+        it (SFTP replaces it). The copy goes through the store's public contract (read the object, write the
+        staging data, one commit), so it costs one read and one write of the file on any backend; the
+        whole-file digests are computed from the bytes as they are copied (a finished file keeps no digest
+        state), counted in ``eftgw_digest_reread_bytes``, and must equal the file's recorded SHA-256.
+        """
+        if record.case_id != case_id:
+            raise UploadNotFound("No such file in this case.")
+        upload = await self.create(
+            principal,
+            case_id,
+            length=None,
+            metadata={"filename": record.name, "continues": record.id},
+            via=via,
+        )
+        try:
+            async with self.locks.hold(upload.id) as lease:
+                await self._copy_in(upload, record, lease)
+        except BaseException:
+            async with self.locks.hold(upload.id):
+                await asyncio.shield(self._discard(upload))
+            raise
+        await self.audit.record(
+            "upload.continued", principal, case_id, upload.id, file_id=record.id, size=record.size
+        )
+        return upload
+
+    async def _copy_in(self, upload: Upload, record: FileRecord, lease: UploadLease) -> None:
+        """Fill the new upload's staging data with the file's bytes, hashing them on the way."""
+        digests = FileDigests()
+        writer = await self.store.open_writer(upload.staging_key, 0)
+        try:
+            async for block in self.store.read_object(record.object_key):
+                metrics.DIGEST_REREAD_BYTES.inc(len(block))
+                await self._consume(writer, digests, None, block)
+            if digests.size != record.size or digests.sha256_hex != record.sha256:
+                raise StorageError(
+                    f"The stored bytes of {record.name} do not match its SHA-256; not continued."
+                )
+            if not lease.may_commit():
+                raise UploadLocked("This request lost its lock on the upload.")
+            durable = await writer.commit()
+        except BaseException:
+            await asyncio.shield(writer.rollback())
+            raise
+        finally:
+            await writer.close()
+        if durable != record.size:
+            raise RuntimeError(f"store reports {durable} durable bytes, expected {record.size}")
+        upload.offset = durable
+        upload.updated_at = self.clock.now()
+        upload.digest_state = self._digest_state(upload, digests)
+        await self.repo.save_progress(upload, fence=lease.fence)
 
     # reading ---------------------------------------------------------------------------------------
 

@@ -6,11 +6,12 @@ size). Names are unique in the view:
 
 - an upload in progress hides a completed file of the same name (it is what the client is writing, and what a
   resuming client must find with ``stat``); of several, the newest;
-- of several completed files with one name, the newest (by upload time) is shown; the others stay in the case
-  for engineers and come back into view if the newer one is removed.
+- of several completed files with one name, the newest (by upload time) is shown. SFTP keeps one file per
+  name (an upload finishing deletes the customer's older files of its name, a rename takes them along), so
+  several arise only from other transports or engineers' files.
 
 Files placed by engineers are read-only here; the customer's own files can be renamed, removed and
-re-uploaded (a new version) while the case is open.
+re-uploaded (replacing them) while the case is open, and those of the same account continued.
 """
 
 from __future__ import annotations

@@ -8,20 +8,26 @@ How SFTP operations map onto the core:
 - ``open`` for writing creates an upload (``UploadService.create``, ``via="sftp"``, length deferred) or,
   without ``TRUNC``, continues the upload in progress of that name from its durable size; writes go through a
   bounded buffer (:mod:`eftgw.sftp.buffer`). A completed file is never written to: opening it with ``TRUNC``
-  uploads a new version, opening it without is refused.
+  uploads a new version; opening it without continues it (``UploadService.continue_file``: a new upload that
+  starts as a copy of it, at its size) if this account uploaded it, and is refused otherwise. A continuation
+  closed with nothing added is dropped and the file kept.
+- when an upload finishes as a file, the customer's older files of that name are deleted (a name shows one
+  file; the earlier version stays listed until then).
 - an explicit ``close`` finishes the upload (``UploadService.finish``: its length is what was received) unless
   its name is temporary (``.filepart``, ``.partial``); a handle closed because the connection ended only
   makes the received data durable. Renaming a temporary name to a final one finishes the upload.
 - ``stat``/``fstat``/listings report an upload's durable size; ``setstat`` records times and accepts a size
   equal to the durable size (or truncates back to a smaller one).
 - ``rename`` fails if the target exists (SFTP v3); ``posix-rename@openssh.com`` replaces it: the target's
-  upload in progress is cancelled and the files the customer had under that name are removed. Renames only
+  upload in progress is cancelled and the files the customer had under that name are removed. Renaming a
+  file also removes the customer's older files of its old name (they would show again). Renames only
   change metadata. ``remove`` cancels an upload or removes the customer's file (every version of that name).
 - folders, links and symlinks are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import stat
@@ -47,7 +53,7 @@ from asyncssh import (
 )
 
 from eftgw.cases import CaseService
-from eftgw.errors import DomainError, Forbidden, UploadTooLarge
+from eftgw.errors import DomainError, FileNotFound, Forbidden, UploadTooLarge
 from eftgw.files import FileService
 from eftgw.model import FileRecord, Principal, Transport, Upload, UploadState
 from eftgw.sftp.area import OWNERS, CaseArea, Entry, root_attrs
@@ -211,8 +217,14 @@ class CaseSFTPServer(SFTPServer):
             if entry.from_engineer:
                 raise SFTPPermissionDenied(f"{name} was placed by an engineer and is read-only.")
             if not pflags & FXF_TRUNC:
-                raise SFTPPermissionDenied(
-                    f"{name} is complete and cannot be changed; overwrite it or upload under another name."
+                if entry.record.uploaded_by != self.principal.user:
+                    raise SFTPPermissionDenied(
+                        f"{name} was uploaded by another sign-in and cannot be continued; overwrite it or "
+                        "upload under another name."
+                    )
+                # A resume of a file a client finished too early (Ctrl-C sends CLOSE): continue it.
+                upload = await self.ctx.uploads.continue_file(
+                    self.principal, self.case_id, entry.record, via=Transport.SFTP
                 )
         elif entry.upload is not None:
             if pflags & FXF_TRUNC:
@@ -304,7 +316,29 @@ class CaseSFTPServer(SFTPServer):
                 if file_obj.mtime_seconds is not None:
                     self.ctx.remember_mtime(upload.id, file_obj.mtime_seconds)
                 return
+            if await self._unchanged_continuation(upload, file_obj.mtime_seconds):
+                return
             await self._finish(upload.id, None, file_obj.mtime_seconds)
+
+    async def _unchanged_continuation(self, upload: Upload, mtime: int | None) -> bool:
+        """A file reopened to continue it but closed with nothing added: drop the copy, keep the file."""
+        continued = upload.metadata.get("continues")
+        record = await self._file_or_none(continued) if continued is not None else None
+        if record is None or record.name != upload.name or record.size != upload.offset:
+            return False
+        await self._cancel_upload(upload, "Nothing was added to the continued file.")
+        remembered = self.ctx.pending_mtimes.pop(upload.id, None)
+        mtime = mtime if mtime is not None else remembered
+        if mtime is not None:
+            when = dt.datetime.fromtimestamp(mtime, dt.UTC)
+            await self.ctx.files.set_modified(self.principal, self.case_id, record.id, when)
+        return True
+
+    async def _file_or_none(self, file_id: str) -> FileRecord | None:
+        try:
+            return await self.ctx.files.get(self.principal, self.case_id, file_id)
+        except FileNotFound:
+            return None
 
     async def _keep(self, handle: WriteHandle) -> None:
         """Teardown: make what arrived durable; the upload stays in progress for the client to resume."""
@@ -329,7 +363,17 @@ class CaseSFTPServer(SFTPServer):
         if mtime is not None:
             when = dt.datetime.fromtimestamp(mtime, dt.UTC)
             await self.ctx.files.set_modified(self.principal, self.case_id, upload.file_id, when)
+        record = await self._file_or_none(upload.file_id)
+        if record is not None:
+            await self._drop_older_versions(record)
         return upload
+
+    async def _drop_older_versions(self, record: FileRecord) -> None:
+        """A name shows one file: the customer's older files of ``record``'s name are deleted (audited)."""
+        for older in await self.area.versions(record.name):
+            if older.source != "engineer" and (older.uploaded_at, older.id) < (record.uploaded_at, record.id):
+                with contextlib.suppress(FileNotFound):
+                    await self.ctx.files.delete(self.principal, self.case_id, older.id)
 
     def exit(self) -> None:
         self._reads.clear()
@@ -422,13 +466,15 @@ class CaseSFTPServer(SFTPServer):
             elif source.record is not None:
                 if source.from_engineer:
                     raise SFTPPermissionDenied(f"{old} was placed by an engineer and is read-only.")
+                await self._drop_older_versions(source.record)  # else they would show under the old name
                 await self.ctx.files.rename(self.principal, self.case_id, source.record.id, new)
             for upload in replaced_uploads:
                 if source.upload is None or upload.id != source.upload.id:
                     await self._cancel_upload(upload, f"{new} was replaced by a rename.")
             for record in replaced_files:
                 if source.record is None or record.id != source.record.id:
-                    await self.ctx.files.delete(self.principal, self.case_id, record.id)
+                    with contextlib.suppress(FileNotFound):  # a finishing upload may have replaced it
+                        await self.ctx.files.delete(self.principal, self.case_id, record.id)
 
     async def _rename_upload(self, upload: Upload, old: str, new: str) -> None:
         if is_temporary(old) and not is_temporary(new):
