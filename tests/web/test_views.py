@@ -150,7 +150,7 @@ async def test_errors_are_sentences_not_codes(browser: Browser, gw: RunningGatew
             row = client.transfer("huge.bin")
             await expect(row).to_have_attribute("data-state", "failed")
             await expect(row.locator(".transfer-detail")).to_have_text(
-                "The file is larger than this gateway accepts (1048576 bytes)."
+                "The file exceeds the gateway's size limit of 1048576 bytes."
             )
             text = await client.page.locator("#app").text_content() or ""
             assert "_" not in text.replace("huge.bin", "")
