@@ -14,6 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Protocol
 
+from eftgw.events import Delivery, Event
 from eftgw.model import AuditEvent, Case, CaseState, FileRecord, Session, SftpAccount, Upload, UploadState
 from eftgw.pagination import Position
 
@@ -123,6 +124,59 @@ class AccountRepository(Protocol):
     async def revoke_account(self, username: str, at: dt.datetime) -> None: ...
     async def set_account_keys(self, username: str, keys: list[str]) -> None: ...
     async def record_account_login(self, username: str, at: dt.datetime) -> None: ...
+
+
+class EventRepository(Protocol):
+    """The outbox of integration events (:mod:`eftgw.events`) and their delivery state.
+
+    Change methods of the other ports that report an event take it as ``events=`` and store it in their own
+    transaction; :meth:`add_events` is for events that accompany no other change. Stored events get a ``seq``
+    that is strictly increasing in commit order (on PostgreSQL the appends of concurrent transactions are
+    serialised for that).
+    """
+
+    async def add_events(self, events: Sequence[Event]) -> None:
+        """Store ``events`` in one transaction of their own, pending delivery."""
+        ...
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        """Stored events with ``seq > after``, oldest first, at most ``limit`` (the pull API)."""
+        ...
+
+    async def due_deliveries(self, now: dt.datetime, limit: int) -> list[Delivery]:
+        """Pending events that may be sent now: for each case its oldest pending event (dead ones no longer
+        hold a case back), if its ``next_attempt_at`` has come; events without a case are each their own
+        queue. Oldest first."""
+        ...
+
+    async def record_delivered(self, seq: int, at: dt.datetime, status: int) -> None: ...
+    async def record_failure(
+        self, seq: int, next_attempt_at: dt.datetime, status: int | None, error: str
+    ) -> None:
+        """Count a failed attempt and set when the next may be made."""
+        ...
+
+    async def record_dead(self, seq: int, at: dt.datetime, status: int | None, error: str) -> None:
+        """Give up on an event (too old): it becomes a dead letter an operator can list and replay."""
+        ...
+
+    async def list_deliveries(self, state: str | None, after: int, limit: int) -> list[Delivery]:
+        """Events with their delivery state, ``seq > after``, oldest first; ``state`` is ``pending``,
+        ``delivered``, ``dead`` or ``None`` for all."""
+        ...
+
+    async def replay(self, event_ids: Sequence[str] | None, now: dt.datetime) -> int:
+        """Make these dead (or, with ``None``, all dead) events pending again, due ``now``, attempts reset;
+        their ids are unchanged. How many."""
+        ...
+
+    async def outbox_stats(self) -> tuple[int, dt.datetime | None]:
+        """How many events are pending, and when the oldest pending one happened."""
+        ...
+
+    async def prune_events(self, before: dt.datetime) -> int:
+        """Delete delivered and dead events that happened before ``before``; how many."""
+        ...
 
 
 class ScrubRepository(CaseRepository, FileRepository, Protocol):
