@@ -33,10 +33,9 @@ import datetime as dt
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
-
-from aiohttp.http_exceptions import HttpProcessingError
 
 REDACTED = "[redacted]"
 
@@ -105,7 +104,10 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     """
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        if isinstance(exc_info, HttpProcessingError):
+        # aiohttp is not imported here: the admin commands log through this module without it, and an
+        # exception of aiohttp's can only exist once aiohttp is loaded.
+        http_exceptions = sys.modules.get("aiohttp.http_exceptions")
+        if http_exceptions is not None and isinstance(exc_info, http_exceptions.HttpProcessingError):
             remote = args[0] if args else "?"
             self.logger.info(
                 "refused a malformed request from %s: %s (%d)", remote, type(exc_info).__name__, exc_info.code

@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -42,6 +42,36 @@ from eftgw.pagination import Position
 _IN_CHUNK = 500
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# `revision = "0005"`, also as Alembic's template writes it: `down_revision: str | None = '0004'`.
+_REVISION = re.compile(r"""^revision\s*(?::[^=\n]*)?=\s*['"]([^'"]+)['"]""", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"""^down_revision\s*(?::[^=\n]*)?=\s*['"]([^'"]+)['"]""", re.MULTILINE)
+
+
+@functools.cache
+def _migration_heads() -> frozenset[str]:
+    """The newest revisions of ``migrations/versions`` (the ones no other revision follows), read from the
+    scripts' text: deciding that nothing is due must not cost loading Alembic (every admin command migrates
+    first)."""
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("[!_]*.py"):
+        text = script.read_text(encoding="utf-8")
+        found = _REVISION.search(text)
+        if found is None:
+            return frozenset()  # a script this reader does not understand: let Alembic decide
+        revisions.add(found.group(1))
+        if down := _DOWN_REVISION.search(text):
+            followed.add(down.group(1))
+    return frozenset(revisions - followed)
+
+
+def _schema_is_current(conn: Connection) -> bool:
+    """The database is at the newest migration already (a fresh one has no ``alembic_version`` yet)."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return False
+    current = {row[0] for row in conn.execute(sa.text("SELECT version_num FROM alembic_version"))}
+    heads = _migration_heads()
+    return bool(heads) and current == heads
 
 
 def _engine_for(url: str) -> AsyncEngine:
@@ -97,11 +127,17 @@ class SqlRepository:
         """Bring the schema to the newest migration (idempotent)."""
 
         def upgrade(conn: Connection) -> None:
+            from alembic import command  # loaded only when a migration is due
+            from alembic.config import Config as AlembicConfig
+
             cfg = AlembicConfig()
             cfg.set_main_option("script_location", str(MIGRATIONS))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+        async with self.engine.connect() as conn:
+            if await conn.run_sync(_schema_is_current):
+                return
         database = self.engine.url.database
         if self.dialect == "sqlite" and database and database != ":memory:":
             # `serve` and an admin command may start at once: one migrates, the other waits for it.
