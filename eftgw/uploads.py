@@ -10,6 +10,8 @@ The workflow of an append (one tus PATCH, or a run of SFTP writes):
    arrived; then commit (fsync) and only then record the new offset, which is what gets acknowledged;
 5. when the offset reaches the length, promote the staging data to the case's object and add the file.
 
+Steps 3 and 4, and the digests' state, are the body pipeline in :mod:`eftgw.ingest`.
+
 The whole-file digests' state is saved in the same commit as the offset it belongs to (the progress row),
 so whichever node continues an upload continues its digests without reading stored data. Only where there
 is no usable state (none could be exported on that node, or it is not the state of the durable offset:
@@ -23,8 +25,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import secrets
-import time
 from collections.abc import AsyncIterator, Sequence
 
 from eftgw import metrics
@@ -34,7 +34,6 @@ from eftgw.clock import Clock
 from eftgw.errors import (
     BadRequest,
     BodyInterrupted,
-    ChecksumMismatch,
     DomainError,
     Forbidden,
     LengthExceeded,
@@ -43,34 +42,25 @@ from eftgw.errors import (
     TooManyRequests,
     UploadGone,
     UploadIncomplete,
-    UploadLocked,
     UploadNotFound,
     UploadTooLarge,
 )
-from eftgw.hashing import ChunkChecksum, FileDigests, StateError
+from eftgw.hashing import ChunkChecksum, FileDigests
 from eftgw.ids import new_file_id, new_upload_id
-from eftgw.locks import UploadLease, UploadLocks
+from eftgw.ingest import Ingest, rehash
+from eftgw.locks import UploadLocks
 from eftgw.model import ConcatKind, FileRecord, Principal, SystemPrincipal, Transport, Upload, UploadState
 from eftgw.names import sanitize_content_type, sanitize_name
 from eftgw.pagination import Page, decode_cursor, page_of
 from eftgw.ports import UploadRepository
 from eftgw.quotas import CreationRate
-from eftgw.storage import ObjectNotFound, ObjectStore, StorageError, UploadWriter, object_key, staging_key
+from eftgw.storage import ObjectNotFound, ObjectStore, object_key, staging_key
 
 log = logging.getLogger("eftgw.uploads")
 
-BLOCK_SIZE = 1024 * 1024
-CASE_RECHECK_SECONDS = 2.0
 TOMBSTONE = dt.timedelta(days=1)
 MAX_LENGTH = 2**63 - 1  # the largest size the metadata database stores (a signed 64-bit integer)
-# Saved instead of a digest state where it cannot be exported: only this process, which keeps the digests
-# under this unique mark, may continue from it (and only while the row still holds the mark).
-LOCAL_DIGESTS_MARK = b"EDL\x01"
 ACTIVE_QUOTA_RETRY_SECONDS = 60  # a guess: uploads in progress usually finish within minutes
-
-
-class _TakenOver(Exception):
-    pass
 
 
 class UploadService:
@@ -98,8 +88,7 @@ class UploadService:
         self.region = region
         self.expiry = expiry
         self.max_size = max_size
-        # Digests that could not be exported, (the mark saved in its row, the digests at its offset).
-        self._digests: dict[str, tuple[bytes, FileDigests]] = {}
+        self.ingest = Ingest(repo, store, clock, expiry=expiry, require_open=cases.require_open)
         self.max_active_per_case = max_active_per_case
         self.creation_rate = creation_rate
 
@@ -223,7 +212,7 @@ class UploadService:
         )
         try:
             async with self.locks.hold(upload.id) as lease:
-                await self._copy_in(upload, record, lease)
+                await self.ingest.copy_in(upload, record, lease)
         except BaseException:
             async with self.locks.hold(upload.id):
                 await asyncio.shield(self._discard(upload))
@@ -232,33 +221,6 @@ class UploadService:
             "upload.continued", principal, case_id, upload.id, file_id=record.id, size=record.size
         )
         return upload
-
-    async def _copy_in(self, upload: Upload, record: FileRecord, lease: UploadLease) -> None:
-        """Fill the new upload's staging data with the file's bytes, hashing them on the way."""
-        digests = FileDigests()
-        writer = await self.store.open_writer(upload.staging_key, 0)
-        try:
-            async for block in self.store.read_object(record.object_key):
-                metrics.DIGEST_REREAD_BYTES.inc(len(block))
-                await self._consume(writer, digests, None, block)
-            if digests.size != record.size or digests.sha256_hex != record.sha256:
-                raise StorageError(
-                    f"The stored bytes of {record.name} do not match its SHA-256; not continued."
-                )
-            if not lease.may_commit():
-                raise UploadLocked("This request lost its lock on the upload.")
-            durable = await writer.commit()
-        except BaseException:
-            await asyncio.shield(writer.rollback())
-            raise
-        finally:
-            await writer.close()
-        if durable != record.size:
-            raise RuntimeError(f"store reports {durable} durable bytes, expected {record.size}")
-        upload.offset = durable
-        upload.updated_at = self.clock.now()
-        upload.digest_state = self._digest_state(upload, digests)
-        await self.repo.save_progress(upload, fence=lease.fence)
 
     # reading ---------------------------------------------------------------------------------------
 
@@ -367,8 +329,10 @@ class UploadService:
             if body_size is not None:
                 self._check_room(upload, upload.offset + body_size)
             try:
-                digests = await self._digests_for(upload)
-                await self._write_body(upload, body, digests, checksum, lease)
+                digests = await self.ingest.digests_for(upload)
+                await self.ingest.write_body(
+                    upload, body, digests, checksum, lease, lambda end: self._check_room(upload, end)
+                )
                 if upload.is_complete:
                     await self._complete(upload, principal, digests)
             except StorageUnavailable as exc:
@@ -393,139 +357,6 @@ class UploadService:
             raise LengthExceeded()
         self.check_size(end)
 
-    async def _write_body(
-        self,
-        upload: Upload,
-        body: AsyncIterator[bytes],
-        digests: FileDigests,
-        checksum: ChunkChecksum | None,
-        lease: UploadLease,
-    ) -> None:
-        writer = await self.store.open_writer(upload.staging_key, upload.offset)
-        pending: asyncio.Future[None] | None = None
-        written = 0
-        stopped: Exception | None = None
-
-        async def absorb(block: bytes) -> None:
-            nonlocal pending
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(self._consume(writer, digests, checksum, block))
-
-        try:
-            buffer = bytearray()
-            iterator = aiter(body)
-            recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
-            while True:
-                if time.monotonic() >= recheck_at:
-                    # A case closing takes effect at once, also for a request that is streaming.
-                    await self.cases.require_open(upload.case_id)
-                    recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
-                try:
-                    chunk = await _next_chunk(iterator, lease)
-                except (BodyInterrupted, _TakenOver) as exc:
-                    stopped = exc
-                    break
-                if chunk is None:
-                    break
-                self._check_room(upload, upload.offset + written + len(buffer) + len(chunk))
-                buffer += chunk
-                if len(buffer) >= BLOCK_SIZE:
-                    block = bytes(buffer)
-                    buffer.clear()
-                    written += len(block)
-                    await absorb(block)
-            if buffer:
-                written += len(buffer)
-                await absorb(bytes(buffer))
-            if pending is not None:
-                await pending
-                pending = None
-            keep = stopped is None or checksum is None
-            if checksum is not None and stopped is None and not checksum.matches():
-                metrics.CHECKSUM_FAILURES.inc()
-                raise ChecksumMismatch()
-            if not keep or written == 0:
-                await writer.rollback()
-            else:
-                await asyncio.shield(self._commit(upload, writer, digests, written, lease))
-        except BaseException:
-            if pending is not None:
-                with contextlib.suppress(Exception):
-                    await pending
-            await asyncio.shield(writer.rollback())
-            raise
-        finally:
-            await writer.close()
-        if isinstance(stopped, _TakenOver):
-            raise UploadLocked("A newer request took over this upload.")
-        if stopped is not None:
-            raise stopped
-
-    async def _commit(
-        self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int, lease: UploadLease
-    ) -> None:
-        if (
-            not lease.may_commit()
-        ):  # the lease expired (e.g. the database was unreachable): another may write now
-            raise UploadLocked("This request lost its lock on the upload; what it sent was not kept.")
-        durable = await writer.commit()
-        upload.offset += written
-        if durable != upload.offset:
-            raise RuntimeError(f"store reports {durable} durable bytes, expected {upload.offset}")
-        now = self.clock.now()
-        upload.updated_at = now
-        upload.expires_at = now + self.expiry
-        upload.digest_state = self._digest_state(upload, digests)
-        await self.repo.save_progress(upload, fence=lease.fence)
-        metrics.UPLOADED_BYTES.labels(upload.via).inc(written)
-
-    @staticmethod
-    async def _consume(
-        writer: UploadWriter, digests: FileDigests, checksum: ChunkChecksum | None, block: bytes
-    ) -> None:
-        def hash_block() -> None:
-            digests.update(block)
-            if checksum is not None:
-                checksum.update(block)
-
-        await asyncio.gather(asyncio.to_thread(hash_block), writer.write(block))
-
-    # digests ---------------------------------------------------------------------------------------
-
-    def _digest_state(self, upload: Upload, digests: FileDigests) -> bytes:
-        """The state to commit with ``upload.offset``: exported, else a mark of digests this process keeps."""
-        self._digests.pop(upload.id, None)
-        state = digests.export()
-        if state is None:
-            state = LOCAL_DIGESTS_MARK + secrets.token_bytes(16)
-            self._digests[upload.id] = (state, digests.copy())
-        return state
-
-    async def _digests_for(self, upload: Upload) -> FileDigests:
-        """The digests of the upload's durable bytes: from the state saved with its offset, else re-read."""
-        state = upload.digest_state
-        reason = "no saved state"
-        if state is not None and state.startswith(LOCAL_DIGESTS_MARK):
-            mark, cached = self._digests.get(upload.id, (None, None))
-            if mark == state and cached is not None and cached.size == upload.offset:
-                return cached.copy()
-            reason = "the state was kept by another process"
-        elif state is not None:
-            try:
-                return FileDigests.restore(state, upload.offset)
-            except StateError as exc:
-                reason = str(exc)
-        digests = FileDigests()
-        if upload.offset:
-            log.info(
-                "rebuilding digests of upload %s from %d stored bytes (%s)", upload.id, upload.offset, reason
-            )
-            async for block in self.store.read_staging(upload.staging_key, 0, upload.offset):
-                metrics.DIGEST_REREAD_BYTES.inc(len(block))
-                await asyncio.to_thread(digests.update, block)
-        return digests
-
     # completion ------------------------------------------------------------------------------------
 
     async def _complete(self, upload: Upload, principal: Principal, digests: FileDigests | None) -> None:
@@ -535,7 +366,7 @@ class UploadService:
         if upload.concat is ConcatKind.PARTIAL:
             await self.repo.finish_upload(upload, None)
             upload.state = UploadState.FINISHED
-            self._digests.pop(upload.id, None)
+            self.ingest.forget(upload.id)
             return
         if upload.concat is ConcatKind.FINAL:
             partials = [await self.repo.get_upload(pid) for pid in upload.partials]
@@ -544,14 +375,12 @@ class UploadService:
         elif digests is None or digests.size != upload.offset:
             digests = None
             with contextlib.suppress(ObjectNotFound):
-                digests = await self._digests_for(upload)
+                digests = await self.ingest.digests_for(upload)
         if digests is None:
             digests = FileDigests()
-            async for block in self.store.read_object(
-                key
-            ):  # a concatenation, or a promoted upload's recovery
-                metrics.DIGEST_REREAD_BYTES.inc(len(block))
-                await asyncio.to_thread(digests.update, block)
+            await rehash(
+                self.store.read_object(key), digests
+            )  # a concatenation, or a promoted upload's recovery
             upload.offset = digests.size
             upload.length = digests.size
         if upload.concat is not ConcatKind.FINAL:
@@ -575,7 +404,7 @@ class UploadService:
         upload.expires_at = now + self.expiry
         await self.repo.finish_upload(upload, record)
         upload.state = UploadState.FINISHED
-        self._digests.pop(upload.id, None)
+        self.ingest.forget(upload.id)
         if upload.concat is ConcatKind.FINAL:
             for pid in upload.partials:
                 partial = await self.repo.get_upload(pid)
@@ -655,7 +484,7 @@ class UploadService:
                 await writer.close()
             if durable != size:
                 raise RuntimeError(f"store reports {durable} durable bytes after truncating to {size}")
-            self._digests.pop(upload.id, None)
+            self.ingest.forget(upload.id)
             old = upload.offset
             now = self.clock.now()
             upload.offset = size
@@ -686,7 +515,7 @@ class UploadService:
         upload.expires_at = now + TOMBSTONE
         upload.digest_state = None
         await self.repo.save_progress(upload)
-        self._digests.pop(upload.id, None)
+        self.ingest.forget(upload.id)
 
     async def of_cases(self, principal: SystemPrincipal, case_ids: Sequence[str]) -> dict[str, list[Upload]]:
         """Every upload of these cases, by case, in one query (a purge's batch reads them at once)."""
@@ -709,7 +538,7 @@ class UploadService:
         for upload in await self.repo.list_uploads(case_id) if uploads is None else uploads:
             async with self.locks.hold(upload.id):
                 await self.store.delete_staging(upload.staging_key)
-                self._digests.pop(upload.id, None)
+                self.ingest.forget(upload.id)
                 if upload.state is UploadState.ACTIVE:
                     await self.audit.record(
                         "upload.terminated", principal, case_id, upload.id, reason="retention"
@@ -736,24 +565,6 @@ class UploadService:
                     await self.store.delete_staging(current.staging_key)
                     await self.repo.delete_upload(current.id)
         return count
-
-
-async def _next_chunk(iterator: AsyncIterator[bytes], lease: UploadLease) -> bytes | None:
-    """The next chunk of the body, ``None`` at its end; raises :class:`_TakenOver` if a newer request came."""
-    if not lease.may_continue():
-        raise _TakenOver()
-    read = asyncio.ensure_future(anext(iterator, None))
-    interrupted = asyncio.ensure_future(lease.interrupted.wait())
-    try:
-        done, _ = await asyncio.wait({read, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        interrupted.cancel()
-    if read in done:
-        return read.result()
-    read.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await read
-    raise _TakenOver()
 
 
 async def _has_data(body: AsyncIterator[bytes]) -> bool:

@@ -192,7 +192,7 @@ async def test_without_resumable_hashers_only_the_process_that_hashed_continues(
         await patch(MiB, b"\0" * MiB, 460, Upload_Checksum=f"sha256 {wrong}")
         await patch(MiB, data[MiB : 2 * MiB], 204)
         assert reread() == before
-        gw.gateway.uploads._digests.clear()  # as if the next request went to another process
+        gw.gateway.uploads.ingest.local_digests.clear()  # as if the next request went to another process
         await patch(2 * MiB, data[2 * MiB :], 204)
     assert reread() == before + 2 * MiB
     (record,) = await gw.gateway.files.list(SYSTEM, "C-1")

@@ -22,6 +22,7 @@ def test_importing_the_upload_engine_loads_no_sql_http_or_ssh_library() -> None:
     """``import eftgw.uploads`` (and the other services) pulls in none of the adapters' libraries."""
     for module in [
         "eftgw.uploads",
+        "eftgw.ingest",
         "eftgw.files",
         "eftgw.cases",
         "eftgw.accounts",

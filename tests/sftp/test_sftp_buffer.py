@@ -16,10 +16,10 @@ from sftp_support import OPERATOR, GatewayThread, paramiko_sftp, settings_for, s
 
 from eftgw.errors import CaseClosed
 from eftgw.gateway import Gateway
+from eftgw.ingest import BLOCK_SIZE
 from eftgw.model import Principal, Role
 from eftgw.sftp.buffer import BufferedUpload
 from eftgw.storage import ObjectStore, UploadWriter
-from eftgw.uploads import BLOCK_SIZE
 
 CUSTOMER = Principal("sftp-customer", Role.CUSTOMER, "CASE-1", via="sftp")
 KIB = 1024
@@ -84,7 +84,7 @@ async def test_writes_return_without_waiting_for_storage_while_there_is_room(cor
     """With storage stalled, writes are accepted at once until the buffer (plus the block the core is
     storing) is full; the next write waits (backpressure) until storage takes data; then all is durable."""
     gate = asyncio.Event()
-    core.uploads.store = SlowStore(core.store, 0.0, gate)
+    core.uploads.store = core.uploads.ingest.store = SlowStore(core.store, 0.0, gate)
     upload = await core.uploads.create(
         CUSTOMER, "CASE-1", length=None, metadata={"filename": "x"}, via="sftp"
     )
@@ -116,7 +116,7 @@ async def test_writes_return_without_waiting_for_storage_while_there_is_room(cor
 
 async def test_queued_bytes_never_exceed_the_capacity(core: Gateway) -> None:
     """While a slow store drains it in parts, the bytes held in memory stay within the capacity."""
-    core.uploads.store = SlowStore(core.store, 0.002)
+    core.uploads.store = core.uploads.ingest.store = SlowStore(core.store, 0.002)
     upload = await core.uploads.create(
         CUSTOMER, "CASE-1", length=None, metadata={"filename": "y"}, via="sftp"
     )
@@ -183,7 +183,7 @@ def test_an_sftp_session_is_slowed_down_not_buffered_without_bound(gateway: Gate
 
 
 async def _slow_storage(gateway: GatewayThread, delay: float) -> None:
-    gateway.gw.uploads.store = SlowStore(gateway.gw.store, delay)
+    gateway.gw.uploads.store = gateway.gw.uploads.ingest.store = SlowStore(gateway.gw.store, delay)
 
 
 async def _queued(gateway: GatewayThread) -> int:

@@ -1,0 +1,269 @@
+"""The body pipeline of an append: a request body streamed into the store in blocks, hashed on the way,
+committed, and the whole-file digests carried from one durable offset to the next.
+
+:class:`Ingest` is what :class:`eftgw.uploads.UploadService` hands the body to once it holds the upload's
+lock and checked the request (steps 3 and 4 of its workflow):
+
+- :meth:`Ingest.write_body` reads the body in 1 MiB blocks; each block is hashed (whole-file SHA-256 and
+  xxh128, and the request's own checksum if any) and written in one step, while the next block is read;
+  every few seconds it re-checks that the case is still open, and it stops if a newer request took over;
+- at the end it commits the writer (fsync, or S3's commit record) and only then records the new offset
+  with the digest state it belongs to (:meth:`Ingest.digest_state`), in one database transaction;
+- :meth:`Ingest.digests_for` gives the digests of an upload's durable bytes: restored from the state saved
+  with its offset, else rebuilt by reading the stored prefix once (counted in ``eftgw_digest_reread_bytes``);
+- :meth:`Ingest.copy_in` fills a new upload with a finished file's bytes (SFTP continuing a file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from eftgw import metrics
+from eftgw.clock import Clock
+from eftgw.errors import BodyInterrupted, ChecksumMismatch, UploadLocked
+from eftgw.hashing import ChunkChecksum, FileDigests, StateError
+from eftgw.locks import UploadLease
+from eftgw.model import FileRecord, Upload
+from eftgw.ports import UploadRepository
+from eftgw.storage import ObjectStore, StorageError, UploadWriter
+
+log = logging.getLogger("eftgw.uploads")
+
+BLOCK_SIZE = 1024 * 1024
+CASE_RECHECK_SECONDS = 2.0
+# Saved instead of a digest state where it cannot be exported: only this process, which keeps the digests
+# under this unique mark, may continue from it (and only while the row still holds the mark).
+LOCAL_DIGESTS_MARK = b"EDL\x01"
+
+
+class _TakenOver(Exception):
+    pass
+
+
+class Ingest:
+    """Streams bodies into the store and commits them with their digests (see the module's docstring)."""
+
+    def __init__(
+        self,
+        repo: UploadRepository,
+        store: ObjectStore,
+        clock: Clock,
+        *,
+        expiry: dt.timedelta,
+        require_open: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.clock = clock
+        self.expiry = expiry
+        self.require_open = require_open
+        # Digests that could not be exported, (the mark saved in its row, the digests at its offset).
+        self.local_digests: dict[str, tuple[bytes, FileDigests]] = {}
+
+    def forget(self, upload_id: str) -> None:
+        """Drop the digests this process keeps for the upload (it finished, was cut back or went away)."""
+        self.local_digests.pop(upload_id, None)
+
+    # the body --------------------------------------------------------------------------------------
+
+    async def write_body(
+        self,
+        upload: Upload,
+        body: AsyncIterator[bytes],
+        digests: FileDigests,
+        checksum: ChunkChecksum | None,
+        lease: UploadLease,
+        check_room: Callable[[int], None],
+    ) -> None:
+        """Stream ``body`` into the upload's staging data at its offset and commit it.
+
+        ``check_room(end)`` raises if data ending at ``end`` may not be stored; it is called before each
+        chunk is taken in. Raises :class:`ChecksumMismatch` (nothing kept), :class:`UploadLocked` after a
+        takeover (what arrived is kept), and the transport's :class:`BodyInterrupted` after keeping what
+        arrived (unless the request had a checksum).
+        """
+        writer = await self.store.open_writer(upload.staging_key, upload.offset)
+        pending: asyncio.Future[None] | None = None
+        written = 0
+        stopped: Exception | None = None
+
+        async def absorb(block: bytes) -> None:
+            nonlocal pending
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(self._consume(writer, digests, checksum, block))
+
+        try:
+            buffer = bytearray()
+            iterator = aiter(body)
+            recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
+            while True:
+                if time.monotonic() >= recheck_at:
+                    # A case closing takes effect at once, also for a request that is streaming.
+                    await self.require_open(upload.case_id)
+                    recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
+                try:
+                    chunk = await _next_chunk(iterator, lease)
+                except (BodyInterrupted, _TakenOver) as exc:
+                    stopped = exc
+                    break
+                if chunk is None:
+                    break
+                check_room(upload.offset + written + len(buffer) + len(chunk))
+                buffer += chunk
+                if len(buffer) >= BLOCK_SIZE:
+                    block = bytes(buffer)
+                    buffer.clear()
+                    written += len(block)
+                    await absorb(block)
+            if buffer:
+                written += len(buffer)
+                await absorb(bytes(buffer))
+            if pending is not None:
+                await pending
+                pending = None
+            keep = stopped is None or checksum is None
+            if checksum is not None and stopped is None and not checksum.matches():
+                metrics.CHECKSUM_FAILURES.inc()
+                raise ChecksumMismatch()
+            if not keep or written == 0:
+                await writer.rollback()
+            else:
+                await asyncio.shield(self._commit(upload, writer, digests, written, lease))
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending
+            await asyncio.shield(writer.rollback())
+            raise
+        finally:
+            await writer.close()
+        if isinstance(stopped, _TakenOver):
+            raise UploadLocked("A newer request took over this upload.")
+        if stopped is not None:
+            raise stopped
+
+    async def _commit(
+        self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int, lease: UploadLease
+    ) -> None:
+        if (
+            not lease.may_commit()
+        ):  # the lease expired (e.g. the database was unreachable): another may write now
+            raise UploadLocked("This request lost its lock on the upload; what it sent was not kept.")
+        durable = await writer.commit()
+        upload.offset += written
+        if durable != upload.offset:
+            raise RuntimeError(f"store reports {durable} durable bytes, expected {upload.offset}")
+        now = self.clock.now()
+        upload.updated_at = now
+        upload.expires_at = now + self.expiry
+        upload.digest_state = self.digest_state(upload, digests)
+        await self.repo.save_progress(upload, fence=lease.fence)
+        metrics.UPLOADED_BYTES.labels(upload.via).inc(written)
+
+    @staticmethod
+    async def _consume(
+        writer: UploadWriter, digests: FileDigests, checksum: ChunkChecksum | None, block: bytes
+    ) -> None:
+        def hash_block() -> None:
+            digests.update(block)
+            if checksum is not None:
+                checksum.update(block)
+
+        await asyncio.gather(asyncio.to_thread(hash_block), writer.write(block))
+
+    # a copy of a finished file -----------------------------------------------------------------------
+
+    async def copy_in(self, upload: Upload, record: FileRecord, lease: UploadLease) -> None:
+        """Fill the new upload's staging data with the file's bytes, hashing them on the way."""
+        digests = FileDigests()
+        writer = await self.store.open_writer(upload.staging_key, 0)
+        try:
+            async for block in self.store.read_object(record.object_key):
+                metrics.DIGEST_REREAD_BYTES.inc(len(block))
+                await self._consume(writer, digests, None, block)
+            if digests.size != record.size or digests.sha256_hex != record.sha256:
+                raise StorageError(
+                    f"The stored bytes of {record.name} do not match its SHA-256; not continued."
+                )
+            if not lease.may_commit():
+                raise UploadLocked("This request lost its lock on the upload.")
+            durable = await writer.commit()
+        except BaseException:
+            await asyncio.shield(writer.rollback())
+            raise
+        finally:
+            await writer.close()
+        if durable != record.size:
+            raise RuntimeError(f"store reports {durable} durable bytes, expected {record.size}")
+        upload.offset = durable
+        upload.updated_at = self.clock.now()
+        upload.digest_state = self.digest_state(upload, digests)
+        await self.repo.save_progress(upload, fence=lease.fence)
+
+    # digests ---------------------------------------------------------------------------------------
+
+    def digest_state(self, upload: Upload, digests: FileDigests) -> bytes:
+        """The state to commit with ``upload.offset``: exported, else a mark of digests this process keeps."""
+        self.local_digests.pop(upload.id, None)
+        state = digests.export()
+        if state is None:
+            state = LOCAL_DIGESTS_MARK + secrets.token_bytes(16)
+            self.local_digests[upload.id] = (state, digests.copy())
+        return state
+
+    async def digests_for(self, upload: Upload) -> FileDigests:
+        """The digests of the upload's durable bytes: from the state saved with its offset, else re-read."""
+        state = upload.digest_state
+        reason = "no saved state"
+        if state is not None and state.startswith(LOCAL_DIGESTS_MARK):
+            mark, cached = self.local_digests.get(upload.id, (None, None))
+            if mark == state and cached is not None and cached.size == upload.offset:
+                return cached.copy()
+            reason = "the state was kept by another process"
+        elif state is not None:
+            try:
+                return FileDigests.restore(state, upload.offset)
+            except StateError as exc:
+                reason = str(exc)
+        digests = FileDigests()
+        if upload.offset:
+            log.info(
+                "rebuilding digests of upload %s from %d stored bytes (%s)", upload.id, upload.offset, reason
+            )
+            await rehash(self.store.read_staging(upload.staging_key, 0, upload.offset), digests)
+        return digests
+
+
+async def rehash(blocks: AsyncIterator[bytes], digests: FileDigests) -> None:
+    """Add stored bytes to ``digests`` (counted in ``eftgw_digest_reread_bytes``)."""
+    async for block in blocks:
+        metrics.DIGEST_REREAD_BYTES.inc(len(block))
+        await asyncio.to_thread(digests.update, block)
+
+
+async def _next_chunk(iterator: AsyncIterator[bytes], lease: UploadLease) -> bytes | None:
+    """The next chunk of the body, ``None`` at its end; raises :class:`_TakenOver` if a newer request came."""
+    if not lease.may_continue():
+        raise _TakenOver()
+    read = asyncio.ensure_future(anext(iterator, None))
+    interrupted = asyncio.ensure_future(lease.interrupted.wait())
+    try:
+        done, _ = await asyncio.wait({read, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        interrupted.cancel()
+    if read in done:
+        return read.result()
+    read.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await read
+    raise _TakenOver()
+
+
+__all__ = ["BLOCK_SIZE", "LOCAL_DIGESTS_MARK", "Ingest", "rehash"]
