@@ -23,7 +23,14 @@ class CaseRepository(Protocol):
     """Cases and their lifecycle."""
 
     async def get_case(self, case_id: str) -> Case | None: ...
-    async def save_case(self, case: Case) -> None: ...
+    async def save_case(self, case: Case, events: Sequence[Event] = ()) -> None:
+        """Insert or update the case, and store ``events`` (its lifecycle events) in the same transaction."""
+        ...
+
+    async def file_totals(self, case_id: str) -> tuple[int, int]:
+        """How many files the case has and their total bytes."""
+        ...
+
     async def list_cases(self, state: CaseState | None = None) -> list[Case]: ...
     async def claim_case_for_purge(self, case_id: str, closed_at: dt.datetime | None) -> bool:
         """Move a case closed since ``closed_at`` (or already purging) to ``purging``; ``False`` if it was
@@ -39,9 +46,12 @@ class CaseRepository(Protocol):
         claimed (a case reopened or closed again since is left out, as there)."""
         ...
 
-    async def delete_purged_cases(self, case_ids: Sequence[str], audit: Sequence[AuditEvent]) -> None:
-        """Delete every row of these cases (as :meth:`delete_case_rows`) and record ``audit``, in one
-        transaction."""
+    async def delete_purged_cases(
+        self, case_ids: Sequence[str], audit: Sequence[AuditEvent], events: Sequence[Event] = ()
+    ) -> None:
+        """Delete every row of these cases (as :meth:`delete_case_rows`), delete their delivered and dead
+        outbox events and drop file names from their pending ones, and record ``audit`` and ``events``, in
+        one transaction."""
         ...
 
 
@@ -60,8 +70,11 @@ class FileRepository(Protocol):
     async def update_file(
         self, case_id: str, file_id: str, *, name: str | None = None, modified_at: dt.datetime | None = None
     ) -> bool: ...
-    async def delete_file(self, case_id: str, file_id: str, audit: AuditEvent | None = None) -> bool:
-        """Delete the file's row, and record ``audit`` in the same transaction; ``False`` if it was gone."""
+    async def delete_file(
+        self, case_id: str, file_id: str, audit: AuditEvent | None = None, events: Sequence[Event] = ()
+    ) -> bool:
+        """Delete the file's row, and record ``audit`` and ``events`` in the same transaction; ``False`` (and
+        no events) if it was gone."""
         ...
 
 
@@ -86,9 +99,16 @@ class UploadRepository(Protocol):
         lease still carries it; otherwise :class:`~eftgw.errors.UploadLocked`."""
         ...
 
-    async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None: ...
-    async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None:
-        """Mark the upload finished and add ``record`` (its file), atomically."""
+    async def set_upload_state(
+        self, upload_id: str, state: UploadState, at: dt.datetime, events: Sequence[Event] = ()
+    ) -> None:
+        """Set the upload's state, storing ``events`` in the same transaction."""
+        ...
+
+    async def finish_upload(
+        self, upload: Upload, record: FileRecord | None, events: Sequence[Event] = ()
+    ) -> None:
+        """Mark the upload finished and add ``record`` (its file) and ``events``, atomically."""
         ...
 
     async def delete_upload(self, upload_id: str) -> None: ...
@@ -109,19 +129,36 @@ class SessionRepository(Protocol):
 class AuditRepository(Protocol):
     """The append-only audit trail."""
 
-    async def add_audit(self, event: AuditEvent) -> None: ...
+    async def add_audit(self, event: AuditEvent, events: Sequence[Event] = ()) -> None:
+        """Record ``event``, and ``events`` (integration events of the action) in the same transaction."""
+        ...
+
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]: ...
 
 
 class AccountRepository(Protocol):
     """Temporary SFTP accounts of cases."""
 
-    async def add_account(self, account: SftpAccount) -> None: ...
+    async def add_account(self, account: SftpAccount, events: Sequence[Event] = ()) -> None: ...
     async def get_account(self, username: str) -> SftpAccount | None: ...
     async def list_accounts(
         self, case_id: str | None = None, limit: int | None = None, after: Position | None = None
     ) -> list[SftpAccount]: ...
-    async def revoke_account(self, username: str, at: dt.datetime) -> None: ...
+    async def revoke_account(self, username: str, at: dt.datetime, events: Sequence[Event] = ()) -> bool:
+        """Record the revocation (the first time stays) with ``events``; ``False`` and no events if it was
+        revoked already."""
+        ...
+
+    async def accounts_expired_unreported(self, now: dt.datetime, limit: int = 500) -> list[SftpAccount]:
+        """Accounts expired by ``now`` (and not revoked before) whose ``sftp_account.expired`` event was not
+        stored yet."""
+        ...
+
+    async def report_expired_accounts(self, reports: Sequence[tuple[str, Event]], at: dt.datetime) -> int:
+        """For each ``(username, event)``: mark the account's expiry reported and store its event, unless it
+        was reported already (so each expiry has exactly one event). All in one transaction; how many."""
+        ...
+
     async def set_account_keys(self, username: str, keys: list[str]) -> None: ...
     async def record_account_login(self, username: str, at: dt.datetime) -> None: ...
 
@@ -190,6 +227,7 @@ class MetadataRepository(
     SessionRepository,
     AuditRepository,
     AccountRepository,
+    EventRepository,
     Protocol,
 ):
     """Every port at once, plus the schema's lifecycle: what the composition root builds and hands out."""

@@ -23,8 +23,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eftgw.errors import UploadLocked
+from eftgw.events import Event
 from eftgw.metadata import rows
 from eftgw.metadata import schema as t
+from eftgw.metadata.events import EventStore, append_events, scrub_purged_events
 from eftgw.model import (
     AuditEvent,
     Case,
@@ -111,7 +113,7 @@ def _insert_audit(event: AuditEvent) -> sa.Insert:
     return sa.insert(t.audit_events).values(**rows.values(t.audit_events, event, exclude=("id",)))
 
 
-class SqlRepository:
+class SqlRepository(EventStore):
     """Every port of :mod:`eftgw.ports` (:class:`~eftgw.ports.MetadataRepository`) over SQLAlchemy Core with
     an async driver (aiosqlite or asyncpg)."""
 
@@ -160,13 +162,14 @@ class SqlRepository:
             row = (await conn.execute(sa.select(t.cases).where(t.cases.c.id == case_id))).first()
         return rows.case(row) if row else None
 
-    async def save_case(self, case: Case) -> None:
+    async def save_case(self, case: Case, events: Sequence[Event] = ()) -> None:
         values = rows.values(t.cases, case, exclude=("id",))
         values["updated_at"] = case.updated_at or case.opened_at
         async with self.engine.begin() as conn:
             updated = await conn.execute(sa.update(t.cases).where(t.cases.c.id == case.id).values(**values))
             if updated.rowcount == 0:
                 await conn.execute(sa.insert(t.cases).values(id=case.id, **values))
+            await append_events(conn, events)
 
     async def list_cases(self, state: CaseState | None = None) -> list[Case]:
         query = sa.select(t.cases).order_by(t.cases.c.id)
@@ -232,9 +235,12 @@ class SqlRepository:
                 claimed.extend(case_id for case_id in ids if case_id in found)
         return claimed
 
-    async def delete_purged_cases(self, case_ids: Sequence[str], audit: Sequence[AuditEvent]) -> None:
-        """Remove every row of these cases (as :meth:`delete_case_rows`) and record ``audit``, all in one
-        transaction: a crash leaves the cases ``purging`` with no event, or gone with every event."""
+    async def delete_purged_cases(
+        self, case_ids: Sequence[str], audit: Sequence[AuditEvent], events: Sequence[Event] = ()
+    ) -> None:
+        """Remove every row of these cases (as :meth:`delete_case_rows`), scrub their outbox events and
+        record ``audit`` and ``events``, all in one transaction: a crash leaves the cases ``purging`` with no
+        event, or gone with every event."""
         async with self.engine.begin() as conn:
             for start in range(0, len(case_ids), _IN_CHUNK):
                 chunk = list(case_ids[start : start + _IN_CHUNK])
@@ -246,6 +252,8 @@ class SqlRepository:
                     sa.insert(t.audit_events),
                     [rows.values(t.audit_events, e, exclude=("id",)) for e in audit],
                 )
+            await scrub_purged_events(conn, case_ids)
+            await append_events(conn, events)
 
     # files -----------------------------------------------------------------------------------------
 
@@ -297,16 +305,18 @@ class SqlRepository:
         async with self.engine.connect() as conn:
             return [rows.file(r) for r in await conn.execute(query)]
 
-    async def delete_file(self, case_id: str, file_id: str, audit: AuditEvent | None = None) -> bool:
+    async def delete_file(
+        self, case_id: str, file_id: str, audit: AuditEvent | None = None, events: Sequence[Event] = ()
+    ) -> bool:
         """Delete a file's row, and store ``audit`` in the same transaction (one commit, not two)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.delete(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
             )
             if audit is not None:
-                await conn.execute(
-                    sa.insert(t.audit_events).values(**rows.values(t.audit_events, audit, exclude=("id",)))
-                )
+                await conn.execute(_insert_audit(audit))
+            if result.rowcount:  # a file deleted twice (two requests at once) is reported once
+                await append_events(conn, events)
         return bool(result.rowcount)
 
     # uploads ---------------------------------------------------------------------------------------
@@ -416,16 +426,22 @@ class SqlRepository:
         if fence is not None and result.rowcount == 0:
             raise UploadLocked("A newer request took over this upload; this request's data was not recorded.")
 
-    async def set_upload_state(self, upload_id: str, state: UploadState, at: dt.datetime) -> None:
+    async def set_upload_state(
+        self, upload_id: str, state: UploadState, at: dt.datetime, events: Sequence[Event] = ()
+    ) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
                 sa.update(t.uploads)
                 .where(t.uploads.c.id == upload_id)
                 .values(state=state.value, updated_at=at)
             )
+            await append_events(conn, events)
 
-    async def finish_upload(self, upload: Upload, record: FileRecord | None) -> None:
-        """Mark the upload finished and, unless it is a partial, add its file, in one transaction."""
+    async def finish_upload(
+        self, upload: Upload, record: FileRecord | None, events: Sequence[Event] = ()
+    ) -> None:
+        """Mark the upload finished and, unless it is a partial, add its file (and store ``events``), in one
+        transaction."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 sa.update(t.uploads)
@@ -442,6 +458,7 @@ class SqlRepository:
             )
             if record is not None:
                 await conn.execute(sa.insert(t.files).values(**rows.values(t.files, record)))
+            await append_events(conn, events)
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -480,11 +497,10 @@ class SqlRepository:
 
     # audit -----------------------------------------------------------------------------------------
 
-    async def add_audit(self, event: AuditEvent) -> None:
+    async def add_audit(self, event: AuditEvent, events: Sequence[Event] = ()) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(t.audit_events).values(**rows.values(t.audit_events, event, exclude=("id",)))
-            )
+            await conn.execute(_insert_audit(event))
+            await append_events(conn, events)
 
     async def list_audit(self, case_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
         query = sa.select(t.audit_events).order_by(t.audit_events.c.id).limit(limit)
@@ -514,9 +530,10 @@ class SqlRepository:
             )
         return bool(result.rowcount)
 
-    async def add_account(self, account: SftpAccount) -> None:
+    async def add_account(self, account: SftpAccount, events: Sequence[Event] = ()) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(sa.insert(t.sftp_accounts).values(**rows.values(t.sftp_accounts, account)))
+            await append_events(conn, events)
 
     async def get_account(self, username: str) -> SftpAccount | None:
         query = sa.select(t.sftp_accounts).where(t.sftp_accounts.c.username == username)
@@ -537,14 +554,18 @@ class SqlRepository:
         async with self.engine.connect() as conn:
             return [rows.account(r) for r in await conn.execute(query)]
 
-    async def revoke_account(self, username: str, at: dt.datetime) -> None:
-        """Record the revocation time (the first one stays if revoked twice)."""
+    async def revoke_account(self, username: str, at: dt.datetime, events: Sequence[Event] = ()) -> bool:
+        """Record the revocation time (the first one stays if revoked twice) and store ``events`` with it;
+        ``False`` (and no events) if it was revoked already."""
         async with self.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 sa.update(t.sftp_accounts)
                 .where(t.sftp_accounts.c.username == username, t.sftp_accounts.c.revoked_at.is_(None))
                 .values(revoked_at=at)
             )
+            if result.rowcount:
+                await append_events(conn, events)
+        return bool(result.rowcount)
 
     async def set_account_keys(self, username: str, keys: list[str]) -> None:
         async with self.engine.begin() as conn:

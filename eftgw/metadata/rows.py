@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from eftgw.events import Event
 from eftgw.model import AuditEvent, Case, FileRecord, Session, SftpAccount, Upload
 
 T = TypeVar("T")
@@ -83,3 +84,4 @@ upload = functools.partial(from_row, Upload)
 account = functools.partial(from_row, SftpAccount)
 session = functools.partial(from_row, Session)
 audit = functools.partial(from_row, AuditEvent)
+event = functools.partial(from_row, Event)

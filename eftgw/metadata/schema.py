@@ -11,7 +11,8 @@ whole-file digests at that offset), ``sessions`` (browser sessions; only a hash 
 ``launch_tokens`` (used ``jti`` values, for single use), ``audit_events`` (append-only), ``sftp_accounts``
 (temporary SFTP logins of a case: argon2id hash and sealed copy of the password, expiry, revocation,
 authorized public keys), ``leases`` (who holds an upload's lock or leads a once-per-region job, until when,
-and the fencing token that grows with every new holder).
+and the fencing token that grows with every new holder), ``events`` (the outbox of integration events,
+:mod:`eftgw.metadata.events`: ``seq`` grows in commit order, and each event's delivery state is beside it).
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ sftp_accounts = sa.Table(
     sa.Column("revoked_at", UTCDateTime()),
     sa.Column("authorized_keys", sa.JSON, nullable=False),
     sa.Column("last_login_at", UTCDateTime()),
+    # When the account's expiry was reported (its ``sftp_account.expired`` event stored): exactly once.
+    sa.Column("expiry_reported_at", UTCDateTime()),
 )
 
 leases = sa.Table(
@@ -161,4 +164,45 @@ leases = sa.Table(
     sa.Column("fence", sa.BigInteger, nullable=False),  # +1 for every new holder; writes carry it
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Column("interrupt", sa.Boolean, nullable=False),  # a newer request asks the holder to let go
+)
+
+# Pending = neither delivered nor dead: the partial indexes below hold only those rows, so the delivery
+# queries stay small however many delivered events the outbox keeps until they are pruned.
+PENDING_EVENT = "delivered_at IS NULL AND dead_at IS NULL"
+
+events = sa.Table(
+    "events",
+    metadata,
+    # SQLite's AUTOINCREMENT: a seq is never used twice, even after the newest events were pruned.
+    sa.Column(
+        "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("case_id", sa.String(128)),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime()),
+    sa.Column("dead_at", UTCDateTime()),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_events_case_seq", "case_id", "seq"),
+    sa.Index(
+        "ix_events_pending_case",
+        "case_id",
+        "seq",
+        sqlite_where=sa.text(PENDING_EVENT),
+        postgresql_where=sa.text(PENDING_EVENT),
+    ),
+    sa.Index(
+        "ix_events_pending_seq",
+        "seq",
+        sqlite_where=sa.text(PENDING_EVENT),
+        postgresql_where=sa.text(PENDING_EVENT),
+    ),
+    sa.Index("ix_events_at", "at"),
+    sqlite_autoincrement=True,
 )
