@@ -40,7 +40,8 @@ from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import BadRequest, CaseNotFound, DomainError, Forbidden, Unauthenticated
-from eftgw.model import CaseState, Principal, Role, SftpAccount, Via
+from eftgw.events import Event, EventFactory
+from eftgw.model import CaseState, Principal, Role, SftpAccount, SystemPrincipal, Via
 from eftgw.pagination import Page, decode_cursor, page_of
 from eftgw.ports import AccountRepository
 from eftgw.secretfile import load_or_create
@@ -165,6 +166,7 @@ class AccountService:
         clock: Clock,
         sealer: PasswordSealer,
         *,
+        events: EventFactory,
         lifetime: dt.timedelta = ACCOUNT_LIFETIME,
         hasher: PasswordHasher | None = None,
         max_parallel_verifications: int = 2,
@@ -175,6 +177,7 @@ class AccountService:
         self.audit = audit
         self.clock = clock
         self.sealer = sealer
+        self.events = events
         self.lifetime = lifetime
         self.endpoint = endpoint  # the host and port customers put in their SFTP client
         self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
@@ -207,7 +210,14 @@ class AccountService:
             created_by=principal.user,
             authorized_keys=keys,
         )
-        await self.repo.add_account(account)
+        created = self.events.make(
+            "sftp_account.created",
+            case_id,
+            username=username,
+            expires_at=isoformat(account.expires_at),
+            by=principal.user,
+        )
+        await self.repo.add_account(account, [created])
         await self.audit.record(
             "sftp.account.created",
             principal,
@@ -248,8 +258,11 @@ class AccountService:
         self._require_admin(principal)
         account = await self._get(username)
         if account.revoked_at is None:
-            await self.repo.revoke_account(username, self.clock.now())
-            await self.audit.record("sftp.account.revoked", principal, account.case_id, username)
+            revoked = self.events.make(
+                "sftp_account.revoked", account.case_id, username=username, by=principal.user
+            )
+            if await self.repo.revoke_account(username, self.clock.now(), [revoked]):
+                await self.audit.record("sftp.account.revoked", principal, account.case_id, username)
             account = await self._get(username)
         for listener in list(self._revocation_listeners):
             listener(username)
@@ -277,6 +290,34 @@ class AccountService:
                 await self.revoke(principal, account.username)
                 revoked += 1
         return revoked
+
+    async def report_expired(self, principal: SystemPrincipal, batch: int = 500) -> int:
+        """Store one ``sftp_account.expired`` event for each account that expired (unrevoked) and was not
+        reported yet: the periodic sweep's job. Each expiry is reported exactly once, even if two sweeps
+        overlap (the repository marks the account in the event's transaction). How many were reported."""
+        if not isinstance(principal, SystemPrincipal):  # a caller outside the type checker's sight
+            raise Forbidden("Only the gateway's sweep reports expired accounts.")
+        reported = 0
+        while True:
+            now = self.clock.now()
+            due = await self.repo.accounts_expired_unreported(now, batch)
+            if not due:
+                return reported
+            reports: list[tuple[str, Event]] = [
+                (
+                    account.username,
+                    self.events.make(
+                        "sftp_account.expired",
+                        account.case_id,
+                        username=account.username,
+                        expired_at=isoformat(account.expires_at),
+                    ),
+                )
+                for account in due
+            ]
+            reported += await self.repo.report_expired_accounts(reports, now)
+            if len(due) < batch:
+                return reported
 
     async def current_for_case(self, principal: Principal, case_id: str) -> IssuedAccount | None:
         """The case's newest active account (and its password), for the case's own customer or an engineer."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from eftgw.clock import Clock
+from eftgw.events import Event
 from eftgw.model import AuditEvent, Principal
 from eftgw.ports import AuditRepository
 
@@ -23,10 +25,13 @@ class AuditLog:
         principal: Principal,
         case_id: str | None,
         target: str | None = None,
+        *,
+        integration: Sequence[Event] = (),
         **detail: Any,
     ) -> None:
+        """Record an audit event, and ``integration`` events of the same action in the same transaction."""
         event = self.event(action, principal, case_id, target, **detail)
-        await self.repo.add_audit(event)
+        await self.repo.add_audit(event, integration)
         self.logged(event)
 
     def event(

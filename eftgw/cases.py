@@ -10,6 +10,7 @@ from typing import Any
 from eftgw.audit import AuditLog
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import CaseClosed, CaseNotFound, Conflict, Forbidden
+from eftgw.events import Event, EventFactory
 from eftgw.ids import check_case_id
 from eftgw.model import AuditEvent, Case, CaseState, Principal, SystemPrincipal
 from eftgw.ports import CaseRepository
@@ -35,11 +36,20 @@ class CaseView:
 
 
 class CaseService:
-    def __init__(self, repo: CaseRepository, clock: Clock, audit: AuditLog, retention: dt.timedelta) -> None:
+    def __init__(
+        self,
+        repo: CaseRepository,
+        clock: Clock,
+        audit: AuditLog,
+        retention: dt.timedelta,
+        *,
+        events: EventFactory,
+    ) -> None:
         self.repo = repo
         self.clock = clock
         self.audit = audit
         self.retention = retention
+        self.events = events
         # Called after a case closes (e.g. to revoke its SFTP accounts); errors propagate to the caller.
         self.on_closed: list[Callable[[Principal, str], Awaitable[object]]] = []
 
@@ -98,7 +108,7 @@ class CaseService:
         case.state = CaseState.CLOSED
         case.closed_at = closed_at
         case.updated_at = now
-        await self.repo.save_case(case)
+        await self.repo.save_case(case, [await self._lifecycle("case.closed", case_id)])
         await self.audit.record("case.closed", principal, case_id, closed_at=closed_at.isoformat())
         for listener in self.on_closed:
             await listener(principal, case_id)
@@ -118,9 +128,14 @@ class CaseService:
             case.state = CaseState.OPEN
             case.closed_at = None
             case.updated_at = now
-        await self.repo.save_case(case)
+        await self.repo.save_case(case, [await self._lifecycle("case.reopened", case_id)])
         await self.audit.record("case.reopened", principal, case_id)
         return case
+
+    async def _lifecycle(self, type: str, case_id: str) -> Event:
+        """A lifecycle event of the case: how many files it holds and their bytes, never their names."""
+        files, size = await self.repo.file_totals(case_id)
+        return self.events.make(type, case_id, files=files, bytes=size)
 
     # retention -------------------------------------------------------------------------------------
 
@@ -139,11 +154,16 @@ class CaseService:
         return await self.repo.claim_cases_for_purge(due)
 
     async def remove_purged(
-        self, principal: SystemPrincipal, case_ids: Sequence[str], events: Sequence[AuditEvent]
+        self,
+        principal: SystemPrincipal,
+        case_ids: Sequence[str],
+        events: Sequence[AuditEvent],
+        integration: Sequence[Event] = (),
     ) -> None:
-        """Delete every row of these purged cases and record ``events`` (their audit) in one transaction."""
+        """Delete every row of these purged cases and record ``events`` (their audit) and ``integration``
+        (their ``case.purged`` events) in one transaction; the outbox keeps no file name of them."""
         if not isinstance(principal, SystemPrincipal):
             raise Forbidden("Only the gateway's retention may purge cases.")
-        await self.repo.delete_purged_cases(case_ids, events)
+        await self.repo.delete_purged_cases(case_ids, events, integration)
         for event in events:
             self.audit.logged(event)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eftgw.clock import Clock
+from eftgw.model import Principal, Via
 
 #: Every event type, with the keys its ``data`` carries. Lifecycle events of cases carry counts and bytes,
 #: never file names.
@@ -39,6 +40,11 @@ EVENT_TYPES: Mapping[str, tuple[str, ...]] = {
     "sftp_account.revoked": ("username", "by"),
     "sftp_account.expired": ("username", "expired_at"),
 }
+
+
+def transport_of(principal: Principal) -> str:
+    """``sftp`` for a principal that came over SFTP, ``http`` for every other (the ``via`` of events)."""
+    return "sftp" if principal.via is Via.SFTP else "http"
 
 
 def new_event_id() -> str:

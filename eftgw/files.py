@@ -12,6 +12,7 @@ from typing import Literal
 from eftgw.audit import AuditLog
 from eftgw.cases import CaseService
 from eftgw.errors import FileNotFound, Forbidden, RangeNotSatisfiable
+from eftgw.events import EventFactory, transport_of
 from eftgw.model import AuditEvent, CaseState, FileRecord, Principal, Role, SystemPrincipal
 from eftgw.names import sanitize_name
 from eftgw.pagination import Page, decode_cursor, page_of
@@ -36,11 +37,20 @@ class Download:
 
 
 class FileService:
-    def __init__(self, repo: FileRepository, store: ObjectStore, cases: CaseService, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        repo: FileRepository,
+        store: ObjectStore,
+        cases: CaseService,
+        audit: AuditLog,
+        *,
+        events: EventFactory,
+    ) -> None:
         self.repo = repo
         self.store = store
         self.cases = cases
         self.audit = audit
+        self.events = events
 
     async def list(self, principal: Principal, case_id: str) -> list[FileRecord]:
         if not principal.may_access_case(case_id):
@@ -84,8 +94,26 @@ class FileService:
         elif start >= record.size or start >= end:
             raise RangeNotSatisfiable()
         stream = self.store.read_object(record.object_key, start, end)
+        downloaded = self.events.make(
+            "file.downloaded",
+            case_id,
+            file_id=file_id,
+            name=record.name,
+            size=record.size,
+            by=principal.user,
+            role=principal.role.value,
+            via=transport_of(principal),
+            client=principal.remote,
+        )
         await self.audit.record(
-            "file.downloaded", principal, case_id, file_id, start=start, end=end, size=record.size
+            "file.downloaded",
+            principal,
+            case_id,
+            file_id,
+            integration=[downloaded],
+            start=start,
+            end=end,
+            size=record.size,
         )
         return Download(record, start, end, stream)
 
@@ -101,6 +129,15 @@ class FileService:
         if not self.may_delete(principal, record, case.state):
             raise Forbidden("You may not delete this file.")
         await self._remove(principal, record, "user")
+
+    async def delete_replaced(self, principal: Principal, case_id: str, file_id: str) -> None:
+        """A newer file of the same name replaces this one (SFTP): a delete with the same permission check as
+        :meth:`delete`, reported with the reason ``replaced``."""
+        record = await self.get(principal, case_id, file_id)
+        case = await self.cases.get(case_id)
+        if not self.may_delete(principal, record, case.state):
+            raise Forbidden("You may not replace this file.")
+        await self._remove(principal, record, "replaced")
 
     async def purge(self, principal: SystemPrincipal, case_id: str, file_id: str) -> None:
         """Retention deletes a file of a case being purged: no user's permission applies, so it takes the
@@ -165,9 +202,10 @@ class FileService:
         return removed, [key for prefix in prefixes for key in await self.store.list_keys(prefix)]
 
     async def _remove(
-        self, principal: Principal, record: FileRecord, reason: Literal["user", "retention"]
+        self, principal: Principal, record: FileRecord, reason: Literal["user", "replaced", "retention"]
     ) -> None:
-        """Delete the object, then the row with its audit event in one transaction."""
+        """Delete the object, then the row with its audit event (and, unless retention purges it, its
+        ``file.deleted`` integration event) in one transaction."""
         await self.store.delete_object(record.object_key)
         event = self.audit.event(
             "file.deleted",
@@ -178,7 +216,18 @@ class FileService:
             sha256=record.sha256,
             reason=reason,
         )
-        await self.repo.delete_file(record.case_id, record.id, audit=event)
+        deleted = self.events.make(
+            "file.deleted",
+            record.case_id,
+            file_id=record.id,
+            name=record.name,
+            size=record.size,
+            by=principal.user,
+            role=principal.role.value,
+            reason=reason,
+        )
+        integration = [] if reason == "retention" else [deleted]  # a purge reports the case, not each file
+        await self.repo.delete_file(record.case_id, record.id, audit=event, events=integration)
         self.audit.logged(event)
 
     async def rename(self, principal: Principal, case_id: str, file_id: str, name: str) -> FileRecord:

@@ -21,6 +21,7 @@ from eftgw.auth import (
 from eftgw.cases import CaseService
 from eftgw.clock import Clock, SystemClock
 from eftgw.config import Settings
+from eftgw.events import EventFactory
 from eftgw.files import FileService
 from eftgw.locks import LocalUploadLocks, UploadLocks
 from eftgw.metadata import SqlRepository
@@ -65,6 +66,7 @@ class Gateway:
     auth: AuthService
     accounts: AccountService
     retention: Retention
+    events: EventFactory
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> Gateway:
@@ -75,8 +77,9 @@ class Gateway:
         store = build_store(settings)
         locks = build_locks(repo)
         audit = AuditLog(repo, clock)
+        events = EventFactory(settings.region, clock)  # mints the integration events the services store
         retention = dt.timedelta(days=settings.retention_days)
-        cases = CaseService(repo, clock, audit, retention)
+        cases = CaseService(repo, clock, audit, retention, events=events)
         uploads = UploadService(
             repo,
             store,
@@ -85,12 +88,13 @@ class Gateway:
             audit,
             clock,
             region=settings.region,
+            events=events,
             expiry=dt.timedelta(seconds=settings.upload_expiry),
             max_size=settings.max_upload_size,
             max_active_per_case=settings.max_active_uploads_per_case,
             creation_rate=CreationRate(settings.upload_creation_rate, settings.upload_creation_burst),
         )
-        files = FileService(repo, store, cases, audit)
+        files = FileService(repo, store, cases, audit, events=events)
         signing_key = load_or_create_signing_key(
             settings.signing_key or data_dir / "keys" / "issuer-ed25519.pem"
         )
@@ -115,10 +119,22 @@ class Gateway:
             audit,
             clock,
             PasswordSealer(account_key),
+            events=events,
             endpoint=(settings.sftp_public_host, settings.sftp_port),
         )
         cases.on_closed.append(accounts.revoke_case)  # closing a case revokes its SFTP accounts
-        purges = Retention(cases, files, uploads, auth, audit, clock, retention)
+        purges = Retention(
+            cases,
+            files,
+            uploads,
+            auth,
+            audit,
+            clock,
+            retention,
+            accounts=accounts,
+            events=events,
+            outbox=repo,
+        )
         return cls(
             settings,
             clock,
@@ -134,6 +150,7 @@ class Gateway:
             auth,
             accounts=accounts,
             retention=purges,
+            events=events,
         )
 
     async def start(self) -> None:

@@ -45,6 +45,7 @@ from eftgw.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
+from eftgw.events import Event, EventFactory
 from eftgw.hashing import ChunkChecksum, FileDigests
 from eftgw.ids import new_file_id, new_upload_id
 from eftgw.ingest import Ingest, rehash
@@ -74,6 +75,7 @@ class UploadService:
         clock: Clock,
         *,
         region: str,
+        events: EventFactory,
         expiry: dt.timedelta,
         max_size: int | None = None,
         max_active_per_case: int | None = None,
@@ -86,6 +88,7 @@ class UploadService:
         self.audit = audit
         self.clock = clock
         self.region = region
+        self.events = events
         self.expiry = expiry
         self.max_size = max_size
         self.ingest = Ingest(repo, store, clock, expiry=expiry, require_open=cases.require_open)
@@ -402,7 +405,19 @@ class UploadService:
         )
         upload.updated_at = now
         upload.expires_at = now + self.expiry
-        await self.repo.finish_upload(upload, record)
+        finished = self.events.make(
+            "file.finished",
+            upload.case_id,
+            file_id=record.id,
+            name=record.name,
+            size=record.size,
+            sha256=record.sha256,
+            uploader=principal.user,
+            role=principal.role.value,
+            via=Transport(upload.via).value,
+            client=principal.remote,
+        )
+        await self.repo.finish_upload(upload, record, [finished])
         upload.state = UploadState.FINISHED
         self.ingest.forget(upload.id)
         if upload.concat is ConcatKind.FINAL:
@@ -507,10 +522,10 @@ class UploadService:
             await self._discard(upload)
             await self.audit.record("upload.terminated", principal, case_id, upload_id)
 
-    async def _discard(self, upload: Upload) -> None:
+    async def _discard(self, upload: Upload, events: Sequence[Event] = ()) -> None:
         await self.store.delete_staging(upload.staging_key)
         now = self.clock.now()
-        await self.repo.set_upload_state(upload.id, UploadState.TERMINATED, now)
+        await self.repo.set_upload_state(upload.id, UploadState.TERMINATED, now, events)
         upload.state = UploadState.TERMINATED
         upload.expires_at = now + TOMBSTONE
         upload.digest_state = None
@@ -558,7 +573,15 @@ class UploadService:
                     current.state is UploadState.FINISHED and current.concat is ConcatKind.PARTIAL
                 )
                 if unfinished:
-                    await self._discard(current)
+                    expired = self.events.make(
+                        "upload.expired",
+                        current.case_id,
+                        upload_id=current.id,
+                        name=current.name,
+                        offset=current.offset,
+                        length=current.length,
+                    )
+                    await self._discard(current, [expired])
                     await self.audit.record("upload.expired", principal, current.case_id, current.id)
                     count += 1
                 else:

@@ -12,8 +12,10 @@ A purge works on a batch of due cases, so that its cost is not one fsynced trans
    one that made it due, so a reopening in the meantime wins, exactly as a claim of one case would);
 2. for each claimed case (a few at a time): discard its unfinished uploads, delete every file's object
    (:meth:`FileService.purge_objects`), list its store prefixes, remove any leftover and list again;
-3. delete the rows of every case whose store is empty, and record all their audit events, in ONE
-   transaction (:meth:`CaseService.remove_purged`).
+3. delete the rows of every case whose store is empty, record all their audit events and one
+   ``case.purged`` integration event per case (counts and bytes, no names), and scrub their earlier
+   integration events (delivered and dead ones go, pending ones lose their file names), in ONE transaction
+   (:meth:`CaseService.remove_purged`).
 
 A case whose storage cleanup fails is left out of step 3: it stays ``purging`` with its rows, and the next
 sweep does it again (deleting an object twice is harmless), without holding back the rest of its batch.
@@ -27,13 +29,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from eftgw.accounts import AccountService
 from eftgw.audit import AuditLog
 from eftgw.auth import AuthService
 from eftgw.cases import CaseService
 from eftgw.clock import Clock, isoformat
 from eftgw.errors import DomainError
+from eftgw.events import Event, EventFactory
 from eftgw.files import FileService
 from eftgw.model import AuditEvent, FileRecord, SystemPrincipal, Upload
+from eftgw.ports import EventRepository
 from eftgw.uploads import UploadService
 
 log = logging.getLogger("eftgw.retention")
@@ -58,6 +63,9 @@ class Retention:
     audit: AuditLog
     clock: Clock
     period: dt.timedelta
+    accounts: AccountService
+    events: EventFactory
+    outbox: EventRepository  # the sweep prunes old delivered and dead events
     batch_size: int = 500  # cases per claim and per commit
     concurrency: int = 8  # cases whose storage is cleaned at once
 
@@ -143,6 +151,7 @@ async def purge_batch(retention: Retention, due: Sequence[tuple[str, dt.datetime
 
     results = await asyncio.gather(*(clear(c) for c in claimed), return_exceptions=True)
     events: list[AuditEvent] = []
+    purged: list[Event] = []
     for case_id, result in zip(claimed, results, strict=True):
         if isinstance(result, Exception):
             log.error("purge of case %s failed; it stays purging and is retried", case_id, exc_info=result)
@@ -153,8 +162,11 @@ async def purge_batch(retention: Retention, due: Sequence[tuple[str, dt.datetime
         report, case_events = result
         outcome.purged.append(report)
         events.extend(case_events)
+        purged.append(
+            retention.events.make("case.purged", case_id, files=len(report.files), bytes=report.bytes)
+        )
     if outcome.purged:
-        await retention.cases.remove_purged(RETENTION, [r.case_id for r in outcome.purged], events)
+        await retention.cases.remove_purged(RETENTION, [r.case_id for r in outcome.purged], events, purged)
     return outcome
 
 

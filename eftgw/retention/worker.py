@@ -1,4 +1,5 @@
-"""The retention sweep: purge every due case, expire idle uploads, and report; run by ``serve``
+"""The retention sweep: purge every due case, expire idle uploads, report expired SFTP accounts, prune old
+integration events, and report; run by ``serve``
 periodically and by ``eftgw retention run`` once (optionally as of another time, or as a dry run).
 
 It is handed a :class:`~eftgw.retention.purge.Retention` (the services, the clock and the period) by the
@@ -27,6 +28,8 @@ class SweepResult:
     purged: list[PurgeReport] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     expired_uploads: int = 0
+    expired_accounts: int = 0
+    pruned_events: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +42,8 @@ class SweepResult:
             "purged": [p.as_json() for p in self.purged],
             "failed": self.failed,
             "expired_uploads": self.expired_uploads,
+            "expired_accounts": self.expired_accounts,
+            "pruned_events": self.pruned_events,
         }
 
 
@@ -77,6 +82,8 @@ async def sweep(retention: Retention, *, dry_run: bool = False) -> SweepResult:
             metrics.PURGED_BYTES.inc(report.bytes)
             log.info("purged case %s: %d files, %d bytes", report.case_id, len(report.files), report.bytes)
     result.expired_uploads = await retention.uploads.sweep_expired(RETENTION)
+    result.expired_accounts = await retention.accounts.report_expired(RETENTION)
+    result.pruned_events = await retention.outbox.prune_events(retention.clock.now() - retention.period)
     await retention.auth.forget_expired()
     metrics.OLDEST_OVERDUE.set(
         oldest_overdue(

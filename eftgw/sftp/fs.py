@@ -373,7 +373,7 @@ class CaseSFTPServer(SFTPServer):
         for older in await self.area.versions(record.name):
             if older.source != "engineer" and (older.uploaded_at, older.id) < (record.uploaded_at, record.id):
                 with contextlib.suppress(FileNotFound):
-                    await self.ctx.files.delete(self.principal, self.case_id, older.id)
+                    await self.ctx.files.delete_replaced(self.principal, self.case_id, older.id)
 
     def exit(self) -> None:
         self._reads.clear()
@@ -474,7 +474,7 @@ class CaseSFTPServer(SFTPServer):
             for record in replaced_files:
                 if source.record is None or record.id != source.record.id:
                     with contextlib.suppress(FileNotFound):  # a finishing upload may have replaced it
-                        await self.ctx.files.delete(self.principal, self.case_id, record.id)
+                        await self.ctx.files.delete_replaced(self.principal, self.case_id, record.id)
 
     async def _rename_upload(self, upload: Upload, old: str, new: str) -> None:
         if is_temporary(old) and not is_temporary(new):
