@@ -3,10 +3,18 @@
 ``POST /api/v1/integration/cases/{case_id}/open|close|reopen`` (close takes an optional JSON
 ``{"closed_at": ISO 8601}``), ``GET /api/v1/integration/cases/{case_id}``, and
 ``POST /api/v1/integration/launch-tokens`` (``{"case_id", "user", "role", "ttl"}``) returning a one-time
-launch token and the URL to open in the pop-up.
+launch token and the URL to open in the pop-up, and ``GET /api/v1/integration/events?after=&limit=``: the
+outbox of integration events (:mod:`eftgw.events`) for portals that poll instead of receiving webhooks.
+
+The events feed is read in ``seq`` order, which is commit order, so an opaque cursor (the last ``seq`` seen)
+never skips an event committed later. Every answer carries ``next``, the cursor to poll with next, also as
+``Link: <...>; rel="next"``; a page shorter than ``limit`` means the reader is up to date.
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
 
 from aiohttp import web
 
@@ -18,6 +26,54 @@ from eftgw.http.session import service_principal
 from eftgw.model import Principal, Role
 
 routes = web.RouteTableDef()
+
+EVENTS_DEFAULT_LIMIT = 100
+EVENTS_MAX_LIMIT = 1000
+_CURSOR_PREFIX = "e1:"
+
+
+def encode_event_cursor(seq: int) -> str:
+    """The opaque cursor that stands for "after the event with this ``seq``"."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode().rstrip("=")
+
+
+def decode_event_cursor(cursor: str | None) -> int:
+    """The ``seq`` a cursor of :func:`encode_event_cursor` stands for (0 without one); 400 for others."""
+    if cursor is None or cursor == "":
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(
+            "after is not a cursor this gateway gave out; omit it to start at the oldest event."
+        ) from exc
+    number = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 19:
+        raise BadRequest("after is not a cursor this gateway gave out; omit it to start at the oldest event.")
+    return int(number)
+
+
+def _events_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return EVENTS_DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= EVENTS_MAX_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {EVENTS_MAX_LIMIT}.")
+    return int(raw)
+
+
+@routes.get("/api/v1/integration/events")
+async def events_feed(request: web.Request) -> web.StreamResponse:
+    await service_principal(request)
+    gateway = gateway_of(request)
+    after = decode_event_cursor(request.query.get("after"))
+    limit = _events_limit(request.query.get("limit"))
+    events = await gateway.repo.events_after(after, limit)
+    last = events[-1].seq if events and events[-1].seq is not None else after
+    cursor = encode_event_cursor(last)
+    response = web.json_response({"events": [event.as_json() for event in events], "next": cursor})
+    url = request.rel_url.with_query({"after": cursor, "limit": str(limit)})
+    response.headers["Link"] = f'<{gateway.settings.resolved_public_url}{url}>; rel="next"'
+    return response
 
 
 @routes.post("/api/v1/integration/cases/{case_id}/{action:open|close|reopen}")

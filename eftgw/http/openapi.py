@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from eftgw import __version__
+from eftgw.events import EVENT_TYPES
 from eftgw.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 JSON = "application/json"
@@ -139,6 +140,26 @@ def document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "Event": {
+                    "type": "object",
+                    "required": ["id", "type", "timestamp", "region", "case_id", "data"],
+                    "properties": {
+                        "id": {"type": "string", "description": "Unique; the idempotency key"},
+                        "type": {"enum": sorted(EVENT_TYPES)},
+                        "timestamp": {"type": "string", "format": "date-time"},
+                        "region": {"type": "string"},
+                        "case_id": {"type": ["string", "null"]},
+                        "data": {"type": "object", "description": "The type's fields (docs/events.md)"},
+                    },
+                },
+                "EventPage": {
+                    "type": "object",
+                    "required": ["events", "next"],
+                    "properties": {
+                        "events": {"type": "array", "items": _ref("Event")},
+                        "next": {"type": "string"},
+                    },
                 },
                 "Case": {
                     "type": "object",
@@ -397,6 +418,42 @@ def document() -> dict[str, Any]:
                     {"200": _json(_ref("SftpAccount"), "Account")},
                     params=[
                         {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                )
+            },
+            "/api/v1/integration/events": {
+                "get": _op(
+                    "Integration events after a cursor, oldest first, in commit order (service); poll again"
+                    " with `next`",
+                    {
+                        "200": {
+                            **_json(_ref("EventPage"), "Events, and the cursor to poll with next"),
+                            "headers": {
+                                "Link": {
+                                    "description": 'URL to poll next, as `<url>; rel="next"`',
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                        "400": _json(_ref("Error"), "bad_request: a cursor this gateway did not give out"),
+                        "403": _json(_ref("Error"), "forbidden: not the service token"),
+                    },
+                    params=[
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "description": "The opaque cursor `next` of the previous answer; omit it to"
+                            " start at the oldest event kept",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "description": "Events per answer (default 100)",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
                     ],
                 )
             },
