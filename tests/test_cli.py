@@ -45,6 +45,7 @@ async def test_case_lifecycle_and_tokens_work_beside_a_running_gateway(tmp_path:
             assert resp.status == 200 and (await resp.json())["state"] == "open"
 
 
+@pytest.mark.once
 def test_cli_errors_are_sentences_not_tracebacks(tmp_path: Path) -> None:
     """Unknown cases and invalid ids end with exit code 2 and a plain message."""
     node = GatewayProcess(tmp_path / "node")
@@ -55,6 +56,7 @@ def test_cli_errors_are_sentences_not_tracebacks(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Case ids" in result.stderr
 
 
+@pytest.mark.once
 def test_serve_makes_a_self_signed_certificate_once(tmp_path: Path) -> None:
     """The first start makes a certificate and keys in the data dir; a restart keeps them."""
     node = GatewayProcess(tmp_path / "node")
@@ -110,6 +112,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(("variable", "value", "line", "command"), BAD_SETTINGS)
 def test_a_bad_setting_is_one_line_naming_the_variable(
     tmp_path: Path, variable: str, value: str, line: str, command: str
@@ -124,6 +127,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.once
 def test_config_file_problems_are_one_line(tmp_path: Path) -> None:
     """A missing config file, invalid TOML or an unknown key end with one line naming the file and key."""
     env = clean_env(EFTGW_DATA_DIR=str(tmp_path / "data"))
@@ -151,6 +155,7 @@ def test_config_file_problems_are_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.once
 def test_every_list_setting_takes_the_comma_separated_form(monkeypatch: pytest.MonkeyPatch) -> None:
     """DESIGN.md: every list setting accepts 'a,b' in the environment (and still a JSON list)."""
     list_fields = [
@@ -166,6 +171,7 @@ def test_every_list_setting_takes_the_comma_separated_form(monkeypatch: pytest.M
         monkeypatch.delenv(f"EFTGW_{name.upper()}")
 
 
+@pytest.mark.once
 async def test_cors_origins_as_the_readme_writes_them_work_in_every_command(tmp_path: Path) -> None:
     """EFTGW_CORS_ORIGINS=https://a.example,https://b.example (the README's form) no longer stops the CLI,
     and the running gateway answers a preflight from each of the two origins."""
@@ -243,6 +249,7 @@ def test_banner_admin_commands_work_from_any_directory(tmp_path: Path) -> None:
         proc.wait(30)
 
 
+@pytest.mark.once
 @pytest.mark.parametrize(
     "args",
     [

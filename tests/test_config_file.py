@@ -9,6 +9,8 @@ import pytest
 
 from eftgw.config import Settings
 
+pytestmark = pytest.mark.once  # settings files only: the backend does not matter here
+
 
 def test_a_config_file_is_read_and_remembered_but_never_written_to_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

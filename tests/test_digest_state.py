@@ -28,6 +28,7 @@ OCTETS = "application/offset+octet-stream"
 MiB = 1024 * 1024
 
 
+@pytest.mark.once
 def test_resumable_hashers_are_available_on_the_platform_eftgw_runs_on() -> None:
     """libcrypto and xxHash load and pass the self-test where eftgw runs (Debian 12, Python 3.11): no silent
     fallback."""
@@ -36,6 +37,7 @@ def test_resumable_hashers_are_available_on_the_platform_eftgw_runs_on() -> None
     assert isinstance(digests.sha256, ResumableSha256) and isinstance(digests.xxh128, ResumableXxh128)
 
 
+@pytest.mark.once
 def test_the_c_functions_release_the_gil() -> None:
     """The bindings are ctypes CDLL functions (which drop the GIL during a call), so hashing in a worker
     thread leaves the event loop free, as hashlib did."""
@@ -45,6 +47,7 @@ def test_the_c_functions_release_the_gil() -> None:
         assert not function._flags_ & ctypes._FUNCFLAG_PYTHONAPI
 
 
+@pytest.mark.once
 @PROPERTY
 @given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=8))
 def test_any_split_through_export_and_restore_gives_hashlibs_digests(data: bytes, cuts: list[int]) -> None:
@@ -63,6 +66,7 @@ def test_any_split_through_export_and_restore_gives_hashlibs_digests(data: bytes
     assert digests.xxh128_hex == xxhash.xxh3_128(data).hexdigest()
 
 
+@pytest.mark.once
 def test_megabyte_blocks_across_many_restores_match_hashlib() -> None:
     """The upload path's 1 MiB blocks (XXH3's long-input path, SHA-256's full blocks) with a restore after
     each, and an odd tail."""
@@ -75,6 +79,7 @@ def test_megabyte_blocks_across_many_restores_match_hashlib() -> None:
     assert digests.xxh128_hex == xxhash.xxh3_128(data).hexdigest()
 
 
+@pytest.mark.once
 def test_a_copy_diverges_from_its_original() -> None:
     """``copy`` gives independent hashers: updating one leaves the other's digests as they were."""
     digests = FileDigests()
@@ -85,6 +90,7 @@ def test_a_copy_diverges_from_its_original() -> None:
     assert other.xxh128_hex == xxhash.xxh3_128(b"same start different end").hexdigest()
 
 
+@pytest.mark.once
 def test_a_state_of_another_offset_is_refused() -> None:
     """A state is only used for exactly the offset it was exported at: older or newer is a StateError."""
     digests = FileDigests()
@@ -96,6 +102,7 @@ def test_a_state_of_another_offset_is_refused() -> None:
             FileDigests.restore(state, offset)
 
 
+@pytest.mark.once
 def test_a_garbled_or_foreign_state_is_refused() -> None:
     """Any changed byte (the CRC), another format version, or an XXH3 state written by another xxHash
     version is refused rather than continued."""
@@ -118,6 +125,7 @@ def test_a_garbled_or_foreign_state_is_refused() -> None:
         ResumableXxh128.restore(foreign)
 
 
+@pytest.mark.once
 def test_inconsistent_hasher_states_are_refused() -> None:
     """A SHA-256 state whose pending bytes do not match its count, or an XXH3 state with impossible counters,
     is refused."""
@@ -134,6 +142,7 @@ def test_inconsistent_hasher_states_are_refused() -> None:
         ResumableXxh128.restore(bytes(state))
 
 
+@pytest.mark.once
 def test_the_self_test_catches_a_wrong_struct_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     """If OpenSSL's SHA256_CTX were laid out differently (here: the pending data assumed elsewhere), the
     self-test reports it, so the gateway falls back instead of saving wrong states."""
@@ -144,6 +153,7 @@ def test_the_self_test_catches_a_wrong_struct_layout(monkeypatch: pytest.MonkeyP
     assert digest_state._self_test(libs) is not None
 
 
+@pytest.mark.once
 def test_without_resumable_hashers_digests_still_work_but_export_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

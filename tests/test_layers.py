@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Imports and admin commands on the embedded database: the backend does not matter here.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTER_LIBRARIES = {"sqlalchemy", "alembic", "aiosqlite", "asyncpg", "aiohttp", "asyncssh", "minio"}
 

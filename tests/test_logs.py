@@ -6,7 +6,11 @@ import io
 import json
 import logging
 
+import pytest
+
 from eftgw import logs
+
+pytestmark = pytest.mark.once  # log formatting only: the backend does not matter here
 
 
 def capture(name: str) -> tuple[logging.Logger, io.StringIO]:

@@ -8,11 +8,15 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from eftgw.accounts import load_or_create_account_key
 from eftgw.auth import load_or_create_signing_key
 from eftgw.secretfile import load_or_create
 from eftgw.sftp.hostkeys import load_or_create_host_keys
 from eftgw.tlsutil import ensure_self_signed
+
+pytestmark = pytest.mark.once  # secrets on the local disk: the backend does not matter here
 
 
 def _race(

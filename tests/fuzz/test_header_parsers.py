@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import string
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,8 @@ from eftgw.errors import BadRequest, DomainError, RangeNotSatisfiable, Unauthent
 from eftgw.hashing import CHECKSUM_ALGORITHMS, ChunkChecksum
 from eftgw.http.headers import MAX_INTEGER, parse_integer, parse_range
 from eftgw.http.tus import format_metadata, parse_metadata
+
+pytestmark = pytest.mark.once  # pure parsers, no gateway: nothing here touches a backend
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -16,6 +16,9 @@ from eftgw.logs import install_redaction, redact
 from tests.http.rawhttp import raw_request
 from tests.support import free_port, gateway_process, http_session, tls_context
 
+# Aiohttp refuses the header lines before any handler: the backend does not matter here.
+pytestmark = pytest.mark.once
+
 PAD = "x" * 9000  # longer than aiohttp's 8190-byte limit for one header line
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from eftgw.http.app import make_app
 from tests.support import RunningGateway, http_session
+
+pytestmark = pytest.mark.once  # the routes against the served document: the backend does not matter here
 
 # Pages for people and the Prometheus endpoint, not API operations.
 NOT_API = {("GET", "/"), ("GET", "/launch"), ("GET", "/app"), ("GET", "/metrics"), ("GET", "/assets/{name}")}

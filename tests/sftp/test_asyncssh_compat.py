@@ -16,6 +16,8 @@ from asyncssh.stream import SSHServerStreamSession
 
 from eftgw.sftp import asyncssh_compat as compat
 
+pytestmark = pytest.mark.once  # asyncssh's internals, no gateway: the backend does not matter here
+
 
 def test_the_installed_asyncssh_is_the_tested_one() -> None:
     """The pinned asyncssh is one the compatibility module was checked against."""

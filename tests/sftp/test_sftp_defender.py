@@ -12,6 +12,8 @@ from sftp_support import Account, GatewayFactory, GatewayThread, login_fails, pa
 
 from eftgw.config import Settings
 
+pytestmark = pytest.mark.once  # the defender counts in the node's memory: the backend does not matter here
+
 
 def logs_in(gateway: GatewayThread, account: Account, source: str) -> bool:
     """Whether ``account`` logs in from ``source`` with its right password (and can list its folder)."""

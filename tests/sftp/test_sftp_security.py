@@ -106,6 +106,7 @@ def test_closing_the_case_from_the_cli_cuts_idle_sessions(gateway: GatewayThread
 # brute force and user enumeration ------------------------------------------------------------------
 
 
+@pytest.mark.once
 def test_failed_logins_are_delayed_then_the_address_is_banned(gateway_factory: GatewayFactory) -> None:
     """Each failed login waits before the reply; after the threshold the account is banned from that
     address, so even the right password is refused from it, while other addresses still log in."""
@@ -293,6 +294,7 @@ def server_proposal(gateway: GatewayThread, tmp_path: Path) -> dict[str, list[st
     return lists
 
 
+@pytest.mark.once
 def test_only_strong_algorithms_are_offered_with_strict_kex(gateway: GatewayThread, tmp_path: Path) -> None:
     """The gateway offers strict key exchange, no SHA-1 anywhere (no ssh-rsa host key signatures, no SHA-1
     MACs or key exchanges), no CBC ciphers and no compression; OpenSSH negotiates strict KEX."""
@@ -306,6 +308,7 @@ def test_only_strong_algorithms_are_offered_with_strict_kex(gateway: GatewayThre
     assert offered["compression"] == ["none"]
 
 
+@pytest.mark.once
 def test_a_client_limited_to_sha1_macs_cannot_connect(gateway: GatewayThread) -> None:
     """A client that only speaks hmac-sha1 finds no common MAC and no session is made."""
     transport = paramiko.Transport(
@@ -318,6 +321,7 @@ def test_a_client_limited_to_sha1_macs_cannot_connect(gateway: GatewayThread) ->
     transport.close()
 
 
+@pytest.mark.once
 def test_clients_without_strict_kex_need_a_cipher_terrapin_cannot_attack(gateway: GatewayThread) -> None:
     """Without strict KEX (as rclone 1.60), AES-GCM or AES-CTR with a plain MAC is accepted; an
     encrypt-then-MAC mode, which prefix truncation can attack, is refused."""
@@ -396,6 +400,7 @@ def test_public_key_login_needs_a_strong_signature_by_a_key_of_that_account(
     assert key_login(elsewhere.username, other_rsa)
 
 
+@pytest.mark.once
 def test_host_keys_are_made_once_and_kept(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
     """The host keys are generated on first start (private files mode 0600) and the same keys are served
     after a restart on the same data dir."""
@@ -417,6 +422,7 @@ def test_host_keys_are_made_once_and_kept(gateway_factory: GatewayFactory, tmp_p
         restarted.stop()
 
 
+@pytest.mark.once
 def test_the_ssh_session_offers_sftp_and_nothing_else(gateway: GatewayThread) -> None:
     """A logged-in account gets no shell, no command execution, no scp and no port forwarding."""
     account = gateway.account()
