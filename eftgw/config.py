@@ -6,6 +6,8 @@ prints the effective configuration with secrets masked.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -45,6 +47,19 @@ def split_commas(value: Any) -> Any:
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
     return value
+
+
+def webhook_secret_bytes(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret (``whsec_`` and base64 of 24 to 64 bytes), or ValueError."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("it must start with whsec_ (a Standard Webhooks secret)")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("after whsec_ it must be base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"it must hold 24 to 64 bytes of key, not {len(key)}")
+    return key
 
 
 class ConfigError(Exception):
@@ -168,6 +183,34 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     node_name: str = Field(default_factory=socket.gethostname, description="this node's name in the logs")
 
+    # Integration events (eftgw.events): pushed as Standard Webhooks to ``webhook_url`` by one elected node
+    # per region; without a URL they only accumulate for the pull API.
+    webhook_url: str | None = Field(
+        default=None, description="where events are POSTed; none: nothing is sent"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="the Standard Webhooks signing secret, whsec_ and base64 (24 to 64 bytes)"
+    )
+    webhook_max_age: int = Field(
+        default=72 * 3600, ge=1, description="seconds an event is retried before it becomes a dead letter"
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="seconds one delivery may take")
+    webhook_concurrency: int = Field(
+        default=8, ge=1, le=256, description="cases delivered to at once (the sender's connection pool)"
+    )
+    webhook_poll_interval: float = Field(
+        default=0.2, gt=0, le=60, description="seconds between the sender's looks for due events"
+    )
+    webhook_retry_base: float = Field(
+        default=1.0, gt=0, description="seconds: retries wait up to base * 2^attempts, jittered"
+    )
+    webhook_retry_max: float = Field(
+        default=3600.0, gt=0, description="seconds: the longest wait between retries"
+    )
+    webhook_leader_ttl: float = Field(
+        default=30.0, ge=1, description="seconds after the sending node dies before another takes over"
+    )
+
     # Several nodes behind a TCP balancer: PROXY protocol v2 on the HTTPS and SFTP listeners gives each
     # connection its client's address. Only connections from ``trusted_proxies`` may (and then must) send it.
     proxy_protocol: Literal["on", "off"] = "off"
@@ -198,6 +241,26 @@ class Settings(BaseSettings):
     def _proxies_for_proxy_protocol(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if info.data.get("proxy_protocol") == "on" and not value:
             raise ValueError("EFTGW_PROXY_PROTOCOL=on needs the balancers' addresses here (CIDRs)")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("it must be an http:// or https:// URL")
+        return value.strip()
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            if info.data.get("webhook_url"):
+                raise ValueError("EFTGW_WEBHOOK_URL is set, so a signing secret (whsec_...) is needed")
+            return None
+        webhook_secret_bytes(value.get_secret_value())
         return value
 
     @classmethod

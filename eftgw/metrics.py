@@ -40,6 +40,30 @@ OLDEST_OVERDUE = Gauge(
     registry=REGISTRY,
 )
 
+EVENTS_PENDING = Gauge(
+    "eftgw_events_pending",
+    "Integration events in the outbox not yet delivered nor dead (the outbox depth)",
+    registry=REGISTRY,
+)
+EVENTS_OLDEST_PENDING = Gauge(
+    "eftgw_events_oldest_pending_seconds",
+    "Age of the oldest undelivered event (0 when none is pending)",
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "eftgw_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retry (failed, tried again later) or dead (failed, too"
+    " old)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_FAILURES = Counter(
+    "eftgw_webhook_failures",
+    "Failed webhook attempts by reason: status_4xx, status_5xx, status_other, timeout, connection",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     return generate_latest(REGISTRY)

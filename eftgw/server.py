@@ -26,6 +26,7 @@ from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
 from eftgw.retention.worker import sweep
 from eftgw.sftp import SftpService
 from eftgw.tlsutil import ensure_self_signed, server_context
+from eftgw.webhooks import run_events
 
 log = logging.getLogger("eftgw.server")
 
@@ -166,6 +167,8 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
             ),
             name="orphan-sweep",
         ),
+        # Integration events: outbox gauges here; webhooks from the node leading the "events" election.
+        asyncio.create_task(run_events(gateway.repo, settings, gateway.clock), name="events"),
     ]
     scheme = "https" if context else "http"
     if settings.proxy_protocol == "on":
