@@ -15,6 +15,7 @@ from pathlib import Path
 from eftgw.clock import Clock, FixedClock, isoformat, parse_instant
 from eftgw.config import ConfigError, Settings
 from eftgw.errors import BadRequest, DomainError
+from eftgw.events import Delivery
 from eftgw.gateway import Gateway
 from eftgw.logs import configure_logging, use_json
 from eftgw.model import Principal, Role, Via
@@ -169,6 +170,48 @@ def cmd_sftp_account(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(with_gateway(settings, action))
 
 
+def delivery_json(delivery: Delivery) -> dict[str, object]:
+    """One line of ``eftgw events list``: the event as receivers get it, and its delivery state."""
+
+    def at(value: dt.datetime | None) -> str | None:
+        return isoformat(value) if value is not None else None
+
+    return {
+        "seq": delivery.event.seq,
+        **delivery.event.as_json(),
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt_at": at(delivery.next_attempt_at) if delivery.state == "pending" else None,
+        "delivered_at": at(delivery.delivered_at),
+        "dead_at": at(delivery.dead_at),
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+    }
+
+
+def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    """List the outbox's events with their delivery state, or make dead letters pending again."""
+    if args.action == "list" and (args.event_ids or args.all_dead):
+        raise DomainError("events list takes no EVENT_ID nor --all-dead (see: events replay).")
+    if args.action == "replay" and bool(args.event_ids) == bool(args.all_dead):
+        raise DomainError("events replay needs EVENT_ID... or --all-dead (not both).")
+
+    async def action(gw: Gateway) -> int:
+        if args.action == "list":
+            for delivery in await gw.repo.list_deliveries(args.state, args.after, args.limit):
+                print(json.dumps(delivery_json(delivery)))
+            return 0
+        ids = None if args.all_dead else list(dict.fromkeys(args.event_ids))
+        replayed = await gw.repo.replay(ids, gw.clock.now())
+        print(json.dumps({"replayed": replayed}))
+        if ids is not None and replayed < len(ids):
+            print(f"eftgw: {len(ids) - replayed} of the given events are not dead letters", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(with_gateway(settings, action))
+
+
 def _read_key(value: str) -> str:
     """An authorized key given inline, or as ``@FILE`` (e.g. ``@~/.ssh/id_ed25519.pub``)."""
     if value.startswith("@"):
@@ -256,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help="create: CASE_ID; show, revoke: USERNAME; list: [CASE_ID]")
     p.add_argument("--authorized-key", action="append", help="with create: an OpenSSH public key or @FILE")
     p.set_defaults(func=cmd_sftp_account)
+
+    p = sub.add_parser("events", help="list integration events and their delivery; replay dead letters")
+    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument(
+        "event_ids", nargs="*", metavar="EVENT_ID", help="with replay: the dead events to send again"
+    )
+    p.add_argument("--all-dead", action="store_true", help="with replay: every dead letter")
+    p.add_argument(
+        "--state", choices=["pending", "delivered", "dead"], help="with list: only events in this state"
+    )
+    p.add_argument("--after", type=bounded(0, 2**62), default=0, help="with list: events after this seq")
+    p.add_argument("--limit", type=bounded(1, 1_000_000), default=1000)
+    p.set_defaults(func=cmd_events)
     return parser
 
 
