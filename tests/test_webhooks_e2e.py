@@ -1,0 +1,241 @@
+"""Webhooks from a real ``eftgw serve`` process to a real receiver (which verifies every signature with
+``standardwebhooks``): what uploads over tus and SFTP and a case's lifecycle send, a receiver that is down
+for a while, a gateway killed with SIGKILL between a change and its delivery, and a receiver so slow that it
+holds every request while uploads go on. Short poll, retry and lease settings keep each test to seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tusclient import client as tus_client
+
+from tests.sftp.sftp_support import Account, paramiko_sftp
+from tests.support import GatewayProcess, gateway_process, http_session, tus_headers
+from tests.webhook_receiver import Receiver, receiving
+
+MiB = 1024 * 1024
+OCTETS = "application/offset+octet-stream"
+
+#: Settings that make the sender quick to notice, retry and take over (seconds).
+FAST = {
+    "EFTGW_WEBHOOK_POLL_INTERVAL": "0.05",
+    "EFTGW_WEBHOOK_RETRY_BASE": "0.05",
+    "EFTGW_WEBHOOK_RETRY_MAX": "0.5",
+    "EFTGW_WEBHOOK_LEADER_TTL": "2",
+}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
+def outbox(node: GatewayProcess, state: str | None = None) -> list[dict[str, Any]]:
+    """``eftgw events list`` of the node, parsed: every stored event in seq order, with its state."""
+    args = ["events", "list"] + (["--state", state] if state else [])
+    return [json.loads(line) for line in node.cli(*args).stdout.splitlines()]
+
+
+def assert_once_each_and_in_case_order(receiver: Receiver, stored: list[dict[str, Any]]) -> None:
+    """Every stored event arrived exactly once (2xx), as stored; each case's events in the outbox's order."""
+    got = receiver.delivered()
+    ids = [r.id for r in got]
+    assert sorted(ids) == sorted(e["id"] for e in stored)
+    assert len(set(ids)) == len(ids), "an event was delivered twice"
+    by_id = {r.id: r.payload for r in got}
+    for event in stored:
+        assert by_id[event["id"]] == {
+            k: event[k] for k in ("id", "type", "timestamp", "region", "case_id", "data")
+        }
+    for case in {e["case_id"] for e in stored if e["case_id"]}:
+        assert [r.id for r in got if r.payload["case_id"] == case] == [
+            e["id"] for e in stored if e["case_id"] == case
+        ]
+
+
+def service_token(node: GatewayProcess) -> str:
+    return node.cli("token", "-", "--role", "service", "--user", "portal").stdout.strip()
+
+
+async def case_action(node: GatewayProcess, token: str, case_id: str, action: str) -> None:
+    """The portal's call: ``POST /api/v1/integration/cases/{case}/{action}``."""
+    async with (
+        http_session() as s,
+        s.post(
+            f"{node.url}/api/v1/integration/cases/{case_id}/{action}",
+            headers={"Authorization": f"Bearer {token}"},
+            json={},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+async def tus_upload(node: GatewayProcess, token: str, case_id: str, name: str, data: bytes) -> None:
+    """A whole tus upload (creation, one PATCH) with aiohttp."""
+    meta = "filename " + base64.b64encode(name.encode()).decode()
+    async with http_session() as s:
+        h = tus_headers(token, Upload_Length=str(len(data)), Upload_Metadata=meta)
+        async with s.post(f"{node.url}/api/v1/cases/{case_id}/uploads", headers=h) as resp:
+            assert resp.status == 201, await resp.text()
+            url = resp.headers["Location"]
+        h = tus_headers(token, Upload_Offset="0", Content_Type=OCTETS)
+        async with s.patch(url, data=io.BytesIO(data), headers=h) as resp:
+            assert resp.status == 204, await resp.text()
+
+
+def test_uploads_over_tus_and_sftp_and_a_case_lifecycle_each_send_their_event_once(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tuspy uploads a file, paramiko another over SFTP; the case is closed, reopened, closed and purged by
+    retention. The receiver gets each stored event exactly once, in the case's order, with the fields the
+    event types promise: file names, sizes, SHA-256, uploader, role, transport and client address on
+    ``file.finished``; counts and bytes, never names, on the case's lifecycle events."""
+    by_http, by_sftp = os.urandom(3 * MiB + 11), os.urandom(MiB + 5)
+    with gateway_process(tmp_path / "gw", receiver.env(**FAST, EFTGW_REGION="emea")) as node:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(node.data_dir / "tls" / "tls-cert.pem"))
+        node.cli("case", "open", "C-1")
+        token = node.token("C-1", user="alice")
+        uploader = tus_client.TusClient(
+            f"{node.url}/api/v1/cases/C-1/uploads", headers={"Authorization": f"Bearer {token}"}
+        ).uploader(file_stream=io.BytesIO(by_http), chunk_size=MiB, metadata={"filename": "report.txt"})
+        uploader.upload()
+        issued = json.loads(node.cli("sftp-account", "create", "C-1").stdout)
+        with paramiko_sftp(node.sftp_port, Account(issued["username"], issued["password"], "C-1")) as (
+            _t,
+            sftp,
+        ):
+            sftp.putfo(io.BytesIO(by_sftp), "logs.tar")
+        node.cli("case", "close", "C-1")
+        node.cli("case", "reopen", "C-1")
+        node.cli("case", "close", "C-1")
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=31)).isoformat()
+        node.cli("retention", "run", "--now", later)
+        receiver.wait_for(lambda r: len(r.of_type("case.purged")) == 1)
+        receiver.wait_for(lambda r: not outbox(node, "pending"))
+        stored = outbox(node)
+    assert_once_each_and_in_case_order(receiver, stored)
+    assert {e["state"] for e in stored} == {"delivered"}
+
+    finished = {e["data"]["via"]: e for e in receiver.of_type("file.finished")}
+    assert set(finished) == {"http", "sftp"}
+    http, sftp = finished["http"], finished["sftp"]
+    assert http["case_id"] == "C-1" and http["region"] == "emea"
+    assert http["data"]["name"] == "report.txt" and http["data"]["size"] == len(by_http)
+    assert http["data"]["sha256"] == hashlib.sha256(by_http).hexdigest()
+    assert http["data"]["uploader"] == "alice" and http["data"]["role"] == "customer"
+    assert http["data"]["client"] == "127.0.0.1"
+    assert sftp["data"]["name"] == "logs.tar" and sftp["data"]["size"] == len(by_sftp)
+    assert sftp["data"]["sha256"] == hashlib.sha256(by_sftp).hexdigest()
+    assert sftp["data"]["uploader"] == issued["username"] and sftp["data"]["client"] == "127.0.0.1"
+
+    total = len(by_http) + len(by_sftp)
+    lifecycle = [e for e in receiver.of_type("case.closed") + receiver.of_type("case.reopened")]
+    assert len(receiver.of_type("case.closed")) == 2 and len(receiver.of_type("case.reopened")) == 1
+    for event in [*lifecycle, *receiver.of_type("case.purged")]:
+        assert event["data"] == {"files": 2, "bytes": total}, event
+    (created,) = receiver.of_type("sftp_account.created")
+    assert created["data"]["username"] == issued["username"]
+    assert [e["data"]["username"] for e in receiver.of_type("sftp_account.revoked")] == [issued["username"]]
+    types = [r.payload["type"] for r in receiver.delivered()]
+    assert types.index("case.reopened") < types.index("case.purged")
+
+
+async def test_a_receiver_down_for_a_while_gets_every_event_in_case_order_when_back(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """With the receiver's port closed, three cases are closed and reopened twice, interleaved; the gateway
+    counts the refused attempts and keeps the events. Once the receiver listens again every event arrives,
+    once, each case's in the order they happened."""
+    with gateway_process(tmp_path / "gw", receiver.env(**FAST)) as node:
+        token = service_token(node)
+        for case in ("A", "B", "C"):
+            await case_action(node, token, case, "open")
+        receiver.down()
+        for _round in range(2):
+            for case in ("A", "B", "C"):
+                await case_action(node, token, case, "close")
+            for case in ("C", "B", "A"):
+                await case_action(node, token, case, "reopen")
+        await wait_metric(node, 'eftgw_webhook_failures_total{reason="connection"}', at_least=3)
+        assert len(outbox(node, "pending")) == 12
+        receiver.up()
+        await receiver.until(lambda r: len(r.delivered()) == 12)
+        await asyncio.sleep(0.5)  # a duplicate would arrive within the poll interval
+        stored = outbox(node)
+    assert_once_each_and_in_case_order(receiver, stored)
+
+
+async def wait_metric(node: GatewayProcess, sample: str, at_least: float, within: float = 30.0) -> float:
+    """Poll the node's ``/metrics`` until ``sample`` (name and labels) reaches ``at_least``."""
+    deadline = asyncio.get_running_loop().time() + within
+    value = 0.0
+    while asyncio.get_running_loop().time() < deadline:
+        async with http_session() as s, s.get(f"{node.url}/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                value = float(line.split()[-1])
+        if value >= at_least:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{sample} stayed at {value} (< {at_least})")
+
+
+async def test_an_event_survives_kill_9_between_its_change_and_its_delivery(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The receiver refuses (503) while a file is uploaded: its ``file.finished`` is attempted, not
+    delivered. The gateway is killed with SIGKILL; after a restart the same event (same id) is delivered."""
+    receiver.status = 503
+    with gateway_process(tmp_path / "gw", receiver.env(**FAST)) as node:
+        node.cli("case", "open", "C-1")
+        await tus_upload(node, node.token("C-1"), "C-1", "crash.log", b"x" * 1000)
+        await receiver.until(lambda r: len(r.arrived) >= 1)
+        (event_id,) = set(receiver.arrived)
+        node.kill9()
+        receiver.status = 204
+        assert receiver.delivered() == []
+        node.start()
+        await receiver.until(lambda r: len(r.delivered()) == 1)
+        (pending,) = [e for e in outbox(node) if e["id"] == event_id]
+    (got,) = receiver.delivered()
+    assert got.id == event_id and got.payload["type"] == "file.finished"
+    assert got.payload["data"]["name"] == "crash.log" and pending["state"] == "delivered"
+
+
+async def test_a_receiver_holding_every_request_does_not_slow_uploads(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The receiver holds each request unanswered until the test releases it (longer than the issue's 10 s:
+    whatever the uploads take, they cannot be waiting on it). With the sender's whole connection pool (2)
+    taken by held requests, six more uploads to three cases each finish while the first two webhooks are
+    still unanswered, and their events wait in the outbox; once released, every event arrives."""
+    receiver.hold = 600.0
+    env = receiver.env(**FAST, EFTGW_WEBHOOK_CONCURRENCY="2", EFTGW_WEBHOOK_TIMEOUT="600")
+    with gateway_process(tmp_path / "gw", env) as node:
+        token = service_token(node)
+        for case in ("C-1", "C-2", "C-3"):
+            await case_action(node, token, case, "open")
+        tokens = {case: node.token(case) for case in ("C-1", "C-2", "C-3")}
+        await tus_upload(node, tokens["C-1"], "C-1", "first.bin", os.urandom(MiB))
+        await tus_upload(node, tokens["C-2"], "C-2", "first.bin", os.urandom(MiB))
+        await receiver.until(lambda r: r.holding == 2)
+        for i in range(6):
+            case = ("C-1", "C-2", "C-3")[i % 3]
+            await tus_upload(node, tokens[case], case, f"more-{i}.bin", os.urandom(4 * MiB))
+        assert receiver.holding == 2 and receiver.requests == []  # still nothing answered
+        assert len(receiver.arrived) == 2  # the pool is full: nothing else was sent
+        pending = outbox(node, "pending")
+        assert sum(e["type"] == "file.finished" for e in pending) == 8
+        receiver.release()
+        await receiver.until(lambda r: len(r.of_type("file.finished")) == 8)
