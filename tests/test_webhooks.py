@@ -9,6 +9,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
+import socket
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +25,8 @@ from eftgw.clock import FixedClock
 from eftgw.events import Event, EventFactory
 from eftgw.gateway import Gateway
 from eftgw.webhooks import WebhookSender, backoff
-from tests.support import settings_for
-from tests.webhook_receiver import Receiver, receiving
+from tests.support import ROOT, free_port, settings_for
+from tests.webhook_receiver import Receiver, new_secret, receiving
 
 
 @pytest.fixture
@@ -296,3 +300,50 @@ def test_a_bad_webhook_secret_stops_every_command_with_one_line(
         (line,) = capsys.readouterr().err.splitlines()
         assert line.startswith("eftgw: EFTGW_WEBHOOK_") and words in line, line
         assert "hunter2" not in line
+
+
+def readme_receiver(port: int) -> str:
+    """The receiver example of the README's "Events" section, listening on ``port`` on loopback."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Events") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    assert "web.run_app(app, port=8080)" in code
+    return code.replace("web.run_app(app, port=8080)", f"web.run_app(app, host='127.0.0.1', port={port})")
+
+
+async def test_the_readme_receiver_example_verifies_and_takes_the_gateways_webhooks(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """The README's receiver example, run as it stands (its own process), accepts the sender's signed
+    webhook (the event is recorded as delivered with its 204) and refuses one signed with another secret."""
+    secret = new_secret()
+    port = free_port()
+    script = tmp_path / "receiver.py"
+    script.write_text(readme_receiver(port), encoding="utf-8")
+    env = {**os.environ, "EFTGW_WEBHOOK_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.returncode is None, "the README receiver exited"
+            await asyncio.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/hooks/eftgw"
+        factory = EventFactory("us", gateway.clock)
+        good = factory.make("case.closed", "C-7", files=1, bytes=5)
+        await stored(gateway, good)
+        async with WebhookSender(gateway.repo, url, new_secret(), gateway.clock) as other:
+            refused = await other.post(good)
+        assert refused.status == 400
+        async with WebhookSender(gateway.repo, url, secret, gateway.clock) as sender:
+            assert await pass_once(sender) == ["delivered"]
+        (done,) = await gateway.repo.list_deliveries("delivered", 0, 10)
+        assert done.event.id == good.id and done.last_status == 204
+    finally:
+        proc.terminate()
+        output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+    assert "case.closed C-7 {'files': 1, 'bytes': 5}" in output

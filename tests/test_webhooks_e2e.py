@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 from tusclient import client as tus_client
 
+from eftgw.auth import TokenSigner, load_or_create_signing_key
+from eftgw.clock import SystemClock
+from eftgw.model import Role
 from tests.sftp.sftp_support import Account, paramiko_sftp
 from tests.support import GatewayProcess, gateway_process, http_session, tus_headers
 from tests.webhook_receiver import Receiver, receiving
@@ -38,6 +41,11 @@ FAST = {
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     yield from receiving()
+
+
+def put_over_sftp(port: int, account: Account, name: str, data: bytes) -> None:
+    with paramiko_sftp(port, account) as (_transport, sftp):
+        sftp.putfo(io.BytesIO(data), name)
 
 
 def outbox(node: GatewayProcess, state: str | None = None) -> list[dict[str, Any]]:
@@ -63,21 +71,36 @@ def assert_once_each_and_in_case_order(receiver: Receiver, stored: list[dict[str
         ]
 
 
+def mint(node: GatewayProcess, case_id: str | None, role: str = "customer", user: str = "alice") -> str:
+    """A token signed with the node's issuer key, as ``eftgw token`` prints it (without a process start)."""
+    settings = node.settings()
+    key = load_or_create_signing_key(
+        settings.signing_key or settings.resolved_data_dir / "keys" / "issuer-ed25519.pem"
+    )
+    signer = TokenSigner(key, settings.token_issuer, settings.audience, SystemClock())
+    return signer.mint(role=Role(role), user=user, case_id=case_id, ttl=3600)
+
+
 def service_token(node: GatewayProcess) -> str:
-    return node.cli("token", "-", "--role", "service", "--user", "portal").stdout.strip()
+    return mint(node, None, "service", "portal")
 
 
-async def case_action(node: GatewayProcess, token: str, case_id: str, action: str) -> None:
-    """The portal's call: ``POST /api/v1/integration/cases/{case}/{action}``."""
+async def case_action(
+    node: GatewayProcess, token: str, case_id: str, action: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The portal's call: ``POST /api/v1/integration/cases/{case}/{action}`` (``open``, ``close``,
+    ``reopen``, ``sftp-accounts``)."""
     async with (
         http_session() as s,
         s.post(
             f"{node.url}/api/v1/integration/cases/{case_id}/{action}",
             headers={"Authorization": f"Bearer {token}"},
-            json={},
+            json=body or {},
         ) as resp,
     ):
-        assert resp.status == 200, await resp.text()
+        assert resp.status in (200, 201), await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
 
 
 async def tus_upload(node: GatewayProcess, token: str, case_id: str, name: str, data: bytes) -> None:
@@ -93,38 +116,51 @@ async def tus_upload(node: GatewayProcess, token: str, case_id: str, name: str, 
             assert resp.status == 204, await resp.text()
 
 
-def test_uploads_over_tus_and_sftp_and_a_case_lifecycle_each_send_their_event_once(
+async def test_uploads_over_tus_and_sftp_and_a_case_lifecycle_each_send_their_event_once(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """tuspy uploads a file, paramiko another over SFTP; the case is closed, reopened, closed and purged by
-    retention. The receiver gets each stored event exactly once, in the case's order, with the fields the
-    event types promise: file names, sizes, SHA-256, uploader, role, transport and client address on
-    ``file.finished``; counts and bytes, never names, on the case's lifecycle events."""
+    """tuspy uploads a file, paramiko another over SFTP; the portal closes the case, reopens it and closes it
+    as of 31 days ago, and the gateway's retention sweep purges it. The receiver gets each stored event
+    exactly once, in the case's order, with the fields the event types promise: file names, sizes, SHA-256,
+    uploader, role, transport and client address on ``file.finished``; counts and bytes, never names, on the
+    case's lifecycle events."""
     by_http, by_sftp = os.urandom(3 * MiB + 11), os.urandom(MiB + 5)
-    with gateway_process(tmp_path / "gw", receiver.env(**FAST, EFTGW_REGION="emea")) as node:
+    env = receiver.env(**FAST, EFTGW_REGION="emea", EFTGW_RETENTION_INTERVAL="1")
+    with gateway_process(tmp_path / "gw", env) as node:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(node.data_dir / "tls" / "tls-cert.pem"))
-        node.cli("case", "open", "C-1")
-        token = node.token("C-1", user="alice")
+        portal = service_token(node)
+        await case_action(node, portal, "C-1", "open")
         uploader = tus_client.TusClient(
-            f"{node.url}/api/v1/cases/C-1/uploads", headers={"Authorization": f"Bearer {token}"}
+            f"{node.url}/api/v1/cases/C-1/uploads", headers={"Authorization": f"Bearer {mint(node, 'C-1')}"}
         ).uploader(file_stream=io.BytesIO(by_http), chunk_size=MiB, metadata={"filename": "report.txt"})
-        uploader.upload()
-        issued = json.loads(node.cli("sftp-account", "create", "C-1").stdout)
-        with paramiko_sftp(node.sftp_port, Account(issued["username"], issued["password"], "C-1")) as (
-            _t,
-            sftp,
-        ):
-            sftp.putfo(io.BytesIO(by_sftp), "logs.tar")
-        node.cli("case", "close", "C-1")
-        node.cli("case", "reopen", "C-1")
-        node.cli("case", "close", "C-1")
-        later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=31)).isoformat()
-        node.cli("retention", "run", "--now", later)
-        receiver.wait_for(lambda r: len(r.of_type("case.purged")) == 1)
-        receiver.wait_for(lambda r: not outbox(node, "pending"))
+        await asyncio.to_thread(uploader.upload)
+        issued = await case_action(node, portal, "C-1", "sftp-accounts")
+        account = Account(issued["username"], issued["password"], "C-1")
+        await asyncio.to_thread(put_over_sftp, node.sftp_port, account, "logs.tar", by_sftp)
+        await case_action(node, portal, "C-1", "close")
+        await case_action(node, portal, "C-1", "reopen")
+        long_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=31)).isoformat()
+        await case_action(node, portal, "C-1", "close", {"closed_at": long_ago})
+        await receiver.until(lambda r: len(r.of_type("case.purged")) == 1)
+        await asyncio.sleep(0.5)  # a duplicate would arrive within a few poll intervals
         stored = outbox(node)
-    assert_once_each_and_in_case_order(receiver, stored)
-    assert {e["state"] for e in stored} == {"delivered"}
+    # The purge removed the case's delivered events from the outbox; only its own event is left.
+    assert [(e["type"], e["state"]) for e in stored] == [("case.purged", "delivered")]
+    got = receiver.delivered()
+    assert len({r.id for r in got}) == len(got) == len(receiver.arrived), "an event arrived twice"
+    assert [r.payload["type"] for r in got] == [
+        "file.finished",
+        "sftp_account.created",
+        "file.finished",
+        "case.closed",
+        "sftp_account.revoked",
+        "case.reopened",
+        "case.closed",
+        "case.purged",
+    ]
+    assert {r.payload["case_id"] for r in got} == {"C-1"}
+    stamps = [r.payload["timestamp"] for r in got]
+    assert stamps == sorted(stamps)
 
     finished = {e["data"]["via"]: e for e in receiver.of_type("file.finished")}
     assert set(finished) == {"http", "sftp"}
@@ -198,8 +234,8 @@ async def test_an_event_survives_kill_9_between_its_change_and_its_delivery(
     delivered. The gateway is killed with SIGKILL; after a restart the same event (same id) is delivered."""
     receiver.status = 503
     with gateway_process(tmp_path / "gw", receiver.env(**FAST)) as node:
-        node.cli("case", "open", "C-1")
-        await tus_upload(node, node.token("C-1"), "C-1", "crash.log", b"x" * 1000)
+        await case_action(node, service_token(node), "C-1", "open")
+        await tus_upload(node, mint(node, "C-1"), "C-1", "crash.log", b"x" * 1000)
         await receiver.until(lambda r: len(r.arrived) >= 1)
         (event_id,) = set(receiver.arrived)
         node.kill9()
@@ -226,7 +262,7 @@ async def test_a_receiver_holding_every_request_does_not_slow_uploads(
         token = service_token(node)
         for case in ("C-1", "C-2", "C-3"):
             await case_action(node, token, case, "open")
-        tokens = {case: node.token(case) for case in ("C-1", "C-2", "C-3")}
+        tokens = {case: mint(node, case) for case in ("C-1", "C-2", "C-3")}
         await tus_upload(node, tokens["C-1"], "C-1", "first.bin", os.urandom(MiB))
         await tus_upload(node, tokens["C-2"], "C-2", "first.bin", os.urandom(MiB))
         await receiver.until(lambda r: r.holding == 2)
