@@ -148,8 +148,77 @@ def tus_headers(token: str | None = None, **extra: str) -> dict[str, str]:
     return headers
 
 
-class GatewayProcess:
-    """A real ``python -m eftgw serve`` process (for kill -9, restarts, and several nodes)."""
+class ServerProcess:
+    """A server process that appends its output to ``log_path``: the one launcher of ``eftgw serve`` for
+    tests, whether from this checkout (:class:`GatewayProcess`) or from an installed wheel (``tests/region``).
+
+    Subclasses set ``log_path`` and call :meth:`launch` with their command and readiness check."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    stop_grace: float = 15.0  # seconds between SIGTERM and SIGKILL in stop()
+
+    def launch(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        ready: Callable[[], bool],
+        *,
+        timeout: float,
+        what: str,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """Start ``argv``, poll ``ready()`` till it holds; fail if the process exits or ``timeout`` passes."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+            )
+        proc = self.proc
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: {self.log_tail()}")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start in {timeout:.0f}s: {self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def listening(port: int) -> bool:
+    """Something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class GatewayProcess(ServerProcess):
+    """A real ``python -m eftgw serve`` of this checkout (for kill -9, restarts, and several nodes)."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -164,7 +233,7 @@ class GatewayProcess:
             "EFTGW_LOG_LEVEL": "INFO",
             **(env or {}),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc = None
         self.preexec_fn: Callable[[], None] | None = None  # e.g. lower the process's limits
         self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
 
@@ -173,40 +242,17 @@ class GatewayProcess:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
+        """Start the node; return once its HTTPS port accepts connections."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the process writes to it until it ends
-        self.proc = subprocess.Popen(
+        self.launch(
             [sys.executable, "-m", "eftgw", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.env,
+            lambda: listening(self.port),
+            timeout=timeout,
+            what="gateway",
             preexec_fn=self.preexec_fn,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"gateway did not listen in {timeout}s: {self.log_path.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        return self
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -250,3 +296,38 @@ def gateway_process(data_dir: Path, env: dict[str, str] | None = None) -> Iterat
         yield proc.start()
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def two_nodes(tmp_path: Path, kind: str = "s3pg") -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two started nodes with their own data dirs, sharing the issuer key, one database and one store:
+    ``s3pg`` is a fresh PostgreSQL database and S3 bucket (the test run's servers), ``sqlite-dir`` one SQLite
+    file and one directory on this machine."""
+    from tests.services import fresh_bucket, fresh_database
+
+    label = "nodes" + uuid.uuid4().hex[:6]
+    shared = {"EFTGW_SIGNING_KEY": str(tmp_path / "shared-issuer.pem")}
+    if kind == "s3pg":
+        shared |= {"EFTGW_DATABASE_URL": fresh_database(label), "EFTGW_STORAGE": "s3", **fresh_bucket(label)}
+    elif kind == "sqlite-dir":
+        shared |= {
+            "EFTGW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}",
+            "EFTGW_STORAGE": "filesystem",
+            "EFTGW_STORAGE_DIR": str(tmp_path / "shared-objects"),
+        }
+    else:
+        raise ValueError(f"unknown kind of shared backend {kind!r}")
+    a = GatewayProcess(tmp_path / "node-a", shared)
+    a.start()
+    b = GatewayProcess(tmp_path / "node-b", shared)
+    try:
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def on_node(node: GatewayProcess, url: str) -> str:
+    """The same API URL, addressed to another node (as a load balancer without stickiness would)."""
+    return node.url + "/api/" + url.split("/api/", 1)[1]

@@ -22,9 +22,8 @@ import pytest
 import xxhash
 from asyncssh import FXF_CREAT, FXF_WRITE
 
-from tests.services import fresh_bucket, fresh_database
 from tests.sftp.sftp_support import Account, open_with_flags, paramiko_sftp
-from tests.support import GatewayProcess, http_session, tus_headers
+from tests.support import GatewayProcess, http_session, on_node, tus_headers, two_nodes
 
 pytestmark = pytest.mark.once
 
@@ -35,30 +34,8 @@ MiB = 1024 * 1024
 @pytest.fixture(params=["sqlite-dir", "s3pg"])
 def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     """Two started nodes with their own data dirs, sharing database, store and the issuer key."""
-    label = "dg" + secrets.token_hex(3)
-    shared = {"EFTGW_SIGNING_KEY": str(tmp_path / "shared-issuer.pem")}
-    if request.param == "s3pg":
-        shared |= {"EFTGW_DATABASE_URL": fresh_database(label), "EFTGW_STORAGE": "s3", **fresh_bucket(label)}
-    else:
-        shared |= {
-            "EFTGW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'shared.sqlite3'}",
-            "EFTGW_STORAGE": "filesystem",
-            "EFTGW_STORAGE_DIR": str(tmp_path / "shared-objects"),
-        }
-    a = GatewayProcess(tmp_path / "node-a", shared)
-    a.start()
-    b = GatewayProcess(tmp_path / "node-b", shared)
-    try:
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
-
-
-def on(node: GatewayProcess, url: str) -> str:
-    """The same upload URL, addressed to another node (as a load balancer without stickiness would)."""
-    return node.url + "/api/" + url.split("/api/", 1)[1]
+    with two_nodes(tmp_path, request.param) as started:
+        yield started
 
 
 async def reread_bytes(node: GatewayProcess) -> float:
@@ -101,12 +78,12 @@ async def test_16_patches_alternating_two_nodes_reread_nothing_and_record_the_ri
                     token, Upload_Offset=str(offset), Content_Type=OCTETS, Upload_Checksum=f"sha1 {bad}"
                 )
                 async with s.patch(
-                    on((a, b)[(i + 1) % 2], url), data=io.BytesIO(b"\xff" * chunk), headers=h
+                    on_node((a, b)[(i + 1) % 2], url), data=io.BytesIO(b"\xff" * chunk), headers=h
                 ) as resp:
                     assert resp.status == 460
             h = tus_headers(token, Upload_Offset=str(offset), Content_Type=OCTETS)
             async with s.patch(
-                on(node, url), data=io.BytesIO(data[offset : offset + chunk]), headers=h
+                on_node(node, url), data=io.BytesIO(data[offset : offset + chunk]), headers=h
             ) as resp:
                 assert resp.status == 204, await resp.text()
                 assert int(resp.headers["Upload-Offset"]) == offset + chunk

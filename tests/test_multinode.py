@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import aiohttp
 import pytest
 from minio import Minio
 
-from tests.services import fresh_bucket, fresh_database
-from tests.support import GatewayProcess, http_session, tus_headers
+from tests.support import GatewayProcess, http_session, on_node, tus_headers, two_nodes
 
 pytestmark = pytest.mark.once
 
@@ -30,23 +28,9 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def region(tmp_path: Path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    """Two started nodes with their own data dirs, sharing database, bucket and the issuer key."""
-    label = "mn" + secrets.token_hex(3)
-    shared = {
-        "EFTGW_DATABASE_URL": fresh_database(label),
-        "EFTGW_STORAGE": "s3",
-        **fresh_bucket(label),
-        "EFTGW_SIGNING_KEY": str(tmp_path / "shared-issuer.pem"),
-    }
-    a = GatewayProcess(tmp_path / "node-a", shared)
-    a.start()
-    b = GatewayProcess(tmp_path / "node-b", shared)
-    try:
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    """Two started nodes sharing a PostgreSQL database, an S3 bucket and the issuer key."""
+    with two_nodes(tmp_path, "s3pg") as started:
+        yield started
 
 
 def admin_of(node: GatewayProcess) -> tuple[Minio, str]:
@@ -66,11 +50,6 @@ async def create_upload(node: GatewayProcess, token: str, length: int) -> str:
     ):
         assert resp.status == 201
         return resp.headers["Location"]
-
-
-def on(node: GatewayProcess, url: str) -> str:
-    """The same upload URL, addressed to another node (as a load balancer without stickiness would)."""
-    return node.url + "/api/" + url.split("/api/", 1)[1]
 
 
 async def head_offset(url: str, token: str) -> int:
@@ -102,10 +81,10 @@ async def test_upload_started_on_a_killed_node_completes_on_the_other(region) ->
                 assert resp.status == 204
                 acked = int(resp.headers["Upload-Offset"])
     a.kill9()
-    assert await head_offset(on(b, url), token) == acked == 14 * MiB
+    assert await head_offset(on_node(b, url), token) == acked == 14 * MiB
     async with http_session() as s:
         h = tus_headers(token, Upload_Offset=str(acked), Content_Type=OCTETS)
-        async with s.patch(on(b, url), data=io.BytesIO(data[acked:]), headers=h) as resp:
+        async with s.patch(on_node(b, url), data=io.BytesIO(data[acked:]), headers=h) as resp:
             assert resp.status == 204
     (record,) = await files_of(b, token)
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
@@ -139,17 +118,17 @@ async def test_patches_to_two_nodes_at_once_never_interleave(region) -> None:
         h = tus_headers(token, Upload_Offset="0", Content_Type=OCTETS, Content_Length=str(length))
         async with http_session() as s:
             try:
-                async with s.patch(on(node, url), data=slow(letter), headers=h) as resp:
+                async with s.patch(on_node(node, url), data=slow(letter), headers=h) as resp:
                     return resp.status
             except Exception:
                 return -1  # the node that was taken over may close the connection
 
     statuses = await asyncio.gather(send(a, b"A"), asyncio.sleep(0.4, result=None), send(b, b"B"))
     assert 204 in statuses or 409 in statuses or 423 in statuses
-    offset = await head_offset(on(b, url), token)
+    offset = await head_offset(on_node(b, url), token)
     async with http_session() as s:
         h = tus_headers(token, Upload_Offset=str(offset), Content_Type=OCTETS)
-        async with s.patch(on(a, url), data=io.BytesIO(b"C" * (length - offset)), headers=h) as resp:
+        async with s.patch(on_node(a, url), data=io.BytesIO(b"C" * (length - offset)), headers=h) as resp:
             assert resp.status == 204
     (record,) = await files_of(a, token)
     async with (
@@ -176,7 +155,7 @@ async def test_cancelled_expired_and_crashed_uploads_leave_nothing_in_the_bucket
         h = tus_headers(token, Upload_Offset="0", Content_Type=OCTETS)
         async with s.patch(terminated, data=io.BytesIO(os.urandom(9 * MiB)), headers=h) as resp:
             assert resp.status == 204
-        async with s.delete(on(b, terminated), headers=tus_headers(token)) as resp:
+        async with s.delete(on_node(b, terminated), headers=tus_headers(token)) as resp:
             assert resp.status == 204
         idle = await create_upload(b, token, 20 * MiB)
         async with s.patch(idle, data=io.BytesIO(os.urandom(9 * MiB)), headers=h) as resp:
@@ -201,7 +180,7 @@ async def test_cancelled_expired_and_crashed_uploads_leave_nothing_in_the_bucket
             response.release()
             raise AssertionError(f"the PATCH ended with {response.status} before the node was killed")
     # The crashed node's upload is then cancelled on the other node; its parts must all go.
-    async with http_session() as s, s.delete(on(b, crashed), headers=tus_headers(token)) as resp:
+    async with http_session() as s, s.delete(on_node(b, crashed), headers=tus_headers(token)) as resp:
         assert resp.status == 204
     # Parts the killed node had in flight are orphans now; the sweep (with no grace) removes them.
     sweep = b.cli("orphans", "sweep", "--grace", "0", check=False)

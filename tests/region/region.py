@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.services import fresh_bucket, fresh_database
-from tests.support import free_port
+from tests.support import ServerProcess, free_port, listening
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY = "/usr/sbin/haproxy"
@@ -48,14 +47,6 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def build_wheel(out: Path) -> Path:
@@ -123,7 +114,7 @@ def haproxy_config(ports: dict[str, int]) -> str:
 
 
 @dataclass
-class Node:
+class Node(ServerProcess):
     """One ``eftgw serve`` from the installed wheel, run from its own directory outside the checkout."""
 
     name: str
@@ -135,47 +126,30 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
+    stop_grace = 20.0
+
     @property
-    def log_path(self) -> Path:
+    def log_path(self) -> Path:  # ServerProcess declares it; here it follows the node's directory
         return self.directory / "eftgw.log"
 
     def start(self, timeout: float = 60) -> None:
+        """Start the node; return once its log says it serves (one more start banner than before)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         before = self.started_lines()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.eftgw), "serve"], cwd=self.directory, env=self.env, stdout=log, stderr=log
-            )
         self.starts += 1
-        proc = self.proc
-        wait_until(
-            lambda: self.started_lines() > before or proc.poll() is not None, timeout, f"{self.name} to start"
+        self.launch(
+            [str(self.eftgw), "serve"],
+            self.env,
+            lambda: self.started_lines() > before,
+            timeout=timeout,
+            what=self.name,
+            cwd=self.directory,
         )
-        if proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
 
     def started_lines(self) -> int:
         return sum(
             1 for line in self.lines() if line["event"].startswith("eftgw ") and "gateway:" in line["event"]
         )
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def lines(self) -> list[dict[str, Any]]:
         """The node's log: every line must be one JSON object (EFTGW_LOG_FORMAT=json)."""
