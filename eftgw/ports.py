@@ -32,26 +32,18 @@ class CaseRepository(Protocol):
         ...
 
     async def list_cases(self, state: CaseState | None = None) -> list[Case]: ...
-    async def claim_case_for_purge(self, case_id: str, closed_at: dt.datetime | None) -> bool:
-        """Move a case closed since ``closed_at`` (or already purging) to ``purging``; ``False`` if it was
-        reopened or closed again since, so a reopening always wins over a purge."""
-        ...
-
-    async def delete_case_rows(self, case_id: str) -> None:
-        """Delete every row of the case (files, uploads, sessions, accounts, the case) in one transaction."""
-        ...
-
     async def claim_cases_for_purge(self, due: Sequence[tuple[str, dt.datetime | None]]) -> list[str]:
-        """:meth:`claim_case_for_purge` for each ``(case_id, closed_at)``, all in one transaction; the ids
-        claimed (a case reopened or closed again since is left out, as there)."""
+        """Move each case closed since its ``closed_at`` (or already purging) to ``purging``, all in one
+        transaction; the ids claimed. A case reopened or closed again since is left out, so a reopening
+        always wins over a purge."""
         ...
 
     async def delete_purged_cases(
         self, case_ids: Sequence[str], audit: Sequence[AuditEvent], events: Sequence[Event] = ()
     ) -> None:
-        """Delete every row of these cases (as :meth:`delete_case_rows`), delete their delivered and dead
-        outbox events and drop file names from their pending ones, and record ``audit`` and ``events``, in
-        one transaction."""
+        """Delete every row of these cases (files, uploads, sessions, accounts, the cases), delete their
+        delivered and dead outbox events and drop file names from their pending ones, and record ``audit``
+        and ``events``, in one transaction."""
         ...
 
 

@@ -178,36 +178,13 @@ class SqlRepository(EventStore):
         async with self.engine.connect() as conn:
             return [rows.case(r) for r in await conn.execute(query)]
 
-    async def claim_case_for_purge(self, case_id: str, closed_at: dt.datetime | None) -> bool:
-        """Mark the case ``purging`` if it is still closed since ``closed_at`` (or already purging).
-
-        The condition is the fence against a reopening: a case reopened (or closed again) after the sweep
-        read it no longer matches, and is left alone.
-        """
-        still_due = sa.and_(t.cases.c.state == CaseState.CLOSED.value, t.cases.c.closed_at == closed_at)
-        condition = t.cases.c.state == CaseState.PURGING.value
-        if closed_at is not None:
-            condition = sa.or_(condition, still_due)
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                sa.update(t.cases)
-                .where(t.cases.c.id == case_id, condition)
-                .values(state=CaseState.PURGING.value)
-            )
-        return bool(result.rowcount)
-
-    async def delete_case_rows(self, case_id: str) -> None:
-        """Remove every row that belongs to the case (not the audit trail)."""
-        async with self.engine.begin() as conn:
-            for table in (t.files, t.uploads, t.sessions, t.sftp_accounts):
-                await conn.execute(sa.delete(table).where(table.c.case_id == case_id))
-            await conn.execute(sa.delete(t.cases).where(t.cases.c.id == case_id))
-
     async def claim_cases_for_purge(self, due: Sequence[tuple[str, dt.datetime | None]]) -> list[str]:
-        """:meth:`claim_case_for_purge` for many cases in one transaction (one commit); the ids claimed.
+        """Mark these cases ``purging`` where each is still closed since its ``closed_at`` (or already
+        purging), in one transaction (one commit); the ids claimed.
 
-        One ``UPDATE`` per 500 cases carries every case's own condition (``(id, closed_at)`` pairs), so a
-        case reopened or closed again after the sweep read it is left alone, exactly as one by one."""
+        The condition is the fence against a reopening: one ``UPDATE`` per 500 cases carries every case's own
+        condition (``(id, closed_at)`` pairs), so a case reopened or closed again after the sweep read it is
+        left alone."""
         claimed: list[str] = []
         async with self.engine.begin() as conn:
             for start in range(0, len(due), _IN_CHUNK):
@@ -238,7 +215,7 @@ class SqlRepository(EventStore):
     async def delete_purged_cases(
         self, case_ids: Sequence[str], audit: Sequence[AuditEvent], events: Sequence[Event] = ()
     ) -> None:
-        """Remove every row of these cases (as :meth:`delete_case_rows`), scrub their outbox events and
+        """Remove every row of these cases (not the audit trail), scrub their outbox events and
         record ``audit`` and ``events``, all in one transaction: a crash leaves the cases ``purging`` with no
         event, or gone with every event."""
         async with self.engine.begin() as conn:

@@ -176,15 +176,16 @@ async def test_cases_are_saved_listed_and_updated(repo: SqlRepository) -> None:
     assert closed is not None and closed.state is CaseState.CLOSED and closed.closed_at == at(5)
 
 
-async def test_delete_case_rows_removes_the_case_and_its_rows_but_not_audit(repo: SqlRepository) -> None:
-    """Deleting a case's rows removes its files, uploads and sessions, not other cases or the audit trail."""
+async def test_deleting_a_purged_case_removes_its_rows_but_not_audit(repo: SqlRepository) -> None:
+    """Deleting a purged case's rows removes its files, uploads and sessions, not other cases or the audit
+    trail."""
     for case_id in ("C-1", "C-2"):
         await repo.save_case(Case(case_id, CaseState.OPEN, T0))
         await repo.add_file(make_file("f_" + case_id, case_id))
         await repo.add_upload(make_upload("u" + case_id, case_id))
         await repo.add_session(Session("h" + case_id, "bob", Role.CUSTOMER, case_id, "csrf", T0, at(60)))
     await repo.add_audit(AuditEvent(T0, "case.purged", "system", "service", "C-1"))
-    await repo.delete_case_rows("C-1")
+    await repo.delete_purged_cases(["C-1"], [])
     assert await repo.get_case("C-1") is None
     assert await repo.list_files("C-1") == [] and await repo.list_uploads("C-1") == []
     assert await repo.get_session("hC-1") is None

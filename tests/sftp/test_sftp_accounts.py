@@ -171,7 +171,7 @@ async def test_authorized_keys_must_be_openssh_public_keys(core: Gateway, client
 async def test_purging_a_case_removes_its_accounts(core: Gateway) -> None:
     """Deleting a case's rows (what a purge does) deletes its SFTP accounts too."""
     issued = await core.accounts.create(OPERATOR, "CASE-1")
-    await core.repo.delete_case_rows("CASE-1")
+    await core.repo.delete_purged_cases(["CASE-1"], [])
     assert await core.repo.get_account(issued.account.username) is None
     assert await core.accounts.list_accounts(OPERATOR) == []
 
