@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from playwright.async_api import Browser, Route, expect
+from playwright.async_api import Browser, Request, Route, expect
 
 from eftgw.errors import StorageUnavailable
 from tests.support import GatewayProcess, RunningGateway
@@ -187,9 +186,14 @@ async def test_gateway_restart_mid_upload_finishes(browser: Browser, tmp_path: P
 async def test_offline_then_online_continues_at_once(
     client: ClientPage, gw: RunningGateway, tmp_path: Path
 ) -> None:
-    """Offline, the page says so and waits; back online it continues at once, not after its backoff."""
+    """Offline, the page says so and waits; back online it continues at once, not after its backoff.
+
+    The page's clock is paused while it is back online, so no backoff timer can fire: the upload request
+    that follows can only come from the page reacting to the browser's ``online`` event."""
     source = random_file(tmp_path / "wifi.bin", 10 * MiB)
     token = gw.token("C-1")
+    page = client.page
+    await page.clock.install()  # fake timers that keep real time until paused
     await client.launch(gw.launch_token("C-1", "customer", "alice"))
     await client.throttle(2_000_000)
     await client.choose(source)
@@ -200,11 +204,15 @@ async def test_offline_then_online_continues_at_once(
         "You appear to be offline. The upload continues by itself when the connection is back.",
         timeout=30_000,
     )
-    await asyncio.sleep(8)  # by now the backoff waits several seconds between attempts
-    await client.set_offline(False)
-    back = time.monotonic()
-    await expect(row).to_have_attribute("data-state", "uploading", timeout=3_000)
-    assert time.monotonic() - back < 3
+    await expect(row).to_have_attribute("data-state", "retrying")
+    await page.clock.pause_at(await page.evaluate("Date.now() + 1"))  # from here on, no timer fires
+
+    def upload_request(request: Request) -> bool:
+        return request.method in ("HEAD", "PATCH") and "/uploads/" in request.url
+
+    async with page.expect_request(upload_request, timeout=30_000):
+        await client.set_offline(False)
+    await page.clock.resume()
     await client.wait_done(1, within=60_000)
     assert await listed_sha256(gw.url, token, "wifi.bin") == sha256_of(source)
 
