@@ -230,13 +230,13 @@ def test_out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate
         try:
             wait_until(lambda: log_lines(node, "out of system resource") >= 1, timeout=30)
             first = time.monotonic()
-            time.sleep(12)  # exhausted for a while: the accept loop keeps retrying
+            # Exhausted for a while: the accept loop keeps retrying until the next report (10 s on) counts
+            # the retries it held back.
+            wait_until(lambda: bool(held_back(node)), timeout=60)
             reported = log_lines(node, "out of system resource")
             assert reported <= 2 + (time.monotonic() - first) / 10, reported
             # Each report counts the retries held back since the previous one: about one a second.
-            held = [
-                int(n) for n in re.findall(r"\((\d+) more since the last report", node.log_path.read_text())
-            ]
+            held = held_back(node)
             assert held and all(n <= 20 for n in held), held
         finally:
             for sock in sockets:
@@ -245,6 +245,11 @@ def test_out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate
     wait_until(lambda: _healthy(node), timeout=30)
     a_customer_works(node, customer, "after-exhaustion.bin")
     assert node.log_path.stat().st_size < 200_000, node.log_path.stat().st_size
+
+
+def held_back(node: GatewayProcess) -> list[int]:
+    """The retries each "out of system resource" report says it held back since the one before."""
+    return [int(n) for n in re.findall(r"\((\d+) more since the last report", node.log_path.read_text())]
 
 
 def _healthy(node: GatewayProcess) -> bool:
