@@ -230,6 +230,7 @@ def backoff_ceiling(attempts: int) -> float:
     return backoff(attempts, 1.0, 3600.0, lambda lo, hi: hi)
 
 
+@pytest.mark.once  # no gateway, no outbox: the backend does not matter here
 def test_the_backoff_ceiling_doubles_up_to_its_cap() -> None:
     """Full jitter draws from [0, min(cap, base * 2^(attempts-1))]: 1, 2, 4, ... seconds, never past the cap,
     even after very many attempts."""
@@ -278,6 +279,7 @@ async def test_events_list_shows_dead_letters_and_replay_sends_them_again_with_t
     assert await gateway.repo.list_deliveries("dead", 0, 10) == []
 
 
+@pytest.mark.once  # no gateway, no outbox: the backend does not matter here
 def test_a_bad_webhook_secret_stops_every_command_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
