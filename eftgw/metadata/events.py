@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from eftgw.events import Delivery, Event
 from eftgw.metadata import rows
 from eftgw.metadata import schema as t
+from eftgw.metadata.engine import begin_write
 from eftgw.model import SftpAccount
 
 # pg_advisory_xact_lock key of the outbox ("evt" + 1); migrations use 4242001.
@@ -95,7 +96,7 @@ class EventStore:
     engine: AsyncEngine
 
     async def add_events(self, events: Sequence[Event]) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await append_events(conn, events)
 
     async def events_after(self, after: int, limit: int) -> list[Event]:
@@ -129,7 +130,7 @@ class EventStore:
             return [_delivery(r) for r in await conn.execute(query)]
 
     async def record_delivered(self, seq: int, at: dt.datetime, status: int) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.events)
                 .where(_e.seq == seq)
@@ -139,7 +140,7 @@ class EventStore:
     async def record_failure(
         self, seq: int, next_attempt_at: dt.datetime, status: int | None, error: str
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.events)
                 .where(_e.seq == seq)
@@ -152,7 +153,7 @@ class EventStore:
             )
 
     async def record_dead(self, seq: int, at: dt.datetime, status: int | None, error: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.events)
                 .where(_e.seq == seq, _e.delivered_at.is_(None))
@@ -176,7 +177,7 @@ class EventStore:
         dead = sa.and_(_e.delivered_at.is_(None), _e.dead_at.is_not(None))
         again = {"dead_at": None, "attempts": 0, "next_attempt_at": now}
         count = 0
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             if event_ids is None:
                 count = (await conn.execute(sa.update(t.events).where(dead).values(**again))).rowcount
             else:
@@ -193,7 +194,7 @@ class EventStore:
         return int(count), oldest
 
     async def prune_events(self, before: dt.datetime) -> int:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             result = await conn.execute(sa.delete(t.events).where(_e.at < before, sa.not_(_PENDING)))
         return int(result.rowcount)
 
@@ -220,7 +221,7 @@ class EventStore:
         reported (by another sweep) gets no second event. How many were reported now."""
         c = t.sftp_accounts.c
         stored: list[Event] = []
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             for username, event in reports:
                 marked = await conn.execute(
                     sa.update(t.sftp_accounts)

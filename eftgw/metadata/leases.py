@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from eftgw.metadata.engine import begin_write
 from eftgw.metadata.schema import UTCDateTime, leases, uploads
 
 
@@ -58,7 +59,7 @@ class Leases:
         With ``interrupt``, a lease held by someone else is flagged so that its holder lets go soon.
         """
         try:
-            async with self.engine.begin() as conn:
+            async with begin_write(self.engine) as conn:
                 query = sa.select(
                     leases.c.fence, leases.c.holder, leases.c.interrupt, (leases.c.expires_at <= self._now())
                 ).where(leases.c.name == name)
@@ -98,13 +99,13 @@ class Leases:
             .values(expires_at=self._until())
             .returning(leases.c.name, leases.c.fence, leases.c.interrupt)
         )
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             rows = list(await conn.execute(statement))
         return [Held(r.name, r.fence, bool(r.interrupt)) for r in rows]
 
     async def release(self, name: str, fence: int) -> None:
         """Let go of the lease if it is still ours (its fence unchanged)."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(leases)
                 .where(leases.c.name == name, leases.c.fence == fence)
@@ -114,7 +115,7 @@ class Leases:
     async def forget_upload(self, name: str, upload_id: str) -> None:
         """Drop the released lease of an upload that no longer exists (nobody can write to it any more)."""
         gone = ~sa.exists().where(uploads.c.id == upload_id)
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.delete(leases).where(leases.c.name == name, leases.c.holder.is_(None), gone)
             )

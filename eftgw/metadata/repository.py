@@ -20,12 +20,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from eftgw.errors import UploadLocked
 from eftgw.events import Event
 from eftgw.metadata import rows
 from eftgw.metadata import schema as t
+from eftgw.metadata.engine import begin_write, make_engine
 from eftgw.metadata.events import EventStore, append_events, scrub_purged_events
 from eftgw.model import (
     AuditEvent,
@@ -76,27 +76,6 @@ def _schema_is_current(conn: Connection) -> bool:
     return bool(heads) and current == heads
 
 
-def _engine_for(url: str) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            # WAL lets the admin CLI run beside `serve`; synchronous=FULL makes a commit durable, which is
-            # what lets an acknowledged Upload-Offset survive kill -9 and power loss.
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-
-
 @contextlib.asynccontextmanager
 async def _file_lock(path: str) -> AsyncIterator[None]:
     """An exclusive lock between processes on one machine (``flock`` on ``path``)."""
@@ -119,7 +98,7 @@ class SqlRepository(EventStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = _engine_for(url)
+        self.engine = make_engine(url)
 
     @property
     def dialect(self) -> str:
@@ -143,10 +122,10 @@ class SqlRepository(EventStore):
         database = self.engine.url.database
         if self.dialect == "sqlite" and database and database != ":memory:":
             # `serve` and an admin command may start at once: one migrates, the other waits for it.
-            async with _file_lock(database + ".migrate.lock"), self.engine.begin() as conn:
+            async with _file_lock(database + ".migrate.lock"), begin_write(self.engine) as conn:
                 await conn.run_sync(upgrade)
             return
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             if self.dialect == "postgresql":
                 # Several nodes may start at once: one migrates, the others wait for it.
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
@@ -165,7 +144,7 @@ class SqlRepository(EventStore):
     async def save_case(self, case: Case, events: Sequence[Event] = ()) -> None:
         values = rows.values(t.cases, case, exclude=("id",))
         values["updated_at"] = case.updated_at or case.opened_at
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             updated = await conn.execute(sa.update(t.cases).where(t.cases.c.id == case.id).values(**values))
             if updated.rowcount == 0:
                 await conn.execute(sa.insert(t.cases).values(id=case.id, **values))
@@ -186,7 +165,7 @@ class SqlRepository(EventStore):
         condition (``(id, closed_at)`` pairs), so a case reopened or closed again after the sweep read it is
         left alone."""
         claimed: list[str] = []
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             for start in range(0, len(due), _IN_CHUNK):
                 chunk = list(due[start : start + _IN_CHUNK])
                 ids = [case_id for case_id, _ in chunk]
@@ -218,7 +197,7 @@ class SqlRepository(EventStore):
         """Remove every row of these cases (not the audit trail), scrub their outbox events and
         record ``audit`` and ``events``, all in one transaction: a crash leaves the cases ``purging`` with no
         event, or gone with every event."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             for start in range(0, len(case_ids), _IN_CHUNK):
                 chunk = list(case_ids[start : start + _IN_CHUNK])
                 for table in (t.files, t.uploads, t.sessions, t.sftp_accounts):
@@ -235,7 +214,7 @@ class SqlRepository(EventStore):
     # files -----------------------------------------------------------------------------------------
 
     async def add_file(self, record: FileRecord) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.insert(t.files).values(**rows.values(t.files, record)))
 
     async def get_file(self, case_id: str, file_id: str) -> FileRecord | None:
@@ -286,7 +265,7 @@ class SqlRepository(EventStore):
         self, case_id: str, file_id: str, audit: AuditEvent | None = None, events: Sequence[Event] = ()
     ) -> bool:
         """Delete a file's row, and store ``audit`` in the same transaction (one commit, not two)."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             result = await conn.execute(
                 sa.delete(t.files).where(t.files.c.id == file_id, t.files.c.case_id == case_id)
             )
@@ -299,7 +278,7 @@ class SqlRepository(EventStore):
     # uploads ---------------------------------------------------------------------------------------
 
     async def add_upload(self, upload: Upload) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.insert(t.uploads).values(**rows.values(t.uploads, upload)))
 
     async def get_upload(self, upload_id: str) -> Upload | None:
@@ -382,7 +361,7 @@ class SqlRepository(EventStore):
         lease = f"upload:{upload.id}"
         if fence is not None:
             condition.append(sa.exists().where(t.leases.c.name == lease, t.leases.c.fence == fence))
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             if fence is not None and self.dialect == "postgresql":
                 # Keep the lease row still until this commits: a takeover waits, then sees the new offset.
                 await conn.execute(
@@ -406,7 +385,7 @@ class SqlRepository(EventStore):
     async def set_upload_state(
         self, upload_id: str, state: UploadState, at: dt.datetime, events: Sequence[Event] = ()
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.uploads)
                 .where(t.uploads.c.id == upload_id)
@@ -419,7 +398,7 @@ class SqlRepository(EventStore):
     ) -> None:
         """Mark the upload finished and, unless it is a partial, add its file (and store ``events``), in one
         transaction."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.uploads)
                 .where(t.uploads.c.id == upload.id)
@@ -438,13 +417,13 @@ class SqlRepository(EventStore):
             await append_events(conn, events)
 
     async def delete_upload(self, upload_id: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.delete(t.uploads).where(t.uploads.c.id == upload_id))
 
     # sessions and launch tokens ----------------------------------------------------------------------
 
     async def add_session(self, session: Session) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.insert(t.sessions).values(**rows.values(t.sessions, session)))
 
     async def get_session(self, id_hash: str) -> Session | None:
@@ -455,18 +434,18 @@ class SqlRepository(EventStore):
         return rows.session(row)
 
     async def delete_session(self, id_hash: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.delete(t.sessions).where(t.sessions.c.id_hash == id_hash))
 
     async def delete_expired(self, now: dt.datetime) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.delete(t.sessions).where(t.sessions.c.expires_at <= now))
             await conn.execute(sa.delete(t.launch_tokens).where(t.launch_tokens.c.expires_at <= now))
 
     async def use_launch_jti(self, jti: str, expires_at: dt.datetime) -> bool:
         """Record a launch token's ``jti``; ``False`` if it was used before."""
         try:
-            async with self.engine.begin() as conn:
+            async with begin_write(self.engine) as conn:
                 await conn.execute(sa.insert(t.launch_tokens).values(jti=jti, expires_at=expires_at))
         except IntegrityError:
             return False
@@ -475,7 +454,7 @@ class SqlRepository(EventStore):
     # audit -----------------------------------------------------------------------------------------
 
     async def add_audit(self, event: AuditEvent, events: Sequence[Event] = ()) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(_insert_audit(event))
             await append_events(conn, events)
 
@@ -499,7 +478,7 @@ class SqlRepository(EventStore):
             values["modified_at"] = modified_at
         if not values:
             return await self.get_file(case_id, file_id) is not None
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             result = await conn.execute(
                 sa.update(t.files)
                 .where(t.files.c.id == file_id, t.files.c.case_id == case_id)
@@ -508,7 +487,7 @@ class SqlRepository(EventStore):
         return bool(result.rowcount)
 
     async def add_account(self, account: SftpAccount, events: Sequence[Event] = ()) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(sa.insert(t.sftp_accounts).values(**rows.values(t.sftp_accounts, account)))
             await append_events(conn, events)
 
@@ -534,7 +513,7 @@ class SqlRepository(EventStore):
     async def revoke_account(self, username: str, at: dt.datetime, events: Sequence[Event] = ()) -> bool:
         """Record the revocation time (the first one stays if revoked twice) and store ``events`` with it;
         ``False`` (and no events) if it was revoked already."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             result = await conn.execute(
                 sa.update(t.sftp_accounts)
                 .where(t.sftp_accounts.c.username == username, t.sftp_accounts.c.revoked_at.is_(None))
@@ -545,7 +524,7 @@ class SqlRepository(EventStore):
         return bool(result.rowcount)
 
     async def set_account_keys(self, username: str, keys: list[str]) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.sftp_accounts)
                 .where(t.sftp_accounts.c.username == username)
@@ -553,7 +532,7 @@ class SqlRepository(EventStore):
             )
 
     async def record_account_login(self, username: str, at: dt.datetime) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 sa.update(t.sftp_accounts)
                 .where(t.sftp_accounts.c.username == username)
