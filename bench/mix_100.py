@@ -1,0 +1,506 @@
+"""Benchmark: 100 concurrent uploads, HTTP tus and SFTP mixed, against one real ``eftgw serve``.
+
+The gateway runs as shipped: embedded default (SQLite + filesystem store in a temporary data dir), HTTPS
+with its self-signed certificate, SFTP with its own host key. Customers are several cases, each with its
+bearer token (HTTP) and its temporary SFTP account (public key), as real customers would be: no limit of
+the gateway is raised or turned off.
+
+Each run, in this order, so the single streams and the mix see the same machine:
+
+1. ``single_http``: one tus upload (creation, then the whole file in one PATCH by aiohttp).
+2. ``single_sftp``: one OpenSSH ``sftp`` ``put`` (default cipher, chacha20-poly1305).
+3. ``mix``: ``--uploads`` uploads at once, ``--sftp-share`` of them by ``sftp`` processes, the rest by
+   aiohttp in a separate client process. Aggregate throughput = all bytes / time from the start to the last
+   upload done.
+
+Every upload is ``--size-mib`` MiB of random data with a distinct 32-byte tail, and its SHA-256 is checked
+against the gateway's record of the file (``GET /api/v1/cases/{id}/files``). During every phase a prober
+sends tus ``HEAD`` requests (one at a time, a 50 ms pause between) on unfinished uploads of its own, as a
+resuming client would, and reports their latency. The gateway's resident memory (its process and any
+children) is sampled from /proc every 50 ms in a thread.
+
+    .venv/bin/python bench/mix_100.py [--uploads 100] [--size-mib 64] [--sftp-share 0.5] [--cases 10]
+                                      [--runs 3]
+
+Prints JSON (MB/s are 10^6 bytes per second; medians over the runs) and writes
+``bench/results/mix_100.json``. Targets (issue 15): no errors, aggregate >= the better single stream,
+peak RSS <= 400 MiB. Needs openssh-client (``scripts/install-test-deps-sftp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+from bench.harness import TreeRss, load_average, mib  # noqa: E402
+from bench.sftp_throughput import known_hosts_line, ssh_options  # noqa: E402
+from tests.support import GatewayProcess, http_session, tus_headers  # noqa: E402
+
+BLOCK = 1024 * 1024
+TAIL = 32
+CIPHER = "chacha20-poly1305@openssh.com"
+RSS_TARGET_MIB = 400
+PATCH_HEADERS = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+
+
+@dataclass
+class Customer:
+    case_id: str
+    token: str
+    username: str
+    probe_url: str = ""
+
+
+@dataclass
+class Job:
+    kind: str  # "http" or "sftp"
+    customer: Customer
+    name: str
+    tail: bytes
+    url: str = ""  # the tus upload (http)
+    local: Path | None = None  # the file ``sftp`` puts
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Bench:
+    node: GatewayProcess
+    customers: list[Customer]
+    work: Path
+    body: bytes
+    body_path: Path
+    base_hash: Any
+    key: Path
+    known_hosts: Path
+    rss: TreeRss
+    errors: list[str] = field(default_factory=list)
+
+    def expected(self, tail: bytes) -> str:
+        digest = self.base_hash.copy()
+        digest.update(tail)
+        return str(digest.hexdigest())
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + TAIL
+
+
+# The HTTP client process -------------------------------------------------------------------------------
+
+
+def http_worker() -> None:
+    """``--http-worker``: read the jobs (one JSON line), say ``ready``, wait for ``go``, PATCH them all at
+    once and print one JSON line of results. A process of its own, so the prober's latencies are not the
+    client's event loop being busy."""
+    spec = json.loads(sys.stdin.readline())
+    asyncio.run(http_uploads(spec["jobs"], memoryview(Path(spec["body"]).read_bytes())))
+
+
+async def http_uploads(jobs: list[dict[str, str]], body: memoryview) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=600)
+    async with http_session(timeout=timeout) as session:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+        async def one(job: dict[str, str]) -> dict[str, Any]:
+            tail = bytes.fromhex(job["tail"])
+
+            async def chunks() -> Any:
+                for offset in range(0, len(body), BLOCK):
+                    yield body[offset : offset + BLOCK]
+                yield tail
+
+            headers = tus_headers(job["token"], **{k.replace("-", "_"): v for k, v in PATCH_HEADERS.items()})
+            headers["Content-Length"] = str(len(body) + len(tail))
+            started = time.perf_counter()
+            try:
+                async with session.patch(job["url"], data=chunks(), headers=headers) as resp:
+                    text = await resp.text()
+                    error = None if resp.status == 204 else f"PATCH {resp.status}: {text[:300]}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = f"PATCH failed: {exc!r}"
+            return {"seconds": time.perf_counter() - started, "error": error}
+
+        results = await asyncio.gather(*(one(job) for job in jobs))
+    print(json.dumps(results), flush=True)
+
+
+# Setting up ---------------------------------------------------------------------------------------------
+
+
+async def create_sized_upload(session: aiohttp.ClientSession, bench: Bench, c: Customer, name: str) -> str:
+    meta = "filename " + base64.b64encode(name.encode()).decode()
+    headers = tus_headers(c.token, Upload_Length=str(bench.size), Upload_Metadata=meta)
+    async with session.post(f"{bench.node.url}/api/v1/cases/{c.case_id}/uploads", headers=headers) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"creating an upload: {resp.status} {await resp.text()}")
+        return resp.headers["Location"]
+
+
+def setup_customers(node: GatewayProcess, count: int, key: Path) -> list[Customer]:
+    """Open ``count`` cases, each with a customer token and an SFTP account with ``key``: in one process
+    beside the running node, as ``eftgw case open`` / ``token`` / ``sftp-account create`` do one by one."""
+    from eftgw.cli import OPERATOR, with_gateway
+    from eftgw.gateway import Gateway
+    from eftgw.model import Role
+
+    customers: list[Customer] = []
+
+    async def action(gw: Gateway) -> int:
+        for i in range(count):
+            case_id = f"MIX-{i + 1:03d}"
+            await gw.cases.open(OPERATOR, case_id)
+            user = f"customer{i + 1}"
+            token = gw.signer.mint(role=Role.CUSTOMER, user=user, case_id=case_id, ttl=12 * 3600)
+            issued = await gw.accounts.create(OPERATOR, case_id, authorized_keys=[key_text])
+            customers.append(Customer(case_id, token, issued.account.username))
+        return 0
+
+    key_text = Path(f"{key}.pub").read_text()
+    asyncio.run(with_gateway(node.settings(), action))
+    return customers
+
+
+async def make_probes(bench: Bench) -> None:
+    """One unfinished upload per customer, 1 MiB in: what the prober's HEADs ask about."""
+    async with http_session() as session:
+        for c in bench.customers:
+            url = await create_sized_upload(session, bench, c, "probe.bin")
+            headers = tus_headers(c.token, Content_Type="application/offset+octet-stream", Upload_Offset="0")
+            async with session.patch(url, data=bench.body[:BLOCK], headers=headers) as resp:
+                assert resp.status == 204, await resp.text()
+            c.probe_url = url
+
+
+# One phase ----------------------------------------------------------------------------------------------
+
+
+async def probe_heads(bench: Bench, stop: asyncio.Event, latencies: list[float], errors: list[str]) -> None:
+    """HEAD the customers' probe uploads in turn, one at a time, until ``stop``."""
+    connector = aiohttp.TCPConnector(ssl=False, limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        i = 0
+        while not stop.is_set():
+            c = bench.customers[i % len(bench.customers)]
+            i += 1
+            started = time.perf_counter()
+            try:
+                async with session.head(c.probe_url, headers=tus_headers(c.token)) as resp:
+                    if resp.status != 200 or resp.headers.get("Upload-Offset") != str(BLOCK):
+                        errors.append(f"HEAD {resp.status} offset {resp.headers.get('Upload-Offset')}")
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                errors.append(f"HEAD failed: {exc!r}")
+            latencies.append(time.perf_counter() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def run_sftp(bench: Bench, job: Job, started: float) -> None:
+    assert job.local is not None
+    batch = bench.work / f"batch-{job.name}"
+    batch.write_text(f"put {job.local} {job.name}\n")
+    args = [*ssh_options(bench.key, bench.known_hosts, bench.node.sftp_port, CIPHER)]
+    args += ["-b", str(batch), f"{job.customer.username}@127.0.0.1"]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, stderr = await proc.communicate()
+    job.seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        job.error = (
+            f"sftp {job.name}: exit {proc.returncode}: {stderr.decode(errors='replace').strip()[:300]}"
+        )
+
+
+async def run_http(bench: Bench, jobs: list[Job], ready: asyncio.Event, go: asyncio.Event) -> None:
+    spec = {
+        "body": str(bench.body_path),
+        "jobs": [{"url": j.url, "token": j.customer.token, "tail": j.tail.hex()} for j in jobs],
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--http-worker",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=1 << 24,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(spec).encode() + b"\n")
+    await proc.stdin.drain()
+    if (line := await proc.stdout.readline()).strip() != b"ready":
+        raise RuntimeError(f"HTTP client did not start: {line!r}")
+    ready.set()
+    await go.wait()
+    proc.stdin.write(b"go\n")
+    await proc.stdin.drain()
+    results = json.loads(await proc.stdout.readline())
+    await proc.wait()
+    for job, result in zip(jobs, results, strict=True):
+        job.seconds, job.error = result["seconds"], result["error"]
+
+
+async def phase(bench: Bench, jobs: list[Job]) -> dict[str, Any]:
+    """Run ``jobs`` all at once; throughput, memory, HEAD latency and errors of the phase."""
+    async with http_session() as session:
+        for job in jobs:
+            if job.kind == "http":
+                job.url = await create_sized_upload(session, bench, job.customer, job.name)
+    http_jobs = [j for j in jobs if j.kind == "http"]
+    sftp_jobs = [j for j in jobs if j.kind == "sftp"]
+    ready, go, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    http_task = asyncio.create_task(run_http(bench, http_jobs, ready, go)) if http_jobs else None
+    if http_task is not None:
+        # The HTTP client reads the file and imports aiohttp before the clock starts.
+        await asyncio.wait(
+            [http_task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        if http_task.done():
+            await http_task  # it failed to start: say why
+    bench.rss.phase()
+    load_before = load_average()
+    heads: list[float] = []
+    head_errors: list[str] = []
+    prober = asyncio.create_task(probe_heads(bench, stop, heads, head_errors))
+    t0 = time.perf_counter()
+    go.set()
+    sftp_tasks = [asyncio.create_task(run_sftp(bench, j, t0)) for j in sftp_jobs]
+    await asyncio.gather(*sftp_tasks, *([http_task] if http_task else []))
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    await prober
+    peak = bench.rss.phase()
+    load_after = load_average()
+    errors = [j.error for j in jobs if j.error] + head_errors
+    errors += await verify(bench, [j for j in jobs if not j.error])
+    total = bench.size * len(jobs)
+
+    def rate(kind: str) -> float | None:
+        done = [j for j in jobs if j.kind == kind]
+        if not done:
+            return None
+        return round(bench.size * len(done) / max(j.seconds for j in done) / 1e6, 1)
+
+    ms = sorted(x * 1000 for x in heads)
+    return {
+        "uploads": len(jobs),
+        "http": len(http_jobs),
+        "sftp": len(sftp_jobs),
+        "seconds": round(elapsed, 2),
+        "aggregate_MBps": round(total / elapsed / 1e6, 1),
+        "http_MBps": rate("http"),
+        "sftp_MBps": rate("sftp"),
+        "slowest_upload_s": round(max(j.seconds for j in jobs), 2),
+        "fastest_upload_s": round(min(j.seconds for j in jobs), 2),
+        "rss_peak_MiB": mib(peak),
+        "head": {
+            "count": len(ms),
+            "median_ms": round(statistics.median(ms), 1) if ms else None,
+            "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1) if ms else None,
+            "max_ms": round(ms[-1], 1) if ms else None,
+        },
+        "errors": errors,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+
+
+async def verify(bench: Bench, jobs: list[Job]) -> list[str]:
+    """Every finished upload is a file whose SHA-256 (the gateway's record) is that of what was sent."""
+    by_case: dict[str, dict[str, str]] = {}
+    async with http_session() as session:
+        for c in {j.customer.case_id: j.customer for j in jobs}.values():
+            records: dict[str, str] = {}
+            cursor: str | None = None
+            while True:
+                query = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+                async with session.get(
+                    f"{bench.node.url}/api/v1/cases/{c.case_id}/files",
+                    params=query,
+                    headers={"Authorization": f"Bearer {c.token}"},
+                ) as resp:
+                    resp.raise_for_status()
+                    records.update({r["name"]: r["sha256"] for r in await resp.json()})
+                    cursor = resp.headers.get("Eftgw-Next-Cursor")
+                if not cursor:
+                    break
+            by_case[c.case_id] = records
+    errors = []
+    for job in jobs:
+        got = by_case[job.customer.case_id].get(job.name)
+        if got is None:
+            errors.append(f"{job.kind} {job.name}: no file recorded")
+        elif got != bench.expected(job.tail):
+            errors.append(f"{job.kind} {job.name}: SHA-256 {got} is not that of what was sent")
+    return errors
+
+
+# The run ------------------------------------------------------------------------------------------------
+
+
+def sftp_file(bench: Bench, slot: int) -> tuple[Path, bytes]:
+    """The local file ``sftp`` puts for slot ``slot`` (made once): the body and its own tail."""
+    tail = f"sftp-slot-{slot}".encode().ljust(TAIL, b".")
+    path = bench.work / f"sftp-{slot}.bin"
+    if not path.exists():
+        with open(path, "wb") as out:
+            out.write(bench.body)
+            out.write(tail)
+    return path, tail
+
+
+def jobs_for(bench: Bench, run: int, label: str, http: int, sftp: int) -> list[Job]:
+    jobs = []
+    for i in range(http):
+        c = bench.customers[i % len(bench.customers)]
+        tail = f"http-{run}-{label}-{i}".encode().ljust(TAIL, b".")
+        jobs.append(Job("http", c, f"r{run}-{label}-http-{i}.bin", tail))
+    for i in range(sftp):
+        c = bench.customers[i % len(bench.customers)]
+        local, tail = sftp_file(bench, i)
+        jobs.append(Job("sftp", c, f"r{run}-{label}-sftp-{i}.bin", tail, local=local))
+    return jobs
+
+
+def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    body = os.urandom(args.size_mib * BLOCK - TAIL)
+    body_path = work / "body.bin"
+    body_path.write_bytes(body)
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    node = GatewayProcess(work / "data", env={"EFTGW_LOG_LEVEL": "WARNING"}).start()
+    try:
+        assert node.proc is not None
+        known = work / "known_hosts"
+        known.write_text(known_hosts_line(node.sftp_port, node.data_dir / "ssh" / "ssh_host_ed25519_key.pub"))
+        customers = setup_customers(node, args.cases, key)
+        rss = TreeRss(node.proc.pid).start()
+        bench = Bench(node, customers, work, body, body_path, hashlib.sha256(body), key, known, rss)
+        sftp_count = round(args.uploads * args.sftp_share)
+        for slot in range(max(sftp_count, 1)):
+            sftp_file(bench, slot)  # made before any clock starts
+        runs = asyncio.run(run_phases(bench, args.runs, args.uploads - sftp_count, sftp_count))
+        rss.stop()
+        log_text = node.log_path.read_text(errors="replace")
+    finally:
+        node.stop()
+    return summarize(args, runs, rss, log_text)
+
+
+async def run_phases(bench: Bench, count: int, http: int, sftp: int) -> dict[str, list[dict[str, Any]]]:
+    """``count`` runs of: one HTTP stream, one SFTP stream, the mix."""
+    await make_probes(bench)
+    runs: dict[str, list[dict[str, Any]]] = {"single_http": [], "single_sftp": [], "mix": []}
+    for run in range(count):
+        runs["single_http"].append(await phase(bench, jobs_for(bench, run, "single", 1, 0)))
+        runs["single_sftp"].append(await phase(bench, jobs_for(bench, run, "single", 0, 1)))
+        runs["mix"].append(await phase(bench, jobs_for(bench, run, "mix", http, sftp)))
+        line = {
+            k: (v[-1]["aggregate_MBps"], v[-1]["rss_peak_MiB"], len(v[-1]["errors"])) for k, v in runs.items()
+        }
+        print(f"run {run + 1} (MB/s, RSS MiB, errors): {json.dumps(line)}", file=sys.stderr, flush=True)
+    return runs
+
+
+def summarize(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], rss: TreeRss, log_text: str
+) -> dict[str, Any]:
+    def med(name: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs[name]), 1)
+
+    single_http, single_sftp = med("single_http", "aggregate_MBps"), med("single_sftp", "aggregate_MBps")
+    mix = med("mix", "aggregate_MBps")
+    best_single = max(single_http, single_sftp)
+    errors = [e for phase_runs in runs.values() for r in phase_runs for e in r["errors"]]
+    log_problems = [line for line in log_text.splitlines() if " ERROR " in line or "Traceback" in line]
+    peak = max(r["rss_peak_MiB"] for phase_runs in runs.values() for r in phase_runs)
+    return {
+        "config": {
+            "uploads": args.uploads,
+            "size_MiB": args.size_mib,
+            "sftp_share": args.sftp_share,
+            "cases": args.cases,
+            "runs": args.runs,
+            "cpus": os.cpu_count(),
+            "cipher": CIPHER,
+            "backend": "sqlite + filesystem, TLS on",
+        },
+        "single_http_MBps": single_http,
+        "single_sftp_MBps": single_sftp,
+        "mix_aggregate_MBps": mix,
+        "mix_http_MBps": med("mix", "http_MBps"),
+        "mix_sftp_MBps": med("mix", "sftp_MBps"),
+        "ratio_mix_vs_best_single": round(mix / best_single, 2),
+        "ratio_mix_vs_single_http": round(mix / single_http, 2),
+        "ratio_mix_vs_single_sftp": round(mix / single_sftp, 2),
+        "rss_idle_MiB": mib(rss.idle),
+        "rss_peak_MiB": peak,
+        "rss_samples": rss.samples,
+        "mix_head_ms": {
+            key: round(statistics.median(r["head"][key] for r in runs["mix"]), 1)
+            for key in ("median_ms", "p99_ms", "max_ms")
+        },
+        "idle_head_ms": runs["single_http"][-1]["head"],
+        "errors": len(errors),
+        "first_errors": errors[:10],
+        "gateway_log_errors": len(log_problems),
+        "first_gateway_log_errors": log_problems[:5],
+        "targets": {
+            "no_errors": not errors and not log_problems,
+            "aggregate_at_least_single": mix >= best_single,
+            f"rss_at_most_{RSS_TARGET_MIB}_MiB": peak <= RSS_TARGET_MIB,
+        },
+        "runs": runs,
+    }
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--http-worker"]:
+        http_worker()
+        return 0
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--uploads", type=int, default=100)
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--sftp-share", type=float, default=0.5)
+    parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (data dir, gateway log)")
+    args = parser.parse_args()
+    if shutil.which("sftp") is None:
+        print("missing sftp: run scripts/install-test-deps-sftp", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="eftgw-mix-"))
+    try:
+        result = run_bench(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mix_100.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
