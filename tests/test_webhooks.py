@@ -314,6 +314,7 @@ def readme_receiver(port: int) -> str:
     return code.replace("web.run_app(app, port=8080)", f"web.run_app(app, host='127.0.0.1', port={port})")
 
 
+@pytest.mark.once  # does not depend on the backend
 async def test_the_readme_receiver_example_verifies_and_takes_the_gateways_webhooks(
     gateway: Gateway, tmp_path: Path
 ) -> None:
