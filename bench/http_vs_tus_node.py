@@ -94,8 +94,8 @@ def patch(url: str, path: Path, headers: list[str]) -> float:
         "-H",
         "Expect:",
         *headers,
-        "--data-binary",
-        f"@{path}",
+        "--upload-file",
+        str(path),
     )
     status, sent, seconds = out.split()
     if status != "204":
