@@ -6,7 +6,9 @@ SQLite, the filesystem store) and hashes SHA-256 + xxh128 and fsyncs before it a
 ``bench/node/tus-server.mjs`` (@tus/server and @tus/file-store, pinned in ``bench/node/package-lock.json``),
 which does neither. Each upload is verified afterwards (eftgw: the file's SHA-256; the peer: the stored
 file's size). Prints per-round MB/s (10^6 bytes per second, curl's own timing of the PATCH), the medians, the
-ratio of the medians, the load average before and after, and eftgw's peak RSS (sampled every 20 ms), as JSON.
+ratio of the medians, each server's CPU seconds per GiB (user + system, all threads: what a change saves,
+even on a loaded machine), the load average before and after, and eftgw's peak RSS (sampled every 20 ms), as
+JSON.
 
     .venv/bin/python bench/http_vs_tus_node.py [--size-mib 1024] [--rounds 3] [--env EFTGW_X=y ...]
 
@@ -39,6 +41,7 @@ from tests.support import GatewayProcess  # noqa: E402
 
 NODE_DIR = ROOT / "bench" / "node"
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 def free_port() -> int:
@@ -101,6 +104,11 @@ def patch(url: str, path: Path, headers: list[str]) -> float:
     if status != "204":
         raise RuntimeError(f"PATCH answered {status}")
     return int(sent) / float(seconds) / 1e6
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 class PeakRss:
@@ -177,13 +185,21 @@ def run(size_mib: int, rounds: int, env: dict[str, str], work: Path) -> dict[str
         base = f"http://127.0.0.1:{gateway.port}/api/v1/cases/BENCH-1/uploads"
         eftgw_mbps: list[float] = []
         peer_mbps: list[float] = []
+        eftgw_cpu: list[float] = []
+        peer_cpu: list[float] = []
+        ours_proc, peer_proc = psutil.Process(gateway.proc.pid), psutil.Process(peer.proc.pid)
         for n in range(rounds):
             meta = f"Upload-Metadata: filename {base64.b64encode(f'r{n}.bin'.encode()).decode()}"
             header_args = [a for h in [*ours, meta] for a in ("-H", h)]
-            eftgw_mbps.append(patch(create(base, size, header_args), source, header_args))
+            location = create(base, size, header_args)
+            cpu = cpu_seconds(ours_proc)
+            eftgw_mbps.append(patch(location, source, header_args))
+            eftgw_cpu.append(cpu_seconds(ours_proc) - cpu)
             peer_args = [a for h in theirs for a in ("-H", h)]
             location = create(peer.url, size, peer_args)
+            cpu = cpu_seconds(peer_proc)
             peer_mbps.append(patch(location, source, peer_args))
+            peer_cpu.append(cpu_seconds(peer_proc) - cpu)
             stored = peer.directory / location.rsplit("/", 1)[1]
             if stored.stat().st_size != size:
                 raise RuntimeError("the peer stored a different size")
@@ -217,6 +233,8 @@ def run(size_mib: int, rounds: int, env: dict[str, str], work: Path) -> dict[str
         "eftgw_median_MBps": round(eftgw_median, 1),
         "tus_node_median_MBps": round(peer_median, 1),
         "ratio": round(eftgw_median / peer_median, 3),
+        "eftgw_cpu_s_per_GiB": [round(c * GIB / size, 2) for c in eftgw_cpu],
+        "tus_node_cpu_s_per_GiB": [round(c * GIB / size, 2) for c in peer_cpu],
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "eftgw_rss_idle_MiB": round(rss.idle / MIB, 1),
