@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from eftgw import metrics
 from eftgw.clock import Clock
@@ -31,7 +31,7 @@ from eftgw.hashing import ChunkChecksum, FileDigests, StateError
 from eftgw.locks import UploadLease
 from eftgw.model import FileRecord, Upload
 from eftgw.ports import UploadRepository
-from eftgw.storage import ObjectStore, StorageError, UploadWriter
+from eftgw.storage import ChunkWriter, ObjectStore, StorageError, UploadWriter
 
 log = logging.getLogger("eftgw.uploads")
 
@@ -93,14 +93,16 @@ class Ingest:
         written = 0
         stopped: Exception | None = None
 
-        async def absorb(block: bytes) -> None:
+        async def absorb(block: list[bytes]) -> None:
             nonlocal pending
             if pending is not None:
                 await pending
             pending = asyncio.ensure_future(self._consume(writer, digests, checksum, block))
 
         try:
-            buffer = bytearray()
+            # A block is the chunks as they came (no copy): they are hashed and written as they are.
+            block: list[bytes] = []
+            filled = 0
             iterator = aiter(body)
             recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
             while True:
@@ -115,16 +117,19 @@ class Ingest:
                     break
                 if chunk is None:
                     break
-                check_room(upload.offset + written + len(buffer) + len(chunk))
-                buffer += chunk
-                if len(buffer) >= BLOCK_SIZE:
-                    block = bytes(buffer)
-                    buffer.clear()
-                    written += len(block)
+                if not chunk:
+                    continue
+                check_room(upload.offset + written + filled + len(chunk))
+                # Kept until written: a chunk that its producer may change later is copied once.
+                block.append(chunk if type(chunk) is bytes else bytes(chunk))
+                filled += len(chunk)
+                if filled >= BLOCK_SIZE:
+                    written += filled
                     await absorb(block)
-            if buffer:
-                written += len(buffer)
-                await absorb(bytes(buffer))
+                    block, filled = [], 0
+            if block:
+                written += filled
+                await absorb(block)
             if pending is not None:
                 await pending
                 pending = None
@@ -169,14 +174,25 @@ class Ingest:
 
     @staticmethod
     async def _consume(
-        writer: UploadWriter, digests: FileDigests, checksum: ChunkChecksum | None, block: bytes
+        writer: UploadWriter, digests: FileDigests, checksum: ChunkChecksum | None, block: Sequence[bytes]
     ) -> None:
-        def hash_block() -> None:
-            digests.update(block)
-            if checksum is not None:
-                checksum.update(block)
+        """Hash and write one block (its chunks, in order)."""
 
-        await asyncio.gather(asyncio.to_thread(hash_block), writer.write(block))
+        def hash_block() -> None:
+            for chunk in block:
+                digests.update(chunk)
+                if checksum is not None:
+                    checksum.update(chunk)
+
+        if isinstance(writer, ChunkWriter):  # a blocking write: one worker thread hashes and writes
+            await writer.write_chunks(block, hash_block)
+            return
+
+        async def write_block() -> None:
+            for chunk in block:
+                await writer.write(chunk)
+
+        await asyncio.gather(asyncio.to_thread(hash_block), write_block())
 
     # a copy of a finished file -----------------------------------------------------------------------
 
@@ -187,7 +203,7 @@ class Ingest:
         try:
             async for block in self.store.read_object(record.object_key):
                 metrics.DIGEST_REREAD_BYTES.inc(len(block))
-                await self._consume(writer, digests, None, block)
+                await self._consume(writer, digests, None, [block])
             if digests.size != record.size or digests.sha256_hex != record.sha256:
                 raise StorageError(
                     f"The stored bytes of {record.name} do not match its SHA-256; not continued."

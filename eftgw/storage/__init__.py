@@ -12,6 +12,7 @@ contract; ``tests/storage/test_conformance.py`` checks every backend against it.
 """
 
 from eftgw.storage.base import (
+    ChunkWriter,
     ObjectNotFound,
     ObjectStore,
     OutOfSpace,
@@ -22,6 +23,7 @@ from eftgw.storage.base import (
 )
 
 __all__ = [
+    "ChunkWriter",
     "ObjectNotFound",
     "ObjectStore",
     "OutOfSpace",

@@ -4,8 +4,8 @@ finished upload to an object, concatenation, ranged reads, deletion and listing.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from eftgw.errors import StorageFull, StorageUnavailable
 
@@ -60,6 +60,17 @@ class UploadWriter(Protocol):
 
     async def close(self) -> None:
         """Release the writer's resources. Uncommitted data is dropped, never made visible."""
+        ...
+
+
+@runtime_checkable
+class ChunkWriter(Protocol):
+    """A writer whose write is a blocking system call (the filesystem's): the body pipeline hands it each
+    block as the chunks it arrived in, with the block's hashing, so that both take one worker thread hop."""
+
+    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None]) -> None:
+        """Append ``chunks`` in order as :meth:`UploadWriter.write` would, after running ``alongside`` (CPU
+        work that releases the GIL) in the same worker thread."""
         ...
 
 

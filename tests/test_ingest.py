@@ -1,0 +1,120 @@
+"""The body pipeline (``eftgw/ingest.py``) keeps a block as the chunks it arrived in and writes them without
+copying: chunks of any size and number are stored and hashed in order, on the backend the test run selects,
+and a chunk its producer changes after handing it over is stored as it was handed over. The filesystem
+writer's vectored write stores every chunk in order even past the most buffers one ``pwritev`` takes, and
+after short writes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from eftgw.model import Principal, Role
+from eftgw.storage import object_key
+from eftgw.storage.filesystem import IOV_MAX, FilesystemStore
+from tests.support import RunningGateway
+
+CUSTOMER = Principal("ingest-customer", Role.CUSTOMER, "C-1")
+
+
+def small_chunks(total: int, seed: int) -> list[bytes]:
+    """``total`` random bytes cut into chunks of 1 to 900 bytes."""
+    rng = random.Random(seed)
+    data = os.urandom(total)
+    chunks, at = [], 0
+    while at < total:
+        size = rng.randint(1, 900)
+        chunks.append(data[at : at + size])
+        at += size
+    return chunks
+
+
+async def stored(gw: RunningGateway, upload_id: str) -> bytes:
+    upload = await gw.gateway.uploads.get(CUSTOMER, "C-1", upload_id)
+    return b"".join([b async for b in gw.gateway.store.read_object(object_key("C-1", upload.file_id))])
+
+
+async def test_a_body_of_thousands_of_small_chunks_is_stored_and_hashed_in_order(gw: RunningGateway) -> None:
+    """3 MiB sent as about 7000 chunks of up to 900 bytes (many more than one pwritev takes per block): the
+    file holds exactly those bytes and its recorded SHA-256 is theirs."""
+    chunks = small_chunks(3 * 1024 * 1024 + 777, seed=15)
+    data = b"".join(chunks)
+    assert len(chunks) > 3 * IOV_MAX
+    uploads = gw.gateway.uploads
+    upload = await uploads.create(CUSTOMER, "C-1", length=len(data), metadata={"filename": "small.bin"})
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    done = await uploads.append(CUSTOMER, "C-1", upload.id, 0, body())
+    assert done.offset == len(data)
+    (record,) = await gw.gateway.files.list(CUSTOMER, "C-1")
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert await stored(gw, upload.id) == data
+
+
+async def test_a_chunk_changed_by_its_producer_after_it_was_handed_over_is_stored_as_handed_over(
+    gw: RunningGateway,
+) -> None:
+    """A body that hands over one reused buffer (as a bytearray), refilling it for each chunk: the pipeline
+    keeps chunks until their block is written, so it must take a copy of a mutable one; the file holds
+    every chunk as it was when handed over, and its SHA-256 says so."""
+    chunks = [os.urandom(64 * 1024) for _ in range(40)]  # 2.5 MiB: blocks are written while chunks arrive
+    data = b"".join(chunks)
+    uploads = gw.gateway.uploads
+    upload = await uploads.create(CUSTOMER, "C-1", length=len(data), metadata={"filename": "reused.bin"})
+    buffer = bytearray(64 * 1024)
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            buffer[:] = chunk
+            yield buffer  # type: ignore[misc]  # a producer that breaks the bytes contract
+
+    await uploads.append(CUSTOMER, "C-1", upload.id, 0, body())
+    (record,) = await gw.gateway.files.list(CUSTOMER, "C-1")
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert await stored(gw, upload.id) == data
+
+
+@pytest.mark.parametrize("short", [False, True], ids=["whole", "short-writes"])
+async def test_the_filesystem_writer_stores_a_block_of_many_chunks_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """``write_chunks`` with 2.5 times as many chunks as one pwritev takes (and, if the kernel writes less
+    than asked each time, after every short write) stores them in order after what was there, runs the
+    hashing it is given once, and the commit makes all of it durable."""
+    if short:
+        real = os.pwritev
+
+        def at_most_1000_bytes(fd: int, buffers: list[memoryview], offset: int) -> int:
+            assert len(buffers) <= IOV_MAX
+            budget, cut = 1000, []
+            for view in buffers:
+                cut.append(view[:budget])
+                budget -= len(cut[-1])
+                if not budget:
+                    break
+            return real(fd, cut, offset)
+
+        monkeypatch.setattr(os, "pwritev", at_most_1000_bytes)
+    store = FilesystemStore(tmp_path / "store")
+    await store.open()
+    await store.create_staging("uploads/C-1/u")
+    writer = await store.open_writer("uploads/C-1/u", 0)
+    head = os.urandom(5000)
+    await writer.write(head)
+    chunks = small_chunks(IOV_MAX * 450 * 5 // 2, seed=7)
+    assert len(chunks) > 2 * IOV_MAX
+    ran: list[int] = []
+    await writer.write_chunks(chunks, lambda: ran.append(1))
+    assert await writer.commit() == len(head) + sum(len(c) for c in chunks)
+    await writer.close()
+    assert ran == [1]
+    got = b"".join([b async for b in store.read_staging("uploads/C-1/u")])
+    assert got == head + b"".join(chunks)
