@@ -12,7 +12,8 @@ every retry), ``webhook-timestamp`` the time of the attempt, ``webhook-signature
   event. Different cases are sent in parallel, at most ``concurrency`` at once, through a connection pool of
   that size.
 - The sender looks for due events every ``poll_interval`` seconds, at once when a delivery finishes (the
-  case's next event is then due), and when :meth:`WebhookSender.wake` is called.
+  case's next event is then due), and when :meth:`WebhookSender.wake` is called: ``serve`` calls it after
+  each commit of its own process that stored events (events other nodes commit wait for the next poll).
 - One node per region sends: :func:`run_events` campaigns for the ``events`` election and sends only while
   this node leads. With PostgreSQL, another node takes over within the lease's ``ttl`` after it dies.
 
@@ -39,6 +40,7 @@ from eftgw.clock import Clock
 from eftgw.config import Settings
 from eftgw.events import Delivery, Event
 from eftgw.metadata.election import elect
+from eftgw.metadata.events import watch_commits
 from eftgw.metadata.repository import SqlRepository
 from eftgw.ports import EventRepository
 
@@ -291,7 +293,11 @@ async def run_events(repo: SqlRepository, settings: Settings, clock: Clock) -> N
             elect(repo, "events", ttl=settings.webhook_leader_ttl) as leadership,
         ):
             log.info("webhooks to %s, sent by the node that leads the events election", settings.webhook_url)
-            await sender.run(lambda: leadership.is_leader)
+            unwatch = watch_commits(repo.engine, sender.wake)  # this node's own events go out at once
+            try:
+                await sender.run(lambda: leadership.is_leader)
+            finally:
+                unwatch()
     finally:
         stats.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from eftgw import metrics
-from eftgw.cli import main
+from eftgw.cli import OPERATOR, main
 from eftgw.clock import FixedClock
 from eftgw.events import Event, EventFactory
 from eftgw.gateway import Gateway
+from eftgw.metadata.events import append_events, watch_commits
 from eftgw.webhooks import WebhookSender, backoff
 from tests.support import ROOT, free_port, settings_for
 from tests.webhook_receiver import Receiver, new_secret, receiving
@@ -350,3 +351,42 @@ async def test_the_readme_receiver_example_verifies_and_takes_the_gateways_webho
         proc.terminate()
         output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
     assert "case.closed C-7 {'files': 1, 'bytes': 5}" in output
+
+
+async def test_commits_that_store_events_wake_the_sender_and_nothing_else_does(gateway: Gateway) -> None:
+    """``watch_commits`` reports each committed transaction that stored events (once each, after the commit:
+    the events are then visible to another connection), and neither a rolled-back one nor a commit that
+    stored none; after ``unwatch`` nothing is reported."""
+    seen: list[int] = []
+    reported = asyncio.Event()
+
+    def committed() -> None:
+        seen.append(1)
+        reported.set()
+
+    visible: list[int] = []
+
+    async def check_visible() -> None:
+        await reported.wait()
+        visible.append(len(await gateway.repo.list_deliveries(None, 0, 100)))
+
+    unwatch = watch_commits(gateway.repo.engine, committed)
+    factory = EventFactory("us", gateway.clock)
+    try:
+        watcher = asyncio.create_task(check_visible())
+        await gateway.repo.add_events([factory.make("case.closed", "C-1", files=0, bytes=0)])
+        await asyncio.wait_for(watcher, 30)
+        assert len(seen) == 1 and visible == [1]
+        with contextlib.suppress(RuntimeError):
+            async with gateway.repo.engine.begin() as conn:
+                await append_events(conn, [factory.make("case.reopened", "C-1", files=0, bytes=0)])
+                raise RuntimeError("roll back")
+        await gateway.cases.open(OPERATOR, "C-2")  # a commit without events
+        await asyncio.sleep(0.2)  # a report is scheduled with call_soon: it would have run by now
+        assert len(seen) == 1
+        assert len(await gateway.repo.list_deliveries(None, 0, 100)) == 1
+    finally:
+        unwatch()
+    await gateway.repo.add_events([factory.make("case.closed", "C-3", files=0, bytes=0)])
+    await asyncio.sleep(0.2)
+    assert len(seen) == 1

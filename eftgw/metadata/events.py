@@ -14,12 +14,13 @@ row lock (no deadlock with the change statements of others).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eftgw.events import Delivery, Event
@@ -36,10 +37,39 @@ _e = t.events.c
 _PENDING = sa.and_(_e.delivered_at.is_(None), _e.dead_at.is_(None))
 
 
+EVENTS_STORED = "eftgw.events_stored"
+
+
+def watch_commits(engine: AsyncEngine, committed: Callable[[], None]) -> Callable[[], None]:
+    """Call ``committed()`` (in the event loop's thread) after each commit of this process that stored events:
+    the webhook sender then looks at once instead of at its next poll.
+
+    :func:`append_events` marks the connection; a rollback clears the mark; the connection's return to the
+    pool, which follows its commit, reports it. Returns the function that stops the watching."""
+    loop = asyncio.get_running_loop()
+
+    def rolled_back(conn: Connection) -> None:
+        conn.info.pop(EVENTS_STORED, None)
+
+    def checked_in(dbapi_connection: object, record: Any) -> None:
+        if record is not None and record.info.pop(EVENTS_STORED, False):
+            loop.call_soon_threadsafe(committed)
+
+    sa.event.listen(engine.sync_engine, "rollback", rolled_back)
+    sa.event.listen(engine.sync_engine.pool, "checkin", checked_in)
+
+    def unwatch() -> None:
+        sa.event.remove(engine.sync_engine, "rollback", rolled_back)
+        sa.event.remove(engine.sync_engine.pool, "checkin", checked_in)
+
+    return unwatch
+
+
 async def append_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
     """Store ``events`` in the transaction of ``conn``, pending and due at once (call it last)."""
     if not events:
         return
+    conn.info[EVENTS_STORED] = True  # for listeners of commits that stored events (see watch_commits)
     if conn.dialect.name == "postgresql":
         await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})"))
     await conn.execute(
