@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from aiohttp import web
 
@@ -30,6 +31,8 @@ routes = web.RouteTableDef()
 EVENTS_DEFAULT_LIMIT = 100
 EVENTS_MAX_LIMIT = 1000
 _CURSOR_PREFIX = "e1:"
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take "١٢", and "²" would raise
+_MAX_SEQ = 2**63 - 1  # the largest seq the database stores
 
 
 def encode_event_cursor(seq: int) -> str:
@@ -48,7 +51,7 @@ def decode_event_cursor(cursor: str | None) -> int:
             "after is not a cursor this gateway gave out; omit it to start at the oldest event."
         ) from exc
     number = raw.removeprefix(_CURSOR_PREFIX)
-    if not raw.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 19:
+    if not raw.startswith(_CURSOR_PREFIX) or not _DIGITS.fullmatch(number) or int(number) > _MAX_SEQ:
         raise BadRequest("after is not a cursor this gateway gave out; omit it to start at the oldest event.")
     return int(number)
 
@@ -56,7 +59,7 @@ def decode_event_cursor(cursor: str | None) -> int:
 def _events_limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return EVENTS_DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= EVENTS_MAX_LIMIT:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= EVENTS_MAX_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {EVENTS_MAX_LIMIT}.")
     return int(raw)
 

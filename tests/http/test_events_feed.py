@@ -335,6 +335,10 @@ async def test_the_feed_pages_by_cursor_and_link_in_commit_order(gw: RunningGate
     assert [e["type"] for e in body["events"]] == ["case.closed"] and body["events"][0]["id"] not in seen
 
 
+def cursor_of(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 async def test_the_feed_is_for_the_service_alone_and_refuses_bad_input(gw: RunningGateway) -> None:
     """A customer or engineer token gets 403, no token 401; a cursor this gateway did not make and a limit
     out of range get a 400 with a sentence saying what is wrong."""
@@ -342,11 +346,14 @@ async def test_the_feed_is_for_the_service_alone_and_refuses_bad_input(gw: Runni
     assert (await feed(gw, token=gw.token(None, role="engineer", user="eve")))[0] == 403
     async with http_session() as s, s.get(f"{gw.url}/api/v1/integration/events") as resp:
         assert resp.status == 401
-    for query in ({"after": "garbage!"}, {"after": "ZTE6LTE"}, {"after": base64.b64encode(b"x:1").decode()}):
+    odd = [b"e1:-1", b"x:1", "e1:²".encode(), b"e1:99999999999999999999", b"e1:9223372036854775808"]
+    for query in [{"after": "garbage!"}, {"after": "ü"}] + [{"after": cursor_of(raw)} for raw in odd]:
         status, body, _ = await feed(gw, query)
         assert status == 400 and "cursor" in body["message"], (query, body)
-    for limit in ("0", "1001", "-1", "ten", "1.5"):
+    for limit in ("0", "1001", "-1", "ten", "1.5", "²", "١٢"):
         status, body, _ = await feed(gw, {"limit": limit})
         assert status == 400 and "limit" in body["message"], (limit, body)
     status, body, _ = await feed(gw, {"limit": "1000"})
     assert status == 200 and body["events"] == []
+    status, body, _ = await feed(gw, {"after": cursor_of(b"e1:9223372036854775807")})  # the largest seq
+    assert status == 200 and body == {"events": [], "next": cursor_of(b"e1:9223372036854775807")}
