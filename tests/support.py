@@ -265,7 +265,11 @@ class GatewayProcess(ServerProcess):
         )
 
     def token(self, case_id: str, role: str = "customer", user: str = "alice") -> str:
-        return self.cli("token", case_id, "--role", role, "--user", user).stdout.strip()
+        """An access token as ``eftgw token CASE --role ROLE --user USER`` prints it: the same code path
+        (``Gateway.build`` with the node's settings, then its signer), run in this process because tests ask
+        for many and each CLI start costs a second or more. ``tests/test_cli.py`` runs the command itself."""
+        signer = Gateway.build(self.settings()).signer
+        return signer.mint(role=Role(role), user=user, case_id=case_id, ttl=3600)
 
     def settings(self) -> Settings:
         """The node's settings, as its process reads them from the environment."""
