@@ -201,18 +201,22 @@ async def test_due_deliveries_keeps_case_order_over_thousands_of_events(repo: Sq
     cases = [f"C-{i}" for i in range(40)]
     events = [finished(rng.choice(cases) if rng.random() > 0.05 else None) for _ in range(3000)]
     await repo.add_events(events)
-    async with repo.engine.begin() as conn:  # settle a random two thirds, delay some of the rest
-        for seq in range(1, 3001):
-            roll = rng.random()
-            if roll < 0.5:
-                values: dict[str, Any] = {"delivered_at": at(1)}
-            elif roll < 0.65:
-                values = {"dead_at": at(1)}
-            elif roll < 0.8:
-                values = {"next_attempt_at": at(600), "attempts": 1}
-            else:
-                continue
-            await conn.execute(sa.update(t.events).where(t.events.c.seq == seq).values(**values))
+    states: dict[str, list[int]] = {"delivered": [], "dead": [], "later": [], "due": []}
+    for seq in range(1, 3001):  # settle a random two thirds, delay some of the rest
+        roll = rng.random()
+        states[
+            "delivered" if roll < 0.5 else "dead" if roll < 0.65 else "later" if roll < 0.8 else "due"
+        ].append(seq)
+    changes: dict[str, dict[str, Any]] = {
+        "delivered": {"delivered_at": at(1)},
+        "dead": {"dead_at": at(1)},
+        "later": {"next_attempt_at": at(600), "attempts": 1},
+    }
+    async with repo.engine.begin() as conn:
+        for state, values in changes.items():
+            for start in range(0, len(states[state]), 500):
+                chunk = states[state][start : start + 500]
+                await conn.execute(sa.update(t.events).where(t.events.c.seq.in_(chunk)).values(**values))
     deliveries = await repo.list_deliveries("pending", 0, 10_000)
     heads: dict[str, Any] = {}
     expected = []
