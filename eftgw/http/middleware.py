@@ -62,9 +62,12 @@ EXPOSED_HEADERS = [
     "Retry-After",
 ]
 
+# 'wasm-unsafe-eval' lets the page's own scripts compile WebAssembly (the web client's SHA-256, hash-wasm); it
+# allows no eval of JavaScript and no script from elsewhere.
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+    "object-src 'none'"
 )
 
 

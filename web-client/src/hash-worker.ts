@@ -6,15 +6,18 @@
  *   the base64 digest, so what is sent is exactly what was hashed (``Upload-Checksum: sha256 <base64>``);
  * - ``fingerprint``: ``v1:<size>:<lastModified>:<sha256 of the first and last MiB>``, to recognise the same
  *   file after a reload without reading all of it;
- * - ``file``: the whole file's SHA-256 (hex), incrementally with @noble/hashes, reporting progress; this is
- *   what the page compares with the gateway's SHA-256 after an upload.
+ * - ``file``: the whole file's SHA-256 (hex), what the page compares with the gateway's after an upload. The
+ *   chunks of an upload name its ``stream``; their bytes feed that stream's WholeFileHash as they are read
+ *   (whole-file.ts), so ``file`` only reads what they did not cover, reporting progress meanwhile;
+ * - ``forget``: drop a stream (the upload was cancelled).
+ *
+ * A chunk's bytes are hashed twice, by two different hashers at once: WebCrypto's SHA-256 for its
+ * ``Upload-Checksum`` (native, off this thread) while WebAssembly adds them to the whole file's.
  */
-import { sha256 } from '@noble/hashes/sha2.js'
-
 import type { WorkerReply, WorkerRequest } from './hash-protocol'
+import { WholeFileHash } from './whole-file'
 
 const SAMPLE = 1024 * 1024
-const FILE_SLICE = 8 * 1024 * 1024
 
 const scope = self as unknown as DedicatedWorkerGlobalScope
 
@@ -36,9 +39,18 @@ function reply(message: WorkerReply, transfer: Transferable[] = []): void {
 async function handle(job: WorkerRequest): Promise<void> {
   switch (job.op) {
     case 'chunk': {
-      const bytes = await job.file.slice(job.start, job.end).arrayBuffer()
-      const digest = await crypto.subtle.digest('SHA-256', bytes)
-      reply({ id: job.id, ok: true, op: 'chunk', bytes, sha256: base64(digest) }, [bytes])
+      const stream = job.stream === undefined ? null : streamOf(job.stream, job.file)
+      const checksum = (bytes: ArrayBuffer): Promise<ArrayBuffer> => crypto.subtle.digest('SHA-256', bytes)
+      let bytes: ArrayBuffer
+      let digest: Promise<ArrayBuffer>
+      if (stream) {
+        // WebCrypto copies the bytes when called, and hashes them while WebAssembly adds them to the file's.
+        ;({ bytes, beside: digest } = await stream.read(job.start, job.end, checksum))
+      } else {
+        bytes = await job.file.slice(job.start, job.end).arrayBuffer()
+        digest = checksum(bytes)
+      }
+      reply({ id: job.id, ok: true, op: 'chunk', bytes, sha256: base64(await digest) }, [bytes])
       return
     }
     case 'fingerprint': {
@@ -53,26 +65,40 @@ async function handle(job: WorkerRequest): Promise<void> {
       return
     }
     case 'file': {
-      const hasher = sha256.create()
-      const { file } = job
+      const stream = streamOf(job.stream, job.file)
       let lastReport = 0
-      for (let offset = 0; offset < file.size; offset += FILE_SLICE) {
-        const bytes = await file.slice(offset, Math.min(file.size, offset + FILE_SLICE)).arrayBuffer()
-        hasher.update(new Uint8Array(bytes))
+      stream.onProgress = (done) => {
         const now = performance.now()
         if (now - lastReport > 200) {
           lastReport = now
-          reply({ id: job.id, ok: true, op: 'progress', done: offset + bytes.byteLength })
+          reply({ id: job.id, ok: true, op: 'progress', done })
         }
       }
-      reply({ id: job.id, ok: true, op: 'file', sha256: hex(hasher.digest()) })
+      try {
+        reply({ id: job.id, ok: true, op: 'file', sha256: await stream.finish() })
+      } finally {
+        streams.delete(job.stream)
+      }
+      return
+    }
+    case 'forget': {
+      streams.delete(job.stream)
+      reply({ id: job.id, ok: true, op: 'forget' })
       return
     }
   }
 }
 
-// Whole-file jobs run one after another (each reads a whole file); chunk jobs run as they come.
-let files: Promise<void> = Promise.resolve()
+const streams = new Map<string, WholeFileHash>()
+
+function streamOf(name: string, file: Blob): WholeFileHash {
+  let stream = streams.get(name)
+  if (stream === undefined) {
+    stream = new WholeFileHash(file)
+    streams.set(name, stream)
+  }
+  return stream
+}
 
 scope.onmessage = (event: MessageEvent<WorkerRequest>) => {
   const job = event.data
@@ -80,6 +106,5 @@ scope.onmessage = (event: MessageEvent<WorkerRequest>) => {
     const name = err instanceof DOMException || err instanceof Error ? err.name : 'Error'
     reply({ id: job.id, ok: false, error: name })
   }
-  if (job.op === 'file') files = files.then(() => handle(job).catch(fail))
-  else handle(job).catch(fail)
+  handle(job).catch(fail)
 }

@@ -1,8 +1,8 @@
 /**
- * Hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread: a small pool for chunks
- * and fingerprints (the least busy worker takes the job), and one more worker that hashes whole files for
- * verification, one file at a time, so that long job never delays a chunk. A failed read (the file changed
- * or vanished) rejects with FileReadError.
+ * Hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread. The least busy worker of
+ * a small pool takes a fingerprint, or the first chunk of an upload's ``stream``: that worker then keeps the
+ * stream's whole-file SHA-256, so it takes all the stream's chunks and its final digest. A failed read (the
+ * file changed or vanished) rejects with FileReadError.
  */
 import type { WorkerReply, WorkerRequest } from './hash-protocol'
 
@@ -29,13 +29,12 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 export class HashPool {
   private readonly slots: Slot[] = []
-  private readonly verifier: Slot
+  private readonly streams = new Map<string, Slot>()
   private readonly pending = new Map<number, Pending>()
   private nextId = 1
 
   constructor(size: number) {
     for (let i = 0; i < size; i += 1) this.slots.push(this.spawn())
-    this.verifier = this.spawn()
   }
 
   private spawn(): Slot {
@@ -46,9 +45,12 @@ export class HashPool {
     return slot
   }
 
-  /** Read ``[start, end)`` of ``file`` once: its bytes and their SHA-256 (base64). */
-  async chunk(file: Blob, start: number, end: number): Promise<{ bytes: ArrayBuffer; sha256: string }> {
-    const reply = await this.run({ op: 'chunk', file, start, end })
+  /**
+   * Read ``[start, end)`` of ``file`` once: its bytes and their SHA-256 (base64). The bytes also feed the
+   * whole-file SHA-256 of ``stream`` (one per upload), which ``fileSha256`` completes.
+   */
+  async chunk(file: Blob, start: number, end: number, stream?: string): Promise<{ bytes: ArrayBuffer; sha256: string }> {
+    const reply = await this.run({ op: 'chunk', file, start, end, stream }, undefined, this.slotOf(stream))
     if (reply.ok && reply.op === 'chunk') return { bytes: reply.bytes, sha256: reply.sha256 }
     throw new FileReadError()
   }
@@ -60,17 +62,44 @@ export class HashPool {
     throw new FileReadError()
   }
 
-  /** The whole file's SHA-256 as lowercase hex; ``onProgress`` gets the bytes hashed so far. */
-  async fileSha256(file: Blob, onProgress?: (done: number) => void): Promise<string> {
-    const reply = await this.run({ op: 'file', file }, onProgress, this.verifier)
+  /**
+   * The whole file's SHA-256 as lowercase hex, from the chunks of ``stream`` and whatever they did not cover
+   * (read now); ``onProgress`` gets the bytes hashed so far. The stream is gone afterwards.
+   */
+  async fileSha256(file: Blob, stream: string, onProgress?: (done: number) => void): Promise<string> {
+    const slot = this.slotOf(stream)
+    this.streams.delete(stream)
+    const reply = await this.run({ op: 'file', file, stream }, onProgress, slot)
     if (reply.ok && reply.op === 'file') return reply.sha256
     throw new FileReadError()
+  }
+
+  /** Drop the whole-file hash of ``stream`` (its upload was cancelled). */
+  forget(stream: string): void {
+    const slot = this.streams.get(stream)
+    if (slot === undefined) return
+    this.streams.delete(stream)
+    this.run({ op: 'forget', stream }, undefined, slot).catch(() => undefined)
+  }
+
+  private leastBusy(): Slot {
+    return this.slots.reduce((best, s) => (s.busy < best.busy ? s : best))
+  }
+
+  private slotOf(stream: string | undefined): Slot {
+    if (stream === undefined) return this.leastBusy()
+    let slot = this.streams.get(stream)
+    if (slot === undefined) {
+      slot = this.leastBusy()
+      this.streams.set(stream, slot)
+    }
+    return slot
   }
 
   private run(
     job: DistributiveOmit<WorkerRequest, 'id'>,
     onProgress?: (done: number) => void,
-    slot: Slot = this.slots.reduce((best, s) => (s.busy < best.busy ? s : best)),
+    slot: Slot = this.leastBusy(),
   ): Promise<WorkerReply> {
     const id = this.nextId++
     slot.busy += 1

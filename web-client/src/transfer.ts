@@ -4,9 +4,9 @@
  * Progress counts acknowledged bytes only: the ``Upload-Offset`` of the gateway's answers (HEAD, PATCH).
  * Retries never ask the user: a lost connection, a stall, a gateway restart, a busy upload (423), an offset
  * mismatch (409), a server error and a chunk refused for its checksum (460) all retry with backoff, each
- * resuming from the gateway's offset (tus-js-client sends HEAD first). Meanwhile a separate worker hashes the
- * whole file from disk; after the last byte that SHA-256 is compared with the one the gateway computed: only
- * then is the file "verified".
+ * resuming from the gateway's offset (tus-js-client sends HEAD first). Meanwhile the chunks read for sending
+ * also build the whole file's SHA-256 in a worker (whole-file.ts); after the last byte that SHA-256 is
+ * compared with the one the gateway computed: only then is the file "verified".
  */
 import { type DetailedError, type HttpStack, Upload } from 'tus-js-client'
 
@@ -97,8 +97,6 @@ export class Transfer {
   /** False when retrying cannot help (closed case, expired session, too large). */
   canRetry = true
   private upload: Upload | null = null
-  /** The local whole-file SHA-256, computed while the upload runs (a separate worker). */
-  private localHash: Promise<string> | null = null
   private readonly meter = new SpeedMeter()
   private chunkStarted = 0
   private rejectedInARow = 0
@@ -142,13 +140,6 @@ export class Transfer {
     this.message = ''
     this.meter.reset()
     if (this.upload === null || this.restartFresh) this.upload = this.createUpload()
-    if (this.localHash === null) {
-      this.localHash = this.host.hashes.fileSha256(this.file, (done) => {
-        this.hashed = done
-        if (this.state === 'verifying') this.host.changed(this)
-      })
-      this.localHash.catch(() => undefined) // awaited, and reported, in verify()
-    }
     this.restartFresh = false
     this.chunkStarted = performance.now()
     this.upload.start()
@@ -177,6 +168,7 @@ export class Transfer {
     this.message = ''
     this.host.released(this)
     this.host.changed(this)
+    if (previous !== 'done' && previous !== 'verifying') this.host.hashes.forget(this.key)
     if (upload && previous !== 'done' && previous !== 'verifying') {
       // Termination (DELETE) removes what the gateway kept of it; retried by tus-js-client if the network hiccups.
       await upload.abort(true).catch(() => undefined)
@@ -206,7 +198,8 @@ export class Transfer {
       retryDelays: RETRY_DELAYS,
       storeFingerprintForResuming: false,
       fingerprint: () => Promise.resolve(this.fingerprint),
-      fileReader: new ChunkReader(this.host.hashes, () => upload.options.chunkSize ?? INITIAL_CHUNK),
+      // Each chunk read also feeds the whole file's SHA-256, kept in a worker under this transfer's key.
+      fileReader: new ChunkReader(this.host.hashes, () => upload.options.chunkSize ?? INITIAL_CHUNK, this.key),
       httpStack: this.host.stack,
       onUploadUrlAvailable: () => {
         this.uploadUrl = upload.url
@@ -319,7 +312,10 @@ export class Transfer {
     this.host.released(this)
     this.host.changed(this)
     try {
-      this.localSha256 = await (this.localHash ?? this.host.hashes.fileSha256(this.file))
+      this.localSha256 = await this.host.hashes.fileSha256(this.file, this.key, (done) => {
+        this.hashed = done
+        this.host.changed(this)
+      })
     } catch {
       this.state = 'done'
       this.message = 'Uploaded, but the file could not be read again here to compare its SHA-256.'

@@ -30,6 +30,7 @@ export class ChunkRef {
     readonly end: number,
     private prepared: Promise<PreparedChunk> | null,
     private readonly hashes: HashPool,
+    private readonly stream: string,
   ) {}
 
   get size(): number {
@@ -37,7 +38,7 @@ export class ChunkRef {
   }
 
   prepare(): Promise<PreparedChunk> {
-    const prepared = this.prepared ?? this.hashes.chunk(this.file, this.start, this.end)
+    const prepared = this.prepared ?? this.hashes.chunk(this.file, this.start, this.end, this.stream)
     this.prepared = null // a re-send reads the file again
     return prepared
   }
@@ -49,7 +50,10 @@ interface Prefetch {
   promise: Promise<PreparedChunk>
 }
 
-/** tus-js-client's file source, for one file; ``chunkSize()`` is the upload's current chunk size. */
+/**
+ * tus-js-client's file source, for one file; ``chunkSize()`` is the upload's current chunk size. Its chunks
+ * also feed the whole-file SHA-256 of ``stream`` (HashPool.fileSha256).
+ */
 export class ChunkSource implements TusFileSource {
   readonly size: number
   private prefetch: Prefetch | null = null
@@ -58,6 +62,7 @@ export class ChunkSource implements TusFileSource {
     private readonly file: Blob,
     private readonly hashes: HashPool,
     private readonly chunkSize: () => number,
+    private readonly stream: string,
   ) {
     this.size = file.size
   }
@@ -69,11 +74,11 @@ export class ChunkSource implements TusFileSource {
     this.prefetch = null
     if (stop < this.size) {
       const nextEnd = Math.min(this.size, stop + this.chunkSize())
-      const promise = this.hashes.chunk(this.file, stop, nextEnd)
+      const promise = this.hashes.chunk(this.file, stop, nextEnd, this.stream)
       promise.catch(() => undefined) // awaited (and reported) when that chunk is sent
       this.prefetch = { start: stop, end: nextEnd, promise }
     }
-    return Promise.resolve({ value: new ChunkRef(this.file, start, stop, prepared, this.hashes), done: stop >= this.size })
+    return Promise.resolve({ value: new ChunkRef(this.file, start, stop, prepared, this.hashes, this.stream), done: stop >= this.size })
   }
 
   close(): void {
@@ -85,11 +90,12 @@ export class ChunkReader implements TusFileReader {
   constructor(
     private readonly hashes: HashPool,
     private readonly chunkSize: () => number,
+    private readonly stream: string,
   ) {}
 
   openFile(input: unknown): Promise<TusFileSource> {
     if (!(input instanceof Blob)) return Promise.reject(new Error('only files can be uploaded'))
-    return Promise.resolve(new ChunkSource(input, this.hashes, this.chunkSize))
+    return Promise.resolve(new ChunkSource(input, this.hashes, this.chunkSize, this.stream))
   }
 }
 
