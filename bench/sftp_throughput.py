@@ -1,19 +1,26 @@
-"""Upload throughput of OpenSSH's ``sftp`` client: against the eftgw SFTP gateway and against OpenSSH's own
-sftp-server on the same machine.
+"""Upload throughput of OpenSSH's ``sftp`` client: the eftgw SFTP gateway against OpenSSH's own sftp-server on
+the same machine and disk, side by side in one run.
 
-Three targets, the same client (``sftp -b``, ``put``), the same file, the same cipher:
+The same client (``sftp -b``, ``put`` of one file), for each cipher (default: OpenSSH's default
+chacha20-poly1305@openssh.com and aes128-gcm@openssh.com), ``--rounds`` rounds, the targets alternating within
+each round:
 
-- ``eftgw``: the gateway's SFTP service (core, SQLite, filesystem store in a temporary data dir). Every part
-  it stores is fsync'ed and hashed (SHA-256 and xxh128) before its size is acknowledged by ``stat``.
+- ``eftgw``: the gateway's SFTP service (core, SQLite, filesystem store in a temporary data dir), one process
+  for the whole run. Every part it stores is fsync'ed and hashed (SHA-256 and xxh128) before ``stat``
+  acknowledges its size, and the ``put`` ends when the gateway has answered the ``CLOSE`` (the file finished).
 - ``openssh``: OpenSSH's sftp-server behind a throwaway ``sshd`` on a loopback port (its own config, host key
-  and authorized key; nothing of the system's sshd is touched). Measured twice: plain ``put``, which does
-  not fsync, and ``put -f``, which asks the server to fsync the file at the end.
-- ``sftp-server (no SSH)``: ``sftp -D /usr/lib/openssh/sftp-server``, the file-system ceiling without any
-  SSH transport or encryption, for reference.
+  and authorized key; nothing of the system's sshd is touched), plain ``put`` (no fsync). This is the peer
+  the ratio is taken against.
+- ``openssh put -f`` (with ``--fsync-peer``): the same, asking the server to fsync the file at the end.
+- ``sftp-server (no SSH)`` (with ``--local``): ``sftp -D /usr/lib/openssh/sftp-server``, the file-system
+  ceiling without any SSH transport or encryption.
 
-Usage: ``python bench/sftp_throughput.py [--size-mib 1024] [--runs 3] [--cipher CIPHER]`` (default cipher:
-chacha20-poly1305@openssh.com, OpenSSH's default).
-Prints MB/s (10^6 bytes per second; median of the runs) and writes ``bench/results/sftp_throughput.json``.
+Usage: ``python bench/sftp_throughput.py [--size-mib 1024] [--rounds 3] [--cipher C ...] [--fsync-peer]
+[--local] [--py-spy FILE]``. Prints one JSON document: per cipher and target the MB/s of each round (10^6
+bytes per second), the medians, the ratio eftgw/openssh of the medians, the load average (1 min) before each
+put, and the gateway's peak RSS (``VmHWM``); also written to ``bench/results/sftp_throughput.json``.
+``--py-spy FILE`` runs the gateway under ``py-spy record`` (``pip install py-spy``) and writes its samples as
+collapsed stacks (flamegraph input).
 Needs openssh-client and openssh-server (``scripts/install-test-deps-sftp``).
 """
 
@@ -21,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -33,6 +42,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
@@ -69,7 +79,7 @@ def serve_gateway(data_dir: Path, port: int) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str] | None = None, ready: str | None = None) -> Iterator[None]:
+def process(args: list[str], env: dict[str, str] | None = None, ready: str | None = None) -> Iterator[int]:
     proc = subprocess.Popen(
         args,
         env=env,
@@ -81,11 +91,16 @@ def process(args: list[str], env: dict[str, str] | None = None, ready: str | Non
         if ready:
             assert proc.stdout is not None
             line = proc.stdout.readline()
+            while line.startswith("py-spy>") or line == "\n":  # a profiler's banner
+                line = proc.stdout.readline()
             if line.strip() != ready:
                 raise RuntimeError(f"{args[0]} did not start: {line!r}")
-        yield
+        yield proc.pid
     finally:
-        proc.terminate()
+        if Path(args[0]).name == "py-spy":
+            proc.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+        else:
+            proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -134,76 +149,184 @@ def known_hosts_line(port: int, pub: Path) -> str:
     return f"[127.0.0.1]:{port} {kind} {blob}\n"
 
 
-def bench(size_mib: int, runs: int, cipher: str, work: Path) -> dict[str, list[float]]:
-    data = work / "upload.bin"
-    with open(data, "wb") as out:
-        for _ in range(size_mib):
-            out.write(os.urandom(1024 * 1024))
-    size = data.stat().st_size
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    results: dict[str, list[float]] = {}
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def peak_rss_mib(pid: int) -> float | None:
+    """The peak resident set (``VmHWM``) of ``pid`` and its children's largest, in MiB (Linux)."""
+    peaks = []
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for one in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+    return round(max(peaks), 1) if peaks else None
 
-    # eftgw ------------------------------------------------------------------------------------------
-    gw_data, gw_port = work / "gateway", free_port(22600)
-    cli_env = {**env, "EFTGW_DATA_DIR": str(gw_data), "EFTGW_SFTP_PORT": str(gw_port)}
-    subprocess.run([sys.executable, "-m", "eftgw", "case", "open", "BENCH-1"], env=cli_env, check=True,
-                   capture_output=True)  # fmt: skip
-    created = subprocess.run(
-        [sys.executable, "-m", "eftgw", "sftp-account", "create", "BENCH-1",
-         "--authorized-key", f"@{key}.pub"],
-        env=cli_env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    username = json.loads(created.stdout)["username"]
-    with process([sys.executable, __file__, "--serve", str(gw_data), str(gw_port)], env=env, ready="ready"):
-        known = work / "known_gateway"
-        known.write_text(known_hosts_line(gw_port, gw_data / "ssh" / "ssh_host_ed25519_key.pub"))
-        args = [*ssh_options(key, known, gw_port, cipher), f"{username}@127.0.0.1"]
-        results["eftgw"] = [
-            size / timed_put(args, f"put {data} run{i}.bin\nrm run{i}.bin\n", work) for i in range(runs)
-        ]
 
-    # OpenSSH's sftp-server behind a throwaway sshd ---------------------------------------------------
-    sshd_dir, sshd_port = work / "sshd", free_port(22700)
-    sshd_dir.mkdir()
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_key")], check=True
-    )
-    (sshd_dir / "authorized_keys").write_text((work / "id_ed25519.pub").read_text())
-    os.chmod(sshd_dir / "authorized_keys", 0o600)
-    user = (
-        os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    )
-    config = sshd_dir / "sshd_config"
-    config.write_text(
-        f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {sshd_dir / 'host_key'}\n"
-        f"PidFile {sshd_dir / 'sshd.pid'}\nAuthorizedKeysFile {sshd_dir / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PermitRootLogin prohibit-password\nAllowUsers {user}\n"
-        f"Subsystem sftp {SFTP_SERVER}\nLogLevel ERROR\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    target = work / "openssh-target"
-    target.mkdir()
-    with process([str(SSHD), "-D", "-e", "-f", str(config)]):
-        wait_for_port(sshd_port)
-        known = work / "known_sshd"
-        known.write_text(known_hosts_line(sshd_port, sshd_dir / "host_key.pub"))
-        args = [*ssh_options(key, known, sshd_port, cipher), f"{user}@127.0.0.1"]
-        results["openssh"] = [
-            size / timed_put(args, f"put {data} {target}/up.bin\n", work) for _ in range(runs)
-        ]
-        results["openssh (put -f: fsync)"] = [
-            size / timed_put(args, f"put -f {data} {target}/up.bin\n", work) for _ in range(runs)
-        ]
+def cpu_seconds(pid: int, *, children: bool) -> float:
+    """CPU time (user + system) ``pid`` used so far, with its waited-for descendants' if ``children``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
-    # no SSH at all -------------------------------------------------------------------------------
-    local = ["sftp", "-q", "-D", str(SFTP_SERVER)]
-    results["sftp-server (no SSH)"] = [
-        size / timed_put(local, f"put {data} {target}/local.bin\n", work) for _ in range(runs)
-    ]
-    return results
+
+class Bench:
+    """The file, the client key, a running gateway and a running sshd; :meth:`put` times one upload."""
+
+    def __init__(self, work: Path, size_mib: int, stack: contextlib.ExitStack, py_spy: Path | None) -> None:
+        self.work = work
+        self.data = work / "upload.bin"
+        with open(self.data, "wb") as out:
+            for _ in range(size_mib):
+                out.write(os.urandom(1024 * 1024))
+        self.size = self.data.stat().st_size
+        self.key = work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        self.gateway_pid = self._start_gateway(stack, py_spy)
+        self._start_sshd(stack)
+        self.count = 0
+
+    def _start_gateway(self, stack: contextlib.ExitStack, py_spy: Path | None) -> int:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        gw_data, self.gw_port = self.work / "gateway", free_port(22600)
+        cli_env = {**env, "EFTGW_DATA_DIR": str(gw_data), "EFTGW_SFTP_PORT": str(self.gw_port)}
+        subprocess.run([sys.executable, "-m", "eftgw", "case", "open", "BENCH-1"], env=cli_env, check=True,
+                       capture_output=True)  # fmt: skip
+        created = subprocess.run(
+            [sys.executable, "-m", "eftgw", "sftp-account", "create", "BENCH-1",
+             "--authorized-key", f"@{self.key}.pub"],
+            env=cli_env, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        self.username = json.loads(created.stdout)["username"]
+        command = [sys.executable, __file__, "--serve", str(gw_data), str(self.gw_port)]
+        if py_spy is not None:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            command = [
+                spy,
+                "record",
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--threads",
+                "-o",
+                str(py_spy),
+                "--",
+                *command,
+            ]
+        pid = stack.enter_context(process(command, env=env, ready="ready"))
+        if py_spy is not None:  # measure the gateway, not py-spy
+            pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+        self.known_gateway = self.work / "known_gateway"
+        self.known_gateway.write_text(
+            known_hosts_line(self.gw_port, gw_data / "ssh" / "ssh_host_ed25519_key.pub")
+        )
+        return pid
+
+    def _start_sshd(self, stack: contextlib.ExitStack) -> None:
+        sshd_dir, self.sshd_port = self.work / "sshd", free_port(22700)
+        sshd_dir.mkdir()
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_key")], check=True
+        )
+        (sshd_dir / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
+        os.chmod(sshd_dir / "authorized_keys", 0o600)
+        self.user = (
+            os.environ.get("USER")
+            or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        )
+        config = sshd_dir / "sshd_config"
+        config.write_text(
+            f"Port {self.sshd_port}\nListenAddress 127.0.0.1\nHostKey {sshd_dir / 'host_key'}\n"
+            f"PidFile {sshd_dir / 'sshd.pid'}\nAuthorizedKeysFile {sshd_dir / 'authorized_keys'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            f"PermitRootLogin prohibit-password\nAllowUsers {self.user}\n"
+            f"Subsystem sftp {SFTP_SERVER}\nLogLevel ERROR\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self.target = self.work / "openssh-target"
+        self.target.mkdir()
+        self.sshd_pid = stack.enter_context(process([str(SSHD), "-D", "-e", "-f", str(config)]))
+        wait_for_port(self.sshd_port)
+        self.known_sshd = self.work / "known_sshd"
+        self.known_sshd.write_text(known_hosts_line(self.sshd_port, sshd_dir / "host_key.pub"))
+
+    def put(self, target: str, cipher: str) -> tuple[float, float, float | None]:
+        """Upload the file once to ``target``; return MB/s, the 1-minute load average just before, and the
+        server side's CPU seconds per GiB (the gateway process; sshd with its session and sftp-server)."""
+        self.count += 1
+        load = os.getloadavg()[0]
+        server = {"eftgw": (self.gateway_pid, False), "openssh": (self.sshd_pid, True)}
+        server["openssh put -f"] = server["openssh"]
+        pid, children = server.get(target, (0, False))
+        cpu_before = cpu_seconds(pid, children=children) if pid else 0.0
+        if target == "eftgw":
+            args = [
+                *ssh_options(self.key, self.known_gateway, self.gw_port, cipher),
+                f"{self.username}@127.0.0.1",
+            ]
+            name = f"run{self.count}.bin"
+            seconds = timed_put(args, f"put {self.data} {name}\nrm {name}\n", self.work)
+        elif target in ("openssh", "openssh put -f"):
+            args = [*ssh_options(self.key, self.known_sshd, self.sshd_port, cipher), f"{self.user}@127.0.0.1"]
+            flag = "-f " if target == "openssh put -f" else ""
+            seconds = timed_put(args, f"put {flag}{self.data} {self.target}/up.bin\n", self.work)
+        else:
+            local = ["sftp", "-q", "-D", str(SFTP_SERVER)]
+            seconds = timed_put(local, f"put {self.data} {self.target}/local.bin\n", self.work)
+        if children:  # the session's sshd and sftp-server count once sshd has reaped them
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}/task/{pid}/children").read_text().strip():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        cpu = cpu_seconds(pid, children=children) - cpu_before if pid else None
+        return self.size / seconds / 1e6, load, None if cpu is None else round(cpu * 2**30 / self.size, 2)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    targets = ["eftgw", "openssh"]
+    if args.fsync_peer:
+        targets.append("openssh put -f")
+    if args.local:
+        targets.append("sftp-server (no SSH)")
+    record: dict[str, Any] = {
+        "size_mib": args.size_mib,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ciphers": {},
+    }
+    with contextlib.ExitStack() as stack:
+        bench = Bench(work, args.size_mib, stack, args.py_spy)
+        for cipher in args.cipher:
+            rates: dict[str, list[float]] = {t: [] for t in targets}
+            cpu: dict[str, list[float | None]] = {t: [] for t in targets}
+            loads: list[float] = []
+            for round_no in range(args.rounds):
+                # alternate which target goes first, so neither always runs on a warmer machine
+                order = targets if round_no % 2 == 0 else [*targets[1:], targets[0]]
+                for target in order:
+                    mbs, load, cpu_per_gib = bench.put(target, cipher)
+                    rates[target].append(round(mbs, 1))
+                    cpu[target].append(cpu_per_gib)
+                    loads.append(load)
+                    print(f"{cipher} round {round_no + 1} {target}: {mbs:.1f} MB/s, server CPU "
+                          f"{cpu_per_gib} s/GiB (load {load:.2f})",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            medians = {t: round(statistics.median(r), 1) for t, r in rates.items()}
+            record["ciphers"][cipher] = {
+                "MBps": rates,
+                "median_MBps": medians,
+                "ratio_eftgw_to_openssh": round(medians["eftgw"] / medians["openssh"], 3),
+                "server_cpu_s_per_GiB": cpu,
+                "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
+            }
+        record["gateway_peak_rss_mib"] = peak_rss_mib(bench.gateway_pid)
+    record["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return record
 
 
 def main() -> int:
@@ -214,32 +337,29 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cipher", default="chacha20-poly1305@openssh.com")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cipher", action="append", help="repeatable; default: chacha20-poly1305 and aes128-gcm"
+    )
+    parser.add_argument("--fsync-peer", action="store_true", help="also measure OpenSSH with put -f")
+    parser.add_argument("--local", action="store_true", help="also measure sftp -D (no SSH)")
+    parser.add_argument("--py-spy", type=Path, help="profile the gateway with py-spy into this file")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "sftp_throughput.json")
     args = parser.parse_args()
+    args.cipher = args.cipher or ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]
     for tool in ("sftp", "ssh-keygen", str(SSHD), str(SFTP_SERVER)):
         if shutil.which(tool) is None and not Path(tool).exists():
             print(f"missing {tool}: run scripts/install-test-deps-sftp", file=sys.stderr)
             return 2
     work = Path(tempfile.mkdtemp(prefix="eftgw-sftp-bench-"))
     try:
-        results = bench(args.size_mib, args.runs, args.cipher, work)
+        record = run(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"OpenSSH sftp upload of {args.size_mib} MiB, cipher {args.cipher}, {args.runs} runs, "
-          f"{os.cpu_count()} CPUs (MB/s = 10^6 bytes/s; median, min-max)")  # fmt: skip
-    summary = {}
-    for target, rates in results.items():
-        mbs = [r / 1e6 for r in rates]
-        summary[target] = {
-            "median_MBps": round(statistics.median(mbs), 1),
-            "runs_MBps": [round(m, 1) for m in mbs],
-        }
-        print(f"  {target:28s} {statistics.median(mbs):8.1f} MB/s   ({min(mbs):.1f}-{max(mbs):.1f})")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"size_mib": args.size_mib, "cipher": args.cipher, "cpus": os.cpu_count(), "results": summary}
-    (out / "sftp_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+    text = json.dumps(record, indent=2)
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
     return 0
 
 

@@ -6,7 +6,10 @@ any SFTP client test has to be read to find out why.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+from typing import Any
 
 import asyncssh
 import pytest
@@ -102,3 +105,90 @@ def test_a_wrapped_signature_check_sees_the_outcome_of_the_keys_own_verify() -> 
     assert public.verify(b"data", signature) is True
     assert public.verify(b"other", signature) is False
     assert seen == [True, False]
+
+
+def test_the_receive_path_internals_are_shaped_as_used() -> None:
+    """``SSHConnection``: ``_recv_data`` loops ``_recv_handler`` over ``_inpbuf``; ``_recv_pkthdr`` wants
+    ``_recv_blocksize`` bytes and ``_recv_packet`` ``4 + _pktlen + _recv_macsize - _recv_blocksize``;
+    ``_finish_recv_packet`` resumes parsing only when ``_inpbuf`` holds bytes; ``_cleanup`` empties it."""
+    conn = asyncssh.connection.SSHConnection
+    assert "while self._inpbuf and self._recv_handler()" in inspect.getsource(conn._recv_data)
+    for name in ("_reset_keepalive_timer", "_send_disconnect", "_force_close", "internal_error"):
+        assert name in inspect.getsource(conn._recv_data), name
+    assert "len(self._inpbuf) < self._recv_blocksize" in inspect.getsource(conn._recv_pkthdr)
+    source = inspect.getsource(conn._recv_packet)
+    assert "rem = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize" in source
+    assert "self._recv_handler = lambda: False" in source
+    assert "if is_async and self._inpbuf:" in inspect.getsource(conn._finish_recv_packet)
+    assert "self._inpbuf += data" in inspect.getsource(conn.data_received)
+    assert "self._inpbuf = b''" in inspect.getsource(conn._cleanup)
+    assert list(inspect.signature(conn.data_received).parameters) == ["self", "data", "datatype"]
+
+
+def test_the_receive_queue_hands_out_exactly_the_bytes_asked_for_in_order() -> None:
+    """``_ReceiveQueue.take`` returns the front bytes across chunk boundaries, never more than asked."""
+    queue = compat._ReceiveQueue()
+    for chunk in (b"abc", b"", b"defgh", b"ij"):
+        queue.append(chunk)
+    assert queue.size == 10
+    assert queue.take(2) == b"ab"
+    assert queue.take(4) == b"cdef"
+    assert queue.take(100) == b"ghij"
+    assert queue.size == 0 and queue.take(5) == b""
+
+
+class _Sink(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False  # no authentication: this server only counts bytes
+
+
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"])
+async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
+    cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the receive buffer installed, a server connection whose socket reads carry many pipelined
+    packets still gets every byte, in order, and its packet parser is handed one packet at a time: no
+    ``_inpbuf`` holding the packets after it (which asyncssh would copy again for each packet)."""
+    compat.install_receive_buffer()
+    seen_after_packet: list[int] = []
+    original = asyncssh.connection.SSHConnection._recv_packet
+
+    def recording(self: Any) -> bool:
+        wanted = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize
+        seen_after_packet.append(len(self._inpbuf) - wanted)
+        return original(self)
+
+    monkeypatch.setattr(asyncssh.connection.SSHServerConnection, "_recv_packet", recording)
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def sink(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        while chunk := await process.stdin.read(1 << 20):
+            received.extend(chunk)
+        process.exit(0)
+        done.set()
+
+    server = await asyncssh.create_server(
+        _Sink, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=sink, encoding=None, encryption_algs=[cipher],
+    )  # fmt: skip
+    try:
+        port = server.sockets[0].getsockname()[1]
+        payload = os.urandom(4 << 20)
+        async with (
+            asyncssh.connect(
+                "127.0.0.1", port, known_hosts=None, username="u", encryption_algs=[cipher]
+            ) as conn,
+            conn.create_process(encoding=None) as process,
+        ):
+            for start in range(0, len(payload), 32 * 1024):  # pipelined, as OpenSSH's client sends
+                process.stdin.write(payload[start : start + 32 * 1024])
+            process.stdin.write_eof()
+            await asyncio.wait_for(done.wait(), 60)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert bytes(received) == payload
+    data_packets = [extra for extra in seen_after_packet if extra >= 0]
+    assert len(data_packets) >= 128
+    assert max(seen_after_packet) == 0
