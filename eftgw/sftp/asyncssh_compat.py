@@ -31,6 +31,16 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    ``_recv_pkthdr``, ``_recv_packet``, ``_recv_blocksize``, ``_pktlen``, ``_recv_macsize``,
    ``_reset_keepalive_timer``, ``_send_disconnect``, ``_force_close``, ``internal_error``,
    ``_finish_recv_packet``).
+5. The packet ciphers chacha20-poly1305@openssh.com and aes*-gcm@openssh.com
+   (:func:`install_packet_ciphers`). asyncssh (through ``cryptography``, i.e. OpenSSL; it no longer uses
+   libsodium) builds three ChaCha20 contexts per packet and copies each packet into ``header + data`` for its
+   Poly1305 tag, and builds a new ``AESGCM`` object (key schedule) per packet after copying the packet twice.
+   The same constructions are computed here with one ChaCha20 context for the Poly1305 key and the data, an
+   incremental Poly1305, and one ``AESGCM`` object per key, byte for byte what asyncssh computes (the tests
+   check both against asyncssh's own classes).
+
+   (internals: ``asyncssh.encryption._enc_params``, ``ChachaEncryption`` and ``GCMEncryption`` with their
+   ``new``/``encrypt_packet``/``decrypt_header``/``decrypt_packet`` signatures).
 """
 
 from __future__ import annotations
@@ -42,12 +52,18 @@ from typing import Any, cast
 
 import asyncssh
 from asyncssh import SFTPInvalidHandle, SFTPLimits, SFTPServer, SSHReader, SSHServerChannel, SSHWriter
+from asyncssh import encryption as _encryption
 from asyncssh.connection import SSHServerConnection
 from asyncssh.constants import FXP_WRITE
 from asyncssh.misc import DisconnectError
-from asyncssh.packet import SSHPacket
+from asyncssh.packet import PacketDecodeError, SSHPacket
 from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 TESTED_VERSIONS = frozenset({"2.24.1"})
 """The asyncssh versions whose internals this module was checked against (``pyproject.toml`` pins one)."""
@@ -86,14 +102,19 @@ class _GatewaySFTPHandler(SFTPServerHandler):
 
     async def _process_write(self, packet: SSHPacket) -> int:
         """A write request; like OpenSSH's sftp-server, bytes after the data are ignored, not refused
-        (the SFTP library inside rclone sends them)."""
+        (the SFTP library inside rclone sends them). The data is a view into the request, not a copy."""
         handle = packet.get_string()
         offset = packet.get_uint64()
-        data = packet.get_string()
+        length = packet.get_uint32()
+        start = len(packet.get_consumed_payload())
+        request = packet.get_full_payload()
+        if start + length > len(request):
+            raise PacketDecodeError("Incomplete packet")
+        data = memoryview(request)[start : start + length]
         file_obj = self._file_handles.get(handle)
         if file_obj is None:
             raise SFTPInvalidHandle("Invalid file handle")
-        result = self._server.write(file_obj, offset, data)
+        result = self._server.write(file_obj, offset, cast(bytes, data))  # CaseSFTPServer takes views
         return await result if inspect.isawaitable(result) else result
 
     async def _process_limits(self, packet: SSHPacket) -> SFTPLimits:
@@ -278,3 +299,111 @@ def install_receive_buffer() -> None:
     cls: Any = SSHServerConnection
     cls.data_received = _queued_data_received
     cls._recv_data = _queued_recv_data
+
+
+_COUNTER_0 = bytes(8)  # ChaCha20's 64-bit block counter (little-endian) at 0, before the 64-bit nonce
+_ONE_BLOCK = bytes(64)
+_GCM_TAG = 16
+
+
+class _ChachaPoly(_encryption.ChachaEncryption):
+    """OpenSSH's chacha20-poly1305: the length under K_1 (block 0), the Poly1305 key from block 0 of K_2 and
+    the payload from block 1 of K_2, nonce = the packet's sequence number; the tag covers length + payload."""
+
+    def __init__(self, key: bytes) -> None:  # asyncssh: ChachaCipher(key)
+        half = len(key) // 2
+        self._main_key = key[:half]
+        self._length_key = key[half:]
+
+    @classmethod
+    def new(
+        cls,
+        cipher_name: str,
+        key: bytes,
+        iv: bytes,
+        mac_alg: bytes = b"",
+        mac_key: bytes = b"",
+        etm: bool = False,
+    ) -> _ChachaPoly:
+        return cls(key)
+
+    @staticmethod
+    def _stream(key: bytes, seq: int) -> CipherContext:
+        return Cipher(ChaCha20(key, _COUNTER_0 + seq.to_bytes(8, "big")), mode=None).encryptor()
+
+    def _payload_stream(self, seq: int) -> tuple[CipherContext, Poly1305]:
+        stream = self._stream(self._main_key, seq)
+        return stream, Poly1305(stream.update(_ONE_BLOCK)[:32])  # the payload starts at block 1
+
+    def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
+        header = self._stream(self._length_key, seq).update(header)
+        stream, tag = self._payload_stream(seq)
+        data = stream.update(packet)
+        tag.update(header)
+        tag.update(data)
+        return header + data, tag.finalize()
+
+    def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> tuple[bytes, bytes]:
+        return first_block, self._stream(self._length_key, seq).update(first_block[:header_len])
+
+    def decrypt_packet(
+        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        stream, tag = self._payload_stream(seq)
+        tag.update(first)
+        tag.update(rest)
+        try:
+            tag.verify(mac)
+        except InvalidSignature:
+            return None
+        return stream.update(first[header_len:] + rest)
+
+
+class _AesGcm(_encryption.GCMEncryption):
+    """AES-GCM as RFC 5647 uses it (the length as associated data, the invocation counter in the IV's last 8
+    bytes counting packets), with one ``AESGCM`` object for the key's lifetime."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None:  # asyncssh: GCMCipher(cipher_name, key, iv)
+        self._aead = AESGCM(key)
+        self._fixed = iv[:4]
+        self._invocation = int.from_bytes(iv[4:], "big")
+
+    @classmethod
+    def new(
+        cls,
+        cipher_name: str,
+        key: bytes,
+        iv: bytes,
+        mac_alg: bytes = b"",
+        mac_key: bytes = b"",
+        etm: bool = False,
+    ) -> _AesGcm:
+        return cls(key, iv)
+
+    def _next_iv(self) -> bytes:
+        iv = self._fixed + self._invocation.to_bytes(8, "big")
+        self._invocation = (self._invocation + 1) & 0xFFFFFFFFFFFFFFFF
+        return iv
+
+    def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
+        data = self._aead.encrypt(self._next_iv(), packet, header)
+        return header + data[:-_GCM_TAG], data[-_GCM_TAG:]
+
+    def decrypt_packet(
+        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        iv = self._next_iv()
+        try:
+            return self._aead.decrypt(iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+        except InvalidTag:
+            return None
+
+
+def install_packet_ciphers() -> None:
+    """Use the ciphers above for chacha20-poly1305 and AES-GCM in this process (see 5. above); idempotent."""
+    params: Any = _encryption._enc_params
+    for name, (kind, cipher_name) in list(params.items()):
+        if kind is _encryption.ChachaEncryption:
+            params[name] = (_ChachaPoly, cipher_name)
+        elif kind is _encryption.GCMEncryption:
+            params[name] = (_AesGcm, cipher_name)

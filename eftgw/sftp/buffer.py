@@ -73,7 +73,7 @@ class BufferedUpload:
         self.durable = offset
         self.end = offset
         self.error: DomainError | None = None
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[bytes | memoryview] = collections.deque()
         self._queued = 0
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
@@ -84,8 +84,9 @@ class BufferedUpload:
         """Bytes accepted but not yet durable."""
         return self.end - self.durable
 
-    async def write(self, data: bytes) -> None:
-        """Queue ``data`` after everything accepted so far; wait only while the buffer is full."""
+    async def write(self, data: bytes | memoryview) -> None:
+        """Queue ``data`` after everything accepted so far; wait only while the buffer is full. A view
+        (of the SFTP request) is kept as it is until it is joined with others into a piece of the part."""
         self._raise_error()
         while self._queued and self._queued + len(data) > self.capacity:
             self._changed.clear()
@@ -161,7 +162,7 @@ class BufferedUpload:
                 except TimeoutError:
                     return
                 continue
-            pieces: list[bytes] = []
+            pieces: list[bytes | memoryview] = []
             size = 0
             while self._queue and size < PIECE:
                 chunk = self._queue.popleft()
@@ -170,7 +171,7 @@ class BufferedUpload:
             self._queued -= size
             sent += size
             self._signal()
-            yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            yield bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
     def _fail(self, exc: DomainError) -> None:
         if self.error is None:

@@ -256,7 +256,7 @@ class CaseSFTPServer(SFTPServer):
         with translated("read"):
             return await file_obj.read(offset, size)
 
-    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+    async def write(self, file_obj: object, offset: int, data: bytes | memoryview) -> int:
         handle = self._write_handle(file_obj)
         with translated("write"):
             buffer = handle.buffer

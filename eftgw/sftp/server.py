@@ -37,6 +37,7 @@ from eftgw.model import Principal, Role, Via
 from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
 from eftgw.sftp.asyncssh_compat import (
     SFTPOnlySession,
+    install_packet_ciphers,
     install_receive_buffer,
     require_tested_version,
     strict_kex_negotiated,
@@ -193,6 +194,7 @@ class SftpService:
     async def start(self) -> None:
         require_tested_version()
         install_receive_buffer()
+        install_packet_ciphers()
         keys = await asyncio.to_thread(load_or_create_host_keys, self.host_keys_dir)
         await self.accounts.prepare()
         self.accounts.on_revoke(self._revoked)

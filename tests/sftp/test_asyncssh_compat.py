@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import asyncssh
 import pytest
 from asyncssh.constants import FXP_WRITE
+from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt64
 from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 
@@ -192,3 +194,90 @@ async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
     data_packets = [extra for extra in seen_after_packet if extra >= 0]
     assert len(data_packets) >= 128
     assert max(seen_after_packet) == 0
+
+
+def _packets() -> list[tuple[bytes, bytes]]:
+    """(encrypted-length header, padded payload) pairs of the sizes SFTP sends: tiny, 32 KiB, 256 KiB."""
+    return [
+        (len(body).to_bytes(4, "big"), body)
+        for body in (os.urandom(12), os.urandom(32 * 1024 - 4), os.urandom(256 * 1024 + 4))
+    ]
+
+
+def _decrypt(enc: Any, seq: int, wire: bytes, mac: bytes, block: int) -> bytes | None:
+    """Receive ``wire`` as asyncssh's connection does: the first block's header, then the packet."""
+    first, _length = enc.decrypt_header(seq, wire[:block], 4)
+    return enc.decrypt_packet(seq, first, wire[block:], 4, mac)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("cipher_name", "theirs", "ours", "block"),
+    [
+        ("chacha20-poly1305", asyncssh.encryption.ChachaEncryption, compat._ChachaPoly, 8),
+        ("aes128-gcm", asyncssh.encryption.GCMEncryption, compat._AesGcm, 16),
+        ("aes256-gcm", asyncssh.encryption.GCMEncryption, compat._AesGcm, 16),
+    ],
+)
+def test_the_gateway_ciphers_compute_exactly_what_asyncssh_computes(
+    cipher_name: str, theirs: Any, ours: Any, block: int
+) -> None:
+    """``_ChachaPoly`` and ``_AesGcm`` produce the same bytes and tags as asyncssh's ``ChachaEncryption`` and
+    ``GCMEncryption``, decrypt what those encrypt, packet after packet (sequence numbers and the GCM
+    invocation counter wrapping), and refuse a packet whose tag is wrong."""
+    key_size, iv_size, _ = asyncssh.crypto.get_cipher_params(cipher_name)
+    key, iv = os.urandom(key_size), os.urandom(iv_size)
+    if iv_size:
+        iv = iv[:4] + (2**64 - 2).to_bytes(8, "big")  # the invocation counter wraps during the test
+    theirs_send, ours_send = theirs.new(cipher_name, key, iv), ours.new(cipher_name, key, iv)
+    theirs_recv, ours_recv = theirs.new(cipher_name, key, iv), ours.new(cipher_name, key, iv)
+    for seq, (header, body) in enumerate(_packets(), start=2**32 - 2):
+        seq &= 0xFFFFFFFF
+        wire, mac = theirs_send.encrypt_packet(seq, header, body)
+        assert ours_send.encrypt_packet(seq, header, body) == (wire, mac)
+        assert _decrypt(ours_recv, seq, wire, mac, block) == body
+        assert _decrypt(theirs_recv, seq, wire, mac, block) == body
+    wire, mac = ours.new(cipher_name, key, iv).encrypt_packet(7, *_packets()[1])
+    forged = bytes([mac[0] ^ 1]) + mac[1:]
+    assert _decrypt(ours.new(cipher_name, key, iv), 7, wire, forged, block) is None
+
+
+def test_installing_the_gateway_ciphers_replaces_exactly_chacha_and_gcm() -> None:
+    """After ``install_packet_ciphers`` asyncssh's table maps chacha20-poly1305 and both AES-GCM names to ours
+    and leaves every other algorithm as it was."""
+    before = dict(asyncssh.encryption._enc_params)
+    compat.install_packet_ciphers()
+    after = asyncssh.encryption._enc_params
+    assert after[b"chacha20-poly1305@openssh.com"][0] is compat._ChachaPoly
+    assert after[b"aes128-gcm@openssh.com"][0] is compat._AesGcm
+    assert after[b"aes256-gcm@openssh.com"][0] is compat._AesGcm
+    replaced = {b"chacha20-poly1305@openssh.com", b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com"}
+    for name, entry in before.items():
+        if name not in replaced:
+            assert after[name] == entry
+    signature = list(inspect.signature(asyncssh.encryption.ChachaEncryption.decrypt_packet).parameters)
+    assert signature == ["self", "seq", "first", "rest", "header_len", "mac"]
+    assert list(inspect.signature(asyncssh.encryption.GCMEncryption.new).parameters) == [
+        "cipher_name", "key", "iv", "mac_alg", "mac_key", "etm",
+    ]  # fmt: skip
+
+
+async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> None:
+    """``_process_write`` passes the written bytes to the server as a view into the request packet (no copy),
+    ignores bytes after the data, and refuses a request whose data is cut short."""
+    seen: list[tuple[object, int, object]] = []
+
+    class Server:
+        async def write(self, file_obj: object, offset: int, data: object) -> int:
+            seen.append((file_obj, offset, data))
+            return 0
+
+    handler = SimpleNamespace(_file_handles={b"h1": "file"}, _server=Server())
+    data = os.urandom(1000)
+    request = String(b"h1") + UInt64(4096) + String(data) + b"trailing"
+    packet = SSHPacket(request)
+    await compat._GatewaySFTPHandler._process_write(handler, packet)  # type: ignore[arg-type]
+    file_obj, offset, view = seen[0]
+    assert (file_obj, offset) == ("file", 4096)
+    assert isinstance(view, memoryview) and view.obj is packet.get_full_payload() and bytes(view) == data
+    with pytest.raises(PacketDecodeError):
+        await compat._GatewaySFTPHandler._process_write(handler, SSHPacket(request[:-500]))  # type: ignore[arg-type]
