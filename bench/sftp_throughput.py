@@ -98,7 +98,11 @@ def process(args: list[str], env: dict[str, str] | None = None, ready: str | Non
         yield proc.pid
     finally:
         if Path(args[0]).name == "py-spy":
-            proc.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+            # py-spy writes its profile when its target ends: stop the target, then py-spy
+            with contextlib.suppress(OSError, ValueError):
+                for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                    os.kill(int(child), signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
         else:
             proc.terminate()
         try:
