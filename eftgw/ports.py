@@ -195,7 +195,7 @@ class EventRepository(Protocol):
         ...
 
     async def replay(self, event_ids: Sequence[str] | None, now: dt.datetime) -> int:
-        """Make these dead (or, with ``None``, all dead) events pending again, due ``now``, attempts reset;
+        """Make these dead (or, with ``None``, all dead) events pending again, due at once, attempts reset;
         their ids are unchanged. How many."""
         ...
 

@@ -32,6 +32,10 @@ from eftgw.model import SftpAccount
 # pg_advisory_xact_lock key of the outbox ("evt" + 1); migrations use 4242001.
 OUTBOX_LOCK = 4242101
 _IN_CHUNK = 500
+#: ``next_attempt_at`` of a new or replayed event: due at once, whatever the clock of the node that made it
+#: says (an event minted by ``retention run --now <later>``, or on a node whose clock runs ahead, is not held
+#: back until that time).
+DUE_AT_ONCE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 _e = t.events.c
 _PENDING = sa.and_(_e.delivered_at.is_(None), _e.dead_at.is_(None))
@@ -83,7 +87,7 @@ async def append_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
                 "case_id": event.case_id,
                 "data": dict(event.data),
                 "attempts": 0,
-                "next_attempt_at": event.at,
+                "next_attempt_at": DUE_AT_ONCE,
             }
             for event in events
         ],
@@ -187,7 +191,7 @@ class EventStore:
             await conn.execute(
                 sa.update(t.events)
                 .where(_e.seq == seq, _e.delivered_at.is_(None))
-                .values(dead_at=at, last_status=status, last_error=error[:2000])
+                .values(dead_at=at, attempts=_e.attempts + 1, last_status=status, last_error=error[:2000])
             )
 
     async def list_deliveries(self, state: str | None, after: int, limit: int) -> list[Delivery]:
@@ -205,7 +209,7 @@ class EventStore:
 
     async def replay(self, event_ids: Sequence[str] | None, now: dt.datetime) -> int:
         dead = sa.and_(_e.delivered_at.is_(None), _e.dead_at.is_not(None))
-        again = {"dead_at": None, "attempts": 0, "next_attempt_at": now}
+        again = {"dead_at": None, "attempts": 0, "next_attempt_at": DUE_AT_ONCE}
         count = 0
         async with begin_write(self.engine) as conn:
             if event_ids is None:

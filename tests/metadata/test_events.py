@@ -16,7 +16,7 @@ from eftgw.clock import FixedClock
 from eftgw.events import Event, EventFactory
 from eftgw.metadata import SqlRepository
 from eftgw.metadata import schema as t
-from eftgw.metadata.events import append_events
+from eftgw.metadata.events import DUE_AT_ONCE, append_events
 from eftgw.model import Case, CaseState, SftpAccount
 from tests.metadata.test_repository import T0, at, make_file, make_upload
 
@@ -180,7 +180,8 @@ async def test_delivery_state_is_recorded_listed_replayed_counted_and_pruned(rep
     first = (await repo.list_deliveries("pending", 0, 10))[0]
     assert first.attempts == 2 and first.next_attempt_at == at(120) and first.last_error == "refused"
     assert [d.state for d in await repo.list_deliveries(None, 0, 10)] == ["pending", "delivered", "dead"]
-    assert [d.event.id for d in await repo.list_deliveries("dead", 0, 10)] == [events[2].id]
+    [dead] = await repo.list_deliveries("dead", 0, 10)
+    assert dead.event.id == events[2].id and dead.attempts == 1  # the attempt that failed for good counts
     assert await repo.outbox_stats() == (1, T0)
     assert await repo.prune_events(at(3600)) == 2  # delivered and dead; the pending one stays
     await repo.add_events([again := finished("C-3")])
@@ -188,10 +189,19 @@ async def test_delivery_state_is_recorded_listed_replayed_counted_and_pruned(rep
     await repo.record_dead(last, at(4), None, "timeout")
     assert await repo.replay(None, at(5)) == 1
     replayed = (await repo.list_deliveries("pending", 0, 10))[-1]
-    assert replayed.event.id == again.id and replayed.attempts == 0 and replayed.next_attempt_at == at(5)
+    assert replayed.event.id == again.id and replayed.attempts == 0
+    assert replayed.next_attempt_at == DUE_AT_ONCE  # due at once, whatever the replaying node's clock says
     assert await repo.replay(["evt_unknown"], at(6)) == 0
     with pytest.raises(ValueError, match="unknown delivery state"):
         await repo.list_deliveries("lost", 0, 10)
+
+
+async def test_an_event_made_with_a_clock_ahead_is_due_at_once(repo: SqlRepository) -> None:
+    """An event whose time lies ahead of the sender's clock (``retention run --now <later>``, or a node whose
+    clock runs fast) is due at once: its first attempt does not wait for its timestamp."""
+    ahead = EventFactory("eu", FixedClock(T0 + dt.timedelta(days=40)))
+    await repo.add_events([purged := ahead.make("case.purged", "C-9", files=1, bytes=10)])
+    assert [d.event.id for d in await repo.due_deliveries(T0, 10)] == [purged.id]
 
 
 async def test_due_deliveries_keeps_case_order_over_thousands_of_events(repo: SqlRepository) -> None:
