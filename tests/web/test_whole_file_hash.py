@@ -9,10 +9,12 @@ brought may be read from disk again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.web.axe import NODE_DIR
 from tests.web.client import MiB, random_file
@@ -21,16 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "web-client"
 
 
-def run_scenarios(tmp_path: Path, source: Path) -> list[dict[str, object]]:
-    node = shutil.which("node")
-    assert node, "Node.js is required (scripts/install-test-deps-web)"
+def bundle_module(tmp_path: Path, module: str) -> Path:
+    """``web-client/src/<module>.ts`` and what it imports, as one ES module for Node.js."""
     esbuild = CLIENT / "node_modules" / ".bin" / "esbuild"
     assert esbuild.exists(), "run scripts/build-web-client first (it installs the web client's npm packages)"
-    bundle = tmp_path / "whole-file.mjs"
+    bundle = tmp_path / f"{module}.mjs"
     subprocess.run(
         [
             str(esbuild),
-            str(CLIENT / "src" / "whole-file.ts"),
+            str(CLIENT / "src" / f"{module}.ts"),
             "--bundle",
             "--format=esm",
             "--platform=node",
@@ -41,14 +42,20 @@ def run_scenarios(tmp_path: Path, source: Path) -> list[dict[str, object]]:
         cwd=CLIENT,
         timeout=120,
     )
+    return bundle
+
+
+def run_node(script: str, *args: str) -> Any:
+    node = shutil.which("node")
+    assert node, "Node.js is required (scripts/install-test-deps-web)"
     done = subprocess.run(
-        [node, str(NODE_DIR / "whole-file-hash.mjs"), str(bundle), str(source)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [node, str(NODE_DIR / script), *args], check=True, capture_output=True, text=True, timeout=300
     )
-    return list(json.loads(done.stdout))
+    return json.loads(done.stdout)
+
+
+def run_scenarios(tmp_path: Path, source: Path) -> list[dict[str, object]]:
+    return list(run_node("whole-file-hash.mjs", str(bundle_module(tmp_path, "whole-file")), str(source)))
 
 
 def test_the_whole_file_digest_comes_from_the_chunks_read_once(tmp_path: Path) -> None:
@@ -74,3 +81,20 @@ def test_the_whole_file_digest_comes_from_the_chunks_read_once(tmp_path: Path) -
     assert offset <= results["resumed at an offset"]["disk_bytes"] <= offset + 2 * 2 * MiB
     assert results["no chunks"]["disk_bytes"] == source.stat().st_size
     assert results["read returns"] == {"name": "read returns", "bytes": 1000, "beside": 1000, "equal": True}
+
+
+def test_a_chunk_read_ahead_is_sent_even_when_the_chunk_size_grew(tmp_path: Path) -> None:
+    """The chunk read and hashed while the previous one was sent is used as it is, never read again.
+
+    The page grows its chunk after each fast one; before, a read-ahead chunk of the old size was thrown away
+    and the range read again at the new size, so each growing chunk was read twice and not overlapped.
+    """
+    result = run_node("chunk-source.mjs", str(bundle_module(tmp_path, "tus-adapter")))
+    assert isinstance(result, dict)
+    reads = [(start, end) for start, end, _ in result["reads"]]
+    assert all(stream == "S" for _, _, stream in result["reads"])
+    assert len(reads) == len(set(reads))
+    covered = sorted(reads)
+    assert covered[0][0] == 0 and covered[-1][1] == 20 * MiB
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))
+    assert [tuple(r) for r in result["sent"]] == covered

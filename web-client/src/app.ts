@@ -336,6 +336,7 @@ export class App implements TransferHost {
   }
 
   private dismiss(transfer: Transfer): void {
+    this.hashes.forget(transfer.key)
     this.queue.remove(transfer)
     this.rows.get(transfer.key)?.el.remove()
     this.rows.delete(transfer.key)

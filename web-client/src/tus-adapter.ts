@@ -68,9 +68,15 @@ export class ChunkSource implements TusFileSource {
   }
 
   slice(start: number, end: number): Promise<{ value: ChunkRef; done: boolean }> {
-    const stop = Math.min(end, this.size)
+    let stop = Math.min(end, this.size)
     let prepared: Promise<PreparedChunk> | null = null
-    if (this.prefetch && this.prefetch.start === start && this.prefetch.end === stop) prepared = this.prefetch.promise
+    if (this.prefetch && this.prefetch.start === start) {
+      // The chunk read ahead is sent as it is, even when the chunk size changed since: tus-js-client continues
+      // from the gateway's Upload-Offset, and the new size applies from the next chunk on. Reading the range
+      // again at the new size would read those bytes twice and lose the overlap with the previous send.
+      stop = this.prefetch.end
+      prepared = this.prefetch.promise
+    }
     this.prefetch = null
     if (stop < this.size) {
       const nextEnd = Math.min(this.size, stop + this.chunkSize())
