@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import mmap
+import tempfile
+from pathlib import Path
 
 
 class BufferBudget:
@@ -67,3 +71,23 @@ class BufferBudget:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+
+def spooled(size: int, directory: Path | None = None) -> mmap.mmap:
+    """A writable buffer of ``size`` bytes kept in an unlinked temporary file in ``directory``, not in memory.
+
+    Parts larger than a writer may hold in memory are filled here: the kernel writes the pages back to the
+    file and drops them under memory pressure (they are page cache, not the process's anonymous memory), and
+    the file vanishes with the last reference to the mapping, also when the process is killed.
+    """
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory) as file:
+        file.truncate(size)
+        return mmap.mmap(file.fileno(), size)
+
+
+def unmap(buffer: mmap.mmap) -> None:
+    """Close a :func:`spooled` buffer now if no view of it is left (otherwise when the last one goes)."""
+    with contextlib.suppress(BufferError):
+        buffer.close()

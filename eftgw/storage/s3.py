@@ -23,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import mmap
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from minio.datatypes import Part
 
 from eftgw.storage.base import ObjectNotFound, StorageError
-from eftgw.storage.budget import BufferBudget
+from eftgw.storage.budget import BufferBudget, spooled
 from eftgw.storage.s3_assembly import Segment, assemble
-from eftgw.storage.s3_client import S3Client, require_tested_minio
+from eftgw.storage.s3_client import Body, Buffer, S3Client, require_tested_minio
 from eftgw.storage.s3_parts import (
     BASE_PART,
     DATA_SUFFIX,
@@ -43,7 +45,7 @@ from eftgw.storage.s3_parts import (
     copy_ranges,
     staging_of,
 )
-from eftgw.storage.s3_writer import S3Writer
+from eftgw.storage.s3_writer import PER_UPLOAD, S3Writer
 
 log = logging.getLogger("eftgw.storage.s3")
 READ_BLOCK = 1024 * 1024
@@ -55,11 +57,25 @@ class S3Store:
 
     name = "s3"
 
-    def __init__(self, client: S3Client, *, region: str | None = None, budget: BufferBudget | None = None):
+    def __init__(
+        self,
+        client: S3Client,
+        *,
+        region: str | None = None,
+        budget: BufferBudget | None = None,
+        spool_above: int = PER_UPLOAD,
+        spool_dir: Path | None = None,
+    ):
         self.client = client
         self.region = region
         self.versioned = False
         self.budget = budget or BufferBudget(DEFAULT_BUDGET)
+        self.spool_above = spool_above  # parts and tails larger than this are kept in a temporary file
+        self.spool_dir = spool_dir  # where (None: the system's temporary directory)
+
+    def spool(self, size: int) -> mmap.mmap:
+        """A buffer of ``size`` bytes in an unlinked temporary file (see budget.spooled)."""
+        return spooled(size, self.spool_dir)
 
     @classmethod
     def from_settings(cls, settings: Any) -> S3Store:
@@ -77,7 +93,8 @@ class S3Store:
             endpoint.rstrip("/"), access, secret, settings.s3_bucket, secure=secure, region=settings.s3_region
         )
         budget = BufferBudget(int(getattr(settings, "upload_memory", DEFAULT_BUDGET)))
-        return cls(client, region=settings.s3_region, budget=budget)
+        spool_dir = Path(settings.data_dir).expanduser() / "spool"
+        return cls(client, region=settings.s3_region, budget=budget, spool_dir=spool_dir)
 
     async def open(self) -> None:
         require_tested_minio()
@@ -88,17 +105,21 @@ class S3Store:
 
     # the commit record --------------------------------------------------------------------------------
 
-    async def put_record(self, key: str, record: Record, tail: bytes) -> None:
-        """Commit: ``record`` plus ``tail`` are the staging data of ``key`` (one atomic PUT)."""
+    async def put_record(self, key: str, record: Record, tail: Buffer) -> None:
+        """Commit: ``record`` plus ``tail`` are the staging data of ``key`` (one atomic PUT).
+
+        The tail is sent as it is, from memory or from a spooled part, never joined with the record."""
         size = record.parts_end + len(tail)
         meta = {SIZE_META: str(size), UPLOAD_META: record.upload or ""}
-        await self.client.put(key, record.encode(tail), metadata=meta)
+        await self.client.put(key, Body([record.encode(b""), tail]), metadata=meta)
 
-    async def load(self, key: str) -> tuple[Record, bytes]:
-        """The committed record and tail of ``key``; finishes a seal a crash interrupted."""
-        body = await self.client.get_bytes(key, 0, 0)
+    async def load(self, key: str) -> tuple[Record, Buffer]:
+        """The committed record and tail of ``key``; finishes a seal a crash interrupted.
+
+        A tail longer than ``spool_above`` is read into a spooled buffer, not into memory."""
+        line, tail = await self.client.get_line_and_rest(key, self.spool_above, self.spool)
         try:
-            record, tail = Record.decode(body)
+            record, _rest = Record.decode(line + b"\n")
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"{key} is not eftgw staging data (no commit record).") from exc
         if record.sealing:
@@ -128,7 +149,7 @@ class S3Store:
             record, tail = await self._cut(key, record, tail, offset)
         return S3Writer(self, key, record, tail)
 
-    async def _cut(self, key: str, record: Record, tail: bytes, offset: int) -> tuple[Record, bytes]:
+    async def _cut(self, key: str, record: Record, tail: Buffer, offset: int) -> tuple[Record, Buffer]:
         if offset < record.parts_end:
             record = await self._seal(key, record, tail)
             base = offset - offset % BASE_PART  # 0 or at least 16 MiB: a valid first run of copied parts
@@ -139,7 +160,7 @@ class S3Store:
         await self.put_record(key, record, tail)
         return record, tail
 
-    async def _seal(self, key: str, record: Record, tail: bytes) -> Record:
+    async def _seal(self, key: str, record: Record, tail: Buffer) -> Record:
         """Complete the committed parts into the target object so they can be read (they become the base)."""
         if not record.parts:
             return record
@@ -147,7 +168,7 @@ class S3Store:
         await self.put_record(key, record, tail)
         return await self._finish_seal(key, record, tail)
 
-    async def _finish_seal(self, key: str, record: Record, tail: bytes) -> Record:
+    async def _finish_seal(self, key: str, record: Record, tail: Buffer) -> Record:
         size = record.parts_end
         if record.upload is not None and record.parts:
             await self._complete(record, size, b"", seal=True)
@@ -155,7 +176,7 @@ class S3Store:
         await self.put_record(key, sealed, tail)
         return sealed
 
-    async def _complete(self, record: Record, size: int, tail: bytes, *, seal: bool = False) -> bool:
+    async def _complete(self, record: Record, size: int, tail: Buffer, *, seal: bool = False) -> bool:
         """Complete the record's multipart upload: the base copied back, its parts, then ``tail``.
 
         Ceph RGW 16 completes an upload only if every part stored in it is listed, and parts of abandoned
@@ -185,7 +206,7 @@ class S3Store:
         )
         parts = [Part(record.first + i, etag) for i, (etag, _size) in enumerate(record.parts)]
         if tail:  # always the last number: a retry replaces it, and no writer's part ever has it
-            leftovers = [await self.client.upload_part(target, upload, MAX_PARTS, tail)]
+            leftovers = [await self.client.upload_part(target, upload, MAX_PARTS, Body([tail]))]
         await self.client.complete_multipart(target, upload, [*copies, *parts, *leftovers])
         return True
 
@@ -204,9 +225,8 @@ class S3Store:
         if start < min(end, record.base):
             async for block in self._stream(record.target, start, min(end, record.base) - start):
                 yield block
-        lo, hi = max(start, record.parts_end), end
-        if lo < hi:
-            yield tail[lo - record.parts_end : hi - record.parts_end]
+        for at in range(max(start, record.parts_end), end, READ_BLOCK):
+            yield bytes(tail[at - record.parts_end : min(end, at + READ_BLOCK) - record.parts_end])
 
     async def delete_staging(self, key: str) -> None:
         record = await self._record_or_none(key)
@@ -247,7 +267,7 @@ class S3Store:
             return
         size = record.parts_end + len(tail)
         if record.base == 0 and not record.parts:
-            await self.client.put(key, tail, tags=dict(tags))  # smaller than one part: one PUT
+            await self.client.put(key, Body([tail]), tags=dict(tags))  # smaller than one part: one PUT
             if record.upload is not None:
                 await self.client.abort_multipart(key, record.upload)
         elif record.upload is None and not tail and await self._size_or_none(key) == size:

@@ -28,10 +28,12 @@ import base64
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Callable, Iterator
+import mmap
+import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from xml.etree import ElementTree
 
 import certifi
@@ -98,6 +100,84 @@ def content_md5(data: bytes) -> str:
 
 
 PAYLOAD_SHA256 = "x-eftgw-payload-sha256"  # our request header: the body's SHA-256, to be signed
+SEND_BLOCK = 1024 * 1024  # what urllib3 reads from a file-like body per send() (its default is 16 KiB)
+
+Buffer = bytes | memoryview
+"""Bytes, or a view of a buffer (such as a spooled part's)."""
+
+Piece = bytes | bytearray | memoryview | tuple[BinaryIO, int, int]
+"""A piece of a :class:`Body`: bytes as they are, or ``(file, start, length)``: a range of a file."""
+
+
+class Body:
+    """A request body made of pieces sent one after the other, never joined into one buffer.
+
+    urllib3 reads it like a file (each :meth:`read` gives the next piece, or the next 1 MiB of a file range)
+    and sends each piece with ``sendall``, so parts built from the blocks the client sent go out without a
+    copy; it records :meth:`tell` before sending and :meth:`seek` s back to retry. Bytes-like pieces must not
+    change until the request is over.
+    """
+
+    def __init__(self, pieces: Sequence[Piece]) -> None:
+        self._pieces: list[memoryview | tuple[BinaryIO, int, int]] = []
+        for piece in pieces:
+            if isinstance(piece, tuple):
+                if piece[2]:
+                    self._pieces.append(piece)
+            elif len(piece):
+                self._pieces.append(memoryview(piece).cast("B"))
+        self._sizes = [p.nbytes if isinstance(p, memoryview) else p[2] for p in self._pieces]
+        self.length = sum(self._sizes)
+        self._index = 0  # the piece read next
+        self._offset = 0  # how far into it
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        """The next piece (or what is left of it), a file range 1 MiB at a time; ``b""`` at the end."""
+        if self._index >= len(self._pieces):
+            return b""
+        piece, offset = self._pieces[self._index], self._offset
+        if isinstance(piece, memoryview):
+            block: bytes | memoryview = piece[offset:]
+        else:
+            file, start, length = piece
+            block = os.pread(file.fileno(), min(SEND_BLOCK, length - offset), start + offset)
+            if not block:
+                raise OSError(f"the file ended {length - offset} bytes early")
+        self._offset += len(block)
+        if self._offset == self._sizes[self._index]:
+            self._index, self._offset = self._index + 1, 0
+        return block
+
+    def tell(self) -> int:
+        return sum(self._sizes[: self._index]) + self._offset
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or not 0 <= position <= self.length:
+            raise OSError(f"cannot seek a request body to {position} (whence {whence})")
+        self._index, self._offset = 0, position
+        while self._index < len(self._sizes) and self._offset >= self._sizes[self._index]:
+            self._offset -= self._sizes[self._index]
+            self._index += 1
+        return position
+
+    def blocks(self) -> Iterator[bytes | memoryview]:
+        """Every byte of the body in order, without moving the read position."""
+        for piece in self._pieces:
+            if isinstance(piece, memoryview):
+                yield piece
+                continue
+            file, start, length = piece
+            for at in range(start, start + length, SEND_BLOCK):
+                yield os.pread(file.fileno(), min(SEND_BLOCK, start + length - at), at)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for block in self.blocks():
+            digest.update(block)
+        return digest.hexdigest()
 
 
 class _SignedPayloadMinio(Minio):
@@ -118,7 +198,7 @@ class _SignedPayloadMinio(Minio):
             return super()._build_headers(host, headers, body, creds)
         headers["Host"] = host
         headers["User-Agent"] = self._user_agent
-        if body:
+        if body:  # bytes or a Body: both have a length
             headers["Content-Length"] = str(len(body))
         headers["x-amz-content-sha256"] = payload
         if creds.session_token:
@@ -155,6 +235,7 @@ class S3Client:
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=10.0, read=timeout),
             maxsize=max_workers,
+            blocksize=SEND_BLOCK,
             cert_reqs="CERT_REQUIRED",
             ca_certs=certifi.where(),
             retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
@@ -215,17 +296,24 @@ class S3Client:
     async def put(
         self,
         name: str,
-        data: bytes,
+        data: bytes | Body,
         metadata: dict[str, str] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
+        """PutObject of ``data``: bytes carry ``Content-MD5``, a :class:`Body` (sent in pieces) its signed
+        SHA-256; S3 refuses a damaged body either way."""
+
         def put() -> None:
             headers = genheaders(
                 {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}, None, tags, None, False
             )
             headers["Content-Type"] = "application/octet-stream"
-            headers["Content-MD5"] = content_md5(data)
-            self.minio._put_object(self.bucket, name, data, headers)
+            if isinstance(data, Body):
+                headers[PAYLOAD_SHA256] = data.sha256()
+            else:
+                headers["Content-MD5"] = content_md5(data)
+            body: Any = data
+            self.minio._put_object(self.bucket, name, body, headers)
 
         await self.run(f"PUT {name}", put)
 
@@ -252,6 +340,42 @@ class S3Client:
             response = self.open_range(name, start, length)
             try:
                 return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        return await self.run(f"GET {name}", get)
+
+    async def get_line_and_rest(
+        self, name: str, keep: int, spill: Callable[[int], mmap.mmap]
+    ) -> tuple[bytes, bytes | memoryview]:
+        """The first line of an object (without its newline) and the rest: as bytes if at most ``keep``
+        bytes, else read straight into ``spill(size)`` (a buffer outside memory) and returned as its view."""
+
+        def get() -> tuple[bytes, bytes | memoryview]:
+            response = self.open_range(name, 0, 0)
+            try:
+                total = int(response.headers["Content-Length"])
+                head = bytearray()
+                while (newline := head.find(b"\n")) < 0 and len(head) < total:
+                    head += response.read(min(SEND_BLOCK, total - len(head)))
+                if newline < 0:
+                    return bytes(head), b""
+                rest = memoryview(head)[newline + 1 :]
+                size = total - newline - 1
+                if size <= keep:
+                    return bytes(head[:newline]), bytes(rest) + response.read()
+                buffer = memoryview(spill(size))
+                buffer[: len(rest)] = rest
+                got = len(rest)
+                while got < size:
+                    n = response.readinto(buffer[got : got + SEND_BLOCK])
+                    if not n:
+                        raise OSError(f"{name} ended after {got} of {size} bytes")
+                    got += n
+                line = bytes(head[:newline])
+                rest.release()
+                return line, buffer
             finally:
                 response.close()
                 response.release_conn()
@@ -325,13 +449,18 @@ class S3Client:
             f"CreateMultipartUpload {name}", self.minio._create_multipart_upload, self.bucket, name, headers
         )
 
-    async def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+    async def upload_part(
+        self, name: str, upload_id: str, number: int, data: bytes | Body, sha256: str | None = None
+    ) -> Part:
+        """UploadPart with ``data`` (bytes, or a :class:`Body` sent without joining it). Its SHA-256 is
+        signed, so S3 refuses a damaged body; ``sha256`` is that digest if the caller already has it."""
+
         def upload() -> str:
             # hashed in the worker thread, not on the event loop; S3 verifies the signed SHA-256
-            headers: dict[str, str | list[str] | tuple[str]] = {
-                PAYLOAD_SHA256: hashlib.sha256(data).hexdigest()
-            }
-            etag: str = self.minio._upload_part(self.bucket, name, data, headers, upload_id, number)
+            digest = sha256 or (data.sha256() if isinstance(data, Body) else hashlib.sha256(data).hexdigest())
+            headers: dict[str, str | list[str] | tuple[str]] = {PAYLOAD_SHA256: digest}
+            body: Any = data  # minio passes the body on to urllib3, which takes bytes or a file-like body
+            etag: str = self.minio._upload_part(self.bucket, name, body, headers, upload_id, number)
             return etag
 
         etag = await self.run(f"UploadPart {name}#{number}", upload)

@@ -1,10 +1,12 @@
 """The S3 writer: cuts the incoming bytes into parts of the upload's multipart upload, several in flight.
 
-A writer fills the next part in memory and uploads it as soon as it is full, while the following part fills.
-It reserves each part's room in the node's :class:`~eftgw.storage.budget.BufferBudget` before filling it and
-returns it once the part is stored, and it keeps at most ``PER_UPLOAD - part`` bytes in flight (three 16 MiB
-parts), so one upload holds at most 64 MiB while its parts are 64 MiB or smaller (files up to 109 GiB).
-Every part carries ``Content-MD5`` (see :mod:`eftgw.storage.s3_client`), so S3 refuses a damaged part.
+A writer fills the next part with the blocks it is given, kept as they are (the room reserved in the node's
+:class:`~eftgw.storage.budget.BufferBudget` first), and uploads the part as soon as it is full, sending those
+blocks one after the other (:class:`~eftgw.storage.s3_client.Body`): no byte is copied or joined on the way
+to S3. The following part fills meanwhile. It keeps at most ``PER_UPLOAD - part``
+bytes in flight (three 16 MiB parts), so one upload holds at most 64 MiB while its parts are 64 MiB or
+smaller (files up to 109 GiB). Every part carries a checksum S3 verifies (see
+:mod:`eftgw.storage.s3_client`), so S3 refuses a damaged part.
 
 :meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail;
 until then nothing this writer sent counts. A rollback forgets the uncommitted parts: they stay invisible
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 from typing import TYPE_CHECKING
 
 from eftgw.storage.base import StorageError
+from eftgw.storage.budget import unmap
+from eftgw.storage.s3_client import Body, Buffer
 from eftgw.storage.s3_parts import Record, part_size
 
 if TYPE_CHECKING:
@@ -39,25 +44,83 @@ def held_for(part: int) -> int:
     return part * (1 + inflight_allowed(part))
 
 
+class _Part:
+    """One part being filled: its number and size, and the blocks filling it (views of the bytes the caller
+    wrote, kept as they are: the part is sent as these pieces, never joined)."""
+
+    def __init__(self, number: int, size: int, reserved: int) -> None:
+        self.number = number
+        self.size = size
+        self.pieces: list[memoryview] = []
+        self.filled = 0
+        self.reserved = reserved  # budget held for it, given back once it is stored or dropped
+
+    def add(self, data: memoryview) -> int:
+        """Take as much of ``data`` as fits (a view, not a copy); return how much that was."""
+        take = min(len(data), self.size - self.filled)
+        self.pieces.append(data[:take])
+        self.filled += take
+        return take
+
+    @property
+    def full(self) -> bool:
+        return self.filled == self.size
+
+    def body(self) -> Body:
+        return Body(self.pieces)
+
+    def content(self) -> Buffer:
+        return b"".join(self.pieces)
+
+    def close(self) -> None:
+        self.pieces = []
+
+
+class _SpooledPart(_Part):
+    """A part too large to hold in memory: filled into a :func:`~eftgw.storage.budget.spooled` buffer (an
+    unlinked temporary file), and sent from there."""
+
+    def __init__(self, number: int, size: int, reserved: int, buffer: mmap.mmap) -> None:
+        super().__init__(number, size, reserved)
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+
+    def add(self, data: memoryview) -> int:
+        take = min(len(data), self.size - self.filled)
+        self.view[self.filled : self.filled + take] = data[:take]
+        self.filled += take
+        return take
+
+    def body(self) -> Body:
+        return Body([self.view])
+
+    def content(self) -> Buffer:
+        return self.view[: self.filled]
+
+    def close(self) -> None:
+        self.view.release()
+        unmap(self.buffer)
+
+
 class S3Writer:
     """Appends to one upload in progress from its committed state ``record`` + ``tail``."""
 
-    def __init__(self, store: S3Store, key: str, record: Record, tail: bytes) -> None:
+    def __init__(self, store: S3Store, key: str, record: Record, tail: Buffer) -> None:
         self._store = store
         self._key = key
         self._committed = record
-        self._committed_tail: bytes | None = tail  # None once a part took it: read again from the record
+        self._committed_tail: Buffer | None = tail  # None once a part took it: read again from the record
         self._upload = record.upload
         self._parts = list(record.parts)  # committed parts plus parts stored since, in order
         self._inflight: list[asyncio.Task[tuple[str, int]]] = []  # parts being stored, in order
-        self._blocks: list[bytes] = [tail] if tail else []
-        self._filled = len(tail)  # bytes after the last part cut
-        self._reserved = 0  # budget held for the part filling
+        self._part: _Part | None = None  # the part filling (holds the tail after a commit)
+        self._pending = tail  # committed bytes not yet in a part buffer (copied in with the next write)
         self._dirty = False
 
     @property
     def _size(self) -> int:
-        return self._committed.base + sum(s for _e, s in self._parts) + self._inflight_bytes() + self._filled
+        filling = self._part.filled if self._part is not None else len(self._pending)
+        return self._committed.base + sum(s for _e, s in self._parts) + self._inflight_bytes() + filling
 
     def _inflight_bytes(self) -> int:
         return sum(part_size(self._number(i)) for i in range(len(self._inflight)))
@@ -71,33 +134,62 @@ class S3Writer:
         if not data:
             return
         self._dirty = True
-        if not self._reserved:
-            self._reserved = await self._store.budget.acquire(part_size(self._number(len(self._inflight))))
-        self._blocks.append(data)
-        self._filled += len(data)
-        while self._filled >= (size := part_size(self._number(len(self._inflight)))):
-            body = self._blocks[0] if len(self._blocks) == 1 else b"".join(self._blocks)
-            await self._ensure_upload()
-            chunk, rest = body[:size], body[size:]
-            number = self._number(len(self._inflight))
-            reserved, self._reserved = self._reserved, 0
-            self._inflight.append(asyncio.ensure_future(self._store_part(number, chunk, reserved)))
-            self._blocks = [rest] if rest else []
-            self._filled = len(rest)
-            self._committed_tail = None  # do not hold it twice; a rollback reads it from the record
-            del body, chunk
-            await self._throttle(size)
-            if self._filled:
-                following = part_size(self._number(len(self._inflight)))
-                self._reserved = await self._store.budget.acquire(following)
+        # the part keeps views of ``data`` until it is stored: bytes cannot change, anything else is copied
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        while view:
+            part = self._part if self._part is not None else await self._start_part()
+            view = view[await self._add(part, view) :]
+            if part.full:
+                await self._cut(part)
 
-    async def _store_part(self, number: int, chunk: bytes, reserved: int) -> tuple[str, int]:
+    async def _start_part(self) -> _Part:
+        """Reserve and take the buffer of the next part; it starts with the committed bytes not in a part."""
+        number = self._number(len(self._inflight))
+        size = part_size(number)
+        if size > self._store.spool_above:  # held in a temporary file: only the block being copied is memory
+            part: _Part = _SpooledPart(number, size, 0, self._store.spool(size))
+        else:
+            part = _Part(number, size, await self._store.budget.acquire(size))
+        if self._pending:
+            part.add(memoryview(self._pending))
+            self._pending = b""
+        self._part = part
+        return part
+
+    @staticmethod
+    async def _add(part: _Part, data: memoryview) -> int:
+        if not isinstance(part, _SpooledPart):
+            return part.add(data)  # views only: nothing to wait for
+        # a copy into file pages may wait for the disk: not on the event loop
+        future = asyncio.get_running_loop().run_in_executor(None, part.add, data)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])  # it writes into the part: let it end before anyone closes the part
+            raise
+
+    async def _cut(self, part: _Part) -> None:
+        """Start storing the full ``part`` and wait until few enough parts are in flight."""
+        await self._ensure_upload()
+        self._part = None
+        self._committed_tail = None  # do not hold it twice; a rollback reads it from the record
+        self._inflight.append(asyncio.ensure_future(self._store_part(part)))
+        await self._throttle(part.size)
+
+    async def _store_part(self, part: _Part) -> tuple[str, int]:
         try:
             assert self._upload is not None
-            part = await self._store.client.upload_part(self._committed.target, self._upload, number, chunk)
-            return part.etag, len(chunk)
+            stored = await self._store.client.upload_part(
+                self._committed.target, self._upload, part.number, part.body()
+            )
+            return stored.etag, part.size
         finally:
-            self._store.budget.release(reserved)
+            self._give_back(part)
+
+    def _give_back(self, part: _Part) -> None:
+        part.close()
+        if part.reserved:
+            self._store.budget.release(part.reserved)
 
     async def _throttle(self, size: int) -> None:
         """Wait until at most ``PER_UPLOAD // size - 1`` parts are in flight; harvest the finished ones."""
@@ -123,7 +215,7 @@ class S3Writer:
         self._committed = recorded
         self._upload = upload
 
-    async def _tail(self) -> bytes:
+    async def _tail(self) -> Buffer:
         """The committed tail (from memory, or read back from the commit record)."""
         if self._committed_tail is not None:
             return self._committed_tail
@@ -145,8 +237,7 @@ class S3Writer:
     async def commit(self) -> int:
         await self._drain()
         if self._dirty:
-            tail = b"".join(self._blocks)
-            self._blocks = [tail] if tail else []
+            tail = self._part.content() if self._part is not None else self._pending
             record = Record(self._committed.target, self._committed.base, self._upload, list(self._parts))
             await self._store.put_record(self._key, record, tail)
             self._committed, self._committed_tail = record, tail
@@ -159,11 +250,16 @@ class S3Writer:
         inflight, self._inflight = self._inflight, []
         await asyncio.shield(asyncio.gather(*inflight, return_exceptions=True))
         self._parts = list(self._committed.parts)
+        self._drop_part()
         tail = await self._tail()
         self._committed_tail = tail
-        self._blocks = [tail] if tail else []
-        self._filled = len(tail)
+        self._pending = tail
         self._dirty = False
+
+    def _drop_part(self) -> None:
+        if self._part is not None:
+            self._give_back(self._part)
+            self._part = None
 
     async def close(self) -> None:
         try:
@@ -172,8 +268,6 @@ class S3Writer:
         except Exception:
             log.exception("could not stop the part uploads of %s", self._key)
         finally:
-            self._blocks = []
+            self._drop_part()
+            self._pending = b""
             self._committed_tail = None
-            if self._reserved:
-                self._store.budget.release(self._reserved)
-                self._reserved = 0

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,56 @@ def test_the_budget_is_a_setting() -> None:
     assert S3Store.from_settings(settings).budget.limit == 64 * MiB
     default = Settings(storage="s3", s3_endpoint="127.0.0.1:1")
     assert S3Store.from_settings(default).budget.limit == 512 * MiB
+
+
+def spool_maps(spool: Path) -> list[str]:
+    """The mappings of this process that are files in ``spool`` (a spooled part or tail still mapped)."""
+    return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(spool) in line]
+
+
+async def test_parts_too_large_for_memory_fill_a_temporary_file(
+    s3_server: S3Server, s3_bucket: str, case_id: str, tmp_path: Path
+) -> None:
+    """With a spool threshold below the part size (as parts above 64 MiB are, past 109 GiB), parts and long
+    tails are kept in unlinked temporary files, not in memory: the writer reserves nothing from the budget
+    while commits, a takeover that reads a long tail back, a rollback, a truncate inside the tail, reads and
+    promotion all keep every byte, and no temporary file is left mapped afterwards."""
+    spool = tmp_path / "spool"
+    store = S3Store(s3_server.client(s3_bucket), spool_above=4 * MiB, spool_dir=spool)
+    await store.open()
+    try:
+        key, target = staging_key(case_id, "spooled"), object_key(case_id, "f_spooled")
+        await store.create_staging(key, target)
+        blocks = [data(MiB, 500 + i) for i in range(45)]
+        sent = 0
+        for start in range(0, 45, 7):  # a new writer per request: each one reads the tail back (> 4 MiB)
+            writer = await store.open_writer(key, sent * MiB)
+            try:
+                for block in blocks[start : start + 7]:
+                    await writer.write(block)
+                    assert spool_maps(spool), "the part is filled in a spooled file"
+                sent = min(45, start + 7)
+                assert await writer.commit() == sent * MiB
+                await writer.write(data(3 * MiB, 999))  # never committed: dropped
+                await writer.rollback()
+            finally:
+                await writer.close()
+        assert store.budget.peak == 0  # nothing of it was held in memory
+        expected = b"".join(blocks)
+        assert await store.staging_size(key) == 45 * MiB
+        assert await read_all(store.read_staging(key, 33 * MiB)) == expected[33 * MiB :]  # the tail (12 MiB)
+        writer = await store.open_writer(key, 40 * MiB)  # a truncate inside the spooled tail
+        try:
+            await writer.write(expected[40 * MiB :])
+            assert await writer.commit() == 45 * MiB
+        finally:
+            await writer.close()
+        await store.promote(key, target, TAGS)
+        assert (
+            hashlib.sha256(await read_all(store.read_object(target))).digest()
+            == hashlib.sha256(expected).digest()
+        )
+        gc.collect()
+        assert spool_maps(spool) == []
+    finally:
+        await store.close()

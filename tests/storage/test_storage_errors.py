@@ -21,7 +21,7 @@ from eftgw.storage import OutOfSpace, StorageError, staging_key
 from eftgw.storage.base import os_error
 from eftgw.storage.filesystem import FilesystemStore
 from eftgw.storage.s3 import S3Store
-from eftgw.storage.s3_client import S3Client
+from eftgw.storage.s3_client import Body, S3Client
 from eftgw.storage.s3_parts import DATA_SUFFIX, Record
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import MiB, data, read_all, stage
@@ -164,10 +164,11 @@ def corrupting(client: S3Client, names: Callable[[str], bool]) -> list[str]:
     damaged: list[str] = []
     send = client.minio._put_object
 
-    def put_object(bucket: str, name: str, body: bytes, *args: Any, **kwargs: Any) -> Any:
+    def put_object(bucket: str, name: str, body: bytes | Body, *args: Any, **kwargs: Any) -> Any:
         if names(name) and body:
             damaged.append(name)
-            body = bytes([body[0] ^ 0x01]) + body[1:]
+            whole = b"".join(body.blocks()) if isinstance(body, Body) else body
+            body = bytes([whole[0] ^ 0x01]) + whole[1:]
         return send(bucket, name, body, *args, **kwargs)
 
     client.minio._put_object = put_object  # type: ignore[method-assign]
