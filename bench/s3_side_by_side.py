@@ -1,7 +1,7 @@
 """Benchmark: eftgw on S3 against a raw minio-py multipart put of the same bytes to the same S3, same run.
 
 Two measurements, each repeated ``--rounds`` times with eftgw and the raw put alternating, reported as
-medians and the ratio eftgw / raw (MB/s, 10^6 bytes per second):
+medians and the ratio eftgw / raw (MB/s, 10^6 bytes per second), each round with the load average:
 
 - ``single``: one file (default 1 GiB) sent in one tus PATCH over plain HTTP (``EFTGW_TLS=off``) to a real
   ``eftgw serve`` process on S3, completion included (the PATCH answers once the file exists); against
@@ -14,6 +14,10 @@ The S3 server and bucket come from the EFTGW_TEST_S3_* variables (the bucket is 
 
     EFTGW_TEST_S3_ENDPOINT=127.0.0.1:7481 EFTGW_TEST_S3_ACCESS_KEY=... EFTGW_TEST_S3_SECRET_KEY=... \\
     .venv/bin/python bench/s3_side_by_side.py [--size-mib 1024] [--streams 8] [--stream-mib 256] [--rounds 3]
+
+``--size-mib 20480 --streams 0 --rounds 1 --no-raw`` measures one big upload (throughput and peak RSS) alone;
+``--size-mib 0`` skips the single upload, ``--streams 0`` the concurrent ones. ``EFTGW_UPLOAD_MEMORY`` in the
+environment is passed on to the gateway.
 """
 
 from __future__ import annotations
@@ -155,34 +159,56 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "EFTGW_S3_BUCKET": bucket,
         "EFTGW_S3_SECURE": "false",
         "EFTGW_LOG_LEVEL": "WARNING",
+        **{k: v for k, v in os.environ.items() if k == "EFTGW_UPLOAD_MEMORY"},
     }
     node = GatewayProcess(data_dir, env=env).start()
     results: dict[str, list[float]] = {"single_eftgw": [], "single_raw": [], "many_eftgw": [], "many_raw": []}
+    loads: dict[str, list[float]] = {k: [] for k in results}
+
+    def note(kind: str, mbps: float) -> None:
+        results[kind].append(mbps)
+        loads[kind].append(round(os.getloadavg()[0], 1))
+        print(f"{kind}: {mbps:.1f} MB/s, load average {loads[kind][-1]}", file=sys.stderr, flush=True)
+
     try:
         node.cli("case", "open", "BENCH-1")
         gw = Gateway(node)
         stop = asyncio.Event()
         sampler = asyncio.create_task(gw.sample(stop))
         for seed in range(1, args.rounds + 1):
-            results["single_eftgw"].append(await eftgw_round(gw, [seed], args.size_mib))
-            results["single_raw"].append(await raw_round(raw, bucket, [seed], args.size_mib))
-            seeds = list(range(seed * 100, seed * 100 + args.streams))
-            results["many_eftgw"].append(await eftgw_round(gw, seeds, args.stream_mib))
-            results["many_raw"].append(await raw_round(raw, bucket, seeds, args.stream_mib))
-            empty_bucket(raw, bucket)  # keep the shared S3 server's disk in check
+            if args.size_mib:
+                note("single_eftgw", await eftgw_round(gw, [seed], args.size_mib))
+                empty_bucket(raw, bucket)  # keep the shared S3 server's disk in check
+                if not args.no_raw:
+                    note("single_raw", await raw_round(raw, bucket, [seed], args.size_mib))
+                    empty_bucket(raw, bucket)
+            if args.streams:
+                seeds = list(range(seed * 100, seed * 100 + args.streams))
+                note("many_eftgw", await eftgw_round(gw, seeds, args.stream_mib))
+                empty_bucket(raw, bucket)
+                if not args.no_raw:
+                    note("many_raw", await raw_round(raw, bucket, seeds, args.stream_mib))
+                    empty_bucket(raw, bucket)
         stop.set()
         await sampler
     finally:
         node.stop()
         empty_bucket(raw, bucket, remove=True)
-    medians = {k: round(statistics.median(v), 1) for k, v in results.items()}
+    medians = {k: round(statistics.median(v), 1) for k, v in results.items() if v}
+
+    def ratio(kind: str) -> float | None:
+        both = f"{kind}_eftgw" in medians and f"{kind}_raw" in medians
+        return round(medians[f"{kind}_eftgw"] / medians[f"{kind}_raw"], 2) if both else None
+
     return {
         "single": f"{args.size_mib} MiB in one PATCH, plain HTTP, completion included",
         "concurrent": f"{args.streams} x {args.stream_mib} MiB at once",
-        "rounds_MBps": {k: [round(x, 1) for x in v] for k, v in results.items()},
+        "upload_memory": os.environ.get("EFTGW_UPLOAD_MEMORY", "default"),
+        "rounds_MBps": {k: [round(x, 1) for x in v] for k, v in results.items() if v},
+        "load_average_per_round": {k: v for k, v in loads.items() if v},
         "medians_MBps": medians,
-        "ratio_single": round(medians["single_eftgw"] / medians["single_raw"], 2),
-        "ratio_concurrent": round(medians["many_eftgw"] / medians["many_raw"], 2),
+        "ratio_single": ratio("single"),
+        "ratio_concurrent": ratio("many"),
         "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),
         "load_average_at_end": os.getloadavg(),
     }
@@ -194,6 +220,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--stream-mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-raw", action="store_true", help="eftgw only (e.g. one big upload for its RSS)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="eftgw-bench-"))
     try:

@@ -7,10 +7,12 @@ third-party exception is converted here: "no such key/upload" becomes :class:`Ob
 everything else :class:`StorageError` with a message an operator can act on and the original as ``__cause__``.
 
 Every request with a body carries a checksum computed here from the bytes to be stored, which the store
-verifies, so it refuses a body that changed on the way instead of keeping it: PutObject (commit records,
-small files) ``Content-MD5`` (``BadDigest``); UploadPart, the bulk of the data, the body's SHA-256 signed as
-``x-amz-content-sha256`` (``XAmzContentSHA256Mismatch``), hashed once with the CPU's SHA extensions where
-MD5 would cost more than the whole transfer. (Ceph RGW 16 ignores the newer ``x-amz-checksum-*`` headers.)
+verifies, so it refuses a body that changed on the way instead of keeping it: the body's SHA-256 signed as
+``x-amz-content-sha256`` (``XAmzContentSHA256Mismatch``) for UploadPart and for every PutObject of a
+:class:`Body` (commit records, small files), hashed once in a worker thread with the CPU's SHA extensions,
+more than twice as fast as MD5 here; ``Content-MD5`` (``BadDigest``) for a PutObject of plain bytes. (Ceph
+RGW 16 ignores the newer ``x-amz-checksum-*`` headers.) Bodies are sent as they are, in pieces (a part's
+buffer, a record's header and tail), never joined into a new buffer first.
 
 This module is also the one place that uses minio beyond its public API (its compatibility module). The
 single-request PutObject with our own headers and the multipart calls (create, upload part, upload part

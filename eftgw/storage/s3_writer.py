@@ -1,11 +1,12 @@
 """The S3 writer: cuts the incoming bytes into parts of the upload's multipart upload, several in flight.
 
-A writer fills the next part with the blocks it is given, kept as they are (the room reserved in the node's
-:class:`~eftgw.storage.budget.BufferBudget` first), and uploads the part as soon as it is full, sending those
-blocks one after the other (:class:`~eftgw.storage.s3_client.Body`): no byte is copied or joined on the way
-to S3. The following part fills meanwhile. It keeps at most ``PER_UPLOAD - part``
-bytes in flight (three 16 MiB parts), so one upload holds at most 64 MiB while its parts are 64 MiB or
-smaller (files up to 109 GiB). Every part carries a checksum S3 verifies (see
+A writer copies the incoming bytes into the part it is filling: a buffer of exactly one part, reserved in the
+node's :class:`~eftgw.storage.budget.BufferBudget` and reused from part to part (so the hot path neither
+allocates, joins nor slices, and no page is faulted in again), and uploads the part as soon as it is full,
+straight from that buffer, while the following part fills. It keeps at most ``PER_UPLOAD - part`` bytes in
+flight (three 16 MiB parts), so one upload holds at most 64 MiB of memory. Parts larger than ``spool_above``
+(64 MiB: files past 109 GiB) fill an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`),
+so memory stays within that bound at every size up to 5 TiB. Every part carries a checksum S3 verifies (see
 :mod:`eftgw.storage.s3_client`), so S3 refuses a damaged part.
 
 :meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail;
@@ -45,20 +46,20 @@ def held_for(part: int) -> int:
 
 
 class _Part:
-    """One part being filled: its number and size, and the blocks filling it (views of the bytes the caller
-    wrote, kept as they are: the part is sent as these pieces, never joined)."""
+    """One part being filled: its number, a buffer of exactly its size, the bytes filled so far."""
 
-    def __init__(self, number: int, size: int, reserved: int) -> None:
+    def __init__(self, number: int, buffer: bytearray | mmap.mmap, reserved: int) -> None:
         self.number = number
-        self.size = size
-        self.pieces: list[memoryview] = []
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+        self.size = len(buffer)
         self.filled = 0
         self.reserved = reserved  # budget held for it, given back once it is stored or dropped
 
     def add(self, data: memoryview) -> int:
-        """Take as much of ``data`` as fits (a view, not a copy); return how much that was."""
+        """Copy as much of ``data`` as fits; return how much that was."""
         take = min(len(data), self.size - self.filled)
-        self.pieces.append(data[:take])
+        self.view[self.filled : self.filled + take] = data[:take]
         self.filled += take
         return take
 
@@ -67,39 +68,19 @@ class _Part:
         return self.filled == self.size
 
     def body(self) -> Body:
-        return Body(self.pieces)
+        return Body([self.view])
 
     def content(self) -> Buffer:
-        return b"".join(self.pieces)
-
-    def close(self) -> None:
-        self.pieces = []
+        """The bytes filled so far (a copy: the buffer is reused)."""
+        return bytes(self.view[: self.filled])
 
 
 class _SpooledPart(_Part):
     """A part too large to hold in memory: filled into a :func:`~eftgw.storage.budget.spooled` buffer (an
     unlinked temporary file), and sent from there."""
 
-    def __init__(self, number: int, size: int, reserved: int, buffer: mmap.mmap) -> None:
-        super().__init__(number, size, reserved)
-        self.buffer = buffer
-        self.view = memoryview(buffer)
-
-    def add(self, data: memoryview) -> int:
-        take = min(len(data), self.size - self.filled)
-        self.view[self.filled : self.filled + take] = data[:take]
-        self.filled += take
-        return take
-
-    def body(self) -> Body:
-        return Body([self.view])
-
     def content(self) -> Buffer:
-        return self.view[: self.filled]
-
-    def close(self) -> None:
-        self.view.release()
-        unmap(self.buffer)
+        return self.view[: self.filled]  # not reused: a view is enough
 
 
 class S3Writer:
@@ -134,8 +115,7 @@ class S3Writer:
         if not data:
             return
         self._dirty = True
-        # the part keeps views of ``data`` until it is stored: bytes cannot change, anything else is copied
-        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        view = memoryview(data)
         while view:
             part = self._part if self._part is not None else await self._start_part()
             view = view[await self._add(part, view) :]
@@ -147,9 +127,10 @@ class S3Writer:
         number = self._number(len(self._inflight))
         size = part_size(number)
         if size > self._store.spool_above:  # held in a temporary file: only the block being copied is memory
-            part: _Part = _SpooledPart(number, size, 0, self._store.spool(size))
+            part: _Part = _SpooledPart(number, self._store.spool(size), 0)
         else:
-            part = _Part(number, size, await self._store.budget.acquire(size))
+            reserved = await self._store.budget.acquire(size)
+            part = _Part(number, self._store.budget.take_buffer(size), reserved)
         if self._pending:
             part.add(memoryview(self._pending))
             self._pending = b""
@@ -187,7 +168,11 @@ class S3Writer:
             self._give_back(part)
 
     def _give_back(self, part: _Part) -> None:
-        part.close()
+        part.view.release()
+        if isinstance(part.buffer, mmap.mmap):
+            unmap(part.buffer)
+        else:
+            self._store.budget.give_buffer(part.buffer)
         if part.reserved:
             self._store.budget.release(part.reserved)
 
