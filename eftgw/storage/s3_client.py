@@ -305,16 +305,17 @@ class S3Client:
         """PutObject of ``data``: bytes carry ``Content-MD5``, a :class:`Body` (sent in pieces) its signed
         SHA-256; S3 refuses a damaged body either way."""
 
+        body: Any = data if len(data) else b""  # an empty Body would go out chunked: send no body
+
         def put() -> None:
             headers = genheaders(
                 {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}, None, tags, None, False
             )
             headers["Content-Type"] = "application/octet-stream"
-            if isinstance(data, Body):
-                headers[PAYLOAD_SHA256] = data.sha256()
+            if isinstance(body, Body):
+                headers[PAYLOAD_SHA256] = body.sha256()
             else:
-                headers["Content-MD5"] = content_md5(data)
-            body: Any = data
+                headers["Content-MD5"] = content_md5(body)
             self.minio._put_object(self.bucket, name, body, headers)
 
         await self.run(f"PUT {name}", put)

@@ -325,3 +325,21 @@ async def test_a_crash_while_sealing_is_finished_by_the_next_reader(s3: S3Store,
     assert await read_all(s3.read_staging(key)) == stored
     await s3.promote(key, target, TAGS)
     assert await read_all(s3.read_object(target)) == stored
+
+
+async def test_an_empty_upload_and_a_short_one_promote_with_one_put(s3: S3Store, case_id: str) -> None:
+    """A file smaller than one part is one PutObject of the record's tail, sent with its signed SHA-256;
+    an empty one is too (no body at all, not an empty chunked one, which the server refuses)."""
+    for name, content in (("empty", b""), ("short", data(3 * MiB, 8))):
+        key, target = staging_key(case_id, name), object_key(case_id, f"f_{name}")
+        await s3.create_staging(key, target)
+        writer = await s3.open_writer(key, 0)
+        try:
+            await writer.write(content)
+            assert await writer.commit() == len(content)
+        finally:
+            await writer.close()
+        await s3.promote(key, target, TAGS)
+        assert await s3.object_size(target) == len(content)
+        assert await read_all(s3.read_object(target)) == content
+        assert await s3.client.unfinished(target) == []
