@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     sftp_reserved_fds: int = Field(
         default=512, ge=0, description="file descriptors the SFTP side leaves to HTTPS, database and storage"
     )
+    sftp_write_memory: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes of SFTP writes all sessions together hold in memory before they are stored;"
+        " writes wait for room beyond it",
+    )
     # Networks whose failed SFTP logins are never scored nor banned (e.g. a customer's known NAT).
     sftp_defender_allowlist: CommaList = Field(default_factory=list)
 

@@ -8,7 +8,10 @@ once while there is room; a background task drains the buffer into the core in *
 A part ends when it has reached ``part_size`` bytes, or when the buffer ran dry and either ``min_part``
 bytes went into it, ``linger`` seconds passed without data, or someone asked for a flush (close, fsync,
 setstat, teardown). Memory per handle is bounded by ``capacity`` plus what the core holds while it stores a
-part (one block being written and one being filled, 1 MiB each).
+part (one block being written and one being filled, 1 MiB each). All handles of a node together queue at
+most what their shared ``budget`` (``EFTGW_SFTP_WRITE_MEMORY``) allows: with a hundred sessions writing at
+once a write waits for room in it (first come, first served) instead of growing memory by ``capacity`` per
+handle.
 
 Sizes: ``durable`` is what the core has committed (what ``stat`` reports and a crash keeps); ``end`` is where
 the next write must start (durable + in flight + queued).
@@ -23,10 +26,11 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from eftgw.errors import DomainError, StorageUnavailable
 from eftgw.model import Principal
+from eftgw.storage.budget import BufferBudget
 from eftgw.uploads import UploadService
 
 log = logging.getLogger("eftgw.sftp.buffer")
@@ -61,6 +65,7 @@ class BufferedUpload:
         part_size: int = 64 * 1024 * 1024,
         min_part: int = 1024 * 1024,
         linger: float = 0.2,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.uploads = uploads
         self.principal = principal
@@ -70,6 +75,7 @@ class BufferedUpload:
         self.part_size = part_size
         self.min_part = min_part
         self.linger = linger
+        self.budget = budget
         self.durable = offset
         self.end = offset
         self.error: DomainError | None = None
@@ -92,6 +98,11 @@ class BufferedUpload:
             self._changed.clear()
             await self._changed.wait()
             self._raise_error()
+        if self.budget is not None:
+            await self.budget.acquire(len(data))
+            if self.error is not None:
+                self.budget.release(self.budget.clamp(len(data)))
+                self._raise_error()
         self._queue.append(data)
         self._queued += len(data)
         self.end += len(data)
@@ -169,6 +180,7 @@ class BufferedUpload:
                 pieces.append(chunk)
                 size += len(chunk)
             self._queued -= size
+            self._release(pieces)
             sent += size
             self._signal()
             yield bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
@@ -178,8 +190,14 @@ class BufferedUpload:
             self.error = exc
         self._drop_queue()
 
+    def _release(self, pieces: Iterable[bytes]) -> None:
+        if self.budget is not None:
+            for piece in pieces:
+                self.budget.release(self.budget.clamp(len(piece)))
+
     def _drop_queue(self) -> None:
         dropped = self._queued
+        self._release(self._queue)
         self._queue.clear()
         self._queued = 0
         self.end -= dropped

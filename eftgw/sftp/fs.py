@@ -62,6 +62,7 @@ from eftgw.sftp.handles import ReadHandle, WriteHandle
 from eftgw.sftp.limits import FileBudget, node_budget
 from eftgw.sftp.paths import ROOT, case_name, display_path, is_temporary
 from eftgw.sftp.status import translated
+from eftgw.storage.budget import BufferBudget
 from eftgw.uploads import UploadService
 
 log = logging.getLogger("eftgw.sftp")
@@ -95,6 +96,8 @@ class SftpContext:
     budget: FileBudget = field(
         default_factory=lambda: FileBudget(per_session=64, per_account=128, node=node_budget(512))
     )
+    # What all write handles of the node queue together (EFTGW_SFTP_WRITE_MEMORY); writes wait beyond it.
+    write_memory: BufferBudget = field(default_factory=lambda: BufferBudget(64 * MIB))
 
     def remember_mtime(self, upload_id: str, seconds: int) -> None:
         if len(self.pending_mtimes) >= 10_000:  # bounded: forget the oldest
@@ -244,6 +247,7 @@ class CaseSFTPServer(SFTPServer):
             upload.offset,
             capacity=self.ctx.buffer_capacity,
             part_size=self.ctx.part_size,
+            budget=self.ctx.write_memory,
         )
         self.ctx.writers.register(buffer)
         handle = WriteHandle(upload.id, bool(pflags & FXF_APPEND), buffer)

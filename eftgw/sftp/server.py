@@ -47,6 +47,7 @@ from eftgw.sftp.defender import LoginDefender
 from eftgw.sftp.fs import CaseSFTPServer, SftpContext
 from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
 from eftgw.sftp.limits import FileBudget, limit_accept_error_logs, listening_socket, node_budget
+from eftgw.storage.budget import BufferBudget
 
 log = logging.getLogger("eftgw.sftp")
 
@@ -171,6 +172,7 @@ class SftpService:
                 per_account=settings.sftp_max_handles_per_account,
                 node=node_budget(settings.sftp_reserved_fds),
             ),
+            write_memory=BufferBudget(settings.sftp_write_memory),
         )
         self.defender = defender or LoginDefender(gateway.clock, allowlist=settings.sftp_defender_allowlist)
         self.pacer = FailurePacer(failure_delay)

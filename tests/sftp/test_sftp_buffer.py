@@ -20,6 +20,7 @@ from eftgw.ingest import BLOCK_SIZE
 from eftgw.model import Principal, Role
 from eftgw.sftp.buffer import BufferedUpload
 from eftgw.storage import ObjectStore, UploadWriter
+from eftgw.storage.budget import BufferBudget
 
 CUSTOMER = Principal("sftp-customer", Role.CUSTOMER, "CASE-1", via="sftp")
 KIB = 1024
@@ -189,3 +190,98 @@ async def _slow_storage(gateway: GatewayThread, delay: float) -> None:
 async def _queued(gateway: GatewayThread) -> int:
     writers = gateway.sftp.context.writers._writers
     return max((w._queued for w in writers.values()), default=0)
+
+
+async def test_the_buffers_of_all_handles_together_stay_within_the_node_write_memory(core: Gateway) -> None:
+    """Four handles share a 1.5 MiB write memory, each with a 1 MiB buffer of its own, and storage is
+    stalled: their queues hold at most the shared memory together (four full buffers would be 4 MiB; the
+    core's own blocks per upload come on top, as before); once storage moves every byte lands, and the
+    memory is all given back. Before, each handle took its full capacity: a hundred sessions, a hundred
+    buffers."""
+    gate = asyncio.Event()
+    core.uploads.store = core.uploads.ingest.store = SlowStore(core.store, 0.0, gate)
+    shared = BufferBudget(1536 * KIB)
+    buffers = []
+    for i in range(4):
+        upload = await core.uploads.create(
+            CUSTOMER, "CASE-1", length=None, metadata={"filename": f"m{i}"}, via="sftp"
+        )
+        buffers.append(
+            BufferedUpload(core.uploads, CUSTOMER, "CASE-1", upload.id, 0, capacity=1024 * KIB, budget=shared)
+        )
+    sent: list[list[bytes]] = [[] for _ in buffers]
+    blocked: list[asyncio.Task[None]] = []
+    for _ in range(200):  # bounded: 200 x 4 x 32 KiB is far more than the buffers and the core's blocks
+        for i, buffer in enumerate(buffers):
+            if any(t.get_name() == f"w{i}" for t in blocked):
+                continue
+            chunk = os.urandom(32 * KIB)
+            sent[i].append(chunk)
+            task = asyncio.create_task(buffer.write(chunk), name=f"w{i}")
+            done, _ = await asyncio.wait({task}, timeout=2.0)
+            if not done:
+                blocked.append(task)
+        if len(blocked) == len(buffers):
+            break
+    assert len(blocked) == len(buffers), "writes never waited for the shared memory"
+    queued = sum(b._queued for b in buffers)
+    assert queued <= shared.limit and shared.used == queued
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*blocked), 30)
+    for i, buffer in enumerate(buffers):
+        await asyncio.wait_for(buffer.flush(), 30)
+        assert buffer.durable == buffer.end == 32 * KIB * len(sent[i])
+        finished = await core.uploads.finish(CUSTOMER, "CASE-1", buffer.upload_id)
+        record = await core.repo.get_file("CASE-1", finished.file_id)
+        assert record is not None and record.sha256 == sha256(b"".join(sent[i]))
+    assert shared.used == 0 and shared.peak <= shared.limit
+
+
+def test_concurrent_sessions_share_the_node_write_memory(gateway_factory: Any) -> None:
+    """Over real sessions (four paramiko clients writing at once, storage slow), what all the gateway's
+    write buffers hold together never exceeds ``EFTGW_SFTP_WRITE_MEMORY``, although each handle's own buffer
+    could take more; every file arrives intact."""
+    limit = 2 * 1024 * KIB
+    gateway = gateway_factory(settings={"sftp_write_memory": limit})
+    assert gateway.sftp.context.buffer_capacity > limit / 4  # four full buffers would exceed the limit
+    gateway.call(_slow_storage(gateway, 0.02))
+    accounts = [gateway.account() for _ in range(4)]
+    data = [os.urandom(6 * 1024 * KIB) for _ in accounts]
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], gateway.call(_queued_total(gateway)))
+            time.sleep(0.01)
+
+    def put(i: int) -> None:
+        with paramiko_sftp(gateway.port, accounts[i]) as (_t, sftp), sftp.open(f"c{i}.bin", "wb") as out:
+            out.set_pipelined(True)
+            for offset in range(0, len(data[i]), 32 * KIB):
+                out.write(data[i][offset : offset + 32 * KIB])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    clients = [threading.Thread(target=put, args=(i,)) for i in range(len(accounts))]
+    try:
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(120)
+    finally:
+        stop.set()
+        sampler.join(10)
+    assert not any(c.is_alive() for c in clients)
+    assert 0 < peak[0] <= limit
+    assert gateway.call(_budget_used(gateway)) == 0
+    for i in range(len(accounts)):
+        assert gateway.file_named(f"c{i}.bin").sha256 == sha256(data[i])
+
+
+async def _queued_total(gateway: GatewayThread) -> int:
+    return sum(w._queued for w in gateway.sftp.context.writers._writers.values())
+
+
+async def _budget_used(gateway: GatewayThread) -> int:
+    return gateway.sftp.context.write_memory.used
