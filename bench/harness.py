@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -60,6 +61,7 @@ class TreeRss:
         self.peak = 0
         self.phase_peak = 0
         self.idle = tree_rss(pid)
+        self.timeline: list[tuple[float, int]] = []  # (time.perf_counter(), bytes) of every sample
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -71,7 +73,9 @@ class TreeRss:
     def _run(self) -> None:
         while not self._stop.is_set():
             value = tree_rss(self.pid)
+            now = time.perf_counter()
             with self._lock:
+                self.timeline.append((now, value))
                 self.samples += 1
                 self.peak = max(self.peak, value)
                 self.phase_peak = max(self.phase_peak, value)
@@ -82,6 +86,16 @@ class TreeRss:
         with self._lock:
             value, self.phase_peak = self.phase_peak, tree_rss(self.pid)
         return value
+
+    def profile(self, start: float, end: float, step: float = 5.0) -> list[float]:
+        """The peak (MiB) of each ``step`` seconds from ``start`` to ``end`` (``time.perf_counter()``)."""
+        with self._lock:
+            samples = [(t, v) for t, v in self.timeline if start <= t <= end]
+        peaks: dict[int, int] = {}
+        for t, v in samples:
+            slot = int((t - start) // step)
+            peaks[slot] = max(peaks.get(slot, 0), v)
+        return [mib(peaks[k]) for k in sorted(peaks)]
 
     def stop(self) -> None:
         self._stop.set()

@@ -309,6 +309,7 @@ async def phase(bench: Bench, jobs: list[Job]) -> dict[str, Any]:
         "slowest_upload_s": round(max(j.seconds for j in jobs), 2),
         "fastest_upload_s": round(min(j.seconds for j in jobs), 2),
         "rss_peak_MiB": mib(peak),
+        "rss_every_5s_MiB": bench.rss.profile(t0, time.perf_counter()),
         "head": {
             "count": len(ms),
             "median_ms": round(statistics.median(ms), 1) if ms else None,
@@ -384,7 +385,8 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     body_path.write_bytes(body)
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    node = GatewayProcess(work / "data", env={"EFTGW_LOG_LEVEL": "WARNING"}).start()
+    extra = dict(item.split("=", 1) for item in args.gateway_env)
+    node = GatewayProcess(work / "data", env={"EFTGW_LOG_LEVEL": "WARNING", **extra}).start()
     try:
         assert node.proc is not None
         known = work / "known_hosts"
@@ -421,8 +423,9 @@ async def run_phases(bench: Bench, count: int, http: int, sftp: int) -> dict[str
 def summarize(
     args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], rss: TreeRss, log_text: str
 ) -> dict[str, Any]:
-    def med(name: str, key: str) -> float:
-        return round(statistics.median(r[key] for r in runs[name]), 1)
+    def med(name: str, key: str) -> float | None:
+        values = [r[key] for r in runs[name] if r[key] is not None]
+        return round(statistics.median(values), 1) if values else None
 
     single_http, single_sftp = med("single_http", "aggregate_MBps"), med("single_sftp", "aggregate_MBps")
     mix = med("mix", "aggregate_MBps")
@@ -440,6 +443,7 @@ def summarize(
             "cpus": os.cpu_count(),
             "cipher": CIPHER,
             "backend": "sqlite + filesystem, TLS on",
+            "gateway_env": args.gateway_env,
         },
         "single_http_MBps": single_http,
         "single_sftp_MBps": single_sftp,
@@ -482,6 +486,9 @@ def main() -> int:
     parser.add_argument("--sftp-share", type=float, default=0.5)
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--gateway-env", action="append", default=[], metavar="NAME=VALUE", help="environment of the node"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data dir, gateway log)")
     args = parser.parse_args()
     if shutil.which("sftp") is None:
