@@ -190,7 +190,7 @@ class BufferedUpload:
             self.error = exc
         self._drop_queue()
 
-    def _release(self, pieces: Iterable[bytes]) -> None:
+    def _release(self, pieces: Iterable[bytes | memoryview]) -> None:
         if self.budget is not None:
             for piece in pieces:
                 self.budget.release(self.budget.clamp(len(piece)))
