@@ -99,11 +99,11 @@ class Ingest:
                 await pending
             pending = asyncio.ensure_future(self._consume(writer, digests, checksum, block))
 
+        reader = _Reader(body, lease)
         try:
             # A block is the chunks as they came (no copy): they are hashed and written as they are.
             block: list[bytes] = []
             filled = 0
-            iterator = aiter(body)
             recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
             while True:
                 if time.monotonic() >= recheck_at:
@@ -111,7 +111,7 @@ class Ingest:
                     await self.require_open(upload.case_id)
                     recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
                 try:
-                    chunk = await _next_chunk(iterator, lease)
+                    chunk = await reader.next()
                 except (BodyInterrupted, _TakenOver) as exc:
                     stopped = exc
                     break
@@ -148,6 +148,7 @@ class Ingest:
             await asyncio.shield(writer.rollback())
             raise
         finally:
+            reader.close()
             await writer.close()
         if isinstance(stopped, _TakenOver):
             raise UploadLocked("A newer request took over this upload.")
@@ -264,22 +265,48 @@ async def rehash(blocks: AsyncIterator[bytes], digests: FileDigests) -> None:
         await asyncio.to_thread(digests.update, block)
 
 
-async def _next_chunk(iterator: AsyncIterator[bytes], lease: UploadLease) -> bytes | None:
-    """The next chunk of the body, ``None`` at its end; raises :class:`_TakenOver` if a newer request came."""
-    if not lease.may_continue():
-        raise _TakenOver()
-    read = asyncio.ensure_future(anext(iterator, None))
-    interrupted = asyncio.ensure_future(lease.interrupted.wait())
-    try:
-        done, _ = await asyncio.wait({read, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        interrupted.cancel()
-    if read in done:
-        return read.result()
-    read.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await read
-    raise _TakenOver()
+class _Reader:
+    """Reads a body's chunks until a newer request takes the upload over (its lease is interrupted).
+
+    One waiter on the lease serves the whole body: reading a chunk costs no task of its own. If the lease
+    is interrupted while a read waits for the client, that read is cancelled (the task that reads is
+    cancelled at that ``await`` only, and un-cancelled), and :class:`_TakenOver` is raised instead.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], lease: UploadLease) -> None:
+        self._iterator = aiter(body)
+        self._lease = lease
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._reading = False
+        self._fired = False
+        self._waiter = asyncio.ensure_future(lease.interrupted.wait())
+        self._waiter.add_done_callback(self._interrupted)
+
+    def _interrupted(self, _: object) -> None:
+        if self._waiter.cancelled():
+            return
+        self._fired = True
+        if self._reading:
+            self._task.cancel()
+
+    async def next(self) -> bytes | None:
+        """The next chunk of the body, ``None`` at its end; :class:`_TakenOver` if a newer request came."""
+        if self._fired or not self._lease.may_continue():
+            raise _TakenOver()
+        self._reading = True
+        try:
+            return await anext(self._iterator, None)
+        except asyncio.CancelledError:
+            if self._fired and self._task.uncancel() == 0:
+                raise _TakenOver() from None
+            raise
+        finally:
+            self._reading = False
+
+    def close(self) -> None:
+        self._waiter.cancel()
 
 
 __all__ = ["BLOCK_SIZE", "LOCAL_DIGESTS_MARK", "Ingest", "rehash"]
