@@ -30,7 +30,9 @@ from tests.region.region import ROOT, Region, wait_until
 from tests.support import client_ssl, tus_headers
 from tests.web.client import CHROMIUM, CHROMIUM_ARGS, ClientPage, random_file, sha256_of
 
-pytestmark = pytest.mark.once  # the region picks its servers itself
+# The region picks its servers itself. The first test also waits for the session's wheel build, pip install
+# and two nodes (minutes on a loaded machine), which pytest-timeout counts against that test.
+pytestmark = [pytest.mark.once, pytest.mark.timeout(900)]
 
 MiB = 1024 * 1024
 OCTETS = "application/offset+octet-stream"
