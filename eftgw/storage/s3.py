@@ -93,7 +93,7 @@ class S3Store:
             endpoint.rstrip("/"), access, secret, settings.s3_bucket, secure=secure, region=settings.s3_region
         )
         budget = BufferBudget(int(getattr(settings, "upload_memory", DEFAULT_BUDGET)))
-        spool_dir = Path(settings.data_dir).expanduser() / "spool"
+        spool_dir = Path(settings.resolved_data_dir) / "spool"
         return cls(client, region=settings.s3_region, budget=budget, spool_dir=spool_dir)
 
     async def open(self) -> None:

@@ -45,6 +45,19 @@ def held_for(part: int) -> int:
     return part * (1 + inflight_allowed(part))
 
 
+def memory_for(part: int, spool_above: int = PER_UPLOAD) -> int:
+    """The memory a writer cutting parts of size ``part`` holds (spooled parts hold none: they are files)."""
+    return held_for(part) if part <= spool_above else 0
+
+
+SPOOLED_INFLIGHT = 1  # spooled parts: one uploads while the next fills (disk, not memory, is what they hold)
+
+
+def spool_for(part: int, spool_above: int = PER_UPLOAD) -> int:
+    """The local disk a writer cutting parts of size ``part`` uses: the part filling and the one in flight."""
+    return 0 if part <= spool_above else part * (1 + SPOOLED_INFLIGHT)
+
+
 class _Part:
     """One part being filled: its number, a buffer of exactly its size, the bytes filled so far."""
 
@@ -178,7 +191,7 @@ class S3Writer:
 
     async def _throttle(self, size: int) -> None:
         """Wait until at most ``PER_UPLOAD // size - 1`` parts are in flight; harvest the finished ones."""
-        allowed = inflight_allowed(size)
+        allowed = SPOOLED_INFLIGHT if size > self._store.spool_above else inflight_allowed(size)
         while True:
             while self._inflight and self._inflight[0].done():
                 self._parts.append(self._inflight.pop(0).result())  # a failed part raises here

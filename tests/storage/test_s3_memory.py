@@ -107,11 +107,13 @@ async def test_a_waiting_writer_that_is_cancelled_gives_nothing_away() -> None:
 
 
 def test_the_budget_is_a_setting() -> None:
-    """EFTGW_UPLOAD_MEMORY sizes the node's budget (512 MiB by default)."""
+    """EFTGW_UPLOAD_MEMORY sizes the node's budget (512 MiB by default); spooled parts go under the data
+    directory."""
     settings = Settings(storage="s3", s3_endpoint="127.0.0.1:1", upload_memory=64 * MiB)
     assert S3Store.from_settings(settings).budget.limit == 64 * MiB
     default = Settings(storage="s3", s3_endpoint="127.0.0.1:1")
     assert S3Store.from_settings(default).budget.limit == 512 * MiB
+    assert S3Store.from_settings(default).spool_dir == default.resolved_data_dir / "spool"  # spooled parts
 
 
 def spool_maps(spool: Path) -> list[str]:

@@ -23,7 +23,7 @@ from eftgw.storage.s3_parts import (
     part_size,
     staging_of,
 )
-from eftgw.storage.s3_writer import PER_UPLOAD, held_for
+from eftgw.storage.s3_writer import PER_UPLOAD, held_for, memory_for, spool_for
 
 NUMBERS = range(1, MAX_PARTS + 1)
 
@@ -63,6 +63,20 @@ def test_memory_per_upload_is_64_mib_up_to_109_gib() -> None:
     for length in (1, 16 * MiB, 20 * GiB, 100 * GiB, boundary):
         assert held_for(largest_part_for(length)) <= 64 * MiB
     assert largest_part_for(5 * TiB) <= 4 * GiB  # the cost above 109 GiB, stated in docs/storage-s3.md
+
+
+def test_memory_per_upload_is_64_mib_at_every_size_up_to_5_tib() -> None:
+    """Parts above 64 MiB (files past 109 GiB) are spooled to a temporary file, so for every part number, and
+    so for every file size up to 5 TiB, a writer holds at most 64 MiB of memory; the spool holds at most
+    two parts (one filling, one uploading), 8 GiB for the 4 GiB parts past 2 TiB."""
+    for number in NUMBERS:
+        size = part_size(number)
+        assert memory_for(size) <= PER_UPLOAD
+        assert spool_for(size) == (0 if size <= PER_UPLOAD else 2 * size)
+    for length in (1, 20 * GiB, 109 * GiB, 110 * GiB, 2 * TiB, 5 * TiB):
+        assert memory_for(largest_part_for(length)) <= 64 * MiB
+        assert spool_for(largest_part_for(length)) <= 8 * GiB
+    assert memory_for(16 * MiB, spool_above=4 * MiB) == 0  # the small setting the spool test runs with
 
 
 def test_small_files_use_16_mib_parts() -> None:
