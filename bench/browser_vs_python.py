@@ -47,7 +47,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.browser_upload import ROW_STATE, chromium, chromium_version  # noqa: E402
+from bench.browser_upload import chromium_version, page_upload  # noqa: E402
 from tests.support import GatewayProcess  # noqa: E402
 from tests.web.client import MiB, random_file  # noqa: E402
 
@@ -197,31 +197,6 @@ async def python_client(
     return {"upload_seconds": uploaded - started, "verified_seconds": verified - started, "sha256": sha256}
 
 
-async def page_client(
-    gw: GatewayProcess, url: str, case_id: str, source: Path, profile: Path, max_chunk: int
-) -> dict[str, Any]:
-    """Upload ``source`` through the page; done when the page shows it verified."""
-    launch = gw.cli("token", case_id, "--role", "customer", "--user", "bench", "--launch").stdout.strip()
-    async with chromium(profile) as devtools:
-        await devtools.call("Page.navigate", url=f"{url}/launch#{launch}")
-        await devtools.wait_for("!!document.querySelector('#case-title')", within=60)
-        document = await devtools.call("DOM.getDocument")
-        node = await devtools.call(
-            "DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file-input"
-        )
-        started = time.monotonic()
-        await devtools.call("DOM.setFileInputFiles", files=[str(source)], nodeId=node["nodeId"])
-        await devtools.wait_for(f"['verifying', 'done', 'failed'].includes({ROW_STATE})", within=3600)
-        uploaded = time.monotonic()
-        await devtools.wait_for(f"{ROW_STATE} === 'done' || {ROW_STATE} === 'failed'", within=3600)
-        verified = time.monotonic()
-        state = await devtools.evaluate(ROW_STATE)
-        shown = await devtools.evaluate("document.querySelector('.transfer-hash code')?.textContent ?? ''")
-    if state != "done":
-        raise RuntimeError(f"the page's upload ended in state {state!r}")
-    return {"upload_seconds": uploaded - started, "verified_seconds": verified - started, "sha256": shown}
-
-
 def summary(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
     upload = statistics.median(r["upload_seconds"] for r in runs)
     verified = statistics.median(r["verified_seconds"] for r in runs)
@@ -276,9 +251,7 @@ async def main() -> None:
                     case_id = f"BENCH-{who}-{round_ + 1}"
                     gw.cli("case", "open", case_id)
                     if who == "page":
-                        result = await page_client(
-                            gw, url, case_id, source, work / f"profile-{round_}", max_chunk
-                        )
+                        result = await page_upload(gw, url, case_id, source, work / f"profile-{round_}")
                     else:
                         token = gw.token(case_id, "customer", "bench")
                         result = await python_client(url, token, case_id, source, size, max_chunk)
