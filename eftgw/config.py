@@ -222,19 +222,9 @@ class Settings(BaseSettings):
     proxy_protocol: Literal["on", "off"] = "off"
     trusted_proxies: CommaList = Field(default_factory=list)
 
-    @field_validator("sftp_defender_allowlist")
+    @field_validator("sftp_defender_allowlist", "trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not a network; use CIDRs such as 192.0.2.0/24") from None
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _proxy_networks(cls, value: list[str]) -> list[str]:
         for network in value:
             try:
                 ipaddress.ip_network(network, strict=False)
