@@ -158,5 +158,6 @@ class Gateway:
         await self.store.open()
 
     async def close(self) -> None:
+        await self.locks.close()  # its heartbeat uses the database: stop it before the engine goes
         await self.store.close()
         await self.repo.close()

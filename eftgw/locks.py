@@ -40,6 +40,11 @@ class UploadLocks(Protocol):
         """Hold the upload's lock, taking it over from a current holder (waiting ``takeover_timeout``)."""
         ...
 
+    async def close(self) -> None:
+        """Stop the background work of the locks (a lease heartbeat, releases under way) before the
+        database they use is closed."""
+        ...
+
 
 class LocalUploadLocks:
     def __init__(self, takeover_timeout: float = 15.0) -> None:
@@ -47,6 +52,9 @@ class LocalUploadLocks:
         self._locks: dict[str, asyncio.Lock] = {}
         self._leases: dict[str, UploadLease] = {}
         self._waiters: dict[str, int] = {}
+
+    async def close(self) -> None:
+        """Nothing runs in the background of locks in one process."""
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[UploadLease]:

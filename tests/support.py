@@ -117,13 +117,13 @@ async def running_gateway(
     port = free_port()
     settings = settings_for(data_dir, http_port=port, **overrides)
     gateway = Gateway.build(settings, clock)
-    await gateway.start()
     runner = web.AppRunner(make_app(gateway), handler_cancellation=False, logger=PROTOCOL_LOG)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls_context(settings))
-    await site.start()
-    scheme = "https" if settings.tls == "on" else "http"
-    try:
+    try:  # a start that fails half-way still closes what it opened (the database engine)
+        await gateway.start()
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls_context(settings))
+        await site.start()
+        scheme = "https" if settings.tls == "on" else "http"
         yield RunningGateway(gateway, f"{scheme}://127.0.0.1:{port}", runner)
     finally:
         await runner.cleanup()

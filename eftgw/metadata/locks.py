@@ -104,6 +104,7 @@ class SqlUploadLocks:
         self.holder = holder or secrets.token_hex(8)
         self._held: dict[str, list[SqlLease]] = {}
         self._beat: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()  # releases that outlive a cancelled holder
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[SqlLease]:
@@ -120,7 +121,22 @@ class SqlUploadLocks:
             self._held[name].remove(lease)
             if not self._held[name]:
                 del self._held[name]
-            await asyncio.shield(self._release(name, upload_id, lease.fence))
+            release = asyncio.ensure_future(self._release(name, upload_id, lease.fence))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
+            await asyncio.shield(release)
+
+    async def close(self) -> None:
+        """Let releases under way finish and stop the heartbeat, so that no task of these locks still uses
+        (or is about to take) a database connection when the engine is disposed. A lease still held stays in
+        the database until it expires, as when the node dies."""
+        if self._releasing:
+            await asyncio.wait(list(self._releasing))
+        beat, self._beat = self._beat, None
+        if beat is not None and not beat.done():
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
 
     async def _acquire(self, name: str) -> SqlLease:
         deadline = time.monotonic() + self.takeover_timeout
