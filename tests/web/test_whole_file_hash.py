@@ -1,9 +1,9 @@
-"""The page's whole-file SHA-256 is built from the chunks the upload reads (web-client/src/whole-file.ts).
+"""The page's whole-file SHA-256 is built from the chunks the upload sends (web-client/src/whole-file.ts).
 
-The module is bundled with the web client's own esbuild and run by Node.js on a real file, in the orders an
-upload reads its chunks: in order, the prefetched second chunk before the first, chunks sent twice, a resume
-at the gateway's offset, and no chunk at all. Every digest must equal ``hashlib``'s, and no byte a chunk
-brought may be read from disk again.
+The module is bundled with the web client's own esbuild and run by Node.js on a real file, with chunks added
+as an upload sends them: in order, chunks sent twice, a resume at the gateway's offset (near, and further than
+a chunk may wait), and no chunk at all. Every digest must equal ``hashlib``'s, and no byte a chunk brought may
+be read from disk again.
 """
 
 from __future__ import annotations
@@ -59,28 +59,25 @@ def run_scenarios(tmp_path: Path, source: Path) -> list[dict[str, object]]:
 
 
 def test_the_whole_file_digest_comes_from_the_chunks_read_once(tmp_path: Path) -> None:
-    """Each order of chunk reads gives the file's SHA-256; only bytes no chunk brought are read from disk."""
+    """Each order of chunks gives the file's SHA-256; only bytes no chunk brought are read from disk, and a
+    chunk's add resolves only once its bytes are hashed (what keeps the hash in step with the upload)."""
     source = random_file(tmp_path / "file.bin", 37 * MiB + 4321)
     expected = hashlib.sha256(source.read_bytes()).hexdigest()
     results = {r["name"]: r for r in run_scenarios(tmp_path, source)}
 
-    for name in (
-        "in order",
-        "second chunk read first",
-        "chunk read again",
-        "resumed at an offset",
-        "no chunks",
-    ):
+    for name in ("in order", "chunk sent again", "resumed at an offset", "resumed far", "no chunks"):
         assert results[name]["sha256"] == expected, name
     assert results["in order"]["disk_bytes"] == 0
-    assert results["second chunk read first"]["disk_bytes"] == 0
-    assert results["chunk read again"]["disk_bytes"] == 0
-    # Before the offset nothing was sent, so it is read from disk; the chunks after it are read at most once
-    # more while the hash catches up (the first chunk or two), never the whole rest of the file.
-    offset = 5 * MiB + 12345
-    assert offset <= results["resumed at an offset"]["disk_bytes"] <= offset + 2 * 2 * MiB
+    assert results["chunk sent again"]["disk_bytes"] == 0
+    for name in ("in order", "chunk sent again", "resumed at an offset", "resumed far"):
+        assert results[name]["in_step"] is True, name
+    # Before the offset nothing was sent, so it is read from disk, once; the chunks after it never are.
+    assert results["resumed at an offset"]["disk_bytes"] == 5 * MiB + 12345
+    # Further than a chunk may wait: the first chunk is let go and read from disk with what precedes it;
+    # every later chunk is hashed from memory.
+    assert results["resumed far"]["disk_bytes"] == 20 * MiB + 777 + 2 * MiB
     assert results["no chunks"]["disk_bytes"] == source.stat().st_size
-    assert results["read returns"] == {"name": "read returns", "bytes": 1000, "beside": 1000, "equal": True}
+    assert results["file shrank"] == {"name": "file shrank", "failed": True, "finish_failed": True}
 
 
 def test_a_chunk_read_ahead_is_sent_even_when_the_chunk_size_grew(tmp_path: Path) -> None:
@@ -89,8 +86,7 @@ def test_a_chunk_read_ahead_is_sent_even_when_the_chunk_size_grew(tmp_path: Path
     The page grows its chunk after each fast one; before, a read-ahead chunk of the old size was thrown away
     and the range read again at the new size, so each growing chunk was read twice and not overlapped.
     """
-    result = run_node("chunk-source.mjs", str(bundle_module(tmp_path, "tus-adapter")))
-    assert isinstance(result, dict)
+    result = run_node("chunk-source.mjs", str(bundle_module(tmp_path, "tus-adapter")))["grown"]
     reads = [(start, end) for start, end, _ in result["reads"]]
     assert all(stream == "S" for _, _, stream in result["reads"])
     assert len(reads) == len(set(reads))
@@ -98,3 +94,36 @@ def test_a_chunk_read_ahead_is_sent_even_when_the_chunk_size_grew(tmp_path: Path
     assert covered[0][0] == 0 and covered[-1][1] == 20 * MiB
     assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))
     assert [tuple(r) for r in result["sent"]] == covered
+
+
+def test_the_whole_file_hash_never_lags_more_than_the_chunk_in_flight(tmp_path: Path) -> None:
+    """Each chunk goes to the whole-file hash right after the request took it, and the next chunk is sent
+    only once that hash is done: with a hash slower than the network, the upload waits for it rather than
+    running ahead, so verification ends with the last byte and at most one sent chunk's bytes wait to be
+    hashed. The request gets the whole chunk (its bytes move to the hash only after it took its copy), and
+    the first chunk is asked for before the one read ahead, so the worker reads them in file order.
+
+    Checked by the order of events (a fake request answers at once, the fake hash takes 30 ms), not by time.
+    Before, the whole-file hash ran in the worker before a chunk was handed back, with the read of the next
+    chunk waiting behind it, and a chunk read ahead that was hashed before the first one was asked for let the
+    hash fall back to reading the file again from disk.
+    """
+    result = run_node("chunk-source.mjs", str(bundle_module(tmp_path, "tus-adapter")))["lag"]
+    size = 7 * 2 * MiB + 1000
+    events = [tuple(e) for e in result["events"]]
+    chunks = [(e[1], e[2]) for e in events if e[0] == "chunk"]
+    assert chunks[0] == (0, 2 * MiB) and chunks[-1][1] == size
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    assert [tuple(r[:2]) for r in result["reads"]][:2] == [(0, 2 * MiB), (2 * MiB, 4 * MiB)]
+
+    sends = [i for i, e in enumerate(events) if e[0] == "send"]
+    assert len(sends) == len(chunks)
+    for number, ((start, end), at) in enumerate(zip(chunks, sends, strict=True)):
+        # The request got the whole chunk, undetached, and it was this chunk (first byte = its number).
+        assert events[at][1:] == (end - start, number)
+        # Handed to the whole-file hash right after the request took it.
+        assert events[at + 1] == ("add", start, end - start)
+        if number > 0:
+            previous = chunks[number - 1][0]
+            assert events.index(("hashed", previous)) < at, f"chunk {number} sent before chunk {number - 1} was hashed"
+    assert [e[1] for e in events if e[0] == "hashed"] == [start for start, _ in chunks]

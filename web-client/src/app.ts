@@ -18,7 +18,8 @@ import { UnfinishedList } from './views/unfinished'
 const POLL_MS = 15_000
 
 export class App implements TransferHost {
-  readonly hashes = new HashPool(Math.max(1, Math.min(3, (navigator.hardwareConcurrency || 2) - 1)))
+  // Two workers at least, so that an upload's whole-file hashing and the reading of its next chunk run side by side.
+  readonly hashes = new HashPool(Math.max(2, Math.min(3, (navigator.hardwareConcurrency || 2) - 1)))
   readonly stack = new GatewayHttpStack(STALL_MS)
   readonly queue = new TransferQueue()
   caseId = ''

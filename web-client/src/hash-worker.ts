@@ -4,15 +4,16 @@
  *
  * - ``chunk``: read ``[start, end)`` of a file once, SHA-256 it (WebCrypto), and hand back both the bytes and
  *   the base64 digest, so what is sent is exactly what was hashed (``Upload-Checksum: sha256 <base64>``);
+ * - ``add``: a chunk the page has just sent (its bytes transferred here: the request keeps its own copy), added
+ *   to the whole-file SHA-256 of its upload's ``stream`` (whole-file.ts); answered once hashed;
  * - ``fingerprint``: ``v1:<size>:<lastModified>:<sha256 of the first and last MiB>``, to recognise the same
  *   file after a reload without reading all of it;
- * - ``file``: the whole file's SHA-256 (hex), what the page compares with the gateway's after an upload. The
- *   chunks of an upload name its ``stream``; their bytes feed that stream's WholeFileHash as they are read
- *   (whole-file.ts), so ``file`` only reads what they did not cover, reporting progress meanwhile;
+ * - ``file``: the whole file's SHA-256 (hex), what the page compares with the gateway's after an upload: the
+ *   stream's chunks, and whatever they did not cover read from disk, reporting progress meanwhile;
  * - ``forget``: drop a stream (the upload was cancelled).
  *
- * A chunk's bytes are hashed twice, by two different hashers at once: WebCrypto's SHA-256 for its
- * ``Upload-Checksum`` (native, off this thread) while WebAssembly adds them to the whole file's.
+ * The page gives an upload's chunks (read, WebCrypto) and its stream (WebAssembly) to different workers where
+ * it has two (hashing.ts), so the whole-file hash of one chunk runs while the next is read and sent.
  */
 import type { WorkerReply, WorkerRequest } from './hash-protocol'
 import { WholeFileHash } from './whole-file'
@@ -39,18 +40,15 @@ function reply(message: WorkerReply, transfer: Transferable[] = []): void {
 async function handle(job: WorkerRequest): Promise<void> {
   switch (job.op) {
     case 'chunk': {
-      const stream = job.stream === undefined ? null : streamOf(job.stream, job.file)
-      const checksum = (bytes: ArrayBuffer): Promise<ArrayBuffer> => crypto.subtle.digest('SHA-256', bytes)
-      let bytes: ArrayBuffer
-      let digest: Promise<ArrayBuffer>
-      if (stream) {
-        // WebCrypto copies the bytes when called, and hashes them while WebAssembly adds them to the file's.
-        ;({ bytes, beside: digest } = await stream.read(job.start, job.end, checksum))
-      } else {
-        bytes = await job.file.slice(job.start, job.end).arrayBuffer()
-        digest = checksum(bytes)
-      }
-      reply({ id: job.id, ok: true, op: 'chunk', bytes, sha256: base64(await digest) }, [bytes])
+      const bytes = await job.file.slice(job.start, job.end).arrayBuffer()
+      const digest = await crypto.subtle.digest('SHA-256', bytes)
+      reply({ id: job.id, ok: true, op: 'chunk', bytes, sha256: base64(digest) }, [bytes])
+      return
+    }
+    case 'add': {
+      const stream = streamOf(job.stream, job.file)
+      await stream.add(job.start, job.bytes)
+      reply({ id: job.id, ok: true, op: 'add', position: stream.position })
       return
     }
     case 'fingerprint': {

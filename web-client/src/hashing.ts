@@ -1,8 +1,9 @@
 /**
- * Hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread. The least busy worker of
- * a small pool takes a fingerprint, or the first chunk of an upload's ``stream``: that worker then keeps the
- * stream's whole-file SHA-256, so it takes all the stream's chunks and its final digest. A failed read (the
- * file changed or vanished) rejects with FileReadError.
+ * Hashing workers (hash-worker.ts), so SHA-256 never runs on the page's main thread. Each upload's ``stream``
+ * (its whole-file SHA-256) lives in one worker of a small pool, chosen when the stream is first named: that
+ * worker takes the chunks the page sent (``add``) and the final digest. Chunks to read and checksum, and
+ * fingerprints, go to the least busy of the other workers, so one chunk's whole-file hashing never delays
+ * reading the next. A failed read (the file changed or vanished) rejects with FileReadError.
  */
 import type { WorkerReply, WorkerRequest } from './hash-protocol'
 
@@ -46,13 +47,23 @@ export class HashPool {
   }
 
   /**
-   * Read ``[start, end)`` of ``file`` once: its bytes and their SHA-256 (base64). The bytes also feed the
-   * whole-file SHA-256 of ``stream`` (one per upload), which ``fileSha256`` completes.
+   * Read ``[start, end)`` of ``file`` once: its bytes and their SHA-256 (base64), in a worker other than the
+   * one keeping ``stream``'s whole-file SHA-256 where the pool has more than one.
    */
   async chunk(file: Blob, start: number, end: number, stream?: string): Promise<{ bytes: ArrayBuffer; sha256: string }> {
-    const reply = await this.run({ op: 'chunk', file, start, end, stream }, undefined, this.slotOf(stream))
+    const reply = await this.run({ op: 'chunk', file, start, end }, undefined, this.leastBusy(stream))
     if (reply.ok && reply.op === 'chunk') return { bytes: reply.bytes, sha256: reply.sha256 }
     throw new FileReadError()
+  }
+
+  /**
+   * Add ``[start, start + bytes.byteLength)`` of ``file``, just sent, to the whole-file SHA-256 of ``stream``.
+   * ``bytes`` is transferred to the worker (detached here). Resolves once they are hashed (or skipped, or let
+   * go while the hash catches up from disk: whole-file.ts).
+   */
+  async add(file: Blob, stream: string, start: number, bytes: ArrayBuffer): Promise<void> {
+    const reply = await this.run({ op: 'add', file, stream, start, bytes }, undefined, this.slotOf(stream), [bytes])
+    if (!reply.ok) throw new FileReadError()
   }
 
   /** A fingerprint that recognises the same file again: size, modification time and content samples. */
@@ -82,15 +93,19 @@ export class HashPool {
     this.run({ op: 'forget', stream }, undefined, slot).catch(() => undefined)
   }
 
-  private leastBusy(): Slot {
-    return this.slots.reduce((best, s) => (s.busy < best.busy ? s : best))
+  /** The least busy worker, other than the one keeping ``stream`` if there is another. */
+  private leastBusy(stream?: string): Slot {
+    const keeper = stream === undefined ? undefined : this.slotOf(stream)
+    const others = this.slots.filter((s) => s !== keeper)
+    return (others.length > 0 ? others : this.slots).reduce((best, s) => (s.busy < best.busy ? s : best))
   }
 
-  private slotOf(stream: string | undefined): Slot {
-    if (stream === undefined) return this.leastBusy()
+  /** The worker keeping ``stream``: the one keeping fewest streams when the stream is first named. */
+  private slotOf(stream: string): Slot {
     let slot = this.streams.get(stream)
     if (slot === undefined) {
-      slot = this.leastBusy()
+      const kept = (s: Slot): number => [...this.streams.values()].filter((k) => k === s).length
+      slot = this.slots.reduce((best, s) => (kept(s) < kept(best) ? s : best))
       this.streams.set(stream, slot)
     }
     return slot
@@ -100,12 +115,13 @@ export class HashPool {
     job: DistributiveOmit<WorkerRequest, 'id'>,
     onProgress?: (done: number) => void,
     slot: Slot = this.leastBusy(),
+    transfer: Transferable[] = [],
   ): Promise<WorkerReply> {
     const id = this.nextId++
     slot.busy += 1
     return new Promise<WorkerReply>((resolve, reject) => {
       this.pending.set(id, { worker: slot, resolve, reject, onProgress })
-      slot.worker.postMessage({ ...job, id } as WorkerRequest)
+      slot.worker.postMessage({ ...job, id } as WorkerRequest, transfer)
     })
   }
 

@@ -1,12 +1,16 @@
 /**
  * What eftgw adds to tus-js-client, through its documented extension points (``fileReader`` and ``httpStack``):
  *
- * - ChunkSource hands out ChunkRefs (a file range) instead of Blob slices, and reads and hashes the next chunk
- *   in a worker while the current one is on the wire;
+ * - ChunkSource hands out ChunkRefs (a file range) instead of Blob slices, and reads and checksums the next
+ *   chunk in a worker while the current one is on the wire;
  * - GatewayHttpStack sends each chunk as the exact bytes that were hashed, with
  *   ``Upload-Checksum: sha256 <base64>``, adds the CSRF token to unsafe requests, and gives up on a request
  *   that makes no progress for ``stallMs`` (a laptop that slept, a half-open connection) so that
- *   tus-js-client's retry resumes from the gateway's offset.
+ *   tus-js-client's retry resumes from the gateway's offset. Once a chunk is handed to the request (which
+ *   keeps its own copy of the body), its bytes go on to the upload's whole-file SHA-256 (``ChunkRef.sent``),
+ *   hashed in another worker while the chunk is on the wire; the next chunk is sent only once that is done
+ *   (``ChunkRef.ready``), so the whole-file hash is never more than the chunk in flight behind the upload and
+ *   no more than that chunk's bytes wait for it.
  */
 import type { HttpRequest, HttpResponse, HttpStack, Upload } from 'tus-js-client'
 
@@ -22,15 +26,13 @@ export interface PreparedChunk {
   sha256: string
 }
 
-/** A range of a file; ``prepare()`` reads it once and hashes it (off the main thread). */
+/** A range of a file; ``prepare()`` reads it once and checksums it (off the main thread). */
 export class ChunkRef {
   constructor(
-    readonly file: Blob,
     readonly start: number,
     readonly end: number,
     private prepared: Promise<PreparedChunk> | null,
-    private readonly hashes: HashPool,
-    private readonly stream: string,
+    private readonly source: ChunkSource,
   ) {}
 
   get size(): number {
@@ -38,9 +40,19 @@ export class ChunkRef {
   }
 
   prepare(): Promise<PreparedChunk> {
-    const prepared = this.prepared ?? this.hashes.chunk(this.file, this.start, this.end, this.stream)
+    const prepared = this.prepared ?? this.source.read(this.start, this.end)
     this.prepared = null // a re-send reads the file again
     return prepared
+  }
+
+  /** Resolves when the chunk sent before this one is in the whole-file SHA-256: this one may be sent. */
+  ready(): Promise<void> {
+    return this.source.hashed()
+  }
+
+  /** The request took ``bytes`` (this chunk, as prepared): they go on to the whole-file SHA-256, detached. */
+  sent(bytes: ArrayBuffer): void {
+    this.source.hash(this.start, bytes)
   }
 }
 
@@ -51,12 +63,14 @@ interface Prefetch {
 }
 
 /**
- * tus-js-client's file source, for one file; ``chunkSize()`` is the upload's current chunk size. Its chunks
- * also feed the whole-file SHA-256 of ``stream`` (HashPool.fileSha256).
+ * tus-js-client's file source, for one file; ``chunkSize()`` is the upload's current chunk size. The chunks
+ * it sends also feed the whole-file SHA-256 of ``stream`` (HashPool.add, completed by HashPool.fileSha256).
  */
 export class ChunkSource implements TusFileSource {
   readonly size: number
   private prefetch: Prefetch | null = null
+  /** The whole-file hashing of the chunk sent last. */
+  private hashing: Promise<void> = Promise.resolve()
 
   constructor(
     private readonly file: Blob,
@@ -78,13 +92,34 @@ export class ChunkSource implements TusFileSource {
       prepared = this.prefetch.promise
     }
     this.prefetch = null
+    // This chunk is asked for before the one read ahead, so that it is read first.
+    if (prepared === null) {
+      prepared = this.read(start, stop)
+      prepared.catch(() => undefined) // awaited (and reported) when the chunk is sent
+    }
     if (stop < this.size) {
       const nextEnd = Math.min(this.size, stop + this.chunkSize())
-      const promise = this.hashes.chunk(this.file, stop, nextEnd, this.stream)
+      const promise = this.read(stop, nextEnd)
       promise.catch(() => undefined) // awaited (and reported) when that chunk is sent
       this.prefetch = { start: stop, end: nextEnd, promise }
     }
-    return Promise.resolve({ value: new ChunkRef(this.file, start, stop, prepared, this.hashes, this.stream), done: stop >= this.size })
+    return Promise.resolve({ value: new ChunkRef(start, stop, prepared, this), done: stop >= this.size })
+  }
+
+  /** ``[start, end)`` of the file, read once, and its SHA-256 (a worker's). */
+  read(start: number, end: number): Promise<PreparedChunk> {
+    return this.hashes.chunk(this.file, start, end, this.stream)
+  }
+
+  /** Add the bytes of ``[start, ...)``, just sent, to the whole-file SHA-256 (in the stream's worker). */
+  hash(start: number, bytes: ArrayBuffer): void {
+    this.hashing = this.hashes.add(this.file, this.stream, start, bytes)
+    this.hashing.catch(() => undefined) // awaited (and reported) before the next chunk is sent
+  }
+
+  /** Settles when the chunk sent last is hashed; rejects with FileReadError if the file could not be read. */
+  hashed(): Promise<void> {
+    return this.hashing
   }
 
   close(): void {
@@ -161,10 +196,12 @@ class GatewayRequest implements HttpRequest {
 
   async send(body: unknown = null): Promise<HttpResponse> {
     let payload: ArrayBuffer | null = null
+    let chunk: ChunkRef | null = null
     if (body instanceof ChunkRef) {
-      const chunk = await body.prepare()
-      this.headers['Upload-Checksum'] = `sha256 ${chunk.sha256}`
-      payload = chunk.bytes
+      chunk = body
+      const [prepared] = await Promise.all([body.prepare(), body.ready()])
+      this.headers['Upload-Checksum'] = `sha256 ${prepared.sha256}`
+      payload = prepared.bytes
     } else if (body !== null && body !== undefined) {
       throw new Error('unexpected request body')
     }
@@ -200,6 +237,9 @@ class GatewayRequest implements HttpRequest {
       }
       arm()
       xhr.send(payload)
+      // The request copied the body (Fetch: extracting a body from a BufferSource copies it): the bytes are
+      // free to move to the whole-file hash.
+      if (chunk !== null && payload !== null) chunk.sent(payload)
     })
   }
 

@@ -1,87 +1,85 @@
 /**
- * A file's whole SHA-256, built from the very chunks the upload reads, so that no byte is read twice and the
+ * A file's whole SHA-256, built from the very chunks the upload sends, so that no byte is read twice and the
  * digest is ready as soon as the last chunk is acknowledged.
  *
- * SHA-256 is sequential, so a WholeFileHash takes bytes in file order only. Chunks arrive almost always in
- * order (an upload reads its chunks one after another); those that do not are handled without holding bytes:
+ * The page hands each chunk over right after giving it to the network (``add``): its upload sends chunks one
+ * after another, so they arrive in file order. SHA-256 is sequential, so a WholeFileHash takes bytes in file
+ * order only:
  *
- * - a chunk read again (a retry after a lost connection or a 460) covers bytes already hashed: skipped;
- * - a chunk that starts beyond what is hashed waits if an earlier chunk still being read will fill the gap
- *   (the first two chunks are requested together);
- * - otherwise (an upload resumed at the gateway's offset after a reload) the missing range is read from disk
- *   in the background, up to the furthest chunk seen, and the upload's chunks are taken again once they are
- *   next in line. ``finish()`` reads whatever is still missing and returns the hex digest.
+ * - a chunk sent again (a retry after a lost connection or a 460) covers bytes already hashed: skipped;
+ * - a chunk that starts a little beyond what is hashed (at most ``HOLD`` bytes: an upload resumed after a
+ *   reload, at the gateway's offset) waits while the gap is read from disk, then is hashed: the page waits for
+ *   that before it sends more, so the hash stays in step with the upload;
+ * - a chunk that starts further beyond is let go (its bytes are not kept): the missing range is read from disk
+ *   in the background, up to the furthest chunk let go, while the upload goes on; once the hash is within
+ *   ``HOLD`` of the chunks again, they are hashed as they come.
+ *
+ * ``finish()`` reads whatever is still missing and returns the hex digest. Every step that touches the
+ * hasher runs one at a time, in the order it was asked for.
  *
  * The hasher is hash-wasm's SHA-256 (WebAssembly): @noble/hashes, plain JavaScript, reached about a third of
  * its speed here (docs/web-client.md, "Measured"). WebCrypto is native but has no incremental digest.
  */
 import { createSHA256, type IHasher } from 'hash-wasm'
 
+/** What is read from disk at a time while catching up. */
 const SLICE = 8 * 1024 * 1024
-
-interface Reading {
-  start: number
-  end: number
-  /** Settles once this range was offered to the hasher (or its read failed). */
-  offered: Promise<void>
-}
+/** The largest gap a chunk waits for (read from disk before it); beyond it the chunk is let go. */
+export const HOLD = 64 * 1024 * 1024
 
 export class WholeFileHash {
   /** Bytes hashed so far: ``[0, position)``. */
   position = 0
   private readonly hasher: Promise<IHasher> = createSHA256()
-  private readonly readings = new Set<Reading>()
+  /** The end of the furthest chunk let go: the background catch-up reads up to here. */
   private target = 0
-  private catchingUp: Promise<void> | null = null
+  private catchingUp = false
+  private steps: Promise<void> = Promise.resolve()
   private failure: unknown = null
   onProgress: ((done: number) => void) | null = null
 
-  constructor(private readonly file: Blob) {}
+  /** ``hold``: the largest gap a chunk waits for (``HOLD``; smaller in tests). */
+  constructor(
+    private readonly file: Blob,
+    private readonly hold: number = HOLD,
+  ) {}
 
   /**
-   * Read ``[start, end)`` of the file, offer it to the hasher, and return the bytes, with what ``beside``
-   * (called with the bytes just before they are hashed) returned. The caller must not detach (transfer) the
-   * buffer before this resolves.
+   * Hash ``bytes``, which are ``[start, start + bytes.byteLength)`` of the file, once what comes before them
+   * is hashed. Resolves when they are hashed, skipped (already hashed) or let go (too far ahead); rejects if
+   * reading the file failed.
    */
-  async read<T>(start: number, end: number, beside: (bytes: ArrayBuffer) => T): Promise<{ bytes: ArrayBuffer; beside: T }> {
-    let settle = (): void => undefined
-    const reading: Reading = { start, end, offered: new Promise<void>((resolve) => (settle = resolve)) }
-    this.readings.add(reading)
-    try {
-      const bytes = await this.file.slice(start, end).arrayBuffer()
-      const result = { bytes, beside: beside(bytes) }
-      await this.offer(reading, bytes)
-      return result
-    } finally {
-      this.readings.delete(reading)
-      settle()
+  add(start: number, bytes: ArrayBuffer): Promise<void> {
+    const end = start + bytes.byteLength
+    if (start - this.position > this.hold) {
+      this.catchUp(end)
+      return this.failure === null ? Promise.resolve() : Promise.reject(this.failure)
     }
+    return this.step(async (hasher) => {
+      await this.readFromDisk(hasher, start)
+      this.take(hasher, start, bytes)
+    })
   }
 
   /** The whole file's SHA-256 (lowercase hex), reading from disk what the chunks did not cover. */
   async finish(): Promise<string> {
-    this.catchUp(this.file.size)
-    while (this.catchingUp) await this.catchingUp
-    if (this.failure !== null) throw this.failure
+    await this.step((hasher) => this.readFromDisk(hasher, this.file.size))
     return (await this.hasher).digest('hex')
   }
 
-  private async offer(reading: Reading, bytes: ArrayBuffer): Promise<void> {
-    const hasher = await this.hasher
-    // Wait for earlier chunks still being read that will bring the hash up to this one.
-    for (let filler = this.fillerOf(reading); reading.start > this.position && filler; filler = this.fillerOf(reading)) {
-      await filler.offered
-    }
-    if (reading.start > this.position) this.catchUp(reading.end)
-    else this.take(hasher, reading.start, bytes)
-  }
-
-  /** An unfinished read, other than ``reading``, that covers the next byte to hash. */
-  private fillerOf(reading: Reading | null): Reading | undefined {
-    for (const other of this.readings) {
-      if (other !== reading && other.start <= this.position && this.position < other.end) return other
-    }
-    return undefined
+  /** Run ``work`` after every step asked for before it; a failed read fails this step and all later ones. */
+  private step(work: (hasher: IHasher) => Promise<void>): Promise<void> {
+    const run = this.steps.then(async () => {
+      if (this.failure !== null) throw this.failure
+      try {
+        await work(await this.hasher)
+      } catch (err) {
+        this.failure = err
+        throw err
+      }
+    })
+    this.steps = run.catch(() => undefined)
+    return run
   }
 
   /** Hash the part of ``bytes`` (which start at ``start``) that comes next, if any. */
@@ -93,31 +91,38 @@ export class WholeFileHash {
     this.onProgress?.(end)
   }
 
-  /** Read the file from disk in the background until ``[0, upTo)`` is hashed. */
+  /** Read ``[position, upTo)`` from disk and hash it, a slice at a time. */
+  private async readFromDisk(hasher: IHasher, upTo: number): Promise<void> {
+    while (this.position < upTo) await this.readSlice(hasher, upTo)
+  }
+
+  private async readSlice(hasher: IHasher, upTo: number): Promise<void> {
+    const start = this.position
+    const end = Math.min(this.file.size, upTo, start + SLICE)
+    const bytes = await this.file.slice(start, end).arrayBuffer()
+    if (bytes.byteLength < end - start) throw new Error('the file is shorter than it was')
+    this.take(hasher, start, bytes)
+  }
+
+  /**
+   * Read the file from disk in the background until ``[0, upTo)`` is hashed, one slice per step, so chunks
+   * added meanwhile take their turn between slices.
+   */
   private catchUp(upTo: number): void {
     this.target = Math.max(this.target, upTo)
     if (this.catchingUp) return
-    this.catchingUp = this.readFromDisk().finally(() => {
-      this.catchingUp = null
-    })
-  }
-
-  private async readFromDisk(): Promise<void> {
-    const hasher = await this.hasher
-    try {
-      while (this.position < this.target && this.failure === null) {
-        const filler = this.fillerOf(null)
-        if (filler) {
-          await filler.offered // a chunk being read covers it: no need to read it twice
-          continue
-        }
-        const start = this.position
-        const bytes = await this.file.slice(start, Math.min(this.file.size, start + SLICE)).arrayBuffer()
-        if (bytes.byteLength === 0) throw new Error('the file is shorter than it was')
-        this.take(hasher, start, bytes)
+    this.catchingUp = true
+    const next = (): void => {
+      if (this.position >= this.target || this.failure !== null) {
+        this.catchingUp = false
+        return
       }
-    } catch (err) {
-      this.failure = err
+      this.step(async (hasher) => {
+        if (this.position < this.target) await this.readSlice(hasher, this.target)
+      }).then(next, () => {
+        this.catchingUp = false
+      })
     }
+    next()
   }
 }

@@ -1,27 +1,86 @@
-// Drives ChunkSource of web-client/src/tus-adapter.ts (bundled by the test with esbuild) as tus-js-client does,
-// with a hash pool that counts the ranges it is asked to read, and prints them as JSON.
+// Drives ChunkSource and GatewayHttpStack of web-client/src/tus-adapter.ts (bundled by the test with esbuild)
+// as tus-js-client does, with a hash pool and an XMLHttpRequest that record what they are asked, and prints
+// it as JSON:
+// - "grown": the ranges read and sent while the chunk size doubles after every chunk;
+// - "lag": the order of events when the whole-file hash is slower than the network: each chunk's read, its
+//   send (with the size of the body the request got), its hand-over to the whole-file hash and the moment
+//   that hash is done.
 //   node chunk-source.mjs BUNDLE
 const [bundle] = process.argv.slice(2)
-const { ChunkSource } = await import(bundle)
 const MiB = 1024 * 1024
+const events = []
 
-const reads = []
-const pool = {
-  chunk(file, start, end, stream) {
-    reads.push([start, end, stream])
-    return Promise.resolve({ bytes: new ArrayBuffer(end - start), sha256: 'x' })
-  },
+// The request takes the body as the browser does (a copy), and answers at once: the network is never the
+// slower side here.
+globalThis.XMLHttpRequest = class {
+  upload = {}
+  status = 0
+  open() {}
+  setRequestHeader() {}
+  getResponseHeader(name) {
+    return name === 'Upload-Offset' ? '0' : null
+  }
+  send(body) {
+    events.push(['send', body ? body.byteLength : 0, body && body.byteLength ? new Uint8Array(body)[0] : -1])
+    setTimeout(() => {
+      this.status = 204
+      this.onload()
+    }, 0)
+  }
+  abort() {}
 }
-let chunkSize = 2 * MiB
-const source = new ChunkSource(new Blob([new Uint8Array(20 * MiB)]), pool, () => chunkSize, 'S')
-const sent = []
-let offset = 0
-while (offset < source.size) {
-  const { value, done } = await source.slice(offset, offset + chunkSize)
-  await value.prepare()
-  sent.push([value.start, value.end])
-  offset = value.end
-  chunkSize *= 2 // as transfer.ts grows the chunk after each fast one
-  if (done) break
+
+const { ChunkSource, GatewayHttpStack } = await import(bundle)
+
+function pool(hashMs) {
+  const reads = []
+  let chunkNo = 0
+  return {
+    reads,
+    chunk(file, start, end, stream) {
+      reads.push([start, end, stream])
+      const bytes = new Uint8Array(end - start)
+      bytes[0] = chunkNo++ // the request tells chunks apart by their first byte
+      return Promise.resolve({ bytes: bytes.buffer, sha256: 'x' })
+    },
+    add(file, stream, start, bytes) {
+      const length = bytes.byteLength
+      structuredClone(bytes, { transfer: [bytes] }) // posted to the worker: detached here
+      events.push(['add', start, length])
+      return new Promise((resolve) =>
+        setTimeout(() => {
+          events.push(['hashed', start])
+          resolve()
+        }, hashMs),
+      )
+    },
+  }
 }
-console.log(JSON.stringify({ reads, sent }))
+
+async function upload(hashes, size, grow) {
+  let chunkSize = 2 * MiB
+  const source = new ChunkSource(new Blob([new Uint8Array(size)]), hashes, () => chunkSize, 'S')
+  const stack = new GatewayHttpStack(60_000)
+  const sent = []
+  let offset = 0
+  while (offset < source.size) {
+    const { value, done } = await source.slice(offset, offset + chunkSize)
+    events.push(['chunk', value.start, value.end])
+    await stack.createRequest('PATCH', 'https://gateway.invalid/upload').send(value)
+    sent.push([value.start, value.end])
+    offset = value.end
+    if (grow) chunkSize *= 2 // as transfer.ts grows the chunk after each fast one
+    if (done) break
+  }
+  await source.hashed()
+  return sent
+}
+
+const grownPool = pool(0)
+const grownSent = await upload(grownPool, 20 * MiB, true)
+const grown = { reads: grownPool.reads, sent: grownSent }
+
+events.length = 0
+const lagPool = pool(30)
+await upload(lagPool, 7 * 2 * MiB + 1000, false)
+console.log(JSON.stringify({ grown, lag: { reads: lagPool.reads, events } }))
