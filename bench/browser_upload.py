@@ -13,7 +13,8 @@ until the page showed the file as verified ("verified": upload + local SHA-256 +
 
     .venv/bin/python bench/browser_upload.py [--size-mib 1024] [--runs 2] [--port 24443]
 
-Needs scripts/install-test-deps-web and scripts/build-web-client first. Results also go to
+Needs scripts/install-test-deps-web; runs scripts/build-web-client first (``--no-build`` measures whatever
+``web-client/dist`` holds), so the page measured is the one the sources describe. Results also go to
 bench/results/browser_upload.json.
 """
 
@@ -43,6 +44,24 @@ from tests.support import GatewayProcess  # noqa: E402
 from tests.web.client import CHROMIUM, CHROMIUM_ARGS, MiB, random_file  # noqa: E402
 
 ROW_STATE = "(document.querySelector('.transfer-list > li')?.dataset.state ?? '')"
+DIST = ROOT / "web-client" / "dist"
+
+
+def client_build(build: bool = True) -> dict[str, Any]:
+    """Build the page from the sources unless ``build`` is false (scripts/build-web-client: nothing to do when
+    it is up to date), and say which build the gateway serves: its stamp and its bundles' names.
+
+    A benchmark of a stale ``web-client/dist`` measures old code: the quiet run of 30 November measured the
+    page as built that morning (@noble/hashes over a second read of the file), not the code it described.
+    """
+    if build:
+        subprocess.run([str(ROOT / "scripts" / "build-web-client")], check=True, stdout=subprocess.DEVNULL)
+    stamp = DIST / ".build-stamp"
+    return {
+        "stamp": stamp.read_text().strip() if stamp.exists() else None,
+        "bundles": sorted(p.name for p in (DIST / "assets").glob("*.js")),
+        "built_now": build,
+    }
 
 
 class DevTools:
@@ -143,7 +162,9 @@ async def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--port", type=int, default=24443)
+    parser.add_argument("--no-build", action="store_true", help="measure web-client/dist as it is")
     args = parser.parse_args()
+    build = client_build(not args.no_build)
 
     with tempfile.TemporaryDirectory(prefix="eftgw-bench-") as tmp:
         work = Path(tmp)
@@ -176,6 +197,7 @@ async def main() -> None:
         "size_bytes": size,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
         "chromium": await chromium_version(),
+        "client_build": build,
         "runs": results,
         "best_upload_mb_per_s": best["upload_mb_per_s"],
     }

@@ -18,9 +18,9 @@ unknown", and there is no module to load). TLS passes through the proxy untouche
 
     .venv/bin/python bench/browser_vs_python.py [--size-mib 1024] [--rounds 3] [--rtt-ms 0] [--window-mib 4]
 
-Prints one JSON document (medians, the page/python ratio, load averages) and writes it to
-bench/results/browser_vs_python[-rtt<N>].json. MB = 10^6 bytes. Needs scripts/install-test-deps-web and
-scripts/build-web-client first.
+Prints one JSON document (medians, the page/python ratio, load averages, which build of the page) and writes
+it to bench/results/browser_vs_python[-rtt<N>].json. MB = 10^6 bytes. Needs scripts/install-test-deps-web;
+runs scripts/build-web-client first unless ``--no-build``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.browser_upload import chromium_version, page_upload  # noqa: E402
+from bench.browser_upload import chromium_version, client_build, page_upload  # noqa: E402
 from tests.support import GatewayProcess  # noqa: E402
 from tests.web.client import MiB, random_file  # noqa: E402
 
@@ -227,7 +227,9 @@ async def main() -> None:
         "--max-chunk-mib", type=int, default=page_max_chunk_mib(), help="the Python client's largest chunk"
     )
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--no-build", action="store_true", help="measure web-client/dist as it is")
     args = parser.parse_args()
+    build = client_build(not args.no_build)
     max_chunk = args.max_chunk_mib * MiB
 
     with tempfile.TemporaryDirectory(prefix="eftgw-bench-") as tmp:
@@ -285,6 +287,7 @@ async def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "chromium": await chromium_version(),
+        "client_build": build,
         "page": page,
         "python": python,
         "ratio_verified": round(page["median_verified_mb_per_s"] / python["median_verified_mb_per_s"], 2),

@@ -125,5 +125,6 @@ def test_the_whole_file_hash_never_lags_more_than_the_chunk_in_flight(tmp_path: 
         assert events[at + 1] == ("add", start, end - start)
         if number > 0:
             previous = chunks[number - 1][0]
-            assert events.index(("hashed", previous)) < at, f"chunk {number} sent before chunk {number - 1} was hashed"
+            hashed = events.index(("hashed", previous))
+            assert hashed < at, f"chunk {number} was sent before chunk {number - 1} was hashed"
     assert [e[1] for e in events if e[0] == "hashed"] == [start for start, _ in chunks]
