@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         description="bytes of SFTP writes all sessions together hold in memory before they are stored;"
         " writes wait for room beyond it",
     )
+    sftp_receive_memory: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes SFTP clients sent that all sessions together hold before they are processed;"
+        " beyond it connections stop reading their sockets until there is room (TCP backpressure)",
+    )
     # Networks whose failed SFTP logins are never scored nor banned (e.g. a customer's known NAT).
     sftp_defender_allowlist: CommaList = Field(default_factory=list)
 

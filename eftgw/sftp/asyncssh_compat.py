@@ -41,6 +41,11 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
 
    (internals: ``asyncssh.encryption._enc_params``, ``ChachaEncryption`` and ``GCMEncryption`` with their
    ``new``/``encrypt_packet``/``decrypt_header``/``decrypt_packet`` signatures).
+6. Counting what an SFTP session received and has not read (:class:`SFTPOnlySession` with a ``flow``) for
+   the node's :class:`~eftgw.sftp.flow.ReceiveMemory`, which pauses reading the connection's socket.
+
+   (internals: ``SSHStreamSession._recv_buf_len``, ``_maybe_pause_reading``, ``_maybe_resume_reading``;
+   ``SSHConnection._transport``).
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from eftgw.sftp.flow import Readable, ReceiveMemory
 
 TESTED_VERSIONS = frozenset({"2.24.1"})
 """The asyncssh versions whose internals this module was checked against (``pyproject.toml`` pins one)."""
@@ -134,14 +141,59 @@ class _GatewaySFTPHandler(SFTPServerHandler):
 
 
 class SFTPOnlySession(SSHServerStreamSession[bytes]):
-    """An SSH session that runs the SFTP subsystem and nothing else (no shell, exec, scp or pty)."""
+    """An SSH session that runs the SFTP subsystem and nothing else (no shell, exec, scp or pty).
 
-    def __init__(self, sftp_factory: Callable[[SSHServerChannel[bytes]], SFTPServer]) -> None:
+    With a ``flow`` (see 6. above), the bytes in its receive buffer count against the node's
+    :class:`~eftgw.sftp.flow.ReceiveMemory`, which pauses the connection's socket, and the channel is never
+    paused (asyncssh pauses it when the buffer holds a window, and then buffers another window in it).
+    """
+
+    def __init__(
+        self, sftp_factory: Callable[[SSHServerChannel[bytes]], SFTPServer], flow: ReceiveMemory | None = None
+    ) -> None:
         super().__init__(None, sftp_factory, SFTP_VERSION, False)  # type: ignore[arg-type]
         self._server_factory = sftp_factory
+        self._flow = flow
+        self._counted = 0  # of the bytes in the receive buffer, what ``flow`` was told of
+        self._transport: Readable | None = None
 
     def pty_requested(self, *args: Any) -> bool:
         return False
+
+    def _account(self) -> None:
+        if self._flow is None or self._transport is None:
+            return
+        delta = self._recv_buf_len - self._counted
+        if delta:
+            self._counted += delta
+            self._flow.change(self._transport, delta)
+
+    def _maybe_pause_reading(self) -> bool:  # asyncssh calls it after data arrived
+        if self._flow is None:
+            return super()._maybe_pause_reading()
+        self._account()
+        return False
+
+    def _maybe_resume_reading(self) -> bool:  # asyncssh calls it after a read took data
+        if self._flow is None:
+            return super()._maybe_resume_reading()
+        self._account()
+        return False
+
+    def connection_made(self, chan: SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+        super().connection_made(chan)
+        if self._flow is not None:
+            self._transport = cast("Readable | None", getattr(chan.get_connection(), "_transport", None))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        flow, transport = self._flow, self._transport
+        if flow is not None and transport is not None:
+            self._transport = None  # what is still buffered is read without a socket behind it
+            flow.change(transport, -self._counted)
+            self._counted = 0
+            if transport.is_closing():
+                flow.forget(transport)
 
     def session_started(self) -> None:
         chan = self._chan

@@ -44,6 +44,7 @@ from eftgw.sftp.asyncssh_compat import (
     wrap_signature_check,
 )
 from eftgw.sftp.defender import LoginDefender
+from eftgw.sftp.flow import ReceiveMemory
 from eftgw.sftp.fs import CaseSFTPServer, SftpContext
 from eftgw.sftp.hostkeys import fingerprints, host_key_pairs, load_or_create_host_keys
 from eftgw.sftp.limits import FileBudget, limit_accept_error_logs, listening_socket, node_budget
@@ -179,6 +180,8 @@ class SftpService:
         self.check_interval = check_interval or settings.sftp_session_check_interval
         self.window = window
         self.max_packet = max_packet
+        # A connection holds at most one window before it stops reading; all together at most the setting.
+        self.receive_memory = ReceiveMemory(settings.sftp_receive_memory, per_connection=window)
         self.host_keys_dir = settings.sftp_host_keys_dir or settings.resolved_data_dir / "ssh"
         self.sessions: set[LiveSession] = set()
         self.connections: set[asyncssh.SSHServerConnection] = set()
@@ -405,7 +408,7 @@ class _AccountSSHServer(asyncssh.SSHServer):
             return False
         context = self.service.context
         factory: Callable[[Any], CaseSFTPServer] = lambda chan: CaseSFTPServer(chan, context, session)  # noqa: E731
-        return SFTPOnlySession(factory)
+        return SFTPOnlySession(factory, self.service.receive_memory)
 
     def _admitted(self, principal: Principal, *, method: str | None) -> None:
         if self.conn is None or self.session is not None:
