@@ -11,7 +11,8 @@ buffer (:class:`~eftgw.sftp.asyncssh_compat.SFTPOnlySession`), and a connection 
 when it holds ``per_connection`` bytes or when all connections together hold more than ``limit``
 (``EFTGW_SFTP_RECEIVE_MEMORY``). What the client sends then waits in the kernel's socket buffers and TCP
 slows the client down, as for an HTTP body the gateway does not read. Paused connections resume reading as
-soon as the node holds less than ``limit`` again (and they themselves less than ``per_connection``).
+soon as the node holds three quarters of ``limit`` or less again (and they themselves half of
+``per_connection`` or less).
 
 A connection may take in what it has already read from the socket after it is paused (one socket read,
 256 KiB, and the rest of a packet begun in it), so the node holds at most ``limit`` plus about half a MiB
@@ -48,6 +49,10 @@ class ReceiveMemory:
         self.held = 0
         self.peak = 0
         self.pauses = 0  # how many times a connection was paused (for tests and the curious)
+        # Reading resumes only once a quarter of the node's bytes and half of the connection's are processed:
+        # pausing and resuming a socket are system calls, not to be made for every packet.
+        self._node_resume = limit - limit // 4
+        self._connection_resume = self.per_connection // 2
         self._held: dict[Readable, int] = {}
         self._paused: set[Readable] = set()
 
@@ -75,14 +80,14 @@ class ReceiveMemory:
                 self._paused.add(transport)
                 self.pauses += 1
                 transport.pause_reading()
-        elif self._paused and self.held < self.limit:
+        elif self._paused and self.held <= self._node_resume:
             self._resume()
 
     def _resume(self) -> None:
         for transport in list(self._paused):
             if transport.is_closing():
                 self._paused.discard(transport)
-            elif self._held.get(transport, 0) < self.per_connection:
+            elif self._held.get(transport, 0) <= self._connection_resume:
                 self._paused.discard(transport)
                 transport.resume_reading()
 
@@ -92,5 +97,5 @@ class ReceiveMemory:
         rest = self._held.pop(transport, 0)
         if rest:
             self.held -= rest
-            if self._paused and self.held < self.limit:
+            if self._paused and self.held <= self._node_resume:
                 self._resume()
