@@ -44,8 +44,10 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
 6. Counting what an SFTP session received and has not read (:class:`SFTPOnlySession` with a ``flow``) for
    the node's :class:`~eftgw.sftp.flow.ReceiveMemory`, which pauses reading the connection's socket.
 
+   While a connection is paused its keepalive timer is stopped (its client's answers wait unread).
+
    (internals: ``SSHStreamSession._recv_buf_len``, ``_maybe_pause_reading``, ``_maybe_resume_reading``;
-   ``SSHConnection._transport``).
+   ``SSHConnection._transport``, ``_cancel_keepalive_timer``, ``_reset_keepalive_timer``).
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class SFTPOnlySession(SSHServerStreamSession[bytes]):
     def connection_made(self, chan: SSHServerChannel[bytes]) -> None:  # type: ignore[override]
         super().connection_made(chan)
         if self._flow is not None:
-            self._transport = cast("Readable | None", getattr(chan.get_connection(), "_transport", None))
+            self._transport = _socket_reading_of(chan.get_connection())
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -210,6 +212,42 @@ class SFTPOnlySession(SSHServerStreamSession[bytes]):
         server = self._server_factory(chan)  # type: ignore[arg-type]
         handler = _GatewaySFTPHandler(server, reader, writer, SFTP_VERSION)
         conn.create_task(handler.run(), reader.logger)
+
+
+class _SocketReading:
+    """Reading a connection's socket, paused and resumed for the node's receive memory (one per connection).
+
+    While reading is paused the keepalive timer is stopped: the client's answers to keepalive requests wait
+    unread in the socket, and asyncssh would drop, as not responding, a client that is only made to wait.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def pause_reading(self) -> None:
+        conn = self._conn
+        if conn._transport is not None:
+            conn._transport.pause_reading()
+        conn._cancel_keepalive_timer()
+
+    def resume_reading(self) -> None:
+        conn = self._conn
+        if conn._transport is not None and not conn._transport.is_closing():
+            conn._transport.resume_reading()
+            conn._reset_keepalive_timer()
+
+    def is_closing(self) -> bool:
+        transport = self._conn._transport
+        return transport is None or bool(transport.is_closing())
+
+
+def _socket_reading_of(conn: Any) -> Readable:
+    reading: _SocketReading | None = conn.__dict__.get("_eftgw_socket_reading")
+    if reading is None:
+        reading = conn.__dict__["_eftgw_socket_reading"] = _SocketReading(conn)
+    return reading
 
 
 class UntestedAsyncsshVersion(RuntimeError):

@@ -157,6 +157,7 @@ class SftpService:
         check_interval: float | None = None,
         window: int = 8 * 1024 * 1024,
         max_packet: int = 256 * 1024,
+        keepalive_interval: float = 30.0,
     ) -> None:
         settings = gateway.settings
         self.gateway = gateway
@@ -180,6 +181,7 @@ class SftpService:
         self.check_interval = check_interval or settings.sftp_session_check_interval
         self.window = window
         self.max_packet = max_packet
+        self.keepalive_interval = keepalive_interval
         # A connection holds at most one window before it stops reading; all together at most the setting.
         self.receive_memory = ReceiveMemory(settings.sftp_receive_memory, per_connection=window)
         self.host_keys_dir = settings.sftp_host_keys_dir or settings.resolved_data_dir / "ssh"
@@ -217,7 +219,7 @@ class SftpService:
             agent_forwarding=False,
             x11_forwarding=False,
             login_timeout=60,
-            keepalive_interval=30,
+            keepalive_interval=self.keepalive_interval,
             keepalive_count_max=3,
             window=self.window,
             max_pktsize=self.max_packet,

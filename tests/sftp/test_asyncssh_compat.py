@@ -80,6 +80,24 @@ def test_the_stream_session_internals_are_shaped_as_used() -> None:
         assert hasattr(session, attribute), attribute
 
 
+def test_the_stream_session_flow_internals_are_shaped_as_used() -> None:
+    """For the node's receive memory: ``SSHStreamSession`` counts its buffer in ``_recv_buf_len``, calls
+    ``_maybe_pause_reading`` after data arrived and ``_maybe_resume_reading`` after a read took some;
+    ``SSHConnection`` keeps its socket in ``_transport`` and its keepalive timer behind
+    ``_cancel_keepalive_timer`` / ``_reset_keepalive_timer``."""
+    stream = asyncssh.stream.SSHStreamSession
+    received = inspect.getsource(stream.data_received)
+    assert "self._recv_buf_len += len(data)" in received
+    assert "self._maybe_pause_reading()" in received
+    read = inspect.getsource(stream.read)
+    assert "self._recv_buf_len -= " in read and "self._maybe_resume_reading()" in read
+    assert "self._limit = self._chan.get_recv_window()" in inspect.getsource(stream.connection_made)
+    conn = asyncssh.connection.SSHConnection
+    assert "self._transport" in inspect.getsource(conn.connection_made)
+    for name in ("_cancel_keepalive_timer", "_reset_keepalive_timer"):
+        assert list(inspect.signature(getattr(conn, name)).parameters) == ["self"], name
+
+
 def test_strict_kex_is_read_from_the_connection_attribute_asyncssh_sets() -> None:
     """asyncssh's connection keeps the strict-kex outcome in ``_strict_kex`` (set in its constructor)."""
     source = inspect.getsource(asyncssh.connection.SSHConnection.__init__)

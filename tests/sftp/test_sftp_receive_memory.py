@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,77 @@ def received_not_processed(service: SftpService) -> int:
     return total
 
 
+class StalledUploads:
+    """``UPLOADS`` OpenSSH ``put``s (one per case) to a gateway whose storage can be stalled: while the gate
+    is shut, no part of any upload is stored, so the node's write buffer fills and the sessions stop
+    processing what their clients send."""
+
+    def __init__(self, gateway: GatewayThread, tmp_path: Path, client_key: ClientKey) -> None:
+        self.gateway = gateway
+        self.service = gateway.sftp
+        self.gate = gateway.call(_open_gate())
+        uploads = self.service.context.uploads
+        store = uploads.append
+
+        async def gated_append(*args: Any, **kwargs: Any) -> Any:
+            await self.gate.wait()
+            return await store(*args, **kwargs)
+
+        uploads.append = gated_append  # type: ignore[method-assign]
+        self.bodies = [os.urandom(SIZE) for _ in range(UPLOADS)]
+        self.accounts = []
+        for i, body in enumerate(self.bodies):
+            (tmp_path / f"part-{i}.bin").write_bytes(body)
+            self.accounts.append(gateway.account(case_id=f"CASE-{i}", keys=[client_key.public_line]))
+        self.tmp_path = tmp_path
+        self.client_key = client_key
+
+    def start(self, pool: ThreadPoolExecutor) -> list[Future[subprocess.CompletedProcess[str]]]:
+        """Start the uploads; return once every client is sending at full pipeline (its ``sftp`` sends more
+        requests as answers come back)."""
+        runs = [
+            pool.submit(
+                openssh_sftp,
+                self.gateway,
+                account,
+                f"put part-{i}.bin\n",
+                cwd=self.tmp_path,
+                key=self.client_key,
+                timeout=300,
+            )
+            for i, account in enumerate(self.accounts)
+        ]
+
+        async def ramped() -> int:
+            writers = list(self.service.context.writers._writers.values())
+            return sum(1 for w in writers if w.end >= RAMPED)
+
+        wait_until(lambda: self.gateway.call(ramped()) == UPLOADS, timeout=120)
+        return runs
+
+    def stall(self) -> None:
+        self.gateway.loop.call_soon_threadsafe(self.gate.clear)
+
+    def resume(self) -> None:
+        self.gateway.loop.call_soon_threadsafe(self.gate.set)
+
+    def check_finished(self, runs: list[Future[subprocess.CompletedProcess[str]]]) -> None:
+        """Every upload finished, each a case file with its SHA-256; nothing is counted or paused any more."""
+        for run in runs:
+            done = run.result(timeout=300)
+            assert done.returncode == 0, done.stderr
+        for i, body in enumerate(self.bodies):
+            record = self.gateway.file_named(f"part-{i}.bin", case_id=f"CASE-{i}")
+            assert record.sha256 == sha256(body)
+        flow = self.service.receive_memory
+
+        async def counted() -> int:
+            await asyncio.sleep(0)
+            return flow.held
+
+        wait_until(lambda: self.gateway.call(counted()) == 0 and flow.paused == 0)
+
+
 def test_sessions_stalled_by_storage_hold_at_most_the_receive_memory_and_then_all_finish(
     gateway_factory: Any, tmp_path: Path, client_key: ClientKey
 ) -> None:
@@ -51,51 +123,22 @@ def test_sessions_stalled_by_storage_hold_at_most_the_receive_memory_and_then_al
         settings={"sftp_receive_memory": RECEIVE_MEMORY, "sftp_write_memory": MIB}
     )
     service = gateway.sftp
-    uploads = service.context.uploads
-    store = uploads.append
-    gate = gateway.call(_open_gate())
+    uploads = StalledUploads(gateway, tmp_path, client_key)
 
-    async def gated_append(*args: Any, **kwargs: Any) -> Any:
-        await gate.wait()
-        return await store(*args, **kwargs)
-
-    uploads.append = gated_append  # type: ignore[method-assign]
-
-    bodies = [os.urandom(SIZE) for _ in range(UPLOADS)]
-    accounts = []
-    for i, body in enumerate(bodies):
-        (tmp_path / f"part-{i}.bin").write_bytes(body)
-        accounts.append(gateway.account(case_id=f"CASE-{i}", keys=[client_key.public_line]))
-
-    async def sample() -> tuple[int, int]:
-        writers = list(service.context.writers._writers.values())
-        started = sum(1 for w in writers if w.end >= RAMPED)
-        return received_not_processed(service), started
+    async def sample() -> int:
+        return received_not_processed(service)
 
     bound = RECEIVE_MEMORY + UPLOADS * SLACK_PER_CONNECTION
     with ThreadPoolExecutor(UPLOADS) as pool:
-        runs = [
-            pool.submit(
-                openssh_sftp,
-                gateway,
-                account,
-                f"put part-{i}.bin\n",
-                cwd=tmp_path,
-                key=client_key,
-                timeout=300,
-            )
-            for i, account in enumerate(accounts)
-        ]
+        runs = uploads.start(pool)
         try:
-            # Every client is sending at full pipeline (its sftp sends more requests as answers come back)...
-            wait_until(lambda: gateway.call(sample())[1] == UPLOADS, timeout=120)
-            # ... when storage stops taking parts. Sample until the clients have sent all they can (nothing
-            # moves for 3 s) or the bound is broken.
-            gateway.loop.call_soon_threadsafe(gate.clear)
+            # Storage stalls. Sample until the clients have sent all they can (nothing moves for 3 s) or
+            # the bound is broken.
+            uploads.stall()
             peak = last = still = 0
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and peak <= bound and still < 30:
-                now, _ = gateway.call(sample())
+                now = gateway.call(sample())
                 peak = max(peak, now)
                 still = still + 1 if now == last else 0
                 last = now
@@ -105,19 +148,32 @@ def test_sessions_stalled_by_storage_hold_at_most_the_receive_memory_and_then_al
             assert service.receive_memory.paused >= 1
             assert not any(run.done() for run in runs)  # paused, not cut
         finally:
-            gateway.loop.call_soon_threadsafe(gate.set)
-        for run in runs:
-            done = run.result(timeout=300)
-            assert done.returncode == 0, done.stderr
+            uploads.resume()
+        uploads.check_finished(runs)
 
-    for i, body in enumerate(bodies):
-        assert gateway.file_named(f"part-{i}.bin", case_id=f"CASE-{i}").sha256 == sha256(body)
 
-    async def counted() -> int:
-        await asyncio.sleep(0)
-        return service.receive_memory.held
-
-    wait_until(lambda: gateway.call(counted()) == 0 and service.receive_memory.paused == 0)
+def test_a_connection_paused_longer_than_the_keepalive_allows_is_not_dropped(
+    gateway_factory: Any, tmp_path: Path, client_key: ClientKey
+) -> None:
+    """A connection whose socket the gateway stops reading cannot answer the gateway's keepalive requests
+    (the answers wait unread): with a keepalive of 0.5 s (dropped after 2 s without an answer), uploads
+    paused for 5 s are not dropped as unresponsive, and all finish once storage moves again."""
+    gateway: GatewayThread = gateway_factory(
+        settings={"sftp_receive_memory": RECEIVE_MEMORY, "sftp_write_memory": MIB}, keepalive_interval=0.5
+    )
+    flow = gateway.sftp.receive_memory
+    uploads = StalledUploads(gateway, tmp_path, client_key)
+    with ThreadPoolExecutor(UPLOADS) as pool:
+        runs = uploads.start(pool)
+        try:
+            uploads.stall()
+            wait_until(lambda: flow.paused >= 1, timeout=60)
+            time.sleep(5)
+            assert flow.paused >= 1
+            assert not any(run.done() for run in runs)
+        finally:
+            uploads.resume()
+        uploads.check_finished(runs)
 
 
 async def _open_gate() -> asyncio.Event:
