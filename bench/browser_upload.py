@@ -9,7 +9,9 @@ turns on network instrumentation that copies every request body to its driver, w
 about 20 MB/s here, so it would measure Playwright instead of the page.
 
 Measured: from handing the file to the page until the gateway acknowledged the last byte ("upload"), and
-until the page showed the file as verified ("verified": upload + local SHA-256 + comparison). MB = 10^6 bytes.
+until the page showed the file as verified ("verified": upload + local SHA-256 + comparison), and the CPU
+seconds Chromium's processes (browser, renderer with the page's workers, network service) used meanwhile.
+MB = 10^6 bytes.
 
     .venv/bin/python bench/browser_upload.py [--size-mib 1024] [--runs 2] [--port 24443]
 
@@ -64,11 +66,35 @@ def client_build(build: bool = True) -> dict[str, Any]:
     }
 
 
-class DevTools:
-    """The few DevTools protocol calls the benchmark needs, on one page target."""
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and its live descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo.extend(child for child, of in parent.items() if of == pid)
+    return total
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+
+class DevTools:
+    """The few DevTools protocol calls the benchmark needs, on one page target (``pid``: the browser's)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, pid: int) -> None:
         self.ws = ws
+        self.pid = pid
         self.ids = itertools.count(1)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
@@ -116,7 +142,7 @@ async def chromium(profile: Path) -> AsyncIterator[DevTools]:
                 targets = await response.json()
             page = next(t for t in targets if t["type"] == "page")
             async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                yield DevTools(ws)
+                yield DevTools(ws, proc.pid)
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 15)
@@ -144,17 +170,24 @@ async def page_upload(
         node = await devtools.call(
             "DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file-input"
         )
+        cpu_before = tree_cpu_seconds(devtools.pid)
         started = time.monotonic()
         await devtools.call("DOM.setFileInputFiles", files=[str(source)], nodeId=node["nodeId"])
         await devtools.wait_for(f"['verifying', 'done', 'failed'].includes({ROW_STATE})", within=3600)
         uploaded = time.monotonic()
         await devtools.wait_for(f"{ROW_STATE} === 'done' || {ROW_STATE} === 'failed'", within=3600)
         verified = time.monotonic()
+        cpu = tree_cpu_seconds(devtools.pid) - cpu_before
         state = await devtools.evaluate(ROW_STATE)
         shown = await devtools.evaluate("document.querySelector('.transfer-hash code')?.textContent ?? ''")
     if state != "done":
         raise RuntimeError(f"the upload ended in state {state!r}")
-    return {"upload_seconds": uploaded - started, "verified_seconds": verified - started, "sha256": shown}
+    return {
+        "upload_seconds": uploaded - started,
+        "verified_seconds": verified - started,
+        "sha256": shown,
+        "client_cpu_seconds": cpu,
+    }
 
 
 async def main() -> None:

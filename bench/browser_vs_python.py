@@ -18,6 +18,9 @@ unknown", and there is no module to load). TLS passes through the proxy untouche
 
     .venv/bin/python bench/browser_vs_python.py [--size-mib 1024] [--rounds 3] [--rtt-ms 0] [--window-mib 4]
 
+Each run also counts CPU seconds (user + system, from /proc): the client's (Chromium's process tree for the
+page, this process for the Python client) and the gateway's, so the JSON says what each client costs per GiB.
+
 Prints one JSON document (medians, the page/python ratio, load averages, which build of the page) and writes
 it to bench/results/browser_vs_python[-rtt<N>].json. MB = 10^6 bytes. Needs scripts/install-test-deps-web;
 runs scripts/build-web-client first unless ``--no-build``.
@@ -34,6 +37,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -47,7 +51,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.browser_upload import chromium_version, client_build, page_upload  # noqa: E402
+from bench.browser_upload import chromium_version, client_build, page_upload, tree_cpu_seconds  # noqa: E402
 from tests.support import GatewayProcess  # noqa: E402
 from tests.web.client import MiB, random_file  # noqa: E402
 
@@ -155,6 +159,7 @@ async def python_client(
     """Upload ``source`` with tus (checksummed chunks), then find the gateway's file of the same SHA-256."""
     auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
     whole = hashlib.sha256()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     connector = aiohttp.TCPConnector(ssl=False, limit=1)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
@@ -194,13 +199,25 @@ async def python_client(
     if not any(f["sha256"] == sha256 and f["size"] == size for f in files):
         raise RuntimeError("the gateway has no file with the client's SHA-256")
     verified = time.monotonic()
-    return {"upload_seconds": uploaded - started, "verified_seconds": verified - started, "sha256": sha256}
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    return {
+        "upload_seconds": uploaded - started,
+        "verified_seconds": verified - started,
+        "sha256": sha256,
+        "client_cpu_seconds": cpu,
+    }
 
 
 def summary(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
     upload = statistics.median(r["upload_seconds"] for r in runs)
     verified = statistics.median(r["verified_seconds"] for r in runs)
+    gib = size / (1024 * MiB)
+    client_cpu = statistics.median(r["client_cpu_seconds"] for r in runs)
+    gateway_cpu = statistics.median(r["gateway_cpu_seconds"] for r in runs)
     return {
+        "median_client_cpu_s_per_gib": round(client_cpu / gib, 1),
+        "median_gateway_cpu_s_per_gib": round(gateway_cpu / gib, 1),
         "median_upload_mb_per_s": round(size / upload / 1e6, 1),
         "median_verified_mb_per_s": round(size / verified / 1e6, 1),
         "median_verified_after_upload_s": round(
@@ -252,6 +269,8 @@ async def main() -> None:
                 for who in order:
                     case_id = f"BENCH-{who}-{round_ + 1}"
                     gw.cli("case", "open", case_id)
+                    assert gw.proc is not None
+                    gateway_cpu = tree_cpu_seconds(gw.proc.pid)
                     if who == "page":
                         result = await page_upload(gw, url, case_id, source, work / f"profile-{round_}")
                     else:
@@ -259,12 +278,15 @@ async def main() -> None:
                         result = await python_client(url, token, case_id, source, size, max_chunk)
                     if expected is not None and result["sha256"] != expected:
                         raise RuntimeError(f"{who}: SHA-256 {result['sha256']} is not the file's {expected}")
+                    result["gateway_cpu_seconds"] = tree_cpu_seconds(gw.proc.pid) - gateway_cpu
                     result["load_average"] = round(os.getloadavg()[0], 2)
                     results[who].append(result)
                     print(
                         f"round {round_ + 1} {who}: upload {size / result['upload_seconds'] / 1e6:.0f} MB/s, "
                         f"verified {size / result['verified_seconds'] / 1e6:.0f} MB/s "
                         f"(+{result['verified_seconds'] - result['upload_seconds']:.2f} s to verify) "
+                        f"CPU s: client {result['client_cpu_seconds']:.1f}, "
+                        f"gateway {result['gateway_cpu_seconds']:.1f}; "
                         f"load {result['load_average']}",
                         file=sys.stderr,
                         flush=True,
