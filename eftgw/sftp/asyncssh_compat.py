@@ -37,7 +37,8 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    Poly1305 tag, and builds a new ``AESGCM`` object (key schedule) per packet after copying the packet twice.
    The same constructions are computed here with one ChaCha20 context for the Poly1305 key and the data, an
    incremental Poly1305, and one ``AESGCM`` object per key, byte for byte what asyncssh computes (the tests
-   check both against asyncssh's own classes).
+   check both against asyncssh's own classes). The ChaCha20 contexts are built once per key and moved to
+   each packet's nonce (``CipherContext.reset_nonce``, cryptography >= 43).
 
    (internals: ``asyncssh.encryption._enc_params``, ``ChachaEncryption`` and ``GCMEncryption`` with their
    ``new``/``encrypt_packet``/``decrypt_header``/``decrypt_packet`` signatures).
@@ -402,8 +403,8 @@ class _ChachaPoly(_encryption.ChachaEncryption):
 
     def __init__(self, key: bytes) -> None:  # asyncssh: ChachaCipher(key)
         half = len(key) // 2
-        self._main_key = key[:half]
-        self._length_key = key[half:]
+        self._main = self._context(key[:half])
+        self._length = self._context(key[half:])
 
     @classmethod
     def new(
@@ -418,28 +419,35 @@ class _ChachaPoly(_encryption.ChachaEncryption):
         return cls(key)
 
     @staticmethod
-    def _stream(key: bytes, seq: int) -> CipherContext:
-        return Cipher(ChaCha20(key, _COUNTER_0 + seq.to_bytes(8, "big")), mode=None).encryptor()
+    def _context(key: bytes) -> CipherContext:
+        """One ChaCha20 context per key, moved to each packet's nonce by ``reset_nonce`` (building a new
+        context costs ten times as much)."""
+        return Cipher(ChaCha20(key, bytes(16)), mode=None).encryptor()
 
-    def _payload_stream(self, seq: int) -> tuple[CipherContext, Poly1305]:
-        stream = self._stream(self._main_key, seq)
-        return stream, Poly1305(stream.update(_ONE_BLOCK)[:32])  # the payload starts at block 1
+    @staticmethod
+    def _at(stream: CipherContext, seq: int) -> CipherContext:
+        stream.reset_nonce(_COUNTER_0 + seq.to_bytes(8, "big"))
+        return stream
+
+    def _payload_stream(self, seq: int) -> tuple[CipherContext, bytes]:
+        """The payload's stream (at block 1) and the packet's Poly1305 key (block 0)."""
+        stream = self._at(self._main, seq)
+        return stream, stream.update(_ONE_BLOCK)[:32]
 
     def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
-        header = self._stream(self._length_key, seq).update(header)
-        stream, tag = self._payload_stream(seq)
-        data = stream.update(packet)
-        tag.update(header)
-        tag.update(data)
-        return header + data, tag.finalize()
+        header = self._at(self._length, seq).update(header)
+        stream, poly_key = self._payload_stream(seq)
+        wire = header + stream.update(packet)
+        return wire, Poly1305.generate_tag(poly_key, wire)
 
     def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> tuple[bytes, bytes]:
-        return first_block, self._stream(self._length_key, seq).update(first_block[:header_len])
+        return first_block, self._at(self._length, seq).update(first_block[:header_len])
 
     def decrypt_packet(
         self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
     ) -> bytes | None:
-        stream, tag = self._payload_stream(seq)
+        stream, poly_key = self._payload_stream(seq)
+        tag = Poly1305(poly_key)
         tag.update(first)
         tag.update(rest)
         try:
