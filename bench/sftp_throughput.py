@@ -18,7 +18,9 @@ each round:
 Usage: ``python bench/sftp_throughput.py [--size-mib 1024] [--rounds 3] [--cipher C ...] [--fsync-peer]
 [--local] [--py-spy FILE]``. Prints one JSON document: per cipher and target the MB/s of each round (10^6
 bytes per second), the medians, the ratio eftgw/openssh of the medians, the load average (1 min) before each
-put, and the gateway's peak RSS (``VmHWM``); also written to ``bench/results/sftp_throughput.json``.
+put, the server side's CPU seconds per GiB (the gateway's and its event loop thread's; sshd's with its
+session and sftp-server), and the gateway's peak RSS (``VmHWM``); also written to
+``bench/results/sftp_throughput.json``.
 ``--py-spy FILE`` runs the gateway under ``py-spy record`` (``pip install py-spy``) and writes its samples as
 collapsed stacks (flamegraph input).
 Needs openssh-client and openssh-server (``scripts/install-test-deps-sftp``).
@@ -167,9 +169,11 @@ def peak_rss_mib(pid: int) -> float | None:
     return round(max(peaks), 1) if peaks else None
 
 
-def cpu_seconds(pid: int, *, children: bool) -> float:
-    """CPU time (user + system) ``pid`` used so far, with its waited-for descendants' if ``children``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, *, children: bool, thread: int | None = None) -> float:
+    """CPU time (user + system) ``pid`` used so far, with its waited-for descendants' if ``children``; only
+    that of its thread ``thread`` if given (the main thread's id is the pid)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime
     if children:
         ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
@@ -257,15 +261,17 @@ class Bench:
         self.known_sshd = self.work / "known_sshd"
         self.known_sshd.write_text(known_hosts_line(self.sshd_port, sshd_dir / "host_key.pub"))
 
-    def put(self, target: str, cipher: str) -> tuple[float, float, float | None]:
-        """Upload the file once to ``target``; return MB/s, the 1-minute load average just before, and the
-        server side's CPU seconds per GiB (the gateway process; sshd with its session and sftp-server)."""
+    def put(self, target: str, cipher: str) -> tuple[float, float, float | None, float | None]:
+        """Upload the file once to ``target``; return MB/s, the 1-minute load average just before, the
+        server side's CPU seconds per GiB (the gateway process; sshd with its session and sftp-server) and,
+        for the gateway, its event loop thread's CPU seconds per GiB."""
         self.count += 1
         load = os.getloadavg()[0]
         server = {"eftgw": (self.gateway_pid, False), "openssh": (self.sshd_pid, True)}
         server["openssh put -f"] = server["openssh"]
         pid, children = server.get(target, (0, False))
         cpu_before = cpu_seconds(pid, children=children) if pid else 0.0
+        loop_before = cpu_seconds(pid, children=False, thread=pid) if target == "eftgw" else 0.0
         if target == "eftgw":
             args = [
                 *ssh_options(self.key, self.known_gateway, self.gw_port, cipher),
@@ -287,7 +293,14 @@ class Bench:
                     break
                 time.sleep(0.01)
         cpu = cpu_seconds(pid, children=children) - cpu_before if pid else None
-        return self.size / seconds / 1e6, load, None if cpu is None else round(cpu * 2**30 / self.size, 2)
+        loop = cpu_seconds(pid, children=False, thread=pid) - loop_before if target == "eftgw" else None
+        per_gib = 2**30 / self.size
+        return (
+            self.size / seconds / 1e6,
+            load,
+            None if cpu is None else round(cpu * per_gib, 2),
+            None if loop is None else round(loop * per_gib, 2),
+        )
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -308,17 +321,21 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for cipher in args.cipher:
             rates: dict[str, list[float]] = {t: [] for t in targets}
             cpu: dict[str, list[float | None]] = {t: [] for t in targets}
+            loop_cpu: list[float | None] = []
             loads: list[float] = []
             for round_no in range(args.rounds):
                 # alternate which target goes first, so neither always runs on a warmer machine
                 order = targets if round_no % 2 == 0 else [*targets[1:], targets[0]]
                 for target in order:
-                    mbs, load, cpu_per_gib = bench.put(target, cipher)
+                    mbs, load, cpu_per_gib, loop_per_gib = bench.put(target, cipher)
                     rates[target].append(round(mbs, 1))
                     cpu[target].append(cpu_per_gib)
+                    if target == "eftgw":
+                        loop_cpu.append(loop_per_gib)
                     loads.append(load)
+                    loop_note = f", event loop thread {loop_per_gib} s/GiB" if target == "eftgw" else ""
                     print(f"{cipher} round {round_no + 1} {target}: {mbs:.1f} MB/s, server CPU "
-                          f"{cpu_per_gib} s/GiB (load {load:.2f})",
+                          f"{cpu_per_gib} s/GiB{loop_note} (load {load:.2f})",
                           file=sys.stderr, flush=True)  # fmt: skip
             medians = {t: round(statistics.median(r), 1) for t, r in rates.items()}
             record["ciphers"][cipher] = {
@@ -326,6 +343,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "median_MBps": medians,
                 "ratio_eftgw_to_openssh": round(medians["eftgw"] / medians["openssh"], 3),
                 "server_cpu_s_per_GiB": cpu,
+                "gateway_event_loop_cpu_s_per_GiB": loop_cpu,
                 "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
             }
         record["gateway_peak_rss_mib"] = peak_rss_mib(bench.gateway_pid)
