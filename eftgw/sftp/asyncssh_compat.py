@@ -49,22 +49,39 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
 
    (internals: ``SSHStreamSession._recv_buf_len``, ``_maybe_pause_reading``, ``_maybe_resume_reading``;
    ``SSHConnection._transport``, ``_cancel_keepalive_timer``, ``_reset_keepalive_timer``).
+7. Replies sent together. asyncssh writes each SFTP reply to the channel at once, and the channel sends it as
+   its own SSH packet, after an ``SSH_MSG_IGNORE`` (asyncssh sends one before every packet once encrypting),
+   each encrypted and written to the socket on its own: two packets and two socket writes per request. The
+   gateway's handler keeps small replies until the end of the event loop's turn and writes them as one: the
+   requests handled in one turn are answered in one packet.
+
+   (internals: ``SFTPHandler.send_packet`` that it replaces, with ``_writer`` and ``log_sent_packet``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import asyncssh
-from asyncssh import SFTPInvalidHandle, SFTPLimits, SFTPServer, SSHReader, SSHServerChannel, SSHWriter
+from asyncssh import (
+    SFTPInvalidHandle,
+    SFTPLimits,
+    SFTPNoConnection,
+    SFTPServer,
+    SSHReader,
+    SSHServerChannel,
+    SSHWriter,
+)
 from asyncssh import encryption as _encryption
 from asyncssh.connection import SSHServerConnection
 from asyncssh.constants import FXP_WRITE
 from asyncssh.misc import DisconnectError
-from asyncssh.packet import PacketDecodeError, SSHPacket
+from asyncssh.packet import Byte, PacketDecodeError, SSHPacket, UInt32
 from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -81,6 +98,9 @@ TESTED_VERSIONS = frozenset({"2.24.1"})
 SFTP_VERSION = 3
 MAX_REQUEST = 256 * 1024
 MAX_OPEN_HANDLES = 64
+COALESCE_BELOW = 4096
+"""Replies smaller than this (status, handle, attributes) wait for the end of the event loop's turn and go out
+together; larger ones (read data, directory listings) are sent at once, after those waiting."""
 
 _SUPPORTED_EXTENSIONS = {
     b"posix-rename@openssh.com",
@@ -94,7 +114,44 @@ _Handler = Callable[[SFTPServerHandler, SSHPacket], Awaitable[object]]
 
 
 class _GatewaySFTPHandler(SFTPServerHandler):
-    """asyncssh's SFTP request loop, with teardown marked and only the supported extensions."""
+    """asyncssh's SFTP request loop, with teardown marked, only the supported extensions, and small replies
+    sent together (see 6. above)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._replies: list[bytes] = []
+        self._replies_flush: asyncio.Handle | None = None
+
+    def send_packet(self, pkttype: int, pktid: int | None, *args: bytes) -> None:
+        """asyncssh's ``SFTPHandler.send_packet``, except that a reply under ``COALESCE_BELOW`` bytes waits
+        for the end of this turn of the event loop, to go out in one channel write with the others."""
+        writer = self._writer
+        if not writer:
+            raise SFTPNoConnection("Connection not open")
+        if writer.channel.is_closing():
+            return
+        payload = Byte(pkttype) + b"".join(args)
+        packet = UInt32(len(payload)) + payload
+        self.log_sent_packet(pkttype, pktid, payload)
+        if len(packet) >= COALESCE_BELOW:
+            self._flush_replies()
+            writer.write(packet)
+            return
+        self._replies.append(packet)
+        if self._replies_flush is None:
+            self._replies_flush = asyncio.get_running_loop().call_soon(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        """Send the replies waiting (in order, as one channel write)."""
+        if self._replies_flush is not None:
+            self._replies_flush.cancel()
+            self._replies_flush = None
+        replies, self._replies = self._replies, []
+        writer = self._writer
+        if not replies or not writer or writer.channel.is_closing():
+            return
+        with contextlib.suppress(OSError):  # the channel stopped sending; the request loop sees it end
+            writer.write(replies[0] if len(replies) == 1 else b"".join(replies))
 
     # These two override asyncssh's class attributes of the same names and shapes.
     _extensions = [  # noqa: RUF012
@@ -104,6 +161,7 @@ class _GatewaySFTPHandler(SFTPServerHandler):
     ]
 
     async def _cleanup(self, exc: Exception | None) -> None:
+        self._flush_replies()
         server = self._server
         begin_teardown = getattr(server, "begin_teardown", None)
         if begin_teardown is not None:

@@ -300,3 +300,114 @@ async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> N
     assert isinstance(view, memoryview) and view.obj is packet.get_full_payload() and bytes(view) == data
     with pytest.raises(PacketDecodeError):
         await compat._GatewaySFTPHandler._process_write(handler, SSHPacket(request[:-500]))  # type: ignore[arg-type]
+
+
+def test_sftp_replies_are_sent_through_the_handler_method_the_gateway_replaces() -> None:
+    """``SFTPHandler.send_packet(pkttype, pktid, *args)`` writes ``UInt32(len) + payload`` to ``_writer`` and
+    logs it with ``log_sent_packet``; every reply of the request loop goes through it."""
+    source = inspect.getsource(asyncssh.sftp.SFTPHandler.send_packet)
+    assert "self._writer.write(UInt32(len(payload)) + payload)" in source
+    assert "self.log_sent_packet(pkttype, pktid, payload)" in source
+    assert list(inspect.signature(asyncssh.sftp.SFTPHandler.send_packet).parameters) == [
+        "self", "pkttype", "pktid", "args",
+    ]  # fmt: skip
+    assert "self.send_packet(return_type, pktid" in inspect.getsource(SFTPServerHandler._process_packet)
+
+
+async def _sftp_server(tmp_path: Any, writes: list[int]) -> asyncssh.SSHAcceptor:
+    """An asyncssh server whose sessions run the gateway's SFTP handler over a plain ``SFTPServer`` in
+    ``tmp_path``, counting write requests into ``writes``."""
+
+    class CountingServer(asyncssh.SFTPServer):
+        def write(self, file_obj: object, offset: int, data: bytes) -> int:
+            writes.append(len(data))
+            return super().write(file_obj, offset, bytes(data))  # type: ignore[no-any-return]
+
+    class Sessions(_Sink):
+        def session_requested(self) -> compat.SFTPOnlySession:
+            return compat.SFTPOnlySession(lambda chan: CountingServer(chan, chroot=str(tmp_path).encode()))
+
+    return await asyncssh.create_server(
+        Sessions, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")]
+    )
+
+
+async def test_pipelined_requests_are_answered_in_few_channel_packets(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small replies to requests handled in one turn of the event loop leave in one channel data packet (each
+    packet costs an encryption, an ``SSH_MSG_IGNORE`` and a socket write): a pipelined upload of 4 KiB writes
+    gets every reply, in order, in far fewer packets than requests."""
+    sent: list[int] = []
+    original = asyncssh.channel.SSHServerChannel.send_packet
+
+    def counting(self: Any, pkttype: int, *args: bytes) -> None:
+        if pkttype == asyncssh.constants.MSG_CHANNEL_DATA:
+            sent.append(sum(map(len, args)))
+        original(self, pkttype, *args)
+
+    monkeypatch.setattr(asyncssh.channel.SSHServerChannel, "send_packet", counting)
+    writes: list[int] = []
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    payload = os.urandom(4 << 20)
+    (tmp_path / "in" / "upload.bin").write_bytes(payload)
+    server = await _sftp_server(tmp_path / "out", writes)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with (
+            asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u") as conn,
+            conn.start_sftp_client() as sftp,
+        ):
+            await sftp.put(
+                str(tmp_path / "in" / "upload.bin"), "upload.bin", block_size=4096, max_requests=64
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (tmp_path / "out" / "upload.bin").read_bytes() == payload
+    assert len(writes) == 1024
+    assert len(sent) < len(writes) // 4, (len(sent), len(writes))
+
+
+async def test_every_reply_leaves_before_the_session_closes(tmp_path: Any) -> None:
+    """Requests followed at once by end of file (a client that does not wait) are each answered, in order,
+    before the gateway closes the channel: replies waiting for the end of the loop's turn go out first."""
+    writes: list[int] = []
+    server = await _sftp_server(tmp_path, writes)
+
+    def request(kind: int, request_id: int, *fields: bytes) -> bytes:
+        body = bytes([kind]) + request_id.to_bytes(4, "big") + b"".join(fields)
+        return len(body).to_bytes(4, "big") + body
+
+    handle = bytes(4)  # asyncssh numbers its handles from 0
+    data = os.urandom(1000)
+    stream = b"".join(
+        [
+            b"\x00\x00\x00\x05\x01\x00\x00\x00\x03",  # INIT, version 3
+            request(3, 1, String(b"f.bin"), (0x1A).to_bytes(4, "big"), (0).to_bytes(4, "big")),  # OPEN
+            *(request(6, 2 + n, String(handle), UInt64(n * 1000), String(data)) for n in range(20)),  # WRITE
+            request(4, 99, String(handle)),  # CLOSE
+        ]
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="u") as conn:
+            writer, reader, _ = await conn.open_session(subsystem="sftp", encoding=None)
+            writer.write(stream)
+            writer.write_eof()
+            replies = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    ids: list[int] = []
+    kinds: list[int] = []
+    while replies:
+        size = int.from_bytes(replies[:4], "big")
+        kinds.append(replies[4])
+        if replies[4] != 2:  # VERSION has no request id
+            ids.append(int.from_bytes(replies[5:9], "big"))
+        replies = replies[4 + size :]
+    assert kinds == [2, 102, *[101] * 20, 101]  # VERSION, HANDLE, STATUS for each WRITE and the CLOSE
+    assert ids == [1, *range(2, 22), 99]
+    assert (tmp_path / "f.bin").read_bytes() == data * 20
