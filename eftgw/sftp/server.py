@@ -38,6 +38,7 @@ from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
 from eftgw.sftp.asyncssh_compat import (
     SFTPOnlySession,
     install_packet_ciphers,
+    install_quiet_packet_log,
     install_receive_buffer,
     require_tested_version,
     strict_kex_negotiated,
@@ -202,6 +203,7 @@ class SftpService:
         require_tested_version()
         install_receive_buffer()
         install_packet_ciphers()
+        install_quiet_packet_log()
         keys = await asyncio.to_thread(load_or_create_host_keys, self.host_keys_dir)
         await self.accounts.prepare()
         self.accounts.on_revoke(self._revoked)

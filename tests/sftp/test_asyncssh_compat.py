@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 from types import SimpleNamespace
 from typing import Any
@@ -411,3 +412,51 @@ async def test_every_reply_leaves_before_the_session_closes(tmp_path: Any) -> No
     assert kinds == [2, 102, *[101] * 20, 101]  # VERSION, HANDLE, STATUS for each WRITE and the CLOSE
     assert ids == [1, *range(2, 22), 99]
     assert (tmp_path / "f.bin").read_bytes() == data * 20
+
+
+def test_packet_descriptions_are_made_where_asyncssh_logs_them() -> None:
+    """``SSHPacketLogger._log_packet(msg, pkttype, pktid, packet, note)`` is the one place that describes
+    packets (no subclass the gateway uses overrides it), and ``SSHLogger.packet`` logs only at debug level 3,
+    a class attribute ``set_debug_level`` sets."""
+    assert list(inspect.signature(asyncssh.packet.SSHPacketLogger._log_packet).parameters) == [
+        "self", "msg", "pkttype", "pktid", "packet", "note",
+    ]  # fmt: skip
+    for cls in (asyncssh.connection.SSHConnection, asyncssh.channel.SSHChannel, asyncssh.sftp.SFTPHandler):
+        assert all(
+            "_log_packet" not in vars(base)
+            for base in cls.__mro__[:-1]
+            if base is not asyncssh.packet.SSHPacketLogger
+        )
+    assert "if self._debug_level >= 3:" in inspect.getsource(asyncssh.logging.SSHLogger.packet)
+    assert "cls._debug_level = level" in inspect.getsource(asyncssh.logging.SSHLogger.set_debug_level)
+
+
+def test_packets_are_described_only_when_the_debug_level_logs_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After ``install_quiet_packet_log`` a packet is not described (no ``plural``, no formatting) below debug
+    level 3, and is logged as before at level 3."""
+    compat.install_quiet_packet_log()
+    described: list[int] = []
+    real_plural = asyncssh.packet.plural
+
+    def counting_plural(length: int, label: str) -> str:
+        described.append(length)
+        return real_plural(length, label)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(asyncssh.packet, "plural", counting_plural)
+    handler = SFTPServerHandler.__new__(SFTPServerHandler)
+    monkeypatch.setattr(
+        SFTPServerHandler, "logger", property(lambda self: asyncssh.logging.logger.get_child("sftp"))
+    )
+    packet = SSHPacket(bytes(32 * 1024))
+    handler.log_received_packet(FXP_WRITE, 5, packet)
+    assert described == []
+    asyncssh.set_debug_level(3)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+            handler.log_received_packet(FXP_WRITE, 5, packet)
+    finally:
+        asyncssh.set_debug_level(1)
+    assert described == [32 * 1024]
+    assert any("Received FXP_WRITE (6), 32768 bytes" in record.getMessage() for record in caplog.records)
