@@ -56,9 +56,9 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    requests handled in one turn are answered in one packet.
 
    (internals: ``SFTPHandler.send_packet`` that it replaces, with ``_writer`` and ``log_sent_packet``).
-7. Packet logging (:func:`install_quiet_packet_log`). asyncssh describes every packet it sends or receives
+8. Packet logging (:func:`install_quiet_packet_log`). asyncssh describes every packet it sends or receives
    (SSH and SFTP: name, ``plural`` of its size, note) before its logger drops the line unless the debug level
-   is 3: about 1.4 us, three or four times per 32 KiB. The description is now made only at debug level 3.
+   is 3: about 1.4 us, once or twice per SSH packet. The description is now made only at debug level 3.
 
    (internals: ``SSHPacketLogger._log_packet``, ``SSHLogger._debug_level``).
 """
@@ -121,7 +121,7 @@ _Handler = Callable[[SFTPServerHandler, SSHPacket], Awaitable[object]]
 
 class _GatewaySFTPHandler(SFTPServerHandler):
     """asyncssh's SFTP request loop, with teardown marked, only the supported extensions, and small replies
-    sent together (see 6. above)."""
+    sent together (see 7. above)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -582,7 +582,7 @@ def _log_packet_if_logged(
 
 
 def install_quiet_packet_log() -> None:
-    """Describe SSH and SFTP packets for the log only when asyncssh's debug level (3) logs them (see 7.
+    """Describe SSH and SFTP packets for the log only when asyncssh's debug level (3) logs them (see 8.
     above); idempotent, process-wide."""
     cls: Any = SSHPacketLogger
     cls._log_packet = _log_packet_if_logged
