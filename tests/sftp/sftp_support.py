@@ -138,6 +138,11 @@ class GatewayThread:
             return
         if self.service is not None:
             self.call(self.service.stop())
+        # Tasks still running (a session's handler ending, a flush) are cancelled and awaited first: one
+        # that held a database connection then gives it back to a live pool, which the gateway's close
+        # disposes. The other way round, the connection was orphaned and the garbage collector found it
+        # later, failing an unrelated test (aiosqlite's "connection deleted before being closed").
+        self.call(_drain_loop())
         if self.gateway is not None:
             self.call(self.gateway.close())
         self.call(_drain_loop())
