@@ -96,12 +96,13 @@ def test_a_chunk_read_ahead_is_sent_even_when_the_chunk_size_grew(tmp_path: Path
     assert [tuple(r) for r in result["sent"]] == covered
 
 
-def test_the_whole_file_hash_never_lags_more_than_the_chunk_in_flight(tmp_path: Path) -> None:
-    """Each chunk goes to the whole-file hash right after the request took it, and the next chunk is sent
-    only once that hash is done: with a hash slower than the network, the upload waits for it rather than
-    running ahead, so verification ends with the last byte and at most one sent chunk's bytes wait to be
-    hashed. The request gets the whole chunk (its bytes move to the hash only after it took its copy), and
-    the first chunk is asked for before the one read ahead, so the worker reads them in file order.
+def test_the_whole_file_hash_never_lags_more_than_two_chunks(tmp_path: Path) -> None:
+    """Each chunk goes to the whole-file hash right after the request took it, and the chunk after next is
+    read only once the chunk sent last is hashed. With a hash slower than the network the upload waits for it
+    rather than running ahead, so at most the chunk being sent and the one before it wait to be hashed (about
+    three chunks' bytes held in all, and verification ends within a chunk's hashing of the last byte). The
+    request gets the whole chunk (its bytes move to the hash only after it took its copy), and the first chunk
+    is asked for before the one read ahead, so the worker reads them in file order.
 
     Checked by the order of events (a fake request answers at once, the fake hash takes 30 ms), not by time.
     Before, the whole-file hash ran in the worker before a chunk was handed back, with the read of the next
@@ -115,6 +116,7 @@ def test_the_whole_file_hash_never_lags_more_than_the_chunk_in_flight(tmp_path: 
     assert chunks[0] == (0, 2 * MiB) and chunks[-1][1] == size
     assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
     assert [tuple(r[:2]) for r in result["reads"]][:2] == [(0, 2 * MiB), (2 * MiB, 4 * MiB)]
+    assert [e[1] for e in events if e[0] == "read"] == [start for start, _ in chunks]
 
     sends = [i for i, e in enumerate(events) if e[0] == "send"]
     assert len(sends) == len(chunks)
@@ -123,8 +125,12 @@ def test_the_whole_file_hash_never_lags_more_than_the_chunk_in_flight(tmp_path: 
         assert events[at][1:] == (end - start, number)
         # Handed to the whole-file hash right after the request took it.
         assert events[at + 1] == ("add", start, end - start)
-        if number > 0:
-            previous = chunks[number - 1][0]
-            hashed = events.index(("hashed", previous))
-            assert hashed < at, f"chunk {number} was sent before chunk {number - 1} was hashed"
+        # Sent with at most one earlier chunk still waiting to be hashed.
+        added = sum(1 for e in events[:at] if e[0] == "add")
+        hashed = sum(1 for e in events[:at] if e[0] == "hashed")
+        assert added - hashed <= 1, f"chunk {number} was sent with {added - hashed} chunks not hashed"
+        if number > 1:
+            # Read only once the chunk two before it was hashed.
+            read = events.index(("read", start))
+            assert events.index(("hashed", chunks[number - 2][0])) < read, f"chunk {number} read too early"
     assert [e[1] for e in events if e[0] == "hashed"] == [start for start, _ in chunks]

@@ -8,9 +8,11 @@
  *   that makes no progress for ``stallMs`` (a laptop that slept, a half-open connection) so that
  *   tus-js-client's retry resumes from the gateway's offset. Once a chunk is handed to the request (which
  *   keeps its own copy of the body), its bytes go on to the upload's whole-file SHA-256 (``ChunkRef.sent``),
- *   hashed in another worker while the chunk is on the wire; the next chunk is sent only once that is done
- *   (``ChunkRef.ready``), so the whole-file hash is never more than the chunk in flight behind the upload and
- *   no more than that chunk's bytes wait for it.
+ *   hashed in another worker while that chunk and the next are on the wire. A chunk is read only once the
+ *   chunk sent last is hashed (``ChunkSource.read``; the read-ahead is asked for as the next chunk goes out),
+ *   so the whole-file hash is never more than two chunks behind the upload (the one being sent, and the one
+ *   before it, being hashed), and an upload holds about three chunks' bytes: the one read ahead, the one the
+ *   request sends, and the one being hashed. The wait falls on the read of the chunk after next, not on a send.
  */
 import type { HttpRequest, HttpResponse, HttpStack, Upload } from 'tus-js-client'
 
@@ -43,11 +45,6 @@ export class ChunkRef {
     const prepared = this.prepared ?? this.source.read(this.start, this.end)
     this.prepared = null // a re-send reads the file again
     return prepared
-  }
-
-  /** Resolves when the chunk sent before this one is in the whole-file SHA-256: this one may be sent. */
-  ready(): Promise<void> {
-    return this.source.hashed()
   }
 
   /** The request took ``bytes`` (this chunk, as prepared): they go on to the whole-file SHA-256, detached. */
@@ -106,15 +103,20 @@ export class ChunkSource implements TusFileSource {
     return Promise.resolve({ value: new ChunkRef(start, stop, prepared, this), done: stop >= this.size })
   }
 
-  /** ``[start, end)`` of the file, read once, and its SHA-256 (a worker's). */
+  /**
+   * ``[start, end)`` of the file, read once, and its SHA-256 (a worker's), once the chunk sent last is in the
+   * whole-file SHA-256: tus-js-client asks for the chunk after next when it sends the next one, so at most that
+   * one and the one before it wait to be hashed. Rejects with FileReadError if the whole-file hash could not
+   * read the file.
+   */
   read(start: number, end: number): Promise<PreparedChunk> {
-    return this.hashes.chunk(this.file, start, end, this.stream)
+    return this.hashing.then(() => this.hashes.chunk(this.file, start, end, this.stream))
   }
 
   /** Add the bytes of ``[start, ...)``, just sent, to the whole-file SHA-256 (in the stream's worker). */
   hash(start: number, bytes: ArrayBuffer): void {
     this.hashing = this.hashes.add(this.file, this.stream, start, bytes)
-    this.hashing.catch(() => undefined) // awaited (and reported) before the next chunk is sent
+    this.hashing.catch(() => undefined) // awaited (and reported) before the next chunk is read
   }
 
   /** Settles when the chunk sent last is hashed; rejects with FileReadError if the file could not be read. */
@@ -199,7 +201,7 @@ class GatewayRequest implements HttpRequest {
     let chunk: ChunkRef | null = null
     if (body instanceof ChunkRef) {
       chunk = body
-      const [prepared] = await Promise.all([body.prepare(), body.ready()])
+      const prepared = await body.prepare()
       this.headers['Upload-Checksum'] = `sha256 ${prepared.sha256}`
       payload = prepared.bytes
     } else if (body !== null && body !== undefined) {

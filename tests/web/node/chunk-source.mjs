@@ -2,9 +2,9 @@
 // as tus-js-client does, with a hash pool and an XMLHttpRequest that record what they are asked, and prints
 // it as JSON:
 // - "grown": the ranges read and sent while the chunk size doubles after every chunk;
-// - "lag": the order of events when the whole-file hash is slower than the network: each chunk's read, its
-//   send (with the size of the body the request got), its hand-over to the whole-file hash and the moment
-//   that hash is done.
+// - "lag": the order of events when the whole-file hash is slower than the network: each chunk's read (when
+//   the pool is asked), its send (with the size of the body the request got), its hand-over to the whole-file
+//   hash and the moment that hash is done.
 //   node chunk-source.mjs BUNDLE
 const [bundle] = process.argv.slice(2)
 const MiB = 1024 * 1024
@@ -39,6 +39,7 @@ function pool(hashMs) {
     reads,
     chunk(file, start, end, stream) {
       reads.push([start, end, stream])
+      events.push(['read', start])
       const bytes = new Uint8Array(end - start)
       bytes[0] = chunkNo++ // the request tells chunks apart by their first byte
       return Promise.resolve({ bytes: bytes.buffer, sha256: 'x' })
