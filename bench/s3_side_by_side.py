@@ -9,7 +9,9 @@ medians and the ratio eftgw / raw (MB/s, 10^6 bytes per second), each round with
 - ``concurrent``: ``--streams`` uploads (default 8 of 256 MiB) at once, aggregate bytes over wall time;
   against as many raw puts at once (threads).
 
-The gateway's peak RSS is sampled every 50 ms. Every file's SHA-256 is checked against the gateway's record.
+Each round also gives the CPU seconds per GiB of the sender (the gateway process; the raw put's own process),
+a figure that the load of a shared machine disturbs much less than MB/s. The gateway's peak RSS is sampled
+every 50 ms. Every file's SHA-256 is checked against the gateway's record.
 The S3 server and bucket come from the EFTGW_TEST_S3_* variables (the bucket is made and emptied here):
 
     EFTGW_TEST_S3_ENDPOINT=127.0.0.1:7481 EFTGW_TEST_S3_ACCESS_KEY=... EFTGW_TEST_S3_SECRET_KEY=... \\
@@ -124,24 +126,39 @@ class Gateway:
             return {f["sha256"] for f in await resp.json()}
 
 
-async def eftgw_round(gw: Gateway, seeds: list[int], size_mib: int) -> float:
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def eftgw_round(gw: Gateway, seeds: list[int], size_mib: int) -> tuple[float, float]:
+    """MB/s and the gateway's CPU seconds per GiB of one round."""
+    assert gw.node.proc is not None
+    gateway = psutil.Process(gw.node.proc.pid)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+        cpu = cpu_seconds(gateway)
         started = time.perf_counter()
         await asyncio.gather(*(gw.upload(session, seed, size_mib) for seed in seeds))
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(gateway) - cpu
         stored = await gw.sha256s(session)
     for seed in seeds:
         assert sha256_of(seed, size_mib) in stored, "SHA-256 mismatch"
-    return len(seeds) * size_mib * MiB / elapsed / 1e6
+    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / (len(seeds) * size_mib / 1024)
 
 
-async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int) -> float:
+async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int) -> tuple[float, float]:
+    """MB/s and this process's CPU seconds per GiB (making the bytes included) of one round."""
+
     def put(seed: int) -> None:
         client.put_object(bucket, f"raw/{seed}", Blocks(seed, size_mib), size_mib * MiB, part_size=PART)
 
+    cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(asyncio.to_thread(put, seed) for seed in seeds))
-    return len(seeds) * size_mib * MiB / (time.perf_counter() - started) / 1e6
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / (len(seeds) * size_mib / 1024)
 
 
 async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]:
@@ -164,11 +181,18 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
     node = GatewayProcess(data_dir, env=env).start()
     results: dict[str, list[float]] = {"single_eftgw": [], "single_raw": [], "many_eftgw": [], "many_raw": []}
     loads: dict[str, list[float]] = {k: [] for k in results}
+    cpu: dict[str, list[float]] = {k: [] for k in results}
 
-    def note(kind: str, mbps: float) -> None:
+    def note(kind: str, measured: tuple[float, float]) -> None:
+        mbps, cpu_per_gib = measured
         results[kind].append(mbps)
+        cpu[kind].append(round(cpu_per_gib, 2))
         loads[kind].append(round(os.getloadavg()[0], 1))
-        print(f"{kind}: {mbps:.1f} MB/s, load average {loads[kind][-1]}", file=sys.stderr, flush=True)
+        print(
+            f"{kind}: {mbps:.1f} MB/s, {cpu_per_gib:.2f} CPU s/GiB, load average {loads[kind][-1]}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
         node.cli("case", "open", "BENCH-1")
@@ -207,6 +231,7 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "rounds_MBps": {k: [round(x, 1) for x in v] for k, v in results.items() if v},
         "load_average_per_round": {k: v for k, v in loads.items() if v},
         "medians_MBps": medians,
+        "cpu_s_per_GiB_per_round": {k: v for k, v in cpu.items() if v},
         "ratio_single": ratio("single"),
         "ratio_concurrent": ratio("many"),
         "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),

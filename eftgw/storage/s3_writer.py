@@ -18,8 +18,10 @@ or is aborted (S3 drops parts a completion does not list).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import mmap
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from eftgw.storage.base import StorageError
@@ -59,7 +61,8 @@ def spool_for(part: int, spool_above: int = PER_UPLOAD) -> int:
 
 
 class _Part:
-    """One part being filled: its number, a buffer of exactly its size, the bytes filled so far."""
+    """One part being filled: its number, a buffer of exactly its size, the bytes filled so far, and the
+    SHA-256 of those bytes (UploadPart signs it: S3 checks the buffer sent against the bytes received)."""
 
     def __init__(self, number: int, buffer: bytearray | mmap.mmap, reserved: int) -> None:
         self.number = number
@@ -67,14 +70,27 @@ class _Part:
         self.view = memoryview(buffer)
         self.size = len(buffer)
         self.filled = 0
+        self.sha256 = hashlib.sha256()
         self.reserved = reserved  # budget held for it, given back once it is stored or dropped
 
-    def add(self, data: memoryview) -> int:
-        """Copy as much of ``data`` as fits; return how much that was."""
-        take = min(len(data), self.size - self.filled)
-        self.view[self.filled : self.filled + take] = data[:take]
-        self.filled += take
-        return take
+    def fill(self, pieces: list[memoryview]) -> list[memoryview]:
+        """Hash and copy the leading ``pieces`` as far as they fit; return what is left of them.
+
+        Run in a worker thread: each piece is hashed (hashlib releases the GIL) while it is still in the
+        CPU's cache from the file's hashing, then copied, so the part's checksum is ready when it is full
+        and covers the bytes as they came, not only as they were copied.
+        """
+        while pieces and self.filled < self.size:
+            piece = pieces[0]
+            take = min(len(piece), self.size - self.filled)
+            if take < len(piece):
+                pieces[0], piece = piece[take:], piece[:take]
+            else:
+                pieces.pop(0)
+            self.sha256.update(piece)
+            self.view[self.filled : self.filled + take] = piece
+            self.filled += take
+        return pieces
 
     @property
     def full(self) -> bool:
@@ -123,15 +139,23 @@ class S3Writer:
         return self._committed.first + len(self._parts) + inflight_index
 
     async def write(self, data: bytes) -> None:
-        if self._size + len(data) > self._committed.limit():
+        await self.write_chunks([data], None)
+
+    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None] | None) -> None:
+        """Append ``chunks`` in order, after running ``alongside`` (the block's file hashing) in the worker
+        thread that then hashes and copies them into the part (see :meth:`_Part.fill`)."""
+        if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
-        if not data:
+        pieces = [memoryview(c).cast("B") for c in chunks if len(c)]
+        if not pieces:
+            if alongside is not None:
+                await asyncio.to_thread(alongside)
             return
         self._dirty = True
-        view = memoryview(data)
-        while view:
+        while pieces:
             part = self._part if self._part is not None else await self._start_part()
-            view = view[await self._add(part, view) :]
+            pieces = await self._fill(part, pieces, alongside)
+            alongside = None
             if part.full:
                 await self._cut(part)
 
@@ -144,18 +168,24 @@ class S3Writer:
         else:
             reserved = await self._store.budget.acquire(size)
             part = _Part(number, self._store.budget.take_buffer(size), reserved)
-        if self._pending:
-            part.add(memoryview(self._pending))
-            self._pending = b""
         self._part = part
         return part
 
-    @staticmethod
-    async def _add(part: _Part, data: memoryview) -> int:
-        if not isinstance(part, _SpooledPart):
-            return part.add(data)  # views only: nothing to wait for
-        # a copy into file pages may wait for the disk: not on the event loop
-        future = asyncio.get_running_loop().run_in_executor(None, part.add, data)
+    async def _fill(
+        self, part: _Part, pieces: list[memoryview], alongside: Callable[[], None] | None
+    ) -> list[memoryview]:
+        """In a worker thread: ``alongside``, then :meth:`_Part.fill` (first with the committed bytes not in
+        a part yet); return the pieces left over."""
+        pending, self._pending = self._pending, b""
+        if pending:
+            pieces = [memoryview(pending).cast("B"), *pieces]
+
+        def fill() -> list[memoryview]:
+            if alongside is not None:
+                alongside()
+            return part.fill(pieces)
+
+        future = asyncio.get_running_loop().run_in_executor(None, fill)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -174,7 +204,7 @@ class S3Writer:
         try:
             assert self._upload is not None
             stored = await self._store.client.upload_part(
-                self._committed.target, self._upload, part.number, part.body()
+                self._committed.target, self._upload, part.number, part.body(), part.sha256.hexdigest()
             )
             return stored.etag, part.size
         finally:
