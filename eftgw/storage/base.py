@@ -65,8 +65,8 @@ class UploadWriter(Protocol):
 
 @runtime_checkable
 class ChunkWriter(Protocol):
-    """A writer whose write is a blocking system call (the filesystem's): the body pipeline hands it each
-    block as the chunks it arrived in, with the block's hashing, so that both take one worker thread hop."""
+    """A writer that takes a block as the chunks it arrived in, with the block's hashing, in one worker thread
+    hop: the filesystem's (a blocking ``pwritev``) and S3's (which hashes each part as it fills)."""
 
     async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None]) -> None:
         """Append ``chunks`` in order as :meth:`UploadWriter.write` would, after running ``alongside`` (CPU

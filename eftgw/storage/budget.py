@@ -6,9 +6,6 @@ A writer reserves a whole part before it starts filling it and gives it back whe
 a writer that waits holds no half-filled part and the budget cannot deadlock: the room held is always on
 its way to S3 or being filled by a client that is sending. While a writer waits it does not read its
 request body, so TCP backpressure slows the client down.
-
-The budget also keeps the buffers of parts already stored, so that the next part reuses one instead of
-allocating (and faulting in) fresh memory; they are dropped as soon as no upload holds any room.
 """
 
 from __future__ import annotations
@@ -31,8 +28,6 @@ class BufferBudget:
         self.used = 0
         self.peak = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-        self._free: dict[int, list[bytearray]] = {}  # part buffers to reuse, by size
-        self._free_bytes = 0
 
     def clamp(self, size: int) -> int:
         """What a request for ``size`` bytes really takes: never more than the whole budget."""
@@ -65,28 +60,6 @@ class BufferBudget:
     def release(self, size: int) -> None:
         self.used -= size
         self._wake()
-        if self.used == 0:  # nothing is being uploaded: hand the kept buffers back to the allocator
-            self._free.clear()
-            self._free_bytes = 0
-
-    def take_buffer(self, size: int) -> bytearray:
-        """A buffer of ``size`` bytes, reused if one is free (its content is garbage). Reserve it first."""
-        free = self._free.get(size)
-        if free:
-            self._free_bytes -= size
-            return free.pop()
-        return bytearray(size)
-
-    def give_buffer(self, buffer: bytearray) -> None:
-        """Keep ``buffer`` for the next :meth:`take_buffer` (give it back before releasing its room).
-
-        Reusing part buffers spares the allocator and the kernel a fresh 16 MiB or more per part (mapping,
-        zeroing and faulting in every page: measured, a page fault per 4 KiB of upload); kept buffers never
-        exceed the budget and are dropped when nothing is held.
-        """
-        if self._free_bytes + len(buffer) <= self.limit:
-            self._free.setdefault(len(buffer), []).append(buffer)
-            self._free_bytes += len(buffer)
 
     def _wake(self) -> None:
         while self._waiters and self.used + self._waiters[0][0] <= self.limit:

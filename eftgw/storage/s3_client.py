@@ -6,13 +6,14 @@ third-party exception is converted here: "no such key/upload" becomes :class:`Ob
 (HTTP 507, MinIO's ``XMinioStorageFull``, a bucket or user quota: ``QuotaExceeded``) :class:`OutOfSpace`,
 everything else :class:`StorageError` with a message an operator can act on and the original as ``__cause__``.
 
-Every request with a body carries a checksum computed here from the bytes to be stored, which the store
-verifies, so it refuses a body that changed on the way instead of keeping it: the body's SHA-256 signed as
+Every request with a body carries a checksum of the bytes to be stored, which the store verifies, so it
+refuses a body that changed on the way instead of keeping it: the body's SHA-256 signed as
 ``x-amz-content-sha256`` (``XAmzContentSHA256Mismatch``) for UploadPart and for every PutObject of a
-:class:`Body` (commit records, small files), hashed once in a worker thread with the CPU's SHA extensions,
-more than twice as fast as MD5 here; ``Content-MD5`` (``BadDigest``) for a PutObject of plain bytes. (Ceph
-RGW 16 ignores the newer ``x-amz-checksum-*`` headers.) Bodies are sent as they are, in pieces (a part's
-buffer, a record's header and tail), never joined into a new buffer first.
+:class:`Body` (commit records, small files); ``Content-MD5`` (``BadDigest``) for a PutObject of plain bytes.
+The SHA-256 runs with the CPU's SHA extensions, more than twice as fast as MD5 here, in a worker thread:
+here, or in the S3 writer, which hashes each part as it fills and passes the digest. (Ceph RGW 16 ignores
+the newer ``x-amz-checksum-*`` headers.) Bodies are sent as they are, in pieces (a part's chunks, a record's
+header and tail), never joined into a new buffer first.
 
 This module is also the one place that uses minio beyond its public API (its compatibility module). The
 single-request PutObject with our own headers and the multipart calls (create, upload part, upload part

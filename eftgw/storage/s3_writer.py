@@ -1,13 +1,16 @@
 """The S3 writer: cuts the incoming bytes into parts of the upload's multipart upload, several in flight.
 
-A writer copies the incoming bytes into the part it is filling: a buffer of exactly one part, reserved in the
-node's :class:`~eftgw.storage.budget.BufferBudget` and reused from part to part (so the hot path neither
-allocates, joins nor slices, and no page is faulted in again), and uploads the part as soon as it is full,
-straight from that buffer, while the following part fills. It keeps at most ``PER_UPLOAD - part`` bytes in
-flight (three 16 MiB parts), so one upload holds at most 64 MiB of memory. Parts larger than ``spool_above``
-(64 MiB: files past 109 GiB) fill an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`),
-so memory stays within that bound at every size up to 5 TiB. Every part carries a checksum S3 verifies (see
-:mod:`eftgw.storage.s3_client`), so S3 refuses a damaged part.
+The body pipeline hands a writer each block as the chunks it arrived in, with the block's file hashing
+(:meth:`S3Writer.write_chunks`, a :class:`~eftgw.storage.base.ChunkWriter`). One worker thread runs that
+hashing, then adds the chunks to the part being filled and updates the part's SHA-256 while the bytes are
+still in the CPU's cache. A part in memory keeps the chunks themselves (immutable ``bytes``), not a copy,
+and is sent as those pieces; its SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is
+ready the moment it is full, so its upload starts at once while the next part fills. Every part's room is
+reserved in the node's :class:`~eftgw.storage.budget.BufferBudget` before it fills and given back once it is
+stored. A writer keeps at most ``PER_UPLOAD - part`` bytes in flight (three 16 MiB parts), so one upload
+holds at most 64 MiB of memory. Parts larger than ``spool_above`` (64 MiB: files past 109 GiB) are copied
+into an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), so memory stays within that
+bound at every size up to 5 TiB.
 
 :meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail;
 until then nothing this writer sent counts. A rollback forgets the uncommitted parts: they stay invisible
@@ -61,24 +64,21 @@ def spool_for(part: int, spool_above: int = PER_UPLOAD) -> int:
 
 
 class _Part:
-    """One part being filled: its number, a buffer of exactly its size, the bytes filled so far, and the
-    SHA-256 of those bytes (UploadPart signs it: S3 checks the buffer sent against the bytes received)."""
+    """One part being filled: its number and size, the bytes filled so far and their SHA-256 (UploadPart
+    signs it, so S3 checks the bytes it receives against the bytes the client sent)."""
 
-    def __init__(self, number: int, buffer: bytearray | mmap.mmap, reserved: int) -> None:
+    def __init__(self, number: int, size: int, reserved: int) -> None:
         self.number = number
-        self.buffer = buffer
-        self.view = memoryview(buffer)
-        self.size = len(buffer)
+        self.size = size
         self.filled = 0
         self.sha256 = hashlib.sha256()
         self.reserved = reserved  # budget held for it, given back once it is stored or dropped
 
     def fill(self, pieces: list[memoryview]) -> list[memoryview]:
-        """Hash and copy the leading ``pieces`` as far as they fit; return what is left of them.
+        """Take and hash the leading ``pieces`` as far as they fit; return what is left of them.
 
         Run in a worker thread: each piece is hashed (hashlib releases the GIL) while it is still in the
-        CPU's cache from the file's hashing, then copied, so the part's checksum is ready when it is full
-        and covers the bytes as they came, not only as they were copied.
+        CPU's cache from the file's hashing, so the part's checksum is ready the moment it is full.
         """
         while pieces and self.filled < self.size:
             piece = pieces[0]
@@ -88,7 +88,7 @@ class _Part:
             else:
                 pieces.pop(0)
             self.sha256.update(piece)
-            self.view[self.filled : self.filled + take] = piece
+            self._take(piece)
             self.filled += take
         return pieces
 
@@ -96,20 +96,62 @@ class _Part:
     def full(self) -> bool:
         return self.filled == self.size
 
+    def _take(self, piece: memoryview) -> None:
+        raise NotImplementedError
+
     def body(self) -> Body:
-        return Body([self.view])
+        raise NotImplementedError
 
     def content(self) -> Buffer:
-        """The bytes filled so far (a copy: the buffer is reused)."""
-        return bytes(self.view[: self.filled])
+        """The bytes filled so far."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the part's bytes."""
+
+
+class _HeldPart(_Part):
+    """A part held in memory as the pieces it was filled with: views of the (immutable) chunks the client
+    sent, kept until the part is stored and sent as they are, never copied into a part buffer."""
+
+    def __init__(self, number: int, size: int, reserved: int) -> None:
+        super().__init__(number, size, reserved)
+        self.pieces: list[memoryview] = []
+
+    def _take(self, piece: memoryview) -> None:
+        self.pieces.append(piece)
+
+    def body(self) -> Body:
+        return Body(self.pieces)
+
+    def content(self) -> Buffer:
+        return b"".join(self.pieces)
+
+    def close(self) -> None:
+        self.pieces = []
 
 
 class _SpooledPart(_Part):
     """A part too large to hold in memory: filled into a :func:`~eftgw.storage.budget.spooled` buffer (an
     unlinked temporary file), and sent from there."""
 
+    def __init__(self, number: int, buffer: mmap.mmap) -> None:
+        super().__init__(number, len(buffer), 0)
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+
+    def _take(self, piece: memoryview) -> None:
+        self.view[self.filled : self.filled + len(piece)] = piece
+
+    def body(self) -> Body:
+        return Body([self.view])
+
     def content(self) -> Buffer:
         return self.view[: self.filled]  # not reused: a view is enough
+
+    def close(self) -> None:
+        self.view.release()
+        unmap(self.buffer)
 
 
 class S3Writer:
@@ -146,7 +188,8 @@ class S3Writer:
         thread that then hashes and copies them into the part (see :meth:`_Part.fill`)."""
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
-        pieces = [memoryview(c).cast("B") for c in chunks if len(c)]
+        # a part keeps views of the chunks until it is stored: a chunk its producer could change is copied
+        pieces = [memoryview(c if type(c) is bytes else bytes(c)).cast("B") for c in chunks if len(c)]
         if not pieces:
             if alongside is not None:
                 await asyncio.to_thread(alongside)
@@ -164,10 +207,9 @@ class S3Writer:
         number = self._number(len(self._inflight))
         size = part_size(number)
         if size > self._store.spool_above:  # held in a temporary file: only the block being copied is memory
-            part: _Part = _SpooledPart(number, self._store.spool(size), 0)
+            part: _Part = _SpooledPart(number, self._store.spool(size))
         else:
-            reserved = await self._store.budget.acquire(size)
-            part = _Part(number, self._store.budget.take_buffer(size), reserved)
+            part = _HeldPart(number, size, await self._store.budget.acquire(size))
         self._part = part
         return part
 
@@ -211,11 +253,7 @@ class S3Writer:
             self._give_back(part)
 
     def _give_back(self, part: _Part) -> None:
-        part.view.release()
-        if isinstance(part.buffer, mmap.mmap):
-            unmap(part.buffer)
-        else:
-            self._store.budget.give_buffer(part.buffer)
+        part.close()
         if part.reserved:
             self._store.budget.release(part.reserved)
 

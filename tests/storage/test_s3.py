@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from eftgw.errors import StorageUnavailable
 from eftgw.storage import ObjectNotFound, StorageError, object_key, staging_key
 from eftgw.storage.s3 import S3Store
+from eftgw.storage.s3_client import Body
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import TAGS, MiB, data, read_all
 
@@ -127,6 +130,41 @@ async def test_completion_is_a_completion_not_a_copy(s3: S3Store, case_id: str) 
     assert stat.endswith('-4"') or stat.endswith("-4")  # three 16 MiB parts and the tail
     assert await s3.list_keys(f"uploads/{case_id}/") == []
     assert await s3.client.unfinished(f"cases/{case_id}/") == []
+
+
+async def test_each_part_is_sent_with_the_sha256_of_its_bytes(s3: S3Store, case_id: str) -> None:
+    """The writer hashes each part while it fills (the committed tail first, then chunks cut at the part
+    boundaries), in the worker thread that runs the block's own hashing: the digest it passes to UploadPart
+    is hashlib's SHA-256 of exactly the part's bytes, and RGW, which checks it, accepts every part. A chunk
+    its producer may change later (a bytearray) is kept as it was when written."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    stored = data(5 * MiB, 1) + data(40 * MiB, 2)
+    assert await stage_for(s3, key, target, stored[: 5 * MiB]) == 5 * MiB  # a tail in the commit record
+    sent: list[tuple[str | None, bytes]] = []
+    upload_part = s3.client.upload_part
+
+    async def spy(name: str, upload: str, number: int, body: Body, sha256: str | None = None) -> Any:
+        sent.append((sha256, b"".join(body.blocks())))
+        return await upload_part(name, upload, number, body, sha256)
+
+    s3.client.upload_part = spy  # type: ignore[method-assign]
+    hashed_in: set[int] = set()
+    writer = await s3.open_writer(key, 5 * MiB)
+    chunks: list[bytes] = [stored[at : at + 300_001] for at in range(5 * MiB, len(stored), 300_001)]
+    changing = bytearray(chunks.pop())
+    for at in range(0, len(chunks), 4):
+        await writer.write_chunks(chunks[at : at + 4], lambda: hashed_in.add(threading.get_ident()))
+    await writer.write_chunks([changing], lambda: None)  # type: ignore[list-item]
+    changing[:] = bytes(len(changing))  # changed after it was written: the upload keeps what was written
+    assert await writer.commit() == len(stored)
+    await writer.close()
+    assert len(sent) == 2  # two full 16 MiB parts; the rest is the commit record's tail
+    for index, (digest, body) in enumerate(sent):
+        assert body == stored[index * 16 * MiB : (index + 1) * 16 * MiB]
+        assert digest == hashlib.sha256(body).hexdigest()
+    assert hashed_in and threading.get_ident() not in hashed_in
+    await s3.promote(key, target, TAGS)
+    assert await read_all(s3.read_object(target)) == stored
 
 
 def s3_stat(s3: S3Store, key: str) -> str:

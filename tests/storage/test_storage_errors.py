@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -224,6 +225,30 @@ async def test_s3_refuses_a_multipart_part_damaged_on_the_way(s3_server: S3Serve
         assert "Content-MD5" in caught.value.message
     finally:
         await client.abort_multipart(name, upload_id)
+        await store.close()
+
+
+async def test_s3_refuses_a_part_whose_sha256_is_not_its_own(s3_server: S3Server, s3_bucket: str) -> None:
+    """The SHA-256 the S3 writer passes with a part (computed while the part filled) is checked by the real
+    S3 server: a digest that does not match the bytes sent (as for a part changed after it was hashed) is
+    refused with the checksum error; the right one is accepted and the part is stored as sent."""
+    store = s3_server.store(s3_bucket)
+    await store.open()
+    client = store.client
+    name = "cases/C-sha/f_mp"
+    body = data(MiB, 4)
+    upload_id = await client.create_multipart(name, {}, {})
+    try:
+        wrong = hashlib.sha256(body[:-1] + bytes([body[-1] ^ 0x01])).hexdigest()
+        with pytest.raises(StorageError) as caught:
+            await client.upload_part(name, upload_id, 1, Body([body]), wrong)
+        assert "did not match its checksum" in caught.value.message
+        part = await client.upload_part(name, upload_id, 1, Body([body]), hashlib.sha256(body).hexdigest())
+        await client.complete_multipart(name, upload_id, [part])
+        assert await client.get_bytes(name, 0, 0) == body
+    finally:
+        await client.abort_multipart(name, upload_id)
+        await client.delete([(name, None)])
         await store.close()
 
 
