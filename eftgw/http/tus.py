@@ -109,7 +109,11 @@ async def body_of(request: web.Request) -> AsyncIterator[bytes]:
 
     Each chunk is one piece as the connection received it (``iter_chunks``): ``iter_any`` would join the
     pieces that arrived since the last read into a new buffer, a copy of most of the body on a busy node.
+    A request without a body is not read at all: aiohttp shares one empty stream between all of them, and
+    once read, its ``iter_chunks`` never ends.
     """
+    if not request.can_read_body:
+        return
     try:
         async for chunk, _ in request.content.iter_chunks():
             if chunk:

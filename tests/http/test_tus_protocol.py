@@ -221,6 +221,25 @@ async def test_creation_with_upload_stores_the_first_chunk(gw: RunningGateway) -
         assert await head_offset(s, url, token) == 3
 
 
+async def test_requests_with_empty_bodies_answer_one_after_another(gw: RunningGateway) -> None:
+    """Creation-with-upload and PATCH requests whose body is empty (Content-Length: 0) each answer at once,
+    also after others: aiohttp gives them one shared empty stream, which the body reader must not iterate
+    (once read, its chunk iterator never ends and the request would hang)."""
+    token = gw.token("C-1")
+    async with http_session() as s:
+        urls = []
+        for _ in range(3):
+            h = tus_headers(token, Upload_Length="3", Content_Type=OCTETS)
+            async with s.post(gw.uploads_url("C-1"), data=b"", headers=h) as resp:
+                assert resp.status == 201 and resp.headers["Upload-Offset"] == "0"
+                urls.append(resp.headers["Location"])
+        for url in urls:
+            async with await patch(s, url, 0, b"", token) as resp:
+                assert resp.status == 204 and resp.headers["Upload-Offset"] == "0"
+            async with await patch(s, url, 0, b"abc", token) as resp:
+                assert resp.status == 204 and resp.headers["Upload-Offset"] == "3"
+
+
 async def test_deferred_length_is_declared_later(gw: RunningGateway) -> None:
     """With Upload-Defer-Length the length arrives with a later PATCH; HEAD says it is deferred until then."""
     token = gw.token("C-1")
