@@ -110,16 +110,28 @@ class _Part:
         """Let go of the part's bytes."""
 
 
+SMALL_PIECE = 64 * 1024  # chunks smaller than this are gathered into one buffer of a held part
+
+
 class _HeldPart(_Part):
     """A part held in memory as the pieces it was filled with: views of the (immutable) chunks the client
-    sent, kept until the part is stored and sent as they are, never copied into a part buffer."""
+    sent, kept until the part is stored and sent as they are, never copied into a part buffer. Chunks under
+    ``SMALL_PIECE`` are gathered into buffers of about that size instead, so that a client sending tiny
+    pieces cannot make a part hold an object (and its overhead) per few bytes."""
 
     def __init__(self, number: int, size: int, reserved: int) -> None:
         super().__init__(number, size, reserved)
-        self.pieces: list[memoryview] = []
+        self.pieces: list[memoryview | bytearray] = []
 
     def _take(self, piece: memoryview) -> None:
-        self.pieces.append(piece)
+        if len(piece) >= SMALL_PIECE:
+            self.pieces.append(piece)
+            return
+        last = self.pieces[-1] if self.pieces else None
+        if isinstance(last, bytearray) and len(last) < SMALL_PIECE:
+            last += piece
+        else:
+            self.pieces.append(bytearray(piece))
 
     def body(self) -> Body:
         return Body(self.pieces)
