@@ -268,7 +268,11 @@ class CaseSFTPServer(SFTPServer):
                 if isinstance(buffer.error, Forbidden):  # e.g. the case closed under the upload
                     await self.guard.authorize()
                 raise buffer.error
-            if not handle.append and offset != buffer.end:
+            if offset != buffer.end and (not handle.append or offset != 0):
+                # With APPEND an offset is only a hint, except one that shows the client believes the end is
+                # elsewhere (a stat taken before data of an earlier connection landed): appending would
+                # duplicate bytes or leave a gap in the file, so that write is refused. Offset 0 is
+                # an append of a client that names no offset at all.
                 raise SFTPFailure(
                     f"This upload continues at byte {buffer.end}, not {offset}: writes must follow each "
                     f"other without gaps, and a resumed upload starts at the size that stat reports."
@@ -539,6 +543,11 @@ class CaseSFTPServer(SFTPServer):
         entry = await self.area.lookup(name)
         if entry is None:
             raise SFTPNoSuchFile(f"No file named {name}.")
+        if entry.upload is not None and self.ctx.writers.get(entry.upload.id) is not None:
+            # Another handle (maybe of a connection that just dropped) still holds accepted bytes of this
+            # upload: make them durable first, so the size a resuming client reads is where it continues.
+            await self.ctx.writers.settle(entry.upload.id)
+            entry = await self.area.lookup(name) or entry
         return entry
 
     @staticmethod

@@ -77,9 +77,11 @@ class ReadHandle:
 class WriteHandle:
     """An upload in progress opened for writing.
 
-    ``append`` is the SFTP ``FXF_APPEND`` flag: writes land at the end whatever offset they name. Otherwise a
-    write must start exactly where the accepted data ends (``buffer.end``): resuming is only possible from the
-    durable size, and a write that would leave a gap, or rewrite earlier bytes, is refused. ``mtime`` is a
+    A write must start exactly where the accepted data ends (``buffer.end``): resuming is only possible from
+    the durable size, and a write that would leave a gap, or rewrite earlier bytes, is refused. ``append`` is
+    the SFTP ``FXF_APPEND`` flag: a write at offset 0 then lands at the end too (a client that names no
+    offset), but one naming another offset than the end is refused (the client's idea of the size is stale,
+    and appending would duplicate bytes or leave a gap). ``mtime`` is a
     modification time the client set while the upload was open, recorded on the file when it is finished.
     """
 

@@ -338,3 +338,34 @@ def test_paramiko_put_and_get_with_the_default_client(gateway: GatewayThread, tm
         sftp.get("in.bin", str(tmp_path / "out.bin"))
     assert (tmp_path / "out.bin").read_bytes() == data
     assert isinstance(paramiko.__version__, str)
+
+
+def test_a_resume_never_appends_over_bytes_an_earlier_connection_still_held(gateway: GatewayThread) -> None:
+    """OpenSSH ``reput`` stats, then opens with APPEND and writes from the size it read. While an earlier
+    connection's handle still holds accepted bytes (its drop not yet processed), ``stat`` first makes them
+    durable, so it reports where the upload continues; and an APPEND write naming an older size is refused
+    instead of appending the same bytes a second time (a resumed 12 MiB file once came out 14.9 MB)."""
+    account = gateway.account()
+    data = os.urandom(3000)
+    with (
+        paramiko_sftp(gateway.port, account) as (_t, first),
+        paramiko_sftp(gateway.port, account) as (_u, sftp),
+    ):
+        earlier = open_with_flags(first, "core.dump", FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+        earlier.set_pipelined(False)
+        earlier.write(data[:1000])  # accepted, not yet durable: the handle stays open
+        assert sftp.stat("core.dump").st_size == 1000
+        handle = open_with_flags(sftp, "core.dump", FXF_WRITE | FXF_CREAT | FXF_APPEND)
+        handle.set_pipelined(False)
+        handle.seek(600)  # a size read before the earlier connection's last bytes landed
+        with pytest.raises(OSError, match="continues at byte 1000"):
+            handle.write(data[600:1000])
+        handle.seek(2000)
+        with pytest.raises(OSError, match="continues at byte 1000"):
+            handle.write(data[2000:])
+        handle.seek(1000)
+        handle.write(data[1000:2000])
+        handle.seek(0)  # an APPEND write naming no offset lands at the end
+        handle.write(data[2000:])
+        handle.close()
+    assert gateway.file_named("core.dump").sha256 == sha256(data)
