@@ -36,6 +36,9 @@ from eftgw.storage import ChunkWriter, ObjectStore, StorageError, UploadWriter
 log = logging.getLogger("eftgw.uploads")
 
 BLOCK_SIZE = 1024 * 1024
+# Chunks smaller than this are gathered into one buffer: a client sending a body in tiny pieces cannot make a
+# block hold a Python object per few bytes (a million of them per MiB).
+SMALL_CHUNK = 64 * 1024
 CASE_RECHECK_SECONDS = 2.0
 # Saved instead of a digest state where it cannot be exported: only this process, which keeps the digests
 # under this unique mark, may continue from it (and only while the row still holds the mark).
@@ -101,8 +104,10 @@ class Ingest:
 
         reader = _Reader(body, lease)
         try:
-            # A block is the chunks as they came (no copy): they are hashed and written as they are.
+            # A block is the chunks as they came (no copy): they are hashed and written as they are. Small
+            # chunks are gathered in ``small`` first, one copy of few bytes.
             block: list[bytes] = []
+            small = bytearray()
             filled = 0
             recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
             while True:
@@ -120,13 +125,27 @@ class Ingest:
                 if not chunk:
                     continue
                 check_room(upload.offset + written + filled + len(chunk))
-                # Kept until written: a chunk that its producer may change later is copied once.
-                block.append(chunk if type(chunk) is bytes else bytes(chunk))
                 filled += len(chunk)
+                if len(chunk) < SMALL_CHUNK:
+                    small += chunk
+                    if len(small) >= SMALL_CHUNK:
+                        block.append(bytes(small))
+                        small.clear()
+                else:
+                    if small:
+                        block.append(bytes(small))
+                        small.clear()
+                    # Kept until written: a chunk that its producer may change later is copied once.
+                    block.append(chunk if type(chunk) is bytes else bytes(chunk))
                 if filled >= BLOCK_SIZE:
+                    if small:
+                        block.append(bytes(small))
+                        small.clear()
                     written += filled
                     await absorb(block)
                     block, filled = [], 0
+            if small:
+                block.append(bytes(small))
             if block:
                 written += filled
                 await absorb(block)
@@ -309,4 +328,4 @@ class _Reader:
         self._waiter.cancel()
 
 
-__all__ = ["BLOCK_SIZE", "LOCAL_DIGESTS_MARK", "Ingest", "rehash"]
+__all__ = ["BLOCK_SIZE", "LOCAL_DIGESTS_MARK", "SMALL_CHUNK", "Ingest", "rehash"]

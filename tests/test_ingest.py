@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest
 from eftgw.model import Principal, Role
 from eftgw.storage import object_key
 from eftgw.storage.filesystem import IOV_MAX, FilesystemStore
@@ -119,3 +121,34 @@ async def test_the_filesystem_writer_stores_a_block_of_many_chunks_in_order(
     assert ran == [1]
     got = b"".join([b async for b in store.read_staging("uploads/C-1/u")])
     assert got == head + b"".join(chunks)
+
+
+async def test_tiny_chunks_reach_the_store_gathered_in_few_pieces_per_block(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body sent in pieces of 1 to 900 bytes is gathered before it is written: each block reaches the store
+    as at most ``BLOCK_SIZE / SMALL_CHUNK`` pieces plus one, not one Python object per few bytes (a client
+    trickling a body would otherwise make every block hold thousands), and the file is exactly the body."""
+    chunks = small_chunks(2 * BLOCK_SIZE + 12_345, seed=16)
+    data = b"".join(chunks)
+    pieces: list[int] = []
+    consume = Ingest._consume
+
+    async def counting(writer: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
+        pieces.append(len(block))
+        await consume(writer, digests, checksum, block)
+
+    monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
+    uploads = gw.gateway.uploads
+    upload = await uploads.create(CUSTOMER, "C-1", length=len(data), metadata={"filename": "tiny.bin"})
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    done = await uploads.append(CUSTOMER, "C-1", upload.id, 0, body())
+    assert done.offset == len(data)
+    assert len(pieces) == 3 and max(pieces) <= BLOCK_SIZE // SMALL_CHUNK + 1, pieces
+    (record,) = await gw.gateway.files.list(CUSTOMER, "C-1")
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert await stored(gw, upload.id) == data
