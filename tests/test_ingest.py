@@ -41,14 +41,11 @@ async def stored(gw: RunningGateway, upload_id: str) -> bytes:
     return b"".join([b async for b in gw.gateway.store.read_object(object_key("C-1", upload.file_id))])
 
 
-async def test_a_body_of_thousands_of_small_chunks_is_stored_and_hashed_in_order(gw: RunningGateway) -> None:
-    """3 MiB sent as about 7000 chunks of up to 900 bytes (many more than one pwritev takes per block): the
-    file holds exactly those bytes and its recorded SHA-256 is theirs."""
-    chunks = small_chunks(3 * 1024 * 1024 + 777, seed=15)
+async def upload_in_chunks(gw: RunningGateway, name: str, chunks: list[bytes]) -> None:
+    """Upload ``chunks`` as one body, then check that the file holds exactly their bytes and their SHA-256."""
     data = b"".join(chunks)
-    assert len(chunks) > 3 * IOV_MAX
     uploads = gw.gateway.uploads
-    upload = await uploads.create(CUSTOMER, "C-1", length=len(data), metadata={"filename": "small.bin"})
+    upload = await uploads.create(CUSTOMER, "C-1", length=len(data), metadata={"filename": name})
 
     async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
@@ -59,6 +56,14 @@ async def test_a_body_of_thousands_of_small_chunks_is_stored_and_hashed_in_order
     (record,) = await gw.gateway.files.list(CUSTOMER, "C-1")
     assert record.sha256 == hashlib.sha256(data).hexdigest()
     assert await stored(gw, upload.id) == data
+
+
+async def test_a_body_of_thousands_of_small_chunks_is_stored_and_hashed_in_order(gw: RunningGateway) -> None:
+    """3 MiB sent as about 7000 chunks of up to 900 bytes (many more than one pwritev takes per block): the
+    file holds exactly those bytes and its recorded SHA-256 is theirs."""
+    chunks = small_chunks(3 * 1024 * 1024 + 777, seed=15)
+    assert len(chunks) > 3 * IOV_MAX
+    await upload_in_chunks(gw, "small.bin", chunks)
 
 
 async def test_a_chunk_changed_by_its_producer_after_it_was_handed_over_is_stored_as_handed_over(
@@ -130,7 +135,6 @@ async def test_tiny_chunks_reach_the_store_gathered_in_few_pieces_per_block(
     as at most ``BLOCK_SIZE / SMALL_CHUNK`` pieces plus one, not one Python object per few bytes (a client
     trickling a body would otherwise make every block hold thousands), and the file is exactly the body."""
     chunks = small_chunks(2 * BLOCK_SIZE + 12_345, seed=16)
-    data = b"".join(chunks)
     pieces: list[int] = []
     consume = Ingest._consume
 
@@ -139,16 +143,5 @@ async def test_tiny_chunks_reach_the_store_gathered_in_few_pieces_per_block(
         await consume(writer, digests, checksum, block)
 
     monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
-    uploads = gw.gateway.uploads
-    upload = await uploads.create(CUSTOMER, "C-1", length=len(data), metadata={"filename": "tiny.bin"})
-
-    async def body() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-
-    done = await uploads.append(CUSTOMER, "C-1", upload.id, 0, body())
-    assert done.offset == len(data)
+    await upload_in_chunks(gw, "tiny.bin", chunks)
     assert len(pieces) == 3 and max(pieces) <= BLOCK_SIZE // SMALL_CHUNK + 1, pieces
-    (record,) = await gw.gateway.files.list(CUSTOMER, "C-1")
-    assert record.sha256 == hashlib.sha256(data).hexdigest()
-    assert await stored(gw, upload.id) == data
