@@ -5,7 +5,8 @@ committed, and the whole-file digests carried from one durable offset to the nex
 lock and checked the request (steps 3 and 4 of its workflow):
 
 - :meth:`Ingest.write_body` reads the body in 1 MiB blocks; each block is hashed (whole-file SHA-256 and
-  xxh128, and the request's own checksum if any) and written in one step, while the next block is read;
+  xxh128, and the request's own checksum if any) in one worker thread while another writes it, and the next
+  block is read meanwhile;
   every few seconds it re-checks that the case is still open, and it stops if a newer request took over;
 - at the end it commits the writer (fsync, or S3's commit record) and only then records the new offset
   with the digest state it belongs to (:meth:`Ingest.digest_state`), in one database transaction;
@@ -204,15 +205,19 @@ class Ingest:
                 if checksum is not None:
                     checksum.update(chunk)
 
-        if isinstance(writer, ChunkWriter):  # a blocking write: one worker thread hashes and writes
-            await writer.write_chunks(block, hash_block)
-            return
-
         async def write_block() -> None:
+            if isinstance(writer, ChunkWriter):
+                await writer.write_chunks(block, None)
+                return
             for chunk in block:
                 await writer.write(chunk)
 
-        await asyncio.gather(asyncio.to_thread(hash_block), write_block())
+        # The hashing and the write run at once, in two worker threads (both release the GIL). Both end before
+        # this returns, also when one fails: the digests are never updated behind a caller's back.
+        outcomes = await asyncio.gather(asyncio.to_thread(hash_block), write_block(), return_exceptions=True)
+        for outcome in reversed(outcomes):  # the store's error first: it says more than a hashing one
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     # a copy of a finished file -----------------------------------------------------------------------
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from eftgw.hashing import FileDigests
 from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest
 from eftgw.model import Principal, Role
-from eftgw.storage import object_key
-from eftgw.storage.filesystem import IOV_MAX, FilesystemStore
+from eftgw.storage import StorageError, object_key
+from eftgw.storage.filesystem import IOV_MAX, FilesystemStore, FilesystemWriter
 from tests.support import RunningGateway
 
 CUSTOMER = Principal("ingest-customer", Role.CUSTOMER, "C-1")
@@ -145,3 +148,68 @@ async def test_tiny_chunks_reach_the_store_gathered_in_few_pieces_per_block(
     monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
     await upload_in_chunks(gw, "tiny.bin", chunks)
     assert len(pieces) == 3 and max(pieces) <= BLOCK_SIZE // SMALL_CHUNK + 1, pieces
+
+
+async def test_a_block_is_written_while_it_is_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-file hashing of a block and its write run at the same time, in two worker threads: hashing
+    that waits until the block's bytes are in the file sees them arrive (were both in one thread, one after
+    the other, it would wait in vain), and the file and the digests both hold the block."""
+    written = threading.Event()
+    write = FilesystemWriter._pwritev_all
+
+    def pwritev_all(self: FilesystemWriter, chunks: Sequence[bytes], position: int) -> None:
+        write(self, chunks, position)
+        written.set()
+
+    monkeypatch.setattr(FilesystemWriter, "_pwritev_all", pwritev_all)
+    seen: list[bool] = []
+
+    class WaitingDigests(FileDigests):
+        def update(self, data: bytes) -> None:
+            seen.append(written.wait(timeout=20))
+            super().update(data)
+
+    store = FilesystemStore(tmp_path / "store")
+    await store.open()
+    await store.create_staging("uploads/C-1/u")
+    writer = await store.open_writer("uploads/C-1/u", 0)
+    block = [os.urandom(300_000), os.urandom(200_000)]
+    digests = WaitingDigests()
+    await Ingest._consume(writer, digests, None, block)
+    assert await writer.commit() == 500_000
+    await writer.close()
+    assert seen == [True, True]
+    assert digests.sha256_hex == hashlib.sha256(b"".join(block)).hexdigest()
+    assert b"".join([b async for b in store.read_staging("uploads/C-1/u")]) == b"".join(block)
+
+
+async def test_a_failed_write_is_reported_only_after_the_blocks_hashing_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails a block's write at once while its hashing still runs: the store's error reaches the
+    caller only after the hashing ended, so no worker thread changes the digests behind the caller's back
+    (the caller rolls back and may reuse or drop them)."""
+
+    async def failing(self: FilesystemWriter, chunks: Sequence[bytes], alongside: object) -> None:
+        raise StorageError("the disk is gone")
+
+    monkeypatch.setattr(FilesystemWriter, "write_chunks", failing)
+    finished: list[float] = []
+
+    class SlowDigests(FileDigests):
+        def update(self, data: bytes) -> None:
+            time.sleep(0.2)
+            super().update(data)
+            finished.append(time.monotonic())
+
+    store = FilesystemStore(tmp_path / "store")
+    await store.open()
+    await store.create_staging("uploads/C-1/u")
+    writer = await store.open_writer("uploads/C-1/u", 0)
+    digests = SlowDigests()
+    with pytest.raises(StorageError, match="the disk is gone"):
+        await Ingest._consume(writer, digests, None, [b"a" * 1000, b"b" * 1000])
+    raised_at = time.monotonic()
+    await writer.close()
+    assert len(finished) == 2 and finished[-1] <= raised_at
+    assert digests.size == 2000

@@ -65,12 +65,13 @@ class UploadWriter(Protocol):
 
 @runtime_checkable
 class ChunkWriter(Protocol):
-    """A writer that takes a block as the chunks it arrived in, with the block's hashing, in one worker thread
-    hop: the filesystem's (a blocking ``pwritev``) and S3's (which hashes each part as it fills)."""
+    """A writer that takes a block as the chunks it arrived in, in one worker thread hop: the filesystem's (a
+    blocking ``pwritev``) and S3's (which hashes each part as it fills)."""
 
-    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None]) -> None:
+    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None] | None) -> None:
         """Append ``chunks`` in order as :meth:`UploadWriter.write` would, after running ``alongside`` (CPU
-        work that releases the GIL) in the same worker thread."""
+        work that releases the GIL), if given, in the same worker thread. The body pipeline gives none: it
+        hashes a block in a thread of its own while the writer writes it."""
         ...
 
 
