@@ -89,6 +89,59 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def _process_kind(pid: int) -> str:
+    """Chromium's name for a process's role, from its command line (browser, renderer, network, gpu...)."""
+    try:
+        # Chromium rewrites its children's command lines into one string (setproctitle).
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+    except OSError:
+        return "gone"
+    kind, sub = "browser", ""
+    for arg in args:
+        if arg.startswith(b"--type="):
+            kind = arg[7:].decode()
+        elif arg.startswith(b"--utility-sub-type="):
+            sub = arg.decode().rsplit(".", 1)[-1]
+    return f"{kind}/{sub}" if sub else kind
+
+
+def tree_cpu_breakdown(root: int) -> dict[str, float]:
+    """CPU seconds used so far by each thread of ``root`` and its live descendants, keyed by ``kind:thread``
+    (the process's role, the thread's name: ``renderer:DedicatedWorker``, ``utility/NetworkService:...``).
+    Threads of one name in one kind of process are summed; ``:tid`` keeps each worker thread apart."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(child for child, of in parent.items() if of == pid)
+    used: dict[str, float] = {}
+    for pid in pids:
+        kind = _process_kind(pid)
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    seconds = (int(fields[11]) + int(fields[12])) / tick
+                    key = f"{kind}:{name}" + (f":{tid}" if name == "DedicatedWorker" else "")
+                    used[key] = used.get(key, 0.0) + seconds
+    return used
+
+
+def cpu_difference(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """``after - before`` per key, largest first, without the keys that used under 0.05 s."""
+    spent = {key: after[key] - before.get(key, 0.0) for key in after}
+    return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
 class DevTools:
     """The few DevTools protocol calls the benchmark needs, on one page target (``pid``: the browser's)."""
 
@@ -171,6 +224,7 @@ async def page_upload(
             "DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file-input"
         )
         cpu_before = tree_cpu_seconds(devtools.pid)
+        threads_before = tree_cpu_breakdown(devtools.pid)
         started = time.monotonic()
         await devtools.call("DOM.setFileInputFiles", files=[str(source)], nodeId=node["nodeId"])
         await devtools.wait_for(f"['verifying', 'done', 'failed'].includes({ROW_STATE})", within=3600)
@@ -178,6 +232,7 @@ async def page_upload(
         await devtools.wait_for(f"{ROW_STATE} === 'done' || {ROW_STATE} === 'failed'", within=3600)
         verified = time.monotonic()
         cpu = tree_cpu_seconds(devtools.pid) - cpu_before
+        threads = cpu_difference(threads_before, tree_cpu_breakdown(devtools.pid))
         state = await devtools.evaluate(ROW_STATE)
         shown = await devtools.evaluate("document.querySelector('.transfer-hash code')?.textContent ?? ''")
     if state != "done":
@@ -187,6 +242,7 @@ async def page_upload(
         "verified_seconds": verified - started,
         "sha256": shown,
         "client_cpu_seconds": cpu,
+        "client_cpu_by_thread": threads,
     }
 
 
