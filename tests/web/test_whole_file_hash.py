@@ -101,8 +101,10 @@ def test_the_whole_file_hash_never_lags_more_than_two_chunks(tmp_path: Path) -> 
     read only once the chunk sent last is hashed. With a hash slower than the network the upload waits for it
     rather than running ahead, so at most the chunk being sent and the one before it wait to be hashed (about
     three chunks' bytes held in all, and verification ends within a chunk's hashing of the last byte). The
-    request gets the whole chunk (its bytes move to the hash only after it took its copy), and the first chunk
-    is asked for before the one read ahead, so the worker reads them in file order.
+    request gets the whole chunk as that range of the file itself (a Blob the browser's network code reads, so
+    the page never copies the bytes into the request), the bytes the worker read and checksummed go to the
+    whole-file hash, and the first chunk is asked for before the one read ahead, so the worker reads them in
+    file order.
 
     Checked by the order of events (a fake request answers at once, the fake hash takes 30 ms), not by time.
     Before, the whole-file hash ran in the worker before a chunk was handed back, with the read of the next
@@ -121,10 +123,11 @@ def test_the_whole_file_hash_never_lags_more_than_two_chunks(tmp_path: Path) -> 
     sends = [i for i, e in enumerate(events) if e[0] == "send"]
     assert len(sends) == len(chunks)
     for number, ((start, end), at) in enumerate(zip(chunks, sends, strict=True)):
-        # The request got the whole chunk, undetached, and it was this chunk (first byte = its number).
-        assert events[at][1:] == (end - start, number)
-        # Handed to the whole-file hash right after the request took it.
-        assert events[at + 1] == ("add", start, end - start)
+        # The request got the whole chunk as the file's own range (a Blob it reads itself, not a copy).
+        assert events[at][1:] == (end - start, "file-range")
+        # Its bytes, as the pool read them (first byte = the chunk's number), go to the whole-file hash right
+        # after the request went out.
+        assert events[at + 1] == ("add", start, end - start, number)
         # Sent with at most one earlier chunk still waiting to be hashed.
         added = sum(1 for e in events[:at] if e[0] == "add")
         hashed = sum(1 for e in events[:at] if e[0] == "hashed")
@@ -134,3 +137,7 @@ def test_the_whole_file_hash_never_lags_more_than_two_chunks(tmp_path: Path) -> 
             read = events.index(("read", start))
             assert events.index(("hashed", chunks[number - 2][0])) < read, f"chunk {number} read too early"
     assert [e[1] for e in events if e[0] == "hashed"] == [start for start, _ in chunks]
+    # Each body is that range of the file (each MiB of it holds its number).
+    assert [tuple(b) for b in result["bodies"]] == [
+        (end - start, (start // MiB) % 256, ((end - 1) // MiB) % 256) for start, end in chunks
+    ]

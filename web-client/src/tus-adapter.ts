@@ -3,11 +3,12 @@
  *
  * - ChunkSource hands out ChunkRefs (a file range) instead of Blob slices, and reads and checksums the next
  *   chunk in a worker while the current one is on the wire;
- * - GatewayHttpStack sends each chunk as the exact bytes that were hashed, with
- *   ``Upload-Checksum: sha256 <base64>``, adds the CSRF token to unsafe requests, and gives up on a request
- *   that makes no progress for ``stallMs`` (a laptop that slept, a half-open connection) so that
- *   tus-js-client's retry resumes from the gateway's offset. Once a chunk is handed to the request (which
- *   keeps its own copy of the body), its bytes go on to the upload's whole-file SHA-256 (``ChunkRef.sent``),
+ * - GatewayHttpStack sends each chunk as that range of the file (a Blob the browser's network code reads
+ *   itself, so the page copies no bytes into the request) with ``Upload-Checksum: sha256 <base64>`` of the
+ *   bytes the worker read, adds the CSRF token to unsafe requests, and gives up on a request that makes no
+ *   progress for ``stallMs`` (a laptop that slept, a half-open connection) so that tus-js-client's retry
+ *   resumes from the gateway's offset. Once a chunk's request went out, the bytes the worker read go on to
+ *   the upload's whole-file SHA-256 (``ChunkRef.sent``),
  *   hashed in another worker while that chunk and the next are on the wire. A chunk is read only once the
  *   chunk sent last is hashed (``ChunkSource.read``; the read-ahead is asked for as the next chunk goes out),
  *   so the whole-file hash is never more than two chunks behind the upload (the one being sent, and the one
@@ -47,7 +48,17 @@ export class ChunkRef {
     return prepared
   }
 
-  /** The request took ``bytes`` (this chunk, as prepared): they go on to the whole-file SHA-256, detached. */
+  /**
+   * What the request sends: this range of the file itself, which the browser's network code reads without
+   * the page copying the bytes (a body from an ArrayBuffer is copied by the page's thread into the request and
+   * again across processes). The gateway checks these bytes against the checksum of the bytes the worker read;
+   * a file changed on disk since fails to read (or, changed in place unnoticed, is rejected by the checksum).
+   */
+  body(): Blob {
+    return this.source.range(this.start, this.end)
+  }
+
+  /** The request went out: the chunk's ``bytes`` (as prepared) go on to the whole-file SHA-256, detached. */
   sent(bytes: ArrayBuffer): void {
     this.source.hash(this.start, bytes)
   }
@@ -111,6 +122,11 @@ export class ChunkSource implements TusFileSource {
    */
   read(start: number, end: number): Promise<PreparedChunk> {
     return this.hashing.then(() => this.hashes.chunk(this.file, start, end, this.stream))
+  }
+
+  /** ``[start, end)`` of the file, as a Blob the request reads itself. */
+  range(start: number, end: number): Blob {
+    return this.file.slice(start, end)
   }
 
   /** Add the bytes of ``[start, ...)``, just sent, to the whole-file SHA-256 (in the stream's worker). */
@@ -197,13 +213,15 @@ class GatewayRequest implements HttpRequest {
   }
 
   async send(body: unknown = null): Promise<HttpResponse> {
-    let payload: ArrayBuffer | null = null
+    let payload: Blob | null = null
+    let bytes: ArrayBuffer | null = null
     let chunk: ChunkRef | null = null
     if (body instanceof ChunkRef) {
       chunk = body
       const prepared = await body.prepare()
       this.headers['Upload-Checksum'] = `sha256 ${prepared.sha256}`
-      payload = prepared.bytes
+      bytes = prepared.bytes
+      payload = body.body()
     } else if (body !== null && body !== undefined) {
       throw new Error('unexpected request body')
     }
@@ -239,9 +257,9 @@ class GatewayRequest implements HttpRequest {
       }
       arm()
       xhr.send(payload)
-      // The request copied the body (Fetch: extracting a body from a BufferSource copies it): the bytes are
-      // free to move to the whole-file hash.
-      if (chunk !== null && payload !== null) chunk.sent(payload)
+      // The request reads the file range itself: the bytes the worker read and checksummed move on to the
+      // whole-file hash.
+      if (chunk !== null && bytes !== null) chunk.sent(bytes)
     })
   }
 

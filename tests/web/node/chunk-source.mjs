@@ -3,15 +3,16 @@
 // it as JSON:
 // - "grown": the ranges read and sent while the chunk size doubles after every chunk;
 // - "lag": the order of events when the whole-file hash is slower than the network: each chunk's read (when
-//   the pool is asked), its send (with the size of the body the request got), its hand-over to the whole-file
-//   hash and the moment that hash is done.
+//   the pool is asked), its send (with the size of the body the request got, and whether that body is the
+//   file's own range), its hand-over to the whole-file hash (with the first byte of the bytes the pool read)
+//   and the moment that hash is done; "bodies": for each send, the body's size and its first and last byte.
 //   node chunk-source.mjs BUNDLE
 const [bundle] = process.argv.slice(2)
 const MiB = 1024 * 1024
 const events = []
 
-// The request takes the body as the browser does (a copy), and answers at once: the network is never the
-// slower side here.
+// The request keeps the body it is given, and answers at once: the network is never the slower side here.
+const bodies = []
 globalThis.XMLHttpRequest = class {
   upload = {}
   status = 0
@@ -21,7 +22,8 @@ globalThis.XMLHttpRequest = class {
     return name === 'Upload-Offset' ? '0' : null
   }
   send(body) {
-    events.push(['send', body ? body.byteLength : 0, body && body.byteLength ? new Uint8Array(body)[0] : -1])
+    bodies.push(body)
+    events.push(['send', body instanceof Blob ? body.size : -1, body instanceof Blob ? 'file-range' : 'copy'])
     setTimeout(() => {
       this.status = 204
       this.onload()
@@ -46,8 +48,9 @@ function pool(hashMs) {
     },
     add(file, stream, start, bytes) {
       const length = bytes.byteLength
+      const first = new Uint8Array(bytes)[0]
       structuredClone(bytes, { transfer: [bytes] }) // posted to the worker: detached here
-      events.push(['add', start, length])
+      events.push(['add', start, length, first])
       return new Promise((resolve) =>
         setTimeout(() => {
           events.push(['hashed', start])
@@ -60,7 +63,10 @@ function pool(hashMs) {
 
 async function upload(hashes, size, grow) {
   let chunkSize = 2 * MiB
-  const source = new ChunkSource(new Blob([new Uint8Array(size)]), hashes, () => chunkSize, 'S')
+  // Each MiB of the file holds its number, so a body shows which range of the file it is.
+  const content = new Uint8Array(size)
+  for (let i = 0; i < size; i += 1) content[i] = Math.floor(i / MiB) % 256
+  const source = new ChunkSource(new Blob([content]), hashes, () => chunkSize, 'S')
   const stack = new GatewayHttpStack(60_000)
   const sent = []
   let offset = 0
@@ -82,6 +88,12 @@ const grownSent = await upload(grownPool, 20 * MiB, true)
 const grown = { reads: grownPool.reads, sent: grownSent }
 
 events.length = 0
+bodies.length = 0
 const lagPool = pool(30)
 await upload(lagPool, 7 * 2 * MiB + 1000, false)
-console.log(JSON.stringify({ grown, lag: { reads: lagPool.reads, events } }))
+const sentBodies = []
+for (const body of bodies) {
+  const view = new Uint8Array(await body.arrayBuffer())
+  sentBodies.push([view.length, view[0], view[view.length - 1]])
+}
+console.log(JSON.stringify({ grown, lag: { reads: lagPool.reads, events, bodies: sentBodies } }))
