@@ -61,6 +61,10 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    is 3: about 1.4 us, once or twice per SSH packet. The description is now made only at debug level 3.
 
    (internals: ``SSHPacketLogger._log_packet``, ``SSHLogger._debug_level``).
+9. Channel data received as views (:mod:`eftgw.sftp.asyncssh_data_path`, installed with the receive buffer).
+   asyncssh copies each channel data packet four times on its way from the socket to the session and builds
+   a packet object for it; the SFTP sessions' data packets are decrypted in two parts and reach the session
+   as a view of the decrypted bytes (one copy, the decryption's); every other packet keeps asyncssh's path.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from eftgw.sftp import asyncssh_data_path
 from eftgw.sftp.flow import Readable, ReceiveMemory
 
 TESTED_VERSIONS = frozenset({"2.24.1"})
@@ -272,6 +277,7 @@ class SFTPOnlySession(SSHServerStreamSession[bytes]):
             return
         chan.set_encoding(None)
         self._encoding = None
+        asyncssh_data_path.deliver_views(chan)  # the reader below only slices and joins what it receives
         reader: SSHReader[bytes] = SSHReader(self, chan)
         writer: SSHWriter[bytes] = SSHWriter(self, chan)
         server = self._server_factory(chan)  # type: ignore[arg-type]
@@ -454,6 +460,7 @@ def install_receive_buffer() -> None:
     cls: Any = SSHServerConnection
     cls.data_received = _queued_data_received
     cls._recv_data = _queued_recv_data
+    asyncssh_data_path.install()
 
 
 _COUNTER_0 = bytes(8)  # ChaCha20's 64-bit block counter (little-endian) at 0, before the 64-bit nonce
@@ -510,15 +517,23 @@ class _ChachaPoly(_encryption.ChachaEncryption):
     def decrypt_packet(
         self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
     ) -> bytes | None:
+        parts = self.decrypt_parts(seq, first, rest, header_len, mac)
+        return None if parts is None else parts[0] + parts[1]
+
+    def decrypt_parts(
+        self, seq: int, first: bytes, rest: bytes | memoryview, header_len: int, mac: bytes | memoryview
+    ) -> tuple[bytes, bytes] | None:
+        """The packet as two parts, the first block's and the rest's (their sum is what ``decrypt_packet``
+        returns), without joining them."""
         stream, poly_key = self._payload_stream(seq)
         tag = Poly1305(poly_key)
         tag.update(first)
         tag.update(rest)
         try:
-            tag.verify(mac)
+            tag.verify(bytes(mac))
         except InvalidSignature:
             return None
-        return stream.update(first[header_len:] + rest)
+        return stream.update(first[header_len:]), stream.update(rest)
 
 
 class _AesGcm(_encryption.GCMEncryption):
@@ -554,9 +569,16 @@ class _AesGcm(_encryption.GCMEncryption):
     def decrypt_packet(
         self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
     ) -> bytes | None:
+        parts = self.decrypt_parts(seq, first, rest, header_len, mac)
+        return None if parts is None else parts[1]
+
+    def decrypt_parts(
+        self, seq: int, first: bytes, rest: bytes | memoryview, header_len: int, mac: bytes | memoryview
+    ) -> tuple[bytes, bytes] | None:
+        """The packet as ``(b"", packet)``, the shape ``_ChachaPoly.decrypt_parts`` returns."""
         iv = self._next_iv()
         try:
-            return self._aead.decrypt(iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+            return b"", self._aead.decrypt(iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
         except InvalidTag:
             return None
 

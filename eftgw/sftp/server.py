@@ -218,6 +218,9 @@ class SftpService:
             signature_algs=SIGNATURE_ALGS,
             x509_trusted_certs=None,
             allow_pty=False,
+            # no line editor wrapped around the channel and the session: it would only pass SFTP bytes on,
+            # through two more calls for each packet received and each reply written
+            line_editor=False,
             agent_forwarding=False,
             x11_forwarding=False,
             login_timeout=60,

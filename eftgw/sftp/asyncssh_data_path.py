@@ -1,0 +1,126 @@
+"""The channel-data packets of SFTP sessions, received without asyncssh's per-packet copies and objects.
+
+Part of the gateway's use of asyncssh internals (see 9. in :mod:`eftgw.sftp.asyncssh_compat`, which installs
+it and whose version check guards it). asyncssh's ``SSHConnection._recv_packet`` copies each packet's bytes
+four times between the socket and the session (the rest of the packet out of ``_inpbuf``, the first block
+joined to it for decryption, the payload cut from its padding, the channel data cut from the payload), and
+builds an ``SSHPacket`` and dispatches it through the channel's handler table. OpenSSH's ``sftp`` sends
+about 33,000 channel data packets per GiB, each of them taking that path.
+
+:func:`recv_packet` takes its place on server connections. For a ``SSH_MSG_CHANNEL_DATA`` packet encrypted
+with one of the gateway's ciphers (which decrypt into two parts instead of one joined ``bytes``), after
+authentication, without compression, to a channel whose session asked for it (:func:`deliver_views`), it
+checks what asyncssh's ``_process_data`` checks (channel open, window, exact length) and hands the
+channel's ``_accept_data`` a view of the decrypted data: one copy, the decryption's. Every other packet, and
+one failing any check, goes through asyncssh's own ``_recv_packet`` with the bytes already decrypted (a
+stand-in for the cipher returns them), so that errors, key exchange and every other message keep asyncssh's
+handling exactly.
+
+(internals: ``SSHConnection._recv_packet``, ``_recv_encryption``, ``_recv_seq``, ``_inpbuf``, ``_packet``,
+``_pktlen``, ``_recv_macsize``, ``_recv_blocksize``, ``_decompressor``, ``_auth_complete``, ``_channels``,
+``_finish_recv_packet``; ``SSHChannel._recv_state``, ``_recv_window``, ``_accept_data``;
+``SSHLogger._debug_level``.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from asyncssh.connection import SSHServerConnection
+from asyncssh.constants import MSG_CHANNEL_DATA
+from asyncssh.logging import SSHLogger
+
+_ASYNCSSH_RECV_PACKET = SSHServerConnection._recv_packet
+_HEAD = 10  # padding length, message type, recipient channel, data length
+_VIEWS = "_eftgw_data_views"
+
+
+class PartsCipher(Protocol):
+    """A packet cipher that can decrypt a packet into two parts (the packet is ``head + body``)."""
+
+    def decrypt_parts(
+        self, seq: int, first: bytes, rest: bytes | memoryview, header_len: int, mac: bytes | memoryview
+    ) -> tuple[bytes, bytes] | None: ...
+
+
+class _Decrypted:
+    """Stands in for a connection's cipher while asyncssh's ``_recv_packet`` handles a packet decrypted
+    already: it returns that packet (None: the tag was wrong)."""
+
+    __slots__ = ("_packet",)
+
+    def __init__(self, packet: bytes | None) -> None:
+        self._packet = packet
+
+    def decrypt_packet(self, seq: int, first: bytes, rest: Any, header_len: int, mac: Any) -> bytes | None:
+        return self._packet
+
+
+def deliver_views(channel: Any) -> None:
+    """Let this channel's data reach its session as views (``memoryview``) of the decrypted packets; for
+    sessions that only join or slice what they receive."""
+    channel.__dict__[_VIEWS] = True
+
+
+def _asyncssh_with(conn: Any, cipher: Any, packet: bytes | None) -> bool:
+    """asyncssh's ``_recv_packet`` for a packet ``cipher`` decrypted already."""
+    stand_in = _Decrypted(packet)
+    conn._recv_encryption = stand_in
+    try:
+        return bool(_ASYNCSSH_RECV_PACKET(conn))
+    finally:
+        if conn._recv_encryption is stand_in:  # a NEWKEYS packet installs the next cipher: keep that one
+            conn._recv_encryption = cipher
+
+
+def recv_packet(self: Any) -> bool:
+    """asyncssh's ``SSHConnection._recv_packet``, with channel data of the gateway's sessions taken as views
+    (see above). Returns whether parsing may go on, as asyncssh's."""
+    cipher = self._recv_encryption
+    decrypt_parts = getattr(cipher, "decrypt_parts", None)
+    if decrypt_parts is None:
+        return bool(_ASYNCSSH_RECV_PACKET(self))
+    inpbuf = self._inpbuf
+    macsize = self._recv_macsize
+    rem = 4 + self._pktlen + macsize - self._recv_blocksize
+    if len(inpbuf) < rem:
+        return False
+    seq = self._recv_seq
+    view = memoryview(inpbuf)
+    parts = decrypt_parts(seq, self._packet, view[: rem - macsize], 4, view[rem - macsize : rem])
+    if parts is None:
+        return _asyncssh_with(self, cipher, None)
+    head, body = parts
+    taken = _HEAD - len(head)
+    prefix = head + body[:taken] if taken > 0 else head
+    if (
+        taken < 0
+        or len(prefix) != _HEAD
+        or prefix[1] != MSG_CHANNEL_DATA
+        or self._decompressor
+        or not self._auth_complete
+        or SSHLogger._debug_level >= 2  # asyncssh logs received data from level 2 on: let it
+    ):
+        return _asyncssh_with(self, cipher, head + body if head else body)
+    datalen = int.from_bytes(prefix[6:10], "big")
+    channel = self._channels.get(int.from_bytes(prefix[2:6], "big"))
+    if (
+        channel is None
+        or not channel.__dict__.get(_VIEWS)
+        or not prefix[0]  # asyncssh reads no payload then, and fails the packet
+        or _HEAD + datalen != len(head) + len(body) - prefix[0]  # the data ends where the padding begins
+        or channel._recv_state != "open"
+        or datalen > channel._recv_window
+    ):
+        return _asyncssh_with(self, cipher, head + body if head else body)
+    self._inpbuf = inpbuf[rem:]
+    self._packet = b""
+    channel._accept_data(memoryview(body)[taken : taken + datalen])
+    self._finish_recv_packet(MSG_CHANNEL_DATA, seq)
+    return True
+
+
+def install() -> None:
+    """Make server connections receive packets through :func:`recv_packet`; idempotent, process-wide."""
+    cls: Any = SSHServerConnection
+    cls._recv_packet = recv_packet

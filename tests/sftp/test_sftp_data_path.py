@@ -1,0 +1,88 @@
+"""Channel data of SFTP sessions reaches the session as views of the decrypted packets
+(eftgw/sftp/asyncssh_data_path.py), with real OpenSSH and paramiko clients; every other packet keeps
+asyncssh's own path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncssh.channel import SSHChannel
+from asyncssh.connection import SSHServerConnection
+from sftp_support import ClientKey, GatewayThread, openssh_sftp, paramiko_sftp, sha256
+
+from eftgw.sftp import asyncssh_data_path
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.views = 0  # data handed to a channel as a view, by the gateway's path
+        self.asyncssh_data = 0  # data packets parsed by asyncssh's ``_process_data``
+        self.asyncssh_packets = 0  # packets through asyncssh's ``_recv_packet``
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> _Counts:
+    seen = _Counts()
+    accept, process_data = SSHChannel._accept_data, SSHChannel._process_data
+    original = asyncssh_data_path._ASYNCSSH_RECV_PACKET
+
+    def counting_accept(self: Any, data: Any, datatype: Any = None) -> None:
+        seen.views += isinstance(data, memoryview)
+        accept(self, data, datatype)
+
+    def counting_process(self: Any, *args: Any) -> None:
+        seen.asyncssh_data += 1
+        process_data(self, *args)
+
+    def counting_recv(self: Any) -> bool:
+        seen.asyncssh_packets += 1
+        return bool(original(self))
+
+    monkeypatch.setattr(SSHChannel, "_accept_data", counting_accept)
+    monkeypatch.setattr(SSHChannel, "_process_data", counting_process)
+    monkeypatch.setitem(SSHChannel._packet_handlers, 94, counting_process)  # type: ignore[attr-defined]
+    monkeypatch.setattr(asyncssh_data_path, "_ASYNCSSH_RECV_PACKET", counting_recv)
+    return seen
+
+
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"])
+def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
+    cipher: str, counts: _Counts, gateway: GatewayThread, tmp_path: Path, client_key: ClientKey
+) -> None:
+    """A 24 MiB ``put`` with either gateway cipher: its channel data packets take the view path (asyncssh's
+    data parsing sees none of them, its packet path the other packets), the file lands with its
+    SHA-256, and ``get`` returns it byte for byte."""
+    assert SSHServerConnection._recv_packet is asyncssh_data_path.recv_packet
+    account = gateway.account(keys=[client_key.public_line])
+    data = os.urandom(24 * 1024 * 1024 + 5)
+    (tmp_path / "big.bin").write_bytes(data)
+    done = openssh_sftp(
+        gateway, account, "put big.bin\nget big.bin back.bin\n", cwd=tmp_path, key=client_key,
+        extra=["-c", cipher],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert gateway.file_named("big.bin").sha256 == sha256(data)
+    assert counts.views >= 24 * 1024 * 1024 // (256 * 1024)  # at most 256 KiB per packet
+    assert counts.asyncssh_data == 0
+    assert counts.asyncssh_packets > 0  # key exchange, login, channel requests: asyncssh's path
+
+
+def test_paramiko_with_a_cipher_of_asyncssh_still_uploads_through_asyncssh(
+    counts: _Counts, gateway: GatewayThread
+) -> None:
+    """paramiko (AES-CTR with an HMAC: a cipher the gateway leaves to asyncssh) uploads byte for byte; all
+    its packets, data included, go through asyncssh's own path."""
+    account = gateway.account()
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    with paramiko_sftp(gateway.port, account) as (transport, client):
+        assert "ctr" in transport.remote_cipher or "cbc" in transport.remote_cipher
+        with client.open("p.bin", "wb") as handle:
+            handle.set_pipelined(True)
+            handle.write(data)
+    assert gateway.file_named("p.bin").sha256 == sha256(data)
+    assert counts.views == 0
+    assert counts.asyncssh_data >= 3 * 1024 * 1024 // (64 * 1024)
