@@ -30,6 +30,20 @@ from eftgw.webhooks import run_events
 
 log = logging.getLogger("eftgw.server")
 
+# What a connection's request body may hold before aiohttp stops reading the socket is twice this. aiohttp's
+# 64 KiB made every 256 KiB the transport reads pause the socket and resume it once the body pipeline took
+# it (two epoll changes and their Python per read); with 256 KiB a body streams without pausing while the
+# pipeline keeps up, and a connection buffers at most 512 KiB of body instead of 128 KiB. Measured: the
+# event loop's user CPU per GiB of a one-PATCH upload falls from 0.68 to 0.57 s (medians of 6, load 9-11).
+READ_BUFSIZE = 256 * 1024
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner that serves ``app`` (the tests' in-process gateway uses it too)."""
+    return web.AppRunner(
+        app, access_log=None, handler_cancellation=False, logger=PROTOCOL_LOG, read_bufsize=READ_BUFSIZE
+    )
+
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls == "off":
@@ -143,7 +157,7 @@ async def serve(settings: Settings, *, ready: Callable[[], None] | None = None) 
     gateway = Gateway.build(settings)
     await gateway.start()
     app = make_app(gateway)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=False, logger=PROTOCOL_LOG)
+    runner = app_runner(app)
     await runner.setup()
     context = tls_context(settings)
     site = http_site(runner, settings, context)

@@ -29,9 +29,8 @@ from eftgw.clock import Clock
 from eftgw.config import Settings
 from eftgw.gateway import Gateway
 from eftgw.http.app import make_app
-from eftgw.logs import PROTOCOL_LOG
 from eftgw.model import Role
-from eftgw.server import tls_context
+from eftgw.server import app_runner, tls_context
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,7 +116,7 @@ async def running_gateway(
     port = free_port()
     settings = settings_for(data_dir, http_port=port, **overrides)
     gateway = Gateway.build(settings, clock)
-    runner = web.AppRunner(make_app(gateway), handler_cancellation=False, logger=PROTOCOL_LOG)
+    runner = app_runner(make_app(gateway))
     try:  # a start that fails half-way still closes what it opened (the database engine)
         await gateway.start()
         await runner.setup()
