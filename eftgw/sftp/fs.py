@@ -169,7 +169,7 @@ class CaseSFTPServer(SFTPServer):
             name = case_name(path)
             await self.guard.authorize()
             if name != ROOT:
-                await self._entry(name)
+                await self._entry(name, settled=False)
                 raise SFTPNoSuchFile(f"{name} is a file, not a folder.")
             case = await self.ctx.cases.get(self.case_id)
             entries = await self.area.entries()
@@ -191,7 +191,7 @@ class CaseSFTPServer(SFTPServer):
             try:
                 if pflags & (FXF_WRITE | FXF_APPEND):
                     return await self._open_for_write(name, pflags)
-                entry = await self._entry(name)
+                entry = await self._entry(name, settled=False)  # an upload is refused either way
                 if entry.record is None:
                     raise SFTPPermissionDenied(
                         f"{name} is still being uploaded; it can be read when complete."
@@ -456,7 +456,7 @@ class CaseSFTPServer(SFTPServer):
             if ROOT in (old, new):
                 raise SFTPPermissionDenied("The case folder itself cannot be renamed or replaced.")
             await self.guard.authorize()
-            source = await self._entry(old)
+            source = await self._entry(old, settled=False)  # _rename_upload settles what it renames
             if old == new:
                 return
             target = await self.area.lookup(new)
@@ -499,7 +499,7 @@ class CaseSFTPServer(SFTPServer):
             if name == ROOT:
                 raise SFTPPermissionDenied("The case folder cannot be removed.")
             await self.guard.authorize()
-            entry = await self._entry(name)
+            entry = await self._entry(name, settled=False)  # an upload's buffered bytes are discarded
             if entry.upload is not None:
                 await self._cancel_upload(entry.upload, "The upload was removed.")
                 return
@@ -539,11 +539,14 @@ class CaseSFTPServer(SFTPServer):
 
     # helpers -------------------------------------------------------------------------------------
 
-    async def _entry(self, name: str) -> Entry:
+    async def _entry(self, name: str, *, settled: bool = True) -> Entry:
+        """The file or upload named ``name``. ``settled``: for answers that report its size (stat, setstat),
+        another handle's accepted bytes are made durable first; paths that only need to know what the name
+        is (remove, rename, readdir and read refusals) pass False and skip that flush."""
         entry = await self.area.lookup(name)
         if entry is None:
             raise SFTPNoSuchFile(f"No file named {name}.")
-        if entry.upload is not None and self.ctx.writers.get(entry.upload.id) is not None:
+        if settled and entry.upload is not None and self.ctx.writers.get(entry.upload.id) is not None:
             # Another handle (maybe of a connection that just dropped) still holds accepted bytes of this
             # upload: make them durable first, so the size a resuming client reads is where it continues.
             await self.ctx.writers.settle(entry.upload.id)

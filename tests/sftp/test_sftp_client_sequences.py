@@ -28,6 +28,8 @@ from sftp_support import (
     write_until_dropped,
 )
 
+from eftgw.sftp.buffer import BufferedUpload
+
 MIB = 1024 * 1024
 
 
@@ -369,3 +371,43 @@ def test_a_resume_never_appends_over_bytes_an_earlier_connection_still_held(gate
         handle.write(data[2000:])
         handle.close()
     assert gateway.file_named("core.dump").sha256 == sha256(data)
+
+
+def test_removing_a_file_another_connection_is_writing_discards_it_without_flushing_it(
+    gateway: GatewayThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rm`` of a file another connection's handle is still writing removes it at once: its accepted bytes
+    are dropped, not first made durable (no flush of the writer for a remove, where ``stat`` flushes one);
+    the name is gone, the writing handle's next write is refused, its close finishes nothing, and neither an
+    upload nor a file of that name is left."""
+    flushes: list[str] = []
+    flush = BufferedUpload.flush
+
+    async def counted_flush(self: BufferedUpload) -> None:
+        flushes.append(self.upload_id)
+        await flush(self)
+
+    monkeypatch.setattr(BufferedUpload, "flush", counted_flush)
+    account = gateway.account()
+    data = os.urandom(3000)
+    with (
+        paramiko_sftp(gateway.port, account) as (_t, first),
+        paramiko_sftp(gateway.port, account) as (_u, sftp),
+    ):
+        writing = open_with_flags(first, "core.dump", FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+        writing.set_pipelined(False)
+        writing.write(data[:1000])  # accepted; the handle stays open
+        (upload,) = gateway.active_uploads()
+        before = len(flushes)
+        sftp.remove("core.dump")
+        assert flushes[before:] == []
+        with pytest.raises(FileNotFoundError):
+            sftp.stat("core.dump")
+        assert "core.dump" not in sftp.listdir(".")
+        with pytest.raises(OSError, match="removed"):
+            writing.write(data[1000:])
+        writing.close()  # ends the handle; it finishes nothing
+        assert sftp.listdir(".") == []
+    assert gateway.active_uploads() == []
+    assert [f.name for f in gateway.files()] == []
+    assert upload.name == "core.dump"
