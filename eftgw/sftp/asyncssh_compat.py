@@ -65,6 +65,8 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    asyncssh copies each channel data packet four times on its way from the socket to the session and builds
    a packet object for it; the SFTP sessions' data packets are decrypted in two parts and reach the session
    as a view of the decrypted bytes (one copy, the decryption's); every other packet keeps asyncssh's path.
+   The same module stops the ``SSH_MSG_IGNORE`` asyncssh sends before every packet (a CBC countermeasure)
+   for chacha20-poly1305 and AES-GCM.
 """
 
 from __future__ import annotations
@@ -472,6 +474,8 @@ class _ChachaPoly(_encryption.ChachaEncryption):
     """OpenSSH's chacha20-poly1305: the length under K_1 (block 0), the Poly1305 key from block 0 of K_2 and
     the payload from block 1 of K_2, nonce = the packet's sequence number; the tag covers length + payload."""
 
+    ignore_before_packets = False  # see eftgw.sftp.asyncssh_data_path.send_packet
+
     def __init__(self, key: bytes) -> None:  # asyncssh: ChachaCipher(key)
         half = len(key) // 2
         self._main = self._context(key[:half])
@@ -539,6 +543,8 @@ class _ChachaPoly(_encryption.ChachaEncryption):
 class _AesGcm(_encryption.GCMEncryption):
     """AES-GCM as RFC 5647 uses it (the length as associated data, the invocation counter in the IV's last 8
     bytes counting packets), with one ``AESGCM`` object for the key's lifetime."""
+
+    ignore_before_packets = False  # see eftgw.sftp.asyncssh_data_path.send_packet
 
     def __init__(self, key: bytes, iv: bytes) -> None:  # asyncssh: GCMCipher(cipher_name, key, iv)
         self._aead = AESGCM(key)

@@ -16,7 +16,15 @@ one failing any check, goes through asyncssh's own ``_recv_packet`` with the byt
 stand-in for the cipher returns them), so that errors, key exchange and every other message keep asyncssh's
 handling exactly.
 
-(internals: ``SSHConnection._recv_packet``, ``_recv_encryption``, ``_recv_seq``, ``_inpbuf``, ``_packet``,
+The send side: asyncssh sends an ``SSH_MSG_IGNORE`` packet before every packet after key exchange when
+encrypting, whatever the cipher (:func:`send_packet` skips it for the AEAD ciphers chacha20-poly1305 and
+AES-GCM, whose objects say so with ``ignore_before_packets = False``). That empty packet is a countermeasure
+for CBC ciphers, whose next packet's IV an attacker could otherwise know; an AEAD cipher's nonce is the
+sequence number or a counter, and OpenSSH sends no such packets. With it every SFTP reply cost two
+encryptions and two socket writes.
+
+(internals: ``SSHConnection._recv_packet``, ``send_packet`` and the ``MSG_IGNORE`` it sends from inside,
+``_send_encryption``, ``_recv_encryption``, ``_recv_seq``, ``_inpbuf``, ``_packet``,
 ``_pktlen``, ``_recv_macsize``, ``_recv_blocksize``, ``_decompressor``, ``_auth_complete``, ``_channels``,
 ``_finish_recv_packet``; ``SSHChannel._recv_state``, ``_recv_window``, ``_accept_data``;
 ``SSHLogger._debug_level``.)
@@ -27,10 +35,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from asyncssh.connection import SSHServerConnection
-from asyncssh.constants import MSG_CHANNEL_DATA
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_KEX_LAST
 from asyncssh.logging import SSHLogger
 
 _ASYNCSSH_RECV_PACKET = SSHServerConnection._recv_packet
+_ASYNCSSH_SEND_PACKET = SSHServerConnection.send_packet
+_SKIP_IGNORE = "_eftgw_skip_ignore"
 _HEAD = 10  # padding length, message type, recipient channel, data length
 _VIEWS = "_eftgw_data_views"
 
@@ -120,7 +130,26 @@ def recv_packet(self: Any) -> bool:
     return True
 
 
+def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+    """asyncssh's ``SSHConnection.send_packet``, without the ``SSH_MSG_IGNORE`` it sends first when the
+    cipher is an AEAD cipher of the gateway (see above)."""
+    state = self.__dict__
+    if pkttype == MSG_IGNORE and state.get(_SKIP_IGNORE):
+        state[_SKIP_IGNORE] = False  # the one asyncssh sends before the packet being sent
+        return
+    if pkttype <= MSG_KEX_LAST or getattr(self._send_encryption, "ignore_before_packets", True):
+        _ASYNCSSH_SEND_PACKET(self, pkttype, *args, handler=handler)
+        return
+    state[_SKIP_IGNORE] = True
+    try:
+        _ASYNCSSH_SEND_PACKET(self, pkttype, *args, handler=handler)
+    finally:
+        state[_SKIP_IGNORE] = False
+
+
 def install() -> None:
-    """Make server connections receive packets through :func:`recv_packet`; idempotent, process-wide."""
+    """Make server connections receive packets through :func:`recv_packet` and send them through
+    :func:`send_packet`; idempotent, process-wide."""
     cls: Any = SSHServerConnection
     cls._recv_packet = recv_packet
+    cls.send_packet = send_packet

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHServerConnection
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_USERAUTH_SUCCESS
 from sftp_support import ClientKey, GatewayThread, openssh_sftp, paramiko_sftp, sha256
 
 from eftgw.sftp import asyncssh_data_path
@@ -21,6 +22,7 @@ class _Counts:
         self.views = 0  # data handed to a channel as a view, by the gateway's path
         self.asyncssh_data = 0  # data packets parsed by asyncssh's ``_process_data``
         self.asyncssh_packets = 0  # packets through asyncssh's ``_recv_packet``
+        self.sent: list[int] = []  # the types of the packets asyncssh's ``send_packet`` sent, in order
 
 
 @pytest.fixture
@@ -41,6 +43,13 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> _Counts:
         seen.asyncssh_packets += 1
         return bool(original(self))
 
+    send = asyncssh_data_path._ASYNCSSH_SEND_PACKET
+
+    def counting_send(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        seen.sent.append(pkttype)
+        send(self, pkttype, *args, handler=handler)
+
+    monkeypatch.setattr(asyncssh_data_path, "_ASYNCSSH_SEND_PACKET", counting_send)
     monkeypatch.setattr(SSHChannel, "_accept_data", counting_accept)
     monkeypatch.setattr(SSHChannel, "_process_data", counting_process)
     monkeypatch.setitem(SSHChannel._packet_handlers, 94, counting_process)  # type: ignore[attr-defined]
@@ -54,7 +63,7 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
 ) -> None:
     """A 24 MiB ``put`` with either gateway cipher: its channel data packets take the view path (asyncssh's
     data parsing sees none of them, its packet path the other packets), the file lands with its
-    SHA-256, and ``get`` returns it byte for byte."""
+    SHA-256, ``get`` returns it byte for byte, and no ``SSH_MSG_IGNORE`` goes out before the replies."""
     assert SSHServerConnection._recv_packet is asyncssh_data_path.recv_packet
     account = gateway.account(keys=[client_key.public_line])
     data = os.urandom(24 * 1024 * 1024 + 5)
@@ -69,13 +78,16 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     assert counts.views >= 24 * 1024 * 1024 // (256 * 1024)  # at most 256 KiB per packet
     assert counts.asyncssh_data == 0
     assert counts.asyncssh_packets > 0  # key exchange, login, channel requests: asyncssh's path
+    replies = counts.sent.count(MSG_CHANNEL_DATA)
+    assert replies > 0 and MSG_IGNORE not in counts.sent  # no SSH_MSG_IGNORE before them
 
 
 def test_paramiko_with_a_cipher_of_asyncssh_still_uploads_through_asyncssh(
     counts: _Counts, gateway: GatewayThread
 ) -> None:
     """paramiko (AES-CTR with an HMAC: a cipher the gateway leaves to asyncssh) uploads byte for byte; all
-    its packets, data included, go through asyncssh's own path."""
+    its packets, data included, go through asyncssh's own path, and every packet the gateway sends after the
+    login follows an ``SSH_MSG_IGNORE``, as asyncssh sends them for such ciphers."""
     account = gateway.account()
     data = os.urandom(3 * 1024 * 1024 + 1)
     with paramiko_sftp(gateway.port, account) as (transport, client):
@@ -86,3 +98,5 @@ def test_paramiko_with_a_cipher_of_asyncssh_still_uploads_through_asyncssh(
     assert gateway.file_named("p.bin").sha256 == sha256(data)
     assert counts.views == 0
     assert counts.asyncssh_data >= 3 * 1024 * 1024 // (64 * 1024)
+    after_login = counts.sent[counts.sent.index(MSG_USERAUTH_SUCCESS) :]
+    assert after_login.count(MSG_IGNORE) == len(after_login) // 2  # one before each packet
