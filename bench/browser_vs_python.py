@@ -14,7 +14,9 @@ same file twice, alternating which client goes first:
 ``--rtt-ms`` puts both clients behind a TCP proxy that delays each direction by half the round trip and holds
 at most ``--window-mib`` unacknowledged per direction (a TCP window over that round trip), because this
 kernel has no netem qdisc (``tc qdisc add dev lo root netem delay 25ms`` answers "Specified qdisc kind is
-unknown", and there is no module to load). TLS passes through the proxy untouched.
+unknown": the kernel is built without ``CONFIG_NET_SCH_NETEM`` and has no modules to load). TLS passes
+through the proxy untouched. The proxy runs in this process's event loop, beside the Python client, so with
+``--rtt-ms`` the Python client's time and CPU seconds include the proxy's work; the page's do not.
 
     .venv/bin/python bench/browser_vs_python.py [--size-mib 1024] [--rounds 3] [--rtt-ms 0] [--window-mib 4]
 

@@ -29,7 +29,7 @@ export type TransferState =
 const MiB = 1024 * 1024
 export const INITIAL_CHUNK = 2 * MiB
 export const MIN_CHUNK = 1 * MiB
-export const MAX_CHUNK = 32 * MiB
+export const MAX_CHUNK = 64 * MiB
 /** Chunks are sized to take about this long, so progress moves and a lost chunk costs little. */
 const TARGET_CHUNK_SECONDS = 3
 /** Backoff between attempts (reset whenever the gateway acknowledges new bytes): about 47 minutes in all. */
