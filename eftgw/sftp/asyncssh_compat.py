@@ -25,7 +25,8 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    bytes after it: a 256 KiB socket read holding eight 32 KiB channel packets (what OpenSSH's client sends)
    is copied about nine times before it is decrypted. The gateway's server connections keep what they read in
    a queue instead and hand the packet parser exactly the bytes it waits for (a header block, then the rest
-   of the packet), so each byte is copied once on its way to decryption.
+   of the packet), so each byte is copied once on its way to decryption; not at all when the rest of the
+   packet lies in one socket read and goes to the gateway's packet path (9. below), which takes a view.
 
    (internals: ``SSHConnection.data_received``, ``_recv_data``, ``_inpbuf``, ``_recv_handler``,
    ``_recv_pkthdr``, ``_recv_packet``, ``_recv_blocksize``, ``_pktlen``, ``_recv_macsize``,
@@ -396,6 +397,21 @@ class _ReceiveQueue:
             return pieces[0]
         return b"".join(pieces)
 
+    def take_view(self, n: int) -> bytes | memoryview:
+        """Like :meth:`take`, but a view of the chunk (no copy) when the bytes lie inside one chunk."""
+        chunk = self._chunks[0] if self._chunks else b""
+        start = self._offset
+        end = start + n
+        if n <= 0 or end > len(chunk) or (start == 0 and end == len(chunk)):
+            return self.take(n)  # across chunks (joined), or a whole chunk (itself)
+        if end == len(chunk):
+            self._chunks.popleft()
+            self._offset = 0
+        else:
+            self._offset = end
+        self.size -= n
+        return memoryview(chunk)[start:end]
+
 
 def _queue_of(conn: Any) -> _ReceiveQueue:
     queue: _ReceiveQueue | None = conn.__dict__.get("_eftgw_received")
@@ -437,7 +453,11 @@ def _queued_recv_data(self: Any) -> None:
             have = len(self._inpbuf)
             if not queue.size or (wanted is not None and have >= wanted):
                 return  # waiting for the socket, or for a packet handler to finish
-            more = queue.take(queue.size if wanted is None else wanted - have)
+            more: bytes | memoryview
+            if not have and wanted is not None and asyncssh_data_path.takes_views(self):
+                more = queue.take_view(wanted)  # the rest of a packet, for the gateway's packet path
+            else:
+                more = queue.take(queue.size if wanted is None else wanted - have)
             self._inpbuf = self._inpbuf + more if have else more
             if self._recv_handler is not None and not _parsing(self):
                 return  # a packet handler is running; it resumes parsing with these bytes

@@ -72,8 +72,18 @@ def deliver_views(channel: Any) -> None:
     channel.__dict__[_VIEWS] = True
 
 
+def takes_views(conn: Any) -> bool:
+    """Whether the connection's parser waits for the rest of a packet in :func:`recv_packet` with a cipher
+    of the gateway: then ``_inpbuf`` may be a ``memoryview`` (asyncssh's own parsing needs ``bytes``)."""
+    return getattr(conn._recv_handler, "__func__", None) is recv_packet and hasattr(
+        conn._recv_encryption, "decrypt_parts"
+    )
+
+
 def _asyncssh_with(conn: Any, cipher: Any, packet: bytes | None) -> bool:
     """asyncssh's ``_recv_packet`` for a packet ``cipher`` decrypted already."""
+    if isinstance(conn._inpbuf, memoryview):
+        conn._inpbuf = conn._inpbuf.tobytes()
     stand_in = _Decrypted(packet)
     conn._recv_encryption = stand_in
     try:
@@ -89,6 +99,8 @@ def recv_packet(self: Any) -> bool:
     cipher = self._recv_encryption
     decrypt_parts = getattr(cipher, "decrypt_parts", None)
     if decrypt_parts is None:
+        if isinstance(self._inpbuf, memoryview):
+            self._inpbuf = self._inpbuf.tobytes()
         return bool(_ASYNCSSH_RECV_PACKET(self))
     inpbuf = self._inpbuf
     macsize = self._recv_macsize
@@ -123,7 +135,9 @@ def recv_packet(self: Any) -> bool:
         or datalen > channel._recv_window
     ):
         return _asyncssh_with(self, cipher, head + body if head else body)
-    self._inpbuf = inpbuf[rem:]
+    self._inpbuf = inpbuf[rem:] if len(inpbuf) > rem else b""
+    if isinstance(self._inpbuf, memoryview):
+        self._inpbuf = self._inpbuf.tobytes()
     self._packet = b""
     channel._accept_data(memoryview(body)[taken : taken + datalen])
     self._finish_recv_packet(MSG_CHANNEL_DATA, seq)

@@ -158,6 +158,24 @@ def test_the_receive_queue_hands_out_exactly_the_bytes_asked_for_in_order() -> N
     assert queue.size == 0 and queue.take(5) == b""
 
 
+def test_the_receive_queue_hands_out_views_inside_one_chunk_and_copies_only_across_chunks() -> None:
+    """``_ReceiveQueue.take_view`` returns a view (no copy) of bytes inside one chunk, the chunk itself when
+    asked for all of it, and joined bytes across chunks; in order, with the size kept."""
+    queue = compat._ReceiveQueue()
+    for chunk in (b"abcdef", b"ghij", b"klm"):
+        queue.append(chunk)
+    first = queue.take_view(2)
+    assert isinstance(first, memoryview) and first == b"ab"
+    last_of_chunk = queue.take_view(4)
+    assert isinstance(last_of_chunk, memoryview) and last_of_chunk == b"cdef"
+    whole = queue.take_view(4)
+    assert isinstance(whole, bytes) and whole == b"ghij"
+    queue.append(b"nop")
+    across = queue.take_view(4)
+    assert isinstance(across, bytes) and across == b"klmn"
+    assert queue.size == 2 and queue.take_view(10) == b"op" and queue.size == 0
+
+
 class _Sink(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         return False  # no authentication: this server only counts bytes
