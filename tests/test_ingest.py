@@ -213,3 +213,33 @@ async def test_a_failed_write_is_reported_only_after_the_blocks_hashing_ended(
     await writer.close()
     assert len(finished) == 2 and finished[-1] <= raised_at
     assert digests.size == 2000
+
+
+async def test_tiny_chunks_between_large_ones_reach_the_store_in_few_pieces(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny chunks mixed with large ones (1 MiB as 100-byte chunks, then a 1 MiB chunk, then 100-byte and
+    64 KiB chunks taking turns) reach the store in at most two pieces per 64 KiB plus one per block: the
+    pipeline is the one place that gathers tiny chunks, and the store keeps the pieces it is handed (an S3
+    part is sent as them), so no store holds an object per few bytes. The file is exactly the body."""
+    data = os.urandom(4 * BLOCK_SIZE)
+    chunks = [data[at : min(at + 100, BLOCK_SIZE)] for at in range(0, BLOCK_SIZE, 100)]
+    chunks.append(data[BLOCK_SIZE : 2 * BLOCK_SIZE])
+    at = 2 * BLOCK_SIZE
+    while at < len(data):
+        chunks.append(data[at : at + 100])
+        chunks.append(data[at + 100 : at + 100 + SMALL_CHUNK])
+        at += 100 + SMALL_CHUNK
+    blocks: list[list[int]] = []
+    consume = Ingest._consume
+
+    async def counting(writer: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
+        blocks.append([len(piece) for piece in block])
+        await consume(writer, digests, checksum, block)
+
+    monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
+    await upload_in_chunks(gw, "mixed.bin", chunks)
+    assert sum(map(sum, blocks)) == len(data)
+    for block in blocks:
+        assert len(block) <= 2 * (sum(block) // SMALL_CHUNK) + 1, block
+    assert sum(map(len, blocks)) <= 2 * len(data) // SMALL_CHUNK + len(blocks)

@@ -110,28 +110,18 @@ class _Part:
         """Let go of the part's bytes."""
 
 
-SMALL_PIECE = 64 * 1024  # chunks smaller than this are gathered into one buffer of a held part
-
-
 class _HeldPart(_Part):
-    """A part held in memory as the pieces it was filled with: views of the (immutable) chunks the client
-    sent, kept until the part is stored and sent as they are, never copied into a part buffer. Chunks under
-    ``SMALL_PIECE`` are gathered into buffers of about that size instead, so that a client sending tiny
-    pieces cannot make a part hold an object (and its overhead) per few bytes."""
+    """A part held in memory as the pieces it was filled with: views of the (immutable) chunks the body
+    pipeline handed over, kept until the part is stored and sent as they are, never copied into a part
+    buffer. The pipeline gathers tiny chunks before they get here (:data:`eftgw.ingest.SMALL_CHUNK`), so a
+    part holds a few pieces per 64 KiB however the client cut its body."""
 
     def __init__(self, number: int, size: int, reserved: int) -> None:
         super().__init__(number, size, reserved)
-        self.pieces: list[memoryview | bytearray] = []
+        self.pieces: list[memoryview] = []
 
     def _take(self, piece: memoryview) -> None:
-        if len(piece) >= SMALL_PIECE:
-            self.pieces.append(piece)
-            return
-        last = self.pieces[-1] if self.pieces else None
-        if isinstance(last, bytearray) and len(last) < SMALL_PIECE:
-            last += piece
-        else:
-            self.pieces.append(bytearray(piece))
+        self.pieces.append(piece)
 
     def body(self) -> Body:
         return Body(self.pieces)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from eftgw.config import Settings
-from eftgw.storage import object_key, s3_writer, staging_key
+from eftgw.storage import object_key, staging_key
 from eftgw.storage.budget import BufferBudget
 from eftgw.storage.s3 import S3Store
 from tests.storage.conftest import S3Server
@@ -49,35 +49,6 @@ async def test_one_upload_holds_at_most_64_mib(s3_server: S3Server, s3_bucket: s
         await store.promote(key, target, TAGS)
         stored = hashlib.sha256(await read_all(store.read_object(target))).hexdigest()
         assert stored == digest.hexdigest()
-    finally:
-        await store.close()
-
-
-async def test_tiny_chunks_are_gathered(s3_server: S3Server, s3_bucket: str, case_id: str) -> None:
-    """A part keeps the chunks it was filled with, but chunks under 64 KiB are gathered into buffers of about
-    that size: 2 MiB sent as 100-byte chunks (and a large chunk between them) leave the filling part holding
-    a few dozen pieces, not one object per chunk, and the bytes stored are the bytes sent."""
-    store = s3_server.store(s3_bucket)
-    await store.open()
-    try:
-        key, target = staging_key(case_id, "tiny"), object_key(case_id, "f_tiny")
-        await store.create_staging(key, target)
-        writer = await store.open_writer(key, 0)
-        sent = data(MiB, 1) + data(MiB, 2) + data(MiB, 3)
-        tiny = [sent[at : min(at + 100, MiB)] for at in range(0, MiB, 100)]
-        tiny_after = [sent[at : min(at + 100, 3 * MiB)] for at in range(2 * MiB, 3 * MiB, 100)]
-        for at in range(0, len(tiny), 1000):
-            await writer.write_chunks(tiny[at : at + 1000], lambda: None)
-        await writer.write_chunks([sent[MiB : 2 * MiB]], lambda: None)
-        for at in range(0, len(tiny_after), 1000):
-            await writer.write_chunks(tiny_after[at : at + 1000], lambda: None)
-        part = writer._part
-        assert isinstance(part, s3_writer._HeldPart)
-        assert len(part.pieces) <= 2 * (MiB // s3_writer.SMALL_PIECE + 1) + 1
-        assert await writer.commit() == 3 * MiB
-        await writer.close()
-        await store.promote(key, target, TAGS)
-        assert await read_all(store.read_object(target)) == sent
     finally:
         await store.close()
 
