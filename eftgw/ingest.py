@@ -4,9 +4,9 @@ committed, and the whole-file digests carried from one durable offset to the nex
 :class:`Ingest` is what :class:`eftgw.uploads.UploadService` hands the body to once it holds the upload's
 lock and checked the request (steps 3 and 4 of its workflow):
 
-- :meth:`Ingest.write_body` reads the body in 1 MiB blocks; each block is hashed (whole-file SHA-256 and
-  xxh128, and the request's own checksum if any) in one worker thread while another writes it, and the next
-  block is read meanwhile;
+- :meth:`Ingest.write_body` reads the body in blocks (the writer's ``block_size``: 1 MiB, 2 MiB for S3);
+  each block is hashed (whole-file SHA-256 and xxh128, and the request's own checksum if any) in one worker
+  thread while another writes it, and the next block is read meanwhile;
   every few seconds it re-checks that the case is still open, and it stops if a newer request took over;
 - at the end it commits the writer (fsync, or S3's commit record) and only then records the new offset
   with the digest state it belongs to (:meth:`Ingest.digest_state`), in one database transaction;
@@ -36,7 +36,7 @@ from eftgw.storage import ChunkWriter, ObjectStore, StorageError, UploadWriter
 
 log = logging.getLogger("eftgw.uploads")
 
-BLOCK_SIZE = 1024 * 1024
+BLOCK_SIZE = 1024 * 1024  # the block of a writer that does not name its own (ChunkWriter.block_size)
 # Chunks smaller than this are gathered into one buffer: a client sending a body in tiny pieces cannot make a
 # block hold a Python object per few bytes (a million of them per MiB).
 SMALL_CHUNK = 64 * 1024
@@ -93,6 +93,7 @@ class Ingest:
         arrived (unless the request had a checksum).
         """
         writer = await self.store.open_writer(upload.staging_key, upload.offset)
+        block_size = writer.block_size if isinstance(writer, ChunkWriter) else BLOCK_SIZE
         pending: asyncio.Future[None] | None = None
         written = 0
         stopped: Exception | None = None
@@ -138,7 +139,7 @@ class Ingest:
                         small.clear()
                     # Kept until written: a chunk that its producer may change later is copied once.
                     block.append(chunk if type(chunk) is bytes else bytes(chunk))
-                if filled >= BLOCK_SIZE:
+                if filled >= block_size:
                     if small:
                         block.append(bytes(small))
                         small.clear()

@@ -22,6 +22,8 @@ from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest
 from eftgw.model import Principal, Role
 from eftgw.storage import StorageError, object_key
 from eftgw.storage.filesystem import IOV_MAX, FilesystemStore, FilesystemWriter
+from eftgw.storage.s3 import S3Store
+from eftgw.storage.s3_writer import S3Writer
 from tests.support import RunningGateway
 
 CUSTOMER = Principal("ingest-customer", Role.CUSTOMER, "C-1")
@@ -37,6 +39,11 @@ def small_chunks(total: int, seed: int) -> list[bytes]:
         chunks.append(data[at : at + size])
         at += size
     return chunks
+
+
+def writer_block_size(gw: RunningGateway) -> int:
+    """The block the body pipeline gathers for the writers of the gateway's store."""
+    return S3Writer.block_size if isinstance(gw.gateway.store, S3Store) else FilesystemWriter.block_size
 
 
 async def stored(gw: RunningGateway, upload_id: str) -> bytes:
@@ -134,20 +141,23 @@ async def test_the_filesystem_writer_stores_a_block_of_many_chunks_in_order(
 async def test_tiny_chunks_reach_the_store_gathered_in_few_pieces_per_block(
     gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A body sent in pieces of 1 to 900 bytes is gathered before it is written: each block reaches the store
-    as at most ``BLOCK_SIZE / SMALL_CHUNK`` pieces plus one, not one Python object per few bytes (a client
-    trickling a body would otherwise make every block hold thousands), and the file is exactly the body."""
-    chunks = small_chunks(2 * BLOCK_SIZE + 12_345, seed=16)
+    """A body sent in pieces of 1 to 900 bytes is gathered before it is written: each block (of the store's
+    writer's ``block_size``) reaches the store as at most ``block_size / SMALL_CHUNK`` pieces plus one, not
+    one Python object per few bytes (a client trickling a body would otherwise make every block hold
+    thousands), and the file is exactly the body."""
+    block_size = writer_block_size(gw)
+    chunks = small_chunks(2 * block_size + 12_345, seed=16)
     pieces: list[int] = []
     consume = Ingest._consume
 
     async def counting(writer: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
+        assert writer.block_size == block_size
         pieces.append(len(block))
         await consume(writer, digests, checksum, block)
 
     monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
     await upload_in_chunks(gw, "tiny.bin", chunks)
-    assert len(pieces) == 3 and max(pieces) <= BLOCK_SIZE // SMALL_CHUNK + 1, pieces
+    assert len(pieces) == 3 and max(pieces) <= block_size // SMALL_CHUNK + 1, pieces
 
 
 async def test_a_block_is_written_while_it_is_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,6 +68,9 @@ class ChunkWriter(Protocol):
     """A writer that takes a block as the chunks it arrived in, in one worker thread hop: the filesystem's (a
     blocking ``pwritev``) and S3's (which hashes each part as it fills)."""
 
+    block_size: int
+    """How many bytes the body pipeline gathers into one block for it: each block costs thread hops."""
+
     async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None] | None) -> None:
         """Append ``chunks`` in order as :meth:`UploadWriter.write` would, after running ``alongside`` (CPU
         work that releases the GIL), if given, in the same worker thread. The body pipeline gives none: it

@@ -73,6 +73,8 @@ def _fsync_dir(path: Path) -> None:
 class FilesystemWriter:
     """Appends with ``pwrite`` in a worker thread; :meth:`commit` is ``fsync``."""
 
+    block_size = 1024 * 1024  # what the body pipeline gathers per pwritev (see ChunkWriter)
+
     def __init__(self, fd: int, offset: int) -> None:
         self._fd = fd
         self._committed = offset

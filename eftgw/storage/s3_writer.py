@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("eftgw.storage.s3")
 
 PER_UPLOAD = 64 * 1024 * 1024  # the memory one upload may hold: the part filling plus the parts in flight
+# The body pipeline's block for S3: each block is one worker thread hop (hashing, filling the part), and at
+# 1 MiB the hops cost a tenth of the gateway's CPU on a loaded 2-core machine (docs/storage-s3.md).
+BLOCK = 2 * 1024 * 1024
 
 
 def inflight_allowed(part: int) -> int:
@@ -158,6 +161,8 @@ class _SpooledPart(_Part):
 
 class S3Writer:
     """Appends to one upload in progress from its committed state ``record`` + ``tail``."""
+
+    block_size = BLOCK  # what the body pipeline gathers per worker thread hop (see ChunkWriter)
 
     def __init__(self, store: S3Store, key: str, record: Record, tail: Buffer) -> None:
         self._store = store
