@@ -8,10 +8,10 @@ once while there is room; a background task drains the buffer into the core in *
 A part ends when it has reached ``part_size`` bytes, or when the buffer ran dry and either ``min_part``
 bytes went into it, ``linger`` seconds passed without data, or someone asked for a flush (close, fsync,
 setstat, teardown). Memory per handle is bounded by ``capacity`` plus what the core holds while it stores a
-part (one block being written and one being filled, 1 MiB each). All handles of a node together queue at
-most what their shared ``budget`` (``EFTGW_SFTP_WRITE_MEMORY``) allows: with a hundred sessions writing at
-once a write waits for room in it (first come, first served) instead of growing memory by ``capacity`` per
-handle.
+part (one block being written and one being filled, 1 MiB each, 2 MiB on S3). All handles of a node
+together queue at most what their shared ``budget`` (``EFTGW_SFTP_WRITE_MEMORY``) allows: with a hundred
+sessions writing at once a write waits for room in it (first come, first served) instead of growing memory
+by ``capacity`` per handle.
 
 Sizes: ``durable`` is what the core has committed (what ``stat`` reports and a crash keeps); ``end`` is where
 the next write must start (durable + in flight + queued).
