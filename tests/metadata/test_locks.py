@@ -32,11 +32,28 @@ async def nodes(database_url: str) -> AsyncIterator[Callable[[], SqlRepository]]
         await repo.close()
 
 
-async def test_two_nodes_never_hold_one_upload_at_once(nodes: Callable[[], SqlRepository]) -> None:
+@pytest.fixture
+async def make_locks(nodes: Callable[[], SqlRepository]) -> AsyncIterator[Callable[..., SqlUploadLocks]]:
+    """Make upload locks; they are closed before their repositories (``nodes`` ends after this fixture), so
+    no lease release or renewal still under way holds a connection of an engine being disposed."""
+    made: list[SqlUploadLocks] = []
+
+    def make(repo: SqlRepository, **options: float) -> SqlUploadLocks:
+        made.append(SqlUploadLocks(repo, **options))
+        return made[-1]
+
+    yield make
+    for held in made:
+        await held.close()
+
+
+async def test_two_nodes_never_hold_one_upload_at_once(
+    nodes: Callable[[], SqlRepository], make_locks: Callable[..., SqlUploadLocks]
+) -> None:
     """Many requests on two nodes for one upload: at most one holds it at any time, fences only grow."""
     repo = nodes()
     await repo.add_upload(make_upload("u1"))
-    node_a, node_b = SqlUploadLocks(repo, heartbeat=0.2, ttl=3), SqlUploadLocks(nodes(), heartbeat=0.2, ttl=3)
+    node_a, node_b = make_locks(repo, heartbeat=0.2, ttl=3), make_locks(nodes(), heartbeat=0.2, ttl=3)
     inside = 0
     fences: list[int] = []
 
@@ -60,11 +77,12 @@ async def test_two_nodes_never_hold_one_upload_at_once(nodes: Callable[[], SqlRe
 
 async def test_a_newer_request_on_another_node_interrupts_the_holder(
     nodes: Callable[[], SqlRepository],
+    make_locks: Callable[..., SqlUploadLocks],
 ) -> None:
     """The holder on node A is told to let go within a heartbeat; node B then holds with a higher fence."""
     repo = nodes()
     await repo.add_upload(make_upload("u1"))
-    node_a, node_b = SqlUploadLocks(repo, heartbeat=0.2, ttl=3), SqlUploadLocks(nodes(), heartbeat=0.2, ttl=3)
+    node_a, node_b = make_locks(repo, heartbeat=0.2, ttl=3), make_locks(nodes(), heartbeat=0.2, ttl=3)
     async with asyncio.timeout(30):
         async with node_a.hold("u1") as first:
             newer = asyncio.create_task(_hold_once(node_b, "u1"))
@@ -81,12 +99,14 @@ async def _hold_once(locks: SqlUploadLocks, upload_id: str) -> int:
         return lease.fence
 
 
-async def test_a_dead_holder_is_taken_over_once_its_lease_expires(nodes: Callable[[], SqlRepository]) -> None:
+async def test_a_dead_holder_is_taken_over_once_its_lease_expires(
+    nodes: Callable[[], SqlRepository], make_locks: Callable[..., SqlUploadLocks]
+) -> None:
     """A lease nobody renews (its node died) is taken over after the lease time, not before."""
     repo = nodes()
     dead = Leases(repo.engine, ttl=1.5)
     assert await dead.acquire(upload_lease_name("u1"), "dead-node", interrupt=False) == 1
-    node_b = SqlUploadLocks(nodes(), heartbeat=0.3, ttl=1.5, takeover_timeout=10)
+    node_b = make_locks(nodes(), heartbeat=0.3, ttl=1.5, takeover_timeout=10)
     started = time.monotonic()
     async with asyncio.timeout(30):
         fence = await _hold_once(node_b, "u1")
@@ -94,10 +114,12 @@ async def test_a_dead_holder_is_taken_over_once_its_lease_expires(nodes: Callabl
 
 
 async def test_a_holder_gives_up_when_it_cannot_renew(
-    nodes: Callable[[], SqlRepository], monkeypatch: pytest.MonkeyPatch
+    nodes: Callable[[], SqlRepository],
+    monkeypatch: pytest.MonkeyPatch,
+    make_locks: Callable[..., SqlUploadLocks],
 ) -> None:
     """Without renewals (database unreachable), a holder stops holding after half the lease time."""
-    node_a = SqlUploadLocks(nodes(), heartbeat=0.2, ttl=1.2)
+    node_a = make_locks(nodes(), heartbeat=0.2, ttl=1.2)
 
     async def unreachable(*_args: object, **_kwargs: object) -> list[object]:
         raise ConnectionError("database unreachable")
@@ -108,7 +130,9 @@ async def test_a_holder_gives_up_when_it_cannot_renew(
         assert not lease.may_commit()
 
 
-async def test_a_stale_holder_cannot_record_progress(nodes: Callable[[], SqlRepository]) -> None:
+async def test_a_stale_holder_cannot_record_progress(
+    nodes: Callable[[], SqlRepository], make_locks: Callable[..., SqlUploadLocks]
+) -> None:
     """A holder whose lease was taken over is fenced: its offset is refused, the new holder's is recorded."""
     repo = nodes()
     upload = make_upload()
@@ -116,7 +140,7 @@ async def test_a_stale_holder_cannot_record_progress(nodes: Callable[[], SqlRepo
     stale = Leases(repo.engine, ttl=1.0)
     old_fence = await stale.acquire(upload_lease_name("u1"), "paused-node", interrupt=False)
     assert old_fence == 1
-    node_b = SqlUploadLocks(nodes(), heartbeat=0.2, ttl=3, takeover_timeout=10)
+    node_b = make_locks(nodes(), heartbeat=0.2, ttl=3, takeover_timeout=10)
     async with asyncio.timeout(30), node_b.hold("u1") as lease:
         upload.offset = 100
         await repo.save_progress(upload, fence=lease.fence)
@@ -127,11 +151,13 @@ async def test_a_stale_holder_cannot_record_progress(nodes: Callable[[], SqlRepo
     assert stored is not None and stored.offset == 100
 
 
-async def test_the_lease_of_a_deleted_upload_is_forgotten(nodes: Callable[[], SqlRepository]) -> None:
+async def test_the_lease_of_a_deleted_upload_is_forgotten(
+    nodes: Callable[[], SqlRepository], make_locks: Callable[..., SqlUploadLocks]
+) -> None:
     """Releasing the lock of an upload that no longer exists leaves no lease row behind."""
     repo = nodes()
     await repo.add_upload(make_upload("u1"))
-    locks = SqlUploadLocks(repo, heartbeat=0.2, ttl=3)
+    locks = make_locks(repo, heartbeat=0.2, ttl=3)
     async with asyncio.timeout(30):
         await _hold_once(locks, "u1")
         async with locks.hold("u1"):
@@ -186,13 +212,15 @@ async def test_a_leader_that_stops_renewing_is_replaced(
             assert not first.is_leader
 
 
-async def test_a_lease_taken_while_a_renewal_is_in_flight_is_kept(nodes: Callable[[], SqlRepository]) -> None:
+async def test_a_lease_taken_while_a_renewal_is_in_flight_is_kept(
+    nodes: Callable[[], SqlRepository], make_locks: Callable[..., SqlUploadLocks]
+) -> None:
     """A renewal that ran its UPDATE before a lease was taken does not list that lease; when its answer
     arrives, the new lease is not taken for lost (it was: a request then stopped with 423 under load)."""
     repo = nodes()
     await repo.add_upload(make_upload("u1"))
     await repo.add_upload(make_upload("u2"))
-    locks = SqlUploadLocks(repo, heartbeat=0.05, ttl=3)
+    locks = make_locks(repo, heartbeat=0.05, ttl=3)
     renew = locks.leases.renew
     answered, release, renewed_since = asyncio.Event(), asyncio.Event(), asyncio.Event()
     renewals_since_release = 0
@@ -222,13 +250,14 @@ async def test_a_lease_taken_while_a_renewal_is_in_flight_is_kept(nodes: Callabl
 
 async def test_close_stops_the_heartbeat_so_no_connection_outlives_the_engine(
     nodes: Callable[[], SqlRepository],
+    make_locks: Callable[..., SqlUploadLocks],
 ) -> None:
     """Closing the locks while a lease is held and a renewal is in the database stops the heartbeat and
     returns its connection: none is checked out when the engine is disposed (an orphaned asyncpg connection
     was found by the garbage collector later, failing an unrelated test with an unclosed-socket warning)."""
     repo = nodes()
     await repo.add_upload(make_upload("u1"))
-    locks = SqlUploadLocks(repo, heartbeat=0.05, ttl=3)
+    locks = make_locks(repo, heartbeat=0.05, ttl=3)
     renew = locks.leases.renew
     in_database, never = asyncio.Event(), asyncio.Event()
 
