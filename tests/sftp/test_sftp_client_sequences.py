@@ -6,8 +6,10 @@ proxy that resets it, then resumes the way that client does, and checks the fini
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -342,20 +344,30 @@ def test_paramiko_put_and_get_with_the_default_client(gateway: GatewayThread, tm
     assert isinstance(paramiko.__version__, str)
 
 
+@contextlib.contextmanager
+def one_writing_another_looking(
+    gateway: GatewayThread, first_bytes: bytes
+) -> Iterator[tuple[paramiko.SFTPFile, paramiko.SFTPClient]]:
+    """Two connections of one account: the first has written ``first_bytes`` to ``core.dump`` through a
+    handle it keeps open (accepted, not yet durable); yields that handle and the second connection."""
+    account = gateway.account()
+    with (
+        paramiko_sftp(gateway.port, account) as (_t, first),
+        paramiko_sftp(gateway.port, account) as (_u, second),
+    ):
+        writing = open_with_flags(first, "core.dump", FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+        writing.set_pipelined(False)
+        writing.write(first_bytes)
+        yield writing, second
+
+
 def test_a_resume_never_appends_over_bytes_an_earlier_connection_still_held(gateway: GatewayThread) -> None:
     """OpenSSH ``reput`` stats, then opens with APPEND and writes from the size it read. While an earlier
     connection's handle still holds accepted bytes (its drop not yet processed), ``stat`` first makes them
     durable, so it reports where the upload continues; and an APPEND write naming an older size is refused
     instead of appending the same bytes a second time (a resumed 12 MiB file once came out 14.9 MB)."""
-    account = gateway.account()
     data = os.urandom(3000)
-    with (
-        paramiko_sftp(gateway.port, account) as (_t, first),
-        paramiko_sftp(gateway.port, account) as (_u, sftp),
-    ):
-        earlier = open_with_flags(first, "core.dump", FXF_WRITE | FXF_CREAT | FXF_TRUNC)
-        earlier.set_pipelined(False)
-        earlier.write(data[:1000])  # accepted, not yet durable: the handle stays open
+    with one_writing_another_looking(gateway, data[:1000]) as (_earlier, sftp):
         assert sftp.stat("core.dump").st_size == 1000
         handle = open_with_flags(sftp, "core.dump", FXF_WRITE | FXF_CREAT | FXF_APPEND)
         handle.set_pipelined(False)
@@ -388,15 +400,8 @@ def test_removing_a_file_another_connection_is_writing_discards_it_without_flush
         await flush(self)
 
     monkeypatch.setattr(BufferedUpload, "flush", counted_flush)
-    account = gateway.account()
     data = os.urandom(3000)
-    with (
-        paramiko_sftp(gateway.port, account) as (_t, first),
-        paramiko_sftp(gateway.port, account) as (_u, sftp),
-    ):
-        writing = open_with_flags(first, "core.dump", FXF_WRITE | FXF_CREAT | FXF_TRUNC)
-        writing.set_pipelined(False)
-        writing.write(data[:1000])  # accepted; the handle stays open
+    with one_writing_another_looking(gateway, data[:1000]) as (writing, sftp):
         (upload,) = gateway.active_uploads()
         before = len(flushes)
         sftp.remove("core.dump")
