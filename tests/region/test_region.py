@@ -79,11 +79,16 @@ async def test_the_installed_wheel_serves_the_browser_client(region: Region) -> 
     assert packaged.read_text() == (ROOT / "web-client" / "dist" / "index.html").read_text()
 
 
-# A PATCH cut by the kill can leave its client-side TLS transport for the garbage collector (asyncio on
-# Python 3.11, a connection reset under aiohttp's SSL writer): that warning, and only it, is the client's.
+# A PATCH cut by the kill can leave its client-side TLS transport, or only its socket, for the garbage
+# collector (asyncio on Python 3.11, a connection reset under aiohttp's SSL writer). Those two warnings, and
+# only they, are ignored here: every socket in this test's process is a client's (the nodes and HAProxy run
+# in processes of their own). CI once failed on the socket's (laddr and raddr both ephemeral loopback ports).
 @pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <function _SelectorTransport.__del__"
     ":pytest.PytestUnraisableExceptionWarning"
+)
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket fd=:pytest.PytestUnraisableExceptionWarning"
 )
 async def test_a_tus_upload_of_256_mib_survives_two_kills_of_its_node(both_up: Region) -> None:
     """The node serving the upload is SIGKILLed twice mid-PATCH and restarted; resumes through the balancer
