@@ -28,6 +28,7 @@ from eftgw.metadata import SqlRepository
 from eftgw.quotas import CreationRate
 from eftgw.retention.purge import Retention
 from eftgw.storage import ObjectStore
+from eftgw.storage.budget import keep_freed_buffers
 from eftgw.uploads import UploadService
 
 
@@ -154,6 +155,8 @@ class Gateway:
         )
 
     async def start(self) -> None:
+        # once per process, before any body arrives: upload buffers are freed a block or a part at a time
+        keep_freed_buffers()
         await self.repo.migrate()
         await self.store.open()
 

@@ -105,8 +105,9 @@ def unmap(buffer: mmap.mmap) -> None:
 
 
 def keep_freed_buffers() -> bool:
-    """Make the C allocator keep freed upload buffers for the next ones (process-wide; glibc only). Both
-    stores call it when they open: the filesystem's blocks free their chunks once written, a MiB at a time.
+    """Make the C allocator keep freed upload buffers for the next ones (process-wide; glibc only). The
+    gateway calls it once when it starts (:meth:`eftgw.gateway.Gateway.start`), whatever its store: the
+    filesystem's blocks free their chunks once written, a MiB at a time, and S3 parts 16 MiB at a time.
 
     Upload buffers are the chunks a request body arrived in (256 KiB each) kept until their part is stored,
     then freed 16 MiB at a time. With glibc's defaults, freeing them shrinks the heap (its trim threshold

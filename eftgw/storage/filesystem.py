@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from eftgw.storage.base import ObjectNotFound, os_error
-from eftgw.storage.budget import keep_freed_buffers
 
 T = TypeVar("T")
 READ_BLOCK = 1024 * 1024
@@ -153,7 +152,6 @@ class FilesystemStore:
         return self.root.joinpath(*parts)
 
     async def open(self) -> None:
-        keep_freed_buffers()  # blocks free received chunks as soon as they are written (see the function)
         try:
             for sub in ("cases", "uploads"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from typing import Any
 from minio.datatypes import Part
 
 from eftgw.storage.base import ObjectNotFound, StorageError
-from eftgw.storage.budget import BufferBudget, keep_freed_buffers, spooled
+from eftgw.storage.budget import BufferBudget, spooled
 from eftgw.storage.s3_assembly import Segment, assemble
 from eftgw.storage.s3_client import Body, Buffer, S3Client, require_tested_minio
 from eftgw.storage.s3_parts import (
@@ -98,7 +98,6 @@ class S3Store:
 
     async def open(self) -> None:
         require_tested_minio()
-        keep_freed_buffers()  # parts free received chunks 16 MiB at a time (see the function)
         self.versioned = await self.client.ensure_bucket(self.region)
 
     async def close(self) -> None:

@@ -171,7 +171,7 @@ async def test_parts_too_large_for_memory_fill_a_temporary_file(
 
 
 def test_freed_part_buffers_are_reused_without_page_faults() -> None:
-    """After :func:`keep_freed_buffers` (the S3 store calls it when it opens), buffers like a part's received
+    """After :func:`keep_freed_buffers` (the gateway calls it when it starts), buffers like a part's received
     chunks (64 of 256 KiB, written and then freed together) are served again from the memory the last ones
     freed: four more rounds of them take almost no page faults, where glibc's defaults would hand the memory
     back to the kernel after each round and fault every 4 KiB page in again (about 4,000 per round)."""
