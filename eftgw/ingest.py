@@ -208,7 +208,7 @@ class Ingest:
 
         async def write_block() -> None:
             if isinstance(writer, ChunkWriter):
-                await writer.write_chunks(block, None)
+                await writer.write_chunks(block)
                 return
             for chunk in block:
                 await writer.write(chunk)

@@ -4,7 +4,7 @@ finished upload to an object, concatenation, ranged reads, deletion and listing.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from eftgw.errors import StorageFull, StorageUnavailable
@@ -71,10 +71,9 @@ class ChunkWriter(Protocol):
     block_size: int
     """How many bytes the body pipeline gathers into one block for it: each block costs thread hops."""
 
-    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None] | None) -> None:
-        """Append ``chunks`` in order as :meth:`UploadWriter.write` would, after running ``alongside`` (CPU
-        work that releases the GIL), if given, in the same worker thread. The body pipeline gives none: it
-        hashes a block in a thread of its own while the writer writes it."""
+    async def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks`` in order as :meth:`UploadWriter.write` would. The body pipeline hashes a block in
+        a worker thread of its own while the writer writes it."""
         ...
 
 

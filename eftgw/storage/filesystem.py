@@ -92,14 +92,12 @@ class FilesystemWriter:
             view = view[written:]
             position += written
 
-    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None] | None) -> None:
-        """Run ``alongside`` (if given), then ``pwritev`` the chunks, in one worker thread."""
+    async def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        """``pwritev`` the chunks, in one worker thread."""
         position = self._position
         self._position += sum(len(c) for c in chunks)
 
         def run() -> None:
-            if alongside is not None:
-                alongside()
             self._pwritev_all(chunks, position)
             start_writeback(self._fd, position, self._position - position)
 

@@ -1,16 +1,16 @@
 """The S3 writer: cuts the incoming bytes into parts of the upload's multipart upload, several in flight.
 
-The body pipeline hands a writer each block as the chunks it arrived in, with the block's file hashing
-(:meth:`S3Writer.write_chunks`, a :class:`~eftgw.storage.base.ChunkWriter`). One worker thread runs that
-hashing, then adds the chunks to the part being filled and updates the part's SHA-256 while the bytes are
-still in the CPU's cache. A part in memory keeps the chunks themselves (immutable ``bytes``), not a copy,
-and is sent as those pieces; its SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is
-ready the moment it is full, so its upload starts at once while the next part fills. Every part's room is
-reserved in the node's :class:`~eftgw.storage.budget.BufferBudget` before it fills and given back once it is
-stored. A writer keeps at most ``PER_UPLOAD - part`` bytes in flight (three 16 MiB parts), so one upload
-holds at most 64 MiB of memory. Parts larger than ``spool_above`` (64 MiB: files past 109 GiB) are copied
-into an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), so memory stays within that
-bound at every size up to 5 TiB.
+The body pipeline hands a writer each block as the chunks it arrived in (:meth:`S3Writer.write_chunks`, a
+:class:`~eftgw.storage.base.ChunkWriter`), while another worker thread hashes the block for the file's
+digests. One worker thread adds the chunks to the part being filled and updates the part's SHA-256. A part in
+memory keeps the chunks themselves (immutable ``bytes``), not a copy, and is sent as those pieces; its
+SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is ready the moment it is full, so its
+upload starts at once while the next part fills. Every part's room is reserved in the node's
+:class:`~eftgw.storage.budget.BufferBudget` before it fills and given back once it is stored. A writer keeps
+at most ``PER_UPLOAD - part`` bytes in flight (three 16 MiB parts), so one upload holds at most 64 MiB of
+memory. Parts larger than ``spool_above`` (64 MiB: files past 109 GiB) are copied into an unlinked temporary
+file instead (:func:`~eftgw.storage.budget.spooled`), so memory stays within that bound at every size up to 5
+TiB.
 
 :meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail;
 until then nothing this writer sent counts. A rollback forgets the uncommitted parts: they stay invisible
@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 import mmap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from eftgw.storage.base import StorageError
@@ -80,8 +80,8 @@ class _Part:
     def fill(self, pieces: list[memoryview]) -> list[memoryview]:
         """Take and hash the leading ``pieces`` as far as they fit; return what is left of them.
 
-        Run in a worker thread: each piece is hashed (hashlib releases the GIL) while it is still in the
-        CPU's cache from the file's hashing, so the part's checksum is ready the moment it is full.
+        Run in a worker thread: each piece is hashed as it is taken (hashlib releases the GIL), so the
+        part's checksum is ready the moment it is full.
         """
         while pieces and self.filled < self.size:
             piece = pieces[0]
@@ -188,24 +188,21 @@ class S3Writer:
         return self._committed.first + len(self._parts) + inflight_index
 
     async def write(self, data: bytes) -> None:
-        await self.write_chunks([data], None)
+        await self.write_chunks([data])
 
-    async def write_chunks(self, chunks: Sequence[bytes], alongside: Callable[[], None] | None) -> None:
-        """Append ``chunks`` in order, after running ``alongside`` (the block's file hashing) in the worker
-        thread that then hashes and copies them into the part (see :meth:`_Part.fill`)."""
+    async def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks`` in order: a worker thread hashes them into the part filling and keeps them
+        there (see :meth:`_Part.fill`)."""
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
         # a part keeps views of the chunks until it is stored: a chunk its producer could change is copied
         pieces = [memoryview(c if type(c) is bytes else bytes(c)).cast("B") for c in chunks if len(c)]
         if not pieces:
-            if alongside is not None:
-                await asyncio.to_thread(alongside)
             return
         self._dirty = True
         while pieces:
             part = self._part if self._part is not None else await self._start_part()
-            pieces = await self._fill(part, pieces, alongside)
-            alongside = None
+            pieces = await self._fill(part, pieces)
             if part.full:
                 await self._cut(part)
 
@@ -220,18 +217,14 @@ class S3Writer:
         self._part = part
         return part
 
-    async def _fill(
-        self, part: _Part, pieces: list[memoryview], alongside: Callable[[], None] | None
-    ) -> list[memoryview]:
-        """In a worker thread: ``alongside``, then :meth:`_Part.fill` (first with the committed bytes not in
-        a part yet); return the pieces left over."""
+    async def _fill(self, part: _Part, pieces: list[memoryview]) -> list[memoryview]:
+        """In a worker thread: :meth:`_Part.fill` (first with the committed bytes not in a part yet); return
+        the pieces left over."""
         pending, self._pending = self._pending, b""
         if pending:
             pieces = [memoryview(pending).cast("B"), *pieces]
 
         def fill() -> list[memoryview]:
-            if alongside is not None:
-                alongside()
             return part.fill(pieces)
 
         future = asyncio.get_running_loop().run_in_executor(None, fill)

@@ -16,6 +16,7 @@ from eftgw.errors import StorageUnavailable
 from eftgw.storage import ObjectNotFound, StorageError, object_key, staging_key
 from eftgw.storage.s3 import S3Store
 from eftgw.storage.s3_client import Body
+from eftgw.storage.s3_writer import _Part
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import TAGS, MiB, data, read_all
 
@@ -132,9 +133,11 @@ async def test_completion_is_a_completion_not_a_copy(s3: S3Store, case_id: str) 
     assert await s3.client.unfinished(f"cases/{case_id}/") == []
 
 
-async def test_each_part_is_sent_with_the_sha256_of_its_bytes(s3: S3Store, case_id: str) -> None:
+async def test_each_part_is_sent_with_the_sha256_of_its_bytes(
+    s3: S3Store, case_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The writer hashes each part while it fills (the committed tail first, then chunks cut at the part
-    boundaries), in the worker thread that runs the block's own hashing: the digest it passes to UploadPart
+    boundaries), in a worker thread, not the event loop's: the digest it passes to UploadPart
     is hashlib's SHA-256 of exactly the part's bytes, and RGW, which checks it, accepts every part. A chunk
     its producer may change later (a bytearray) is kept as it was when written."""
     key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
@@ -149,12 +152,19 @@ async def test_each_part_is_sent_with_the_sha256_of_its_bytes(s3: S3Store, case_
 
     s3.client.upload_part = spy  # type: ignore[method-assign]
     hashed_in: set[int] = set()
+    fill = _Part.fill
+
+    def spying_fill(part: _Part, pieces: list[memoryview]) -> list[memoryview]:
+        hashed_in.add(threading.get_ident())
+        return fill(part, pieces)
+
+    monkeypatch.setattr(_Part, "fill", spying_fill)
     writer = await s3.open_writer(key, 5 * MiB)
     chunks: list[bytes] = [stored[at : at + 300_001] for at in range(5 * MiB, len(stored), 300_001)]
     changing = bytearray(chunks.pop())
     for at in range(0, len(chunks), 4):
-        await writer.write_chunks(chunks[at : at + 4], lambda: hashed_in.add(threading.get_ident()))
-    await writer.write_chunks([changing], lambda: None)  # type: ignore[list-item]
+        await writer.write_chunks(chunks[at : at + 4])
+    await writer.write_chunks([changing])  # type: ignore[list-item]
     changing[:] = bytes(len(changing))  # changed after it was written: the upload keeps what was written
     assert await writer.commit() == len(stored)
     await writer.close()
