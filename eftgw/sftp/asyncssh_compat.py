@@ -397,6 +397,18 @@ class _ReceiveQueue:
             return pieces[0]
         return b"".join(pieces)
 
+    def front(self) -> tuple[bytes, int]:
+        """The first chunk and the offset of its first byte not taken (``b"", 0`` when empty)."""
+        return (self._chunks[0], self._offset) if self._chunks else (b"", 0)
+
+    def advance(self, n: int) -> None:
+        """Take ``n`` bytes of the first chunk (at most what is left of it)."""
+        self._offset += n
+        self.size -= n
+        if self._offset >= len(self._chunks[0]):
+            self._chunks.popleft()
+            self._offset = 0
+
     def take_view(self, n: int) -> bytes | memoryview:
         """Like :meth:`take`, but a view of the chunk (no copy) when the bytes lie inside one chunk."""
         chunk = self._chunks[0] if self._chunks else b""
@@ -449,6 +461,8 @@ def _queued_recv_data(self: Any) -> None:
         while True:
             if self._inpbuf and self._recv_handler():
                 continue
+            if queue.size and asyncssh_data_path.recv_whole(self, queue):
+                continue  # a packet lying whole in one socket read, in one step
             wanted = _bytes_wanted(self)
             have = len(self._inpbuf)
             if not queue.size or (wanted is not None and have >= wanted):
@@ -544,6 +558,20 @@ class _ChachaPoly(_encryption.ChachaEncryption):
         parts = self.decrypt_parts(seq, first, rest, header_len, mac)
         return None if parts is None else parts[0] + parts[1]
 
+    def packet_length(self, seq: int, header: bytes | memoryview) -> int:
+        """The length field of packet ``seq`` from its first 4 bytes (``asyncssh_data_path.recv_whole``)."""
+        return int.from_bytes(self._at(self._length, seq).update(header), "big")
+
+    def decrypt_whole(self, seq: int, packet: memoryview, macsize: int) -> bytes | None:
+        """The whole packet ``seq`` as it came (length, encrypted packet, tag), decrypted from the padding
+        length on (what ``decrypt_packet`` returns); None if the tag is wrong."""
+        stream, poly_key = self._payload_stream(seq)
+        try:
+            Poly1305.verify_tag(poly_key, packet[:-macsize], bytes(packet[-macsize:]))
+        except InvalidSignature:
+            return None
+        return stream.update(packet[4:-macsize])
+
     def decrypt_parts(
         self, seq: int, first: bytes, rest: bytes | memoryview, header_len: int, mac: bytes | memoryview
     ) -> tuple[bytes, bytes] | None:
@@ -597,6 +625,19 @@ class _AesGcm(_encryption.GCMEncryption):
     ) -> bytes | None:
         parts = self.decrypt_parts(seq, first, rest, header_len, mac)
         return None if parts is None else parts[1]
+
+    def packet_length(self, seq: int, header: bytes | memoryview) -> int:
+        """The length field of a packet from its first 4 bytes (sent in clear, as associated data)."""
+        return int.from_bytes(header, "big")
+
+    def decrypt_whole(self, seq: int, packet: memoryview, macsize: int) -> bytes | None:
+        """The whole packet as it came (length, encrypted packet, tag), decrypted from the padding length
+        on, without joining anything: the tag follows the ciphertext, as ``AESGCM.decrypt`` wants it."""
+        iv = self._next_iv()
+        try:
+            return self._aead.decrypt(iv, packet[4:], packet[:4])
+        except InvalidTag:
+            return None
 
     def decrypt_parts(
         self, seq: int, first: bytes, rest: bytes | memoryview, header_len: int, mac: bytes | memoryview

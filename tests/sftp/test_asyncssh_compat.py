@@ -21,6 +21,7 @@ from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 
 from eftgw.sftp import asyncssh_compat as compat
+from eftgw.sftp import asyncssh_data_path
 
 pytestmark = pytest.mark.once  # asyncssh's internals, no gateway: the backend does not matter here
 
@@ -187,7 +188,9 @@ async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
 ) -> None:
     """With the receive buffer installed, a server connection whose socket reads carry many pipelined
     packets still gets every byte, in order, and its packet parser is handed one packet at a time: no
-    ``_inpbuf`` holding the packets after it (which asyncssh would copy again for each packet)."""
+    ``_inpbuf`` holding the packets after it (which asyncssh would copy again for each packet), whether a
+    packet goes through asyncssh's steps or is taken whole from a view of the socket read
+    (``asyncssh_data_path.recv_whole``)."""
     compat.install_receive_buffer()
     seen_after_packet: list[int] = []
     original = asyncssh.connection.SSHConnection._recv_packet
@@ -198,6 +201,16 @@ async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
         return original(self)
 
     monkeypatch.setattr(asyncssh.connection.SSHServerConnection, "_recv_packet", recording)
+    whole: list[int] = []  # packets taken in one step from a view of the socket read they lie in
+    recv_whole = asyncssh_data_path.recv_whole
+
+    def recording_whole(self: Any, queue: Any) -> bool:
+        took = recv_whole(self, queue)
+        if took:
+            whole.append(len(self._inpbuf))  # nothing left in ``_inpbuf`` after the packet
+        return took
+
+    monkeypatch.setattr(asyncssh_data_path, "recv_whole", recording_whole)
     received = bytearray()
     done = asyncio.Event()
 
@@ -229,8 +242,9 @@ async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
         await server.wait_closed()
     assert bytes(received) == payload
     data_packets = [extra for extra in seen_after_packet if extra >= 0]
-    assert len(data_packets) >= 128
+    assert len(data_packets) + len(whole) >= 128
     assert max(seen_after_packet) == 0
+    assert not any(whole)
 
 
 def _packets() -> list[tuple[bytes, bytes]]:
@@ -260,23 +274,27 @@ def test_the_gateway_ciphers_compute_exactly_what_asyncssh_computes(
 ) -> None:
     """``_ChachaPoly`` and ``_AesGcm`` produce the same bytes and tags as asyncssh's ``ChachaEncryption`` and
     ``GCMEncryption``, decrypt what those encrypt, packet after packet (sequence numbers and the GCM
-    invocation counter wrapping; one object for all packets, as a connection uses it), and refuse a packet
-    whose tag is wrong."""
+    invocation counter wrapping; one object for all packets, as a connection uses it), also when given a
+    whole packet at once (``packet_length`` and ``decrypt_whole``), and refuse a packet whose tag is wrong."""
     key_size, iv_size, _ = asyncssh.crypto.get_cipher_params(cipher_name)
     key, iv = os.urandom(key_size), os.urandom(iv_size)
     if iv_size:
         iv = iv[:4] + (2**64 - 2).to_bytes(8, "big")  # the invocation counter wraps during the test
     theirs_send, ours_send = theirs.new(cipher_name, key, iv), ours.new(cipher_name, key, iv)
     theirs_recv, ours_recv = theirs.new(cipher_name, key, iv), ours.new(cipher_name, key, iv)
+    whole_recv = ours.new(cipher_name, key, iv)  # receiving as asyncssh_data_path.recv_whole does
     for seq, (header, body) in enumerate(_packets() + _packets(), start=2**32 - 3):
         seq &= 0xFFFFFFFF
         wire, mac = theirs_send.encrypt_packet(seq, header, body)
         assert ours_send.encrypt_packet(seq, header, body) == (wire, mac)
         assert _decrypt(ours_recv, seq, wire, mac, block) == body
         assert _decrypt(theirs_recv, seq, wire, mac, block) == body
+        assert whole_recv.packet_length(seq, memoryview(wire)[:4]) == len(body)
+        assert whole_recv.decrypt_whole(seq, memoryview(wire + mac), len(mac)) == body
     wire, mac = ours.new(cipher_name, key, iv).encrypt_packet(7, *_packets()[1])
     forged = bytes([mac[0] ^ 1]) + mac[1:]
     assert _decrypt(ours.new(cipher_name, key, iv), 7, wire, forged, block) is None
+    assert ours.new(cipher_name, key, iv).decrypt_whole(7, memoryview(wire + forged), len(mac)) is None
 
 
 def test_installing_the_gateway_ciphers_replaces_exactly_chacha_and_gcm() -> None:
