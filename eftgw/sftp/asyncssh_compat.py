@@ -397,6 +397,19 @@ class _ReceiveQueue:
             return pieces[0]
         return b"".join(pieces)
 
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the front, joined, without taking them."""
+        pieces: list[bytes | memoryview] = []
+        offset, left = self._offset, min(n, self.size)
+        for chunk in self._chunks:
+            if not left:
+                break
+            piece = memoryview(chunk)[offset : offset + left]
+            pieces.append(piece)
+            left -= len(piece)
+            offset = 0
+        return b"".join(pieces)
+
     def front(self) -> tuple[bytes, int]:
         """The first chunk and the offset of its first byte not taken (``b"", 0`` when empty)."""
         return (self._chunks[0], self._offset) if self._chunks else (b"", 0)
@@ -461,8 +474,12 @@ def _queued_recv_data(self: Any) -> None:
         while True:
             if self._inpbuf and self._recv_handler():
                 continue
-            if queue.size and asyncssh_data_path.recv_whole(self, queue):
-                continue  # a packet lying whole in one socket read, in one step
+            if queue.size:
+                took = asyncssh_data_path.recv_whole(self, queue)
+                if took:
+                    continue  # a whole packet in one step (decrypted from a view of its socket read)
+                if took is None:
+                    return  # the packet is not all there yet
             wanted = _bytes_wanted(self)
             have = len(self._inpbuf)
             if not queue.size or (wanted is not None and have >= wanted):

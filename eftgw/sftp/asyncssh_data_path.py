@@ -157,6 +157,16 @@ def recv_packet(self: Any) -> bool:
 class WholeQueue(Protocol):
     """What a connection read and has not parsed (``eftgw.sftp.asyncssh_compat._ReceiveQueue``)."""
 
+    size: int
+
+    def take(self, n: int) -> bytes:
+        """The first ``n`` bytes, joined."""
+        ...
+
+    def peek(self, n: int) -> bytes:
+        """The first ``n`` bytes, joined, left in the queue."""
+        ...
+
     def front(self) -> tuple[bytes, int]:
         """The first chunk and the offset of its first byte not taken (``b"", 0``: empty)."""
         ...
@@ -166,18 +176,19 @@ class WholeQueue(Protocol):
         ...
 
 
-def recv_whole(self: Any, queue: WholeQueue) -> bool:
-    """The next packet, when it lies whole in the first chunk ``queue`` holds, in one step: its length
-    read, the packet decrypted from a view of the chunk (no copy before decryption), channel data handed on as
-    a view of the plaintext. This is asyncssh's header step (``_recv_pkthdr``) and :func:`recv_packet`
-    together, for a packet that needs no waiting: about seven in eight of the channel data packets OpenSSH
-    sends, eight 32 KiB packets to a 256 KiB socket read.
+def recv_whole(self: Any, queue: WholeQueue) -> bool | None:
+    """The next packet in one step, once ``queue`` holds all of it: its length read, the packet decrypted,
+    channel data handed on as a view of the plaintext. This is asyncssh's header step (``_recv_pkthdr``)
+    and :func:`recv_packet` together. A packet lying whole in the first chunk (about seven in eight of the
+    channel data packets OpenSSH sends, eight 32 KiB packets to a 256 KiB socket read) is decrypted from a
+    view of it, without any copy; one spread over several chunks is joined once.
 
-    Returns whether it took a packet. It takes none unless the parser waits for a packet's header with
-    nothing in ``_inpbuf``, the cipher is one of the gateway's (``packet_length``, ``decrypt_whole``), and
-    the packet's length is one asyncssh's header step accepts. A packet that is not channel data for a
-    session taking views (or whose tag is wrong) goes to asyncssh's ``_recv_packet`` with the state the
-    header step leaves (the first block in ``_packet``, the rest of the packet in ``_inpbuf``)."""
+    Returns whether it took a packet, None if the packet is not all there yet (nothing taken: call again
+    when more arrived). It takes none (False) unless the parser waits for a packet's header with nothing in
+    ``_inpbuf``, the cipher is one of the gateway's (``packet_length``, ``decrypt_whole``), and the packet's
+    length is one asyncssh's header step accepts. A packet that is not channel data for a session taking
+    views (or whose tag is wrong) goes to asyncssh's ``_recv_packet`` with the state the header step leaves
+    (the first block in ``_packet``, the rest of the packet in ``_inpbuf``)."""
     cipher = self._recv_encryption
     packet_length = getattr(cipher, "packet_length", None)
     if (
@@ -188,16 +199,22 @@ def recv_whole(self: Any, queue: WholeQueue) -> bool:
         return False
     chunk, start = queue.front()
     blocksize = self._recv_blocksize
-    if len(chunk) - start < blocksize:
-        return False
+    if queue.size < blocksize:
+        return None
     seq = self._recv_seq
     view = memoryview(chunk)
-    pktlen = packet_length(seq, view[start : start + 4])
-    end = start + 4 + pktlen + self._recv_macsize
-    if end > len(chunk) or pktlen > self._max_recv_pktlen or 4 + pktlen < blocksize:
-        return False  # to be waited for, or refused (or failed) by asyncssh's own steps
+    pktlen = packet_length(seq, view[start : start + 4] if len(chunk) - start >= 4 else queue.peek(4))
+    if pktlen > self._max_recv_pktlen or 4 + pktlen < blocksize:
+        return False  # refused (or failed) by asyncssh's own steps
+    total = 4 + pktlen + self._recv_macsize
+    end = start + total
+    if end <= len(chunk):
+        queue.advance(total)
+    elif queue.size < total:
+        return None
+    else:
+        view, start, end = memoryview(queue.take(total)), 0, total  # spread over chunks: joined once
     packet = cipher.decrypt_whole(seq, view[start:end], self._recv_macsize)
-    queue.advance(end - start)
     channel = None if packet is None else _data_channel(self, packet[:_HEAD], len(packet))
     if channel is None:
         self._packet = bytes(view[start : start + blocksize])

@@ -177,6 +177,25 @@ def test_the_receive_queue_hands_out_views_inside_one_chunk_and_copies_only_acro
     assert queue.size == 2 and queue.take_view(10) == b"op" and queue.size == 0
 
 
+def test_the_receive_queue_shows_its_first_chunk_and_peeks_across_chunks() -> None:
+    """What ``asyncssh_data_path.recv_whole`` uses: ``front`` is the first chunk itself (not a copy) with the
+    offset of its first byte not taken, ``advance`` takes bytes of it (dropping it when all are taken), and
+    ``peek`` joins bytes across chunks without taking them."""
+    queue = compat._ReceiveQueue()
+    assert queue.front() == (b"", 0)
+    first = b"abcdef"
+    for chunk in (first, b"gh", b"ijk"):
+        queue.append(chunk)
+    chunk, offset = queue.front()
+    assert chunk is first and offset == 0
+    queue.advance(4)
+    assert queue.front() == (first, 4) and queue.size == 7
+    assert queue.peek(5) == b"efghi" and queue.size == 7 and queue.peek(99) == b"efghijk"
+    queue.advance(2)
+    assert queue.front() == (b"gh", 0) and queue.size == 5
+    assert queue.take(5) == b"ghijk" and queue.front() == (b"", 0)
+
+
 class _Sink(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         return False  # no authentication: this server only counts bytes
@@ -204,7 +223,7 @@ async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
     whole: list[int] = []  # packets taken in one step from a view of the socket read they lie in
     recv_whole = asyncssh_data_path.recv_whole
 
-    def recording_whole(self: Any, queue: Any) -> bool:
+    def recording_whole(self: Any, queue: Any) -> bool | None:
         took = recv_whole(self, queue)
         if took:
             whole.append(len(self._inpbuf))  # nothing left in ``_inpbuf`` after the packet
