@@ -16,11 +16,16 @@ each round:
   ceiling without any SSH transport or encryption.
 
 Usage: ``python bench/sftp_throughput.py [--size-mib 1024] [--rounds 3] [--cipher C ...] [--fsync-peer]
-[--local] [--py-spy FILE]``. Prints one JSON document: per cipher and target the MB/s of each round (10^6
-bytes per second), the medians, the ratio eftgw/openssh of the medians, the load average (1 min) before each
-put, the server side's CPU seconds per GiB (the gateway's and its event loop thread's; sshd's with its
-session and sftp-server), and the gateway's peak RSS (``VmHWM``); also written to
+[--local] [--warmup] [--compare-tree DIR] [--py-spy FILE]``. Prints one JSON document: per cipher and target
+the MB/s of each round (10^6 bytes per second), the medians, the ratio eftgw/openssh of the medians, the load
+average (1 min) before each put, the server side's CPU seconds per GiB (the gateway's and its event loop
+thread's; sshd's with its session and sftp-server), and the gateway's peak RSS (``VmHWM``); also written to
 ``bench/results/sftp_throughput.json``.
+``--compare-tree DIR`` adds a second gateway target, ``eftgw@DIR``: the gateway of another copy of eftgw's
+tree (e.g. ``git archive main | tar -x -C /tmp/main``), started the same way from that tree's code, its puts
+alternating with the others in each round: a change and its base measured side by side under the same load.
+``--warmup`` puts the file once to each target before the recorded rounds (the first put into a fresh
+gateway process costs more CPU than the next ones).
 ``--py-spy FILE`` runs the gateway under ``py-spy record`` (``pip install py-spy``) and writes its samples as
 collapsed stacks (flamegraph input).
 Needs openssh-client and openssh-server (``scripts/install-test-deps-sftp``).
@@ -180,10 +185,27 @@ def cpu_seconds(pid: int, *, children: bool, thread: int | None = None) -> float
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class Bench:
-    """The file, the client key, a running gateway and a running sshd; :meth:`put` times one upload."""
+class Gateway:
+    """A running gateway node: its process, SFTP port, the bench account's user name and its host key."""
 
-    def __init__(self, work: Path, size_mib: int, stack: contextlib.ExitStack, py_spy: Path | None) -> None:
+    def __init__(self, pid: int, port: int, username: str, known_hosts: Path) -> None:
+        self.pid = pid
+        self.port = port
+        self.username = username
+        self.known_hosts = known_hosts
+
+
+class Bench:
+    """The file, the client key, running gateways and a running sshd; :meth:`put` times one upload."""
+
+    def __init__(
+        self,
+        work: Path,
+        size_mib: int,
+        stack: contextlib.ExitStack,
+        py_spy: Path | None,
+        compare_tree: Path | None = None,
+    ) -> None:
         self.work = work
         self.data = work / "upload.bin"
         with open(self.data, "wb") as out:
@@ -192,14 +214,22 @@ class Bench:
         self.size = self.data.stat().st_size
         self.key = work / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
-        self.gateway_pid = self._start_gateway(stack, py_spy)
+        self.gateways = {"eftgw": self._start_gateway(stack, py_spy, ROOT, "gateway")}
+        if compare_tree is not None:
+            self.gateways[f"eftgw@{compare_tree}"] = self._start_gateway(
+                stack, None, compare_tree, "compared"
+            )
+        self.gateway_pid = self.gateways["eftgw"].pid
         self._start_sshd(stack)
         self.count = 0
 
-    def _start_gateway(self, stack: contextlib.ExitStack, py_spy: Path | None) -> int:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        gw_data, self.gw_port = self.work / "gateway", free_port(22600)
-        cli_env = {**env, "EFTGW_DATA_DIR": str(gw_data), "EFTGW_SFTP_PORT": str(self.gw_port)}
+    def _start_gateway(
+        self, stack: contextlib.ExitStack, py_spy: Path | None, root: Path, name: str
+    ) -> Gateway:
+        """A gateway node running the code of the eftgw tree ``root``, its data in ``work/name``."""
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        gw_data, gw_port = self.work / name, free_port(22600 if name == "gateway" else 22650)
+        cli_env = {**env, "EFTGW_DATA_DIR": str(gw_data), "EFTGW_SFTP_PORT": str(gw_port)}
         subprocess.run([sys.executable, "-m", "eftgw", "case", "open", "BENCH-1"], env=cli_env, check=True,
                        capture_output=True)  # fmt: skip
         created = subprocess.run(
@@ -207,8 +237,9 @@ class Bench:
              "--authorized-key", f"@{self.key}.pub"],
             env=cli_env, check=True, capture_output=True, text=True,
         )  # fmt: skip
-        self.username = json.loads(created.stdout)["username"]
-        command = [sys.executable, __file__, "--serve", str(gw_data), str(self.gw_port)]
+        username = json.loads(created.stdout)["username"]
+        bench_file = root / "bench" / Path(__file__).name
+        command = [sys.executable, str(bench_file), "--serve", str(gw_data), str(gw_port)]
         if py_spy is not None:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             command = [
@@ -227,11 +258,9 @@ class Bench:
         pid = stack.enter_context(process(command, env=env, ready="ready"))
         if py_spy is not None:  # measure the gateway, not py-spy
             pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
-        self.known_gateway = self.work / "known_gateway"
-        self.known_gateway.write_text(
-            known_hosts_line(self.gw_port, gw_data / "ssh" / "ssh_host_ed25519_key.pub")
-        )
-        return pid
+        known = self.work / f"known_{name}"
+        known.write_text(known_hosts_line(gw_port, gw_data / "ssh" / "ssh_host_ed25519_key.pub"))
+        return Gateway(pid, gw_port, username, known)
 
     def _start_sshd(self, stack: contextlib.ExitStack) -> None:
         sshd_dir, self.sshd_port = self.work / "sshd", free_port(22700)
@@ -267,15 +296,17 @@ class Bench:
         for the gateway, its event loop thread's CPU seconds per GiB."""
         self.count += 1
         load = os.getloadavg()[0]
-        server = {"eftgw": (self.gateway_pid, False), "openssh": (self.sshd_pid, True)}
+        server = {name: (gateway.pid, False) for name, gateway in self.gateways.items()}
+        server["openssh"] = (self.sshd_pid, True)
         server["openssh put -f"] = server["openssh"]
         pid, children = server.get(target, (0, False))
+        gateway = self.gateways.get(target)
         cpu_before = cpu_seconds(pid, children=children) if pid else 0.0
-        loop_before = cpu_seconds(pid, children=False, thread=pid) if target == "eftgw" else 0.0
-        if target == "eftgw":
+        loop_before = cpu_seconds(pid, children=False, thread=pid) if gateway else 0.0
+        if gateway is not None:
             args = [
-                *ssh_options(self.key, self.known_gateway, self.gw_port, cipher),
-                f"{self.username}@127.0.0.1",
+                *ssh_options(self.key, gateway.known_hosts, gateway.port, cipher),
+                f"{gateway.username}@127.0.0.1",
             ]
             name = f"run{self.count}.bin"
             seconds = timed_put(args, f"put {self.data} {name}\nrm {name}\n", self.work)
@@ -293,7 +324,7 @@ class Bench:
                     break
                 time.sleep(0.01)
         cpu = cpu_seconds(pid, children=children) - cpu_before if pid else None
-        loop = cpu_seconds(pid, children=False, thread=pid) - loop_before if target == "eftgw" else None
+        loop = cpu_seconds(pid, children=False, thread=pid) - loop_before if gateway else None
         per_gib = 2**30 / self.size
         return (
             self.size / seconds / 1e6,
@@ -305,6 +336,8 @@ class Bench:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     targets = ["eftgw", "openssh"]
+    if args.compare_tree is not None:
+        targets.insert(1, f"eftgw@{args.compare_tree}")
     if args.fsync_peer:
         targets.append("openssh put -f")
     if args.local:
@@ -317,12 +350,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "ciphers": {},
     }
     with contextlib.ExitStack() as stack:
-        bench = Bench(work, args.size_mib, stack, args.py_spy)
+        bench = Bench(work, args.size_mib, stack, args.py_spy, args.compare_tree)
         for cipher in args.cipher:
             rates: dict[str, list[float]] = {t: [] for t in targets}
             cpu: dict[str, list[float | None]] = {t: [] for t in targets}
-            loop_cpu: list[float | None] = []
+            loop_cpu: dict[str, list[float | None]] = {t: [] for t in targets if t.startswith("eftgw")}
             loads: list[float] = []
+            if args.warmup:  # a first put into a fresh process costs more: one unrecorded put per target
+                for target in targets:
+                    bench.put(target, cipher)
             for round_no in range(args.rounds):
                 # alternate which target goes first, so neither always runs on a warmer machine
                 order = targets if round_no % 2 == 0 else [*targets[1:], targets[0]]
@@ -330,10 +366,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     mbs, load, cpu_per_gib, loop_per_gib = bench.put(target, cipher)
                     rates[target].append(round(mbs, 1))
                     cpu[target].append(cpu_per_gib)
-                    if target == "eftgw":
-                        loop_cpu.append(loop_per_gib)
+                    if target in loop_cpu:
+                        loop_cpu[target].append(loop_per_gib)
                     loads.append(load)
-                    loop_note = f", event loop thread {loop_per_gib} s/GiB" if target == "eftgw" else ""
+                    loop_note = f", event loop thread {loop_per_gib} s/GiB" if target in loop_cpu else ""
                     print(f"{cipher} round {round_no + 1} {target}: {mbs:.1f} MB/s, server CPU "
                           f"{cpu_per_gib} s/GiB{loop_note} (load {load:.2f})",
                           file=sys.stderr, flush=True)  # fmt: skip
@@ -343,9 +379,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "median_MBps": medians,
                 "ratio_eftgw_to_openssh": round(medians["eftgw"] / medians["openssh"], 3),
                 "server_cpu_s_per_GiB": cpu,
-                "gateway_event_loop_cpu_s_per_GiB": loop_cpu,
+                "gateway_event_loop_cpu_s_per_GiB": loop_cpu.pop("eftgw"),
                 "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
             }
+            for target, compared_loop in loop_cpu.items():  # --compare-tree
+                record["ciphers"][cipher][f"ratio_{target}_to_openssh"] = round(
+                    medians[target] / medians["openssh"], 3
+                )
+                record["ciphers"][cipher][f"event_loop_cpu_s_per_GiB {target}"] = compared_loop
         record["gateway_peak_rss_mib"] = peak_rss_mib(bench.gateway_pid)
     record["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return record
@@ -365,6 +406,10 @@ def main() -> int:
     )
     parser.add_argument("--fsync-peer", action="store_true", help="also measure OpenSSH with put -f")
     parser.add_argument("--local", action="store_true", help="also measure sftp -D (no SSH)")
+    parser.add_argument("--warmup", action="store_true", help="one unrecorded put per target first")
+    parser.add_argument(
+        "--compare-tree", type=Path, help="also measure the gateway of this eftgw checkout (eftgw@DIR)"
+    )
     parser.add_argument("--py-spy", type=Path, help="profile the gateway with py-spy into this file")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "sftp_throughput.json")
     args = parser.parse_args()
