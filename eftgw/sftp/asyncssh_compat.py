@@ -67,7 +67,10 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    a packet object for it; the SFTP sessions' data packets are decrypted in two parts and reach the session
    as a view of the decrypted bytes (one copy, the decryption's); every other packet keeps asyncssh's path.
    The same module stops the ``SSH_MSG_IGNORE`` asyncssh sends before every packet (a CBC countermeasure)
-   for chacha20-poly1305 and AES-GCM.
+   for chacha20-poly1305 and AES-GCM. With these two ciphers each packet is taken from the receive buffer
+   (4.) in one step once all of it is there (``recv_whole``): its length, the whole packet decrypted (from
+   a view of the socket read when it lies in one, else joined once), channel data handed on; asyncssh's
+   header step and the separate rest of the packet remain for the other ciphers.
 """
 
 from __future__ import annotations

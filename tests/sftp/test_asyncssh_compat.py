@@ -7,6 +7,7 @@ any SFTP client test has to be read to find out why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -131,13 +132,19 @@ def test_a_wrapped_signature_check_sees_the_outcome_of_the_keys_own_verify() -> 
 
 def test_the_receive_path_internals_are_shaped_as_used() -> None:
     """``SSHConnection``: ``_recv_data`` loops ``_recv_handler`` over ``_inpbuf``; ``_recv_pkthdr`` wants
-    ``_recv_blocksize`` bytes and ``_recv_packet`` ``4 + _pktlen + _recv_macsize - _recv_blocksize``;
+    ``_recv_blocksize`` bytes, reads the length from the first 4 and bounds it by ``_max_recv_pktlen``, and
+    ``_recv_packet`` ``4 + _pktlen + _recv_macsize - _recv_blocksize``;
     ``_finish_recv_packet`` resumes parsing only when ``_inpbuf`` holds bytes; ``_cleanup`` empties it."""
     conn = asyncssh.connection.SSHConnection
     assert "while self._inpbuf and self._recv_handler()" in inspect.getsource(conn._recv_data)
     for name in ("_reset_keepalive_timer", "_send_disconnect", "_force_close", "internal_error"):
         assert name in inspect.getsource(conn._recv_data), name
-    assert "len(self._inpbuf) < self._recv_blocksize" in inspect.getsource(conn._recv_pkthdr)
+    header_step = inspect.getsource(conn._recv_pkthdr)
+    assert "len(self._inpbuf) < self._recv_blocksize" in header_step
+    # what asyncssh_data_path.recv_whole does in its place: the length from the first 4 bytes, the same bound
+    assert "decrypt_header(self._recv_seq,\n" in header_step and "self._packet, 4)" in header_step
+    assert "if self._pktlen > self._max_recv_pktlen:" in header_step
+    assert "self._recv_handler = self._recv_packet" in header_step
     source = inspect.getsource(conn._recv_packet)
     assert "rem = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize" in source
     assert "self._recv_handler = lambda: False" in source
@@ -199,6 +206,67 @@ def test_the_receive_queue_shows_its_first_chunk_and_peeks_across_chunks() -> No
 class _Sink(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         return False  # no authentication: this server only counts bytes
+
+
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"])
+async def test_a_packet_whose_tag_does_not_verify_ends_the_connection_and_delivers_nothing(
+    cipher: str,
+) -> None:
+    """A channel data packet whose tag is wrong (one bit of it flipped by the client) is refused on the
+    gateway's one-step receive path (``asyncssh_data_path.recv_whole``) as asyncssh refuses it: the
+    connection is closed, and the session never sees that packet's data."""
+    compat.install_receive_buffer()
+    compat.install_packet_ciphers()
+    received = bytearray()
+    refused: list[BaseException] = []  # what the one-step path raised
+    recv_whole = asyncssh_data_path.recv_whole
+
+    def recording_whole(self: Any, queue: Any) -> bool | None:
+        try:
+            return recv_whole(self, queue)
+        except BaseException as exc:
+            refused.append(exc)
+            raise
+
+    async def sink(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        with contextlib.suppress(Exception):
+            while chunk := await process.stdin.read(1 << 20):
+                received.extend(chunk)
+
+    server = await asyncssh.create_server(
+        _Sink, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=sink, encoding=None, encryption_algs=[cipher],
+    )  # fmt: skip
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, username="u", encryption_algs=[cipher]
+        ) as conn:
+            process = await conn.create_process(encoding=None)
+            process.stdin.write(b"before")
+            for _ in range(600):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+            sending: Any = conn._send_encryption  # type: ignore[attr-defined]
+            encrypt = sending.encrypt_packet
+
+            def flipping(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
+                wire, mac = encrypt(seq, header, packet)
+                return wire, bytes([mac[0] ^ 1]) + mac[1:]
+
+            asyncssh_data_path.recv_whole = recording_whole  # type: ignore[assignment]
+            try:
+                sending.encrypt_packet = flipping
+                process.stdin.write(b"after")
+                await asyncio.wait_for(conn.wait_closed(), 30)
+            finally:
+                asyncssh_data_path.recv_whole = recv_whole  # type: ignore[assignment]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert bytes(received) == b"before"
+    assert [type(exc) for exc in refused] == [asyncssh.MACError]  # refused on the one-step path
 
 
 @pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"])
