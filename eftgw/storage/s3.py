@@ -45,7 +45,7 @@ from eftgw.storage.s3_parts import (
     copy_ranges,
     staging_of,
 )
-from eftgw.storage.s3_writer import PER_UPLOAD, S3Writer
+from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer
 
 log = logging.getLogger("eftgw.storage.s3")
 READ_BLOCK = 1024 * 1024
@@ -63,14 +63,15 @@ class S3Store:
         *,
         region: str | None = None,
         budget: BufferBudget | None = None,
-        spool_above: int = PER_UPLOAD,
+        writer_memory: int = WRITER_MEMORY,
         spool_dir: Path | None = None,
     ):
         self.client = client
         self.region = region
         self.versioned = False
         self.budget = budget or BufferBudget(DEFAULT_BUDGET)
-        self.spool_above = spool_above  # parts and tails larger than this are kept in a temporary file
+        # what one writer may keep in memory (eftgw.memory); larger parts and tails go to a temporary file
+        self.writer_memory = writer_memory
         self.spool_dir = spool_dir  # where (None: the system's temporary directory)
 
     def spool(self, size: int) -> mmap.mmap:
@@ -105,19 +106,21 @@ class S3Store:
 
     # the commit record --------------------------------------------------------------------------------
 
-    async def put_record(self, key: str, record: Record, tail: Buffer) -> None:
+    async def put_record(self, key: str, record: Record, tail: Buffer | Sequence[Buffer]) -> None:
         """Commit: ``record`` plus ``tail`` are the staging data of ``key`` (one atomic PUT).
 
-        The tail is sent as it is, from memory or from a spooled part, never joined with the record."""
-        size = record.parts_end + len(tail)
+        The tail (one buffer, or the pieces a part in memory keeps) is sent as it is, from memory or from a
+        spooled part, never joined with the record."""
+        pieces = [tail] if isinstance(tail, bytes | memoryview) else list(tail)
+        size = record.parts_end + sum(len(piece) for piece in pieces)
         meta = {SIZE_META: str(size), UPLOAD_META: record.upload or ""}
-        await self.client.put(key, Body([record.encode(b""), tail]), metadata=meta)
+        await self.client.put(key, Body([record.encode(b""), *pieces]), metadata=meta)
 
     async def load(self, key: str) -> tuple[Record, Buffer]:
         """The committed record and tail of ``key``; finishes a seal a crash interrupted.
 
-        A tail longer than ``spool_above`` is read into a spooled buffer, not into memory."""
-        line, tail = await self.client.get_line_and_rest(key, self.spool_above, self.spool)
+        A tail longer than ``writer_memory`` is read into a spooled buffer, not into memory."""
+        line, tail = await self.client.get_line_and_rest(key, self.writer_memory, self.spool)
         try:
             record, _rest = Record.decode(line + b"\n")
         except (ValueError, KeyError, TypeError) as exc:

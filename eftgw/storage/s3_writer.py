@@ -5,17 +5,25 @@ The body pipeline hands a writer each block as the chunks it arrived in (:meth:`
 digests. One worker thread adds the chunks to the part being filled and updates the part's SHA-256. A part in
 memory keeps the chunks themselves (immutable ``bytes``), not a copy, and is sent as those pieces; its
 SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is ready the moment it is full, so its
-upload starts at once while the next part fills. Every part's room is reserved in the node's
-:class:`~eftgw.storage.budget.BufferBudget` before it fills and given back once it is stored. A writer keeps
-at most ``PER_UPLOAD - part`` bytes in flight (three 16 MiB parts), so one upload holds at most 64 MiB of
-memory. Parts larger than ``spool_above`` (64 MiB: files past 109 GiB) are copied into an unlinked temporary
-file instead (:func:`~eftgw.storage.budget.spooled`), so memory stays within that bound at every size up to 5
-TiB.
+upload starts at once while the next part fills.
 
-:meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail;
-until then nothing this writer sent counts. A rollback forgets the uncommitted parts: they stay invisible
-inside the multipart upload until a later part with the same number replaces them or the upload completes
-or is aborted (S3 drops parts a completion does not list).
+**Memory.** An upload holds at most ``PER_UPLOAD`` (64 MiB, :mod:`eftgw.memory`): the writer's share is what
+the connection's buffers and the pipeline's two blocks leave (``WRITER_MEMORY``, 57.25 MiB). The rule is
+byte-granular: the bytes of the parts in flight plus the bytes in the part filling stay within the share.
+When a block does not fit, the part takes what fits, the writer waits until a part in flight is stored, then
+goes on. With 16 MiB parts three upload while the fourth fills its first 9.25 MiB; with 32 MiB parts one
+uploads while the next fills 25.25 MiB. A part keeps a view of a chunk only if it takes the whole chunk; the
+piece of a chunk cut at a part's end (or where the room ended) is copied, so a part never keeps alive more
+than its own bytes. Parts larger than the share (64 MiB and up: files past 46.9 GiB) are copied into an
+unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), one uploading while the next fills,
+so memory stays within that bound at every size up to 5 TiB. Every part in memory also reserves its whole
+size in the node's :class:`~eftgw.storage.budget.BufferBudget` before it fills and gives it back once it is
+stored.
+
+:meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail
+(the part filling, sent as its pieces, not joined); until then nothing this writer sent counts. A rollback
+forgets the uncommitted parts: they stay invisible inside the multipart upload until a later part with the
+same number replaces them or the upload completes or is aborted (S3 drops parts a completion does not list).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import mmap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from eftgw.memory import writer_share
 from eftgw.storage.base import StorageError
 from eftgw.storage.budget import unmap
 from eftgw.storage.s3_client import Body, Buffer
@@ -37,61 +46,64 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eftgw.storage.s3")
 
-PER_UPLOAD = 64 * 1024 * 1024  # the memory one upload may hold: the part filling plus the parts in flight
 # The body pipeline's block for S3: each block is one worker thread hop (hashing, filling the part), and at
 # 1 MiB the hops cost a tenth of the gateway's CPU on a loaded 2-core machine (docs/storage-s3.md).
 BLOCK = 2 * 1024 * 1024
-
-
-def inflight_allowed(part: int) -> int:
-    """How many parts of size ``part`` may be stored while the next one fills, within ``PER_UPLOAD``."""
-    return max(0, PER_UPLOAD // part - 1)
-
-
-def held_for(part: int) -> int:
-    """The most a writer cutting parts of size ``part`` holds: the part filling plus those in flight."""
-    return part * (1 + inflight_allowed(part))
-
-
-def memory_for(part: int, spool_above: int = PER_UPLOAD) -> int:
-    """The memory a writer cutting parts of size ``part`` holds (spooled parts hold none: they are files)."""
-    return held_for(part) if part <= spool_above else 0
-
-
+WRITER_MEMORY = writer_share(BLOCK)  # what a writer may hold: parts in flight plus the part filling
 SPOOLED_INFLIGHT = 1  # spooled parts: one uploads while the next fills (disk, not memory, is what they hold)
 
 
-def spool_for(part: int, spool_above: int = PER_UPLOAD) -> int:
+def spooled_part(part: int, writer_memory: int = WRITER_MEMORY) -> bool:
+    """Whether parts of size ``part`` are too large for a writer's memory and go to a temporary file."""
+    return part > writer_memory
+
+
+def memory_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
+    """The most memory a writer cutting parts of size ``part`` holds: its share (spooled parts hold none)."""
+    return 0 if spooled_part(part, writer_memory) else writer_memory
+
+
+def inflight_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
+    """How many parts of size ``part`` may be uploading while the next one has begun to fill."""
+    return SPOOLED_INFLIGHT if spooled_part(part, writer_memory) else (writer_memory - 1) // part
+
+
+def spool_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
     """The local disk a writer cutting parts of size ``part`` uses: the part filling and the one in flight."""
-    return 0 if part <= spool_above else part * (1 + SPOOLED_INFLIGHT)
+    return part * (1 + SPOOLED_INFLIGHT) if spooled_part(part, writer_memory) else 0
 
 
 class _Part:
     """One part being filled: its number and size, the bytes filled so far and their SHA-256 (UploadPart
-    signs it, so S3 checks the bytes it receives against the bytes the client sent)."""
+    signs it, so S3 checks the bytes it receives against the bytes the client sent), and the memory its
+    pieces keep (``kept``: its bytes for a part in memory until it is stored, none for a spooled one)."""
 
     def __init__(self, number: int, size: int, reserved: int) -> None:
         self.number = number
         self.size = size
         self.filled = 0
+        self.kept = 0
         self.sha256 = hashlib.sha256()
         self.reserved = reserved  # budget held for it, given back once it is stored or dropped
 
-    def fill(self, pieces: list[memoryview]) -> list[memoryview]:
-        """Take and hash the leading ``pieces`` as far as they fit; return what is left of them.
+    def fill(self, pieces: list[memoryview], room: int) -> list[memoryview]:
+        """Take and hash the leading ``pieces`` as far as they fit in the part and, in memory kept, in
+        ``room`` bytes; return what is left of them.
 
         Run in a worker thread: each piece is hashed as it is taken (hashlib releases the GIL), so the
         part's checksum is ready the moment it is full.
         """
-        while pieces and self.filled < self.size:
+        while pieces and self.filled < self.size and room > 0:
             piece = pieces[0]
-            take = min(len(piece), self.size - self.filled)
+            take = min(len(piece), self.size - self.filled, room)
             if take < len(piece):
                 pieces[0], piece = piece[take:], piece[:take]
             else:
                 pieces.pop(0)
             self.sha256.update(piece)
-            self._take(piece)
+            kept = self._take(piece)
+            self.kept += kept
+            room -= kept
             self.filled += take
         return pieces
 
@@ -99,40 +111,51 @@ class _Part:
     def full(self) -> bool:
         return self.filled == self.size
 
-    def _take(self, piece: memoryview) -> None:
+    def _take(self, piece: memoryview) -> int:
+        """Add ``piece`` after the bytes filled; return the memory the part keeps for it."""
         raise NotImplementedError
 
     def body(self) -> Body:
         raise NotImplementedError
 
-    def content(self) -> Buffer:
-        """The bytes filled so far."""
+    def content(self) -> list[Buffer]:
+        """The bytes filled so far, as the pieces the part keeps (not a copy)."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Let go of the part's bytes."""
+        self.kept = 0
 
 
 class _HeldPart(_Part):
     """A part held in memory as the pieces it was filled with: views of the (immutable) chunks the body
     pipeline handed over, kept until the part is stored and sent as they are, never copied into a part
     buffer. The pipeline gathers tiny chunks before they get here (:data:`eftgw.ingest.SMALL_CHUNK`), so a
-    part holds a few pieces per 64 KiB however the client cut its body."""
+    part holds a few pieces per 64 KiB however the client cut its body.
+
+    Only a whole chunk is kept as a view: a view of a piece of a chunk (cut at the part's end, or where the
+    writer's room ended) would keep the whole chunk alive after the other piece's part is gone, so such a
+    piece is copied (at most one chunk per part boundary or wait). So the part keeps exactly its bytes."""
 
     def __init__(self, number: int, size: int, reserved: int) -> None:
         super().__init__(number, size, reserved)
         self.pieces: list[memoryview] = []
 
-    def _take(self, piece: memoryview) -> None:
+    def _take(self, piece: memoryview) -> int:
+        whole = piece.obj
+        if not (isinstance(whole, bytes) and len(whole) == piece.nbytes):
+            piece = memoryview(bytes(piece))
         self.pieces.append(piece)
+        return piece.nbytes
 
     def body(self) -> Body:
         return Body(self.pieces)
 
-    def content(self) -> Buffer:
-        return b"".join(self.pieces)
+    def content(self) -> list[Buffer]:
+        return list(self.pieces)
 
     def close(self) -> None:
+        super().close()
         self.pieces = []
 
 
@@ -145,16 +168,18 @@ class _SpooledPart(_Part):
         self.buffer = buffer
         self.view = memoryview(buffer)
 
-    def _take(self, piece: memoryview) -> None:
+    def _take(self, piece: memoryview) -> int:
         self.view[self.filled : self.filled + len(piece)] = piece
+        return 0
 
     def body(self) -> Body:
         return Body([self.view])
 
-    def content(self) -> Buffer:
-        return self.view[: self.filled]  # not reused: a view is enough
+    def content(self) -> list[Buffer]:
+        return [self.view[: self.filled]]
 
     def close(self) -> None:
+        super().close()
         self.view.release()
         unmap(self.buffer)
 
@@ -167,22 +192,28 @@ class S3Writer:
     def __init__(self, store: S3Store, key: str, record: Record, tail: Buffer) -> None:
         self._store = store
         self._key = key
+        self._memory = store.writer_memory  # parts in flight plus the part filling stay within it
         self._committed = record
-        self._committed_tail: Buffer | None = tail  # None once a part took it: read again from the record
+        # the committed tail as pieces; None once a part took it: read again from the record
+        self._committed_tail: list[Buffer] | None = [tail] if len(tail) else []
         self._upload = record.upload
         self._parts = list(record.parts)  # committed parts plus parts stored since, in order
-        self._inflight: list[asyncio.Task[tuple[str, int]]] = []  # parts being stored, in order
+        self._inflight: list[tuple[asyncio.Task[tuple[str, int]], _Part]] = []  # being stored, in order
         self._part: _Part | None = None  # the part filling (holds the tail after a commit)
-        self._pending = tail  # committed bytes not yet in a part buffer (copied in with the next write)
+        self._pending: list[Buffer] = list(self._committed_tail)  # committed bytes not in a part yet
         self._dirty = False
 
     @property
     def _size(self) -> int:
-        filling = self._part.filled if self._part is not None else len(self._pending)
-        return self._committed.base + sum(s for _e, s in self._parts) + self._inflight_bytes() + filling
+        filling = self._part.filled if self._part is not None else sum(len(p) for p in self._pending)
+        inflight = sum(part.size for _task, part in self._inflight)
+        return self._committed.base + sum(s for _e, s in self._parts) + inflight + filling
 
-    def _inflight_bytes(self) -> int:
-        return sum(part_size(self._number(i)) for i in range(len(self._inflight)))
+    @property
+    def held(self) -> int:
+        """The memory the writer's parts keep: the parts in memory being stored plus the part filling."""
+        filling = self._part.kept if self._part is not None else 0
+        return sum(part.kept for _task, part in self._inflight) + filling
 
     def _number(self, inflight_index: int) -> int:
         return self._committed.first + len(self._parts) + inflight_index
@@ -192,7 +223,7 @@ class S3Writer:
 
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
         """Append ``chunks`` in order: a worker thread hashes them into the part filling and keeps them
-        there (see :meth:`_Part.fill`)."""
+        there (see :meth:`_Part.fill`). When the writer's memory is full, it waits for a part in flight."""
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
         # a part keeps views of the chunks until it is stored: a chunk its producer could change is copied
@@ -201,31 +232,45 @@ class S3Writer:
             return
         self._dirty = True
         while pieces:
+            if self._part is None:
+                await self._wait_for_room()
             part = self._part if self._part is not None else await self._start_part()
             pieces = await self._fill(part, pieces)
             if part.full:
                 await self._cut(part)
+            elif pieces:  # the writer's memory is full: the rest waits for a part in flight to be stored
+                await self._wait_for_part()
 
     async def _start_part(self) -> _Part:
         """Reserve and take the buffer of the next part; it starts with the committed bytes not in a part."""
         number = self._number(len(self._inflight))
         size = part_size(number)
-        if size > self._store.spool_above:  # held in a temporary file: only the block being copied is memory
+        if spooled_part(size, self._memory):  # in a temporary file: only the block being copied is memory
             part: _Part = _SpooledPart(number, self._store.spool(size))
         else:
             part = _HeldPart(number, size, await self._store.budget.acquire(size))
         self._part = part
         return part
 
+    def _room(self, part: _Part) -> int:
+        """How many more bytes ``part`` may take: all it lacks if it is spooled, else what the writer's
+        memory has left."""
+        if isinstance(part, _SpooledPart):
+            return part.size
+        return self._memory - self.held
+
     async def _fill(self, part: _Part, pieces: list[memoryview]) -> list[memoryview]:
-        """In a worker thread: :meth:`_Part.fill` (first with the committed bytes not in a part yet); return
-        the pieces left over."""
-        pending, self._pending = self._pending, b""
+        """In a worker thread: :meth:`_Part.fill` (first with the committed bytes not in a part yet), as far
+        as the writer's memory allows; return the pieces left over."""
+        pending, self._pending = self._pending, []
         if pending:
-            pieces = [memoryview(pending).cast("B"), *pieces]
+            pieces = [memoryview(p).cast("B") for p in pending] + pieces
+        room = self._room(part)
+        if room <= 0:
+            return pieces
 
         def fill() -> list[memoryview]:
-            return part.fill(pieces)
+            return part.fill(pieces, room)
 
         future = asyncio.get_running_loop().run_in_executor(None, fill)
         try:
@@ -235,12 +280,15 @@ class S3Writer:
             raise
 
     async def _cut(self, part: _Part) -> None:
-        """Start storing the full ``part`` and wait until few enough parts are in flight."""
+        """Start storing the full ``part``; a spooled one waits until few enough parts are in flight."""
         await self._ensure_upload()
         self._part = None
         self._committed_tail = None  # do not hold it twice; a rollback reads it from the record
-        self._inflight.append(asyncio.ensure_future(self._store_part(part)))
-        await self._throttle(part.size)
+        self._inflight.append((asyncio.ensure_future(self._store_part(part)), part))
+        running = self._harvest()
+        while isinstance(part, _SpooledPart) and len(running) > SPOOLED_INFLIGHT:
+            await self._wait_for(running)
+            running = self._harvest()
 
     async def _store_part(self, part: _Part) -> tuple[str, int]:
         try:
@@ -257,19 +305,33 @@ class S3Writer:
         if part.reserved:
             self._store.budget.release(part.reserved)
 
-    async def _throttle(self, size: int) -> None:
-        """Wait until at most ``PER_UPLOAD // size - 1`` parts are in flight; harvest the finished ones."""
-        allowed = SPOOLED_INFLIGHT if size > self._store.spool_above else inflight_allowed(size)
-        while True:
-            while self._inflight and self._inflight[0].done():
-                self._parts.append(self._inflight.pop(0).result())  # a failed part raises here
-            running = [t for t in self._inflight if not t.done()]
-            if len(running) <= allowed:
-                return
-            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in running:
-                if task.done() and task.exception() is not None:
-                    task.result()
+    def _harvest(self) -> list[asyncio.Task[tuple[str, int]]]:
+        """Take the stored parts at the front in order (a failed part raises here); return those running."""
+        while self._inflight and self._inflight[0][0].done():
+            self._parts.append(self._inflight.pop(0)[0].result())
+        return [task for task, _part in self._inflight if not task.done()]
+
+    async def _wait_for(self, running: list[asyncio.Task[tuple[str, int]]]) -> None:
+        """Wait until one of the ``running`` parts is stored (its memory is free); raise if one failed."""
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in running:
+            if task.done() and task.exception() is not None:
+                task.result()
+
+    async def _wait_for_part(self) -> None:
+        """The writer's memory is full: wait until a part in flight is stored."""
+        running = self._harvest()
+        if not running:  # the part filling alone never exceeds the memory: parts larger are spooled
+            raise RuntimeError(f"no room for {self._key} and no part in flight")
+        await self._wait_for(running)
+        self._harvest()
+
+    async def _wait_for_room(self) -> None:
+        """Before a new part: wait until the parts in flight leave room for a byte of it."""
+        running = self._harvest()
+        while running and self._memory - self.held <= 0:
+            await self._wait_for(running)
+            running = self._harvest()
 
     async def _ensure_upload(self) -> None:
         """Start the multipart upload before its first part, and record it at once (for the orphan sweep)."""
@@ -281,18 +343,18 @@ class S3Writer:
         self._committed = recorded
         self._upload = upload
 
-    async def _tail(self) -> Buffer:
-        """The committed tail (from memory, or read back from the commit record)."""
+    async def _tail(self) -> list[Buffer]:
+        """The committed tail as pieces (from memory, or read back from the commit record)."""
         if self._committed_tail is not None:
             return self._committed_tail
         record, tail = await self._store.load(self._key)
         if record.upload != self._committed.upload or record.parts != self._committed.parts:
             raise StorageError(f"The commit record of {self._key} changed under its writer.")
-        return tail
+        return [tail] if len(tail) else []
 
     async def _drain(self) -> None:
         """Wait for every part in flight; the first failure is raised after all have ended."""
-        inflight, self._inflight = self._inflight, []
+        inflight, self._inflight = [task for task, _part in self._inflight], []
         results = await asyncio.gather(*inflight, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -313,7 +375,7 @@ class S3Writer:
     async def rollback(self) -> None:
         # Parts in flight are let land, not cancelled: a cancelled task would leave its request running in
         # a worker thread, and it could then replace a part the next writer of this upload stored.
-        inflight, self._inflight = self._inflight, []
+        inflight, self._inflight = [task for task, _part in self._inflight], []
         await asyncio.shield(asyncio.gather(*inflight, return_exceptions=True))
         self._parts = list(self._committed.parts)
         self._drop_part()
@@ -335,5 +397,5 @@ class S3Writer:
             log.exception("could not stop the part uploads of %s", self._key)
         finally:
             self._drop_part()
-            self._pending = b""
+            self._pending = []
             self._committed_tail = None

@@ -154,9 +154,9 @@ async def test_each_part_is_sent_with_the_sha256_of_its_bytes(
     hashed_in: set[int] = set()
     fill = _Part.fill
 
-    def spying_fill(part: _Part, pieces: list[memoryview]) -> list[memoryview]:
+    def spying_fill(part: _Part, pieces: list[memoryview], room: int) -> list[memoryview]:
         hashed_in.add(threading.get_ident())
-        return fill(part, pieces)
+        return fill(part, pieces, room)
 
     monkeypatch.setattr(_Part, "fill", spying_fill)
     writer = await s3.open_writer(key, 5 * MiB)
@@ -260,7 +260,7 @@ async def test_a_node_dying_before_commit_costs_only_a_resume(
     await stage_for(s3, key, target, first)
     dying = await s3.open_writer(key, len(first))
     await dying.write(data(40 * MiB, 2))  # two full parts reach S3; then the node is killed
-    await asyncio.gather(*dying._inflight)  # its requests end (a killed node's connections close)
+    await asyncio.gather(*[task for task, _part in dying._inflight])  # its requests end (a killed node's connections close)
     other = s3_server.store(s3_bucket)
     await other.open()
     try:

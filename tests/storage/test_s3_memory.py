@@ -7,8 +7,10 @@ import asyncio
 import gc
 import hashlib
 import resource
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,8 @@ from eftgw.config import Settings
 from eftgw.storage import object_key, staging_key
 from eftgw.storage.budget import BufferBudget, keep_freed_buffers
 from eftgw.storage.s3 import S3Store
+from eftgw.storage.s3_client import Body
+from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer, _HeldPart
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import TAGS, MiB, data, read_all
 
@@ -28,9 +32,10 @@ async def small_budget_store(s3_server: S3Server, s3_bucket: str) -> AsyncIterat
     await store.close()
 
 
-async def test_one_upload_holds_at_most_64_mib(s3_server: S3Server, s3_bucket: str, case_id: str) -> None:
-    """A 200 MiB upload through one writer never holds more than 64 MiB of buffers (one 16 MiB part filling
-    and three in flight), even when the node's budget would allow more."""
+async def test_one_upload_holds_at_most_its_share(s3_server: S3Server, s3_bucket: str, case_id: str) -> None:
+    """A 200 MiB upload through one writer never keeps more than its share (57.25 MiB: three 16 MiB parts in
+    flight and the fourth filling part of the way) even when the node's budget would allow more, and reserves
+    at most 64 MiB of the budget (four whole parts)."""
     store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB))
     await store.open()
     try:
@@ -42,7 +47,7 @@ async def test_one_upload_holds_at_most_64_mib(s3_server: S3Server, s3_bucket: s
             block = data(MiB, i)
             digest.update(block)
             await writer.write(block)
-            assert len(writer._inflight) <= 4  # the part just cut may not have started yet
+            assert len(writer._inflight) <= 3 and writer.held <= WRITER_MEMORY
         assert await writer.commit() == 200 * MiB
         await writer.close()
         assert 0 < store.budget.peak <= 64 * MiB
@@ -50,6 +55,113 @@ async def test_one_upload_holds_at_most_64_mib(s3_server: S3Server, s3_bucket: s
         await store.promote(key, target, TAGS)
         stored = hashlib.sha256(await read_all(store.read_object(target))).hexdigest()
         assert stored == digest.hexdigest()
+    finally:
+        await store.close()
+
+
+class KeptMemory:
+    """What the parts of a writer really keep alive: the bytes of every distinct object their pieces are
+    views of (a view of a piece of a chunk keeps the whole chunk), counted at every piece a part takes, so the
+    peak is exact. Parts count from their first piece until they are closed (stored or dropped)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lock = threading.Lock()
+        self.parts: list[_HeldPart] = []
+        self.peak = 0
+        take, close = _HeldPart._take, _HeldPart.close
+
+        def counting_take(part: _HeldPart, piece: memoryview) -> int:
+            kept = take(part, piece)
+            with self.lock:
+                if part not in self.parts:
+                    self.parts.append(part)
+                self.peak = max(self.peak, self.now())
+            return kept
+
+        def counting_close(part: _HeldPart) -> None:
+            with self.lock:
+                if part in self.parts:
+                    self.parts.remove(part)
+            close(part)
+
+        monkeypatch.setattr(_HeldPart, "_take", counting_take)
+        monkeypatch.setattr(_HeldPart, "close", counting_close)
+
+    def now(self) -> int:
+        objects = {id(p.obj): p.obj for part in self.parts for p in part.pieces}
+        return sum(memoryview(o).nbytes for o in objects.values())
+
+
+@pytest.mark.parametrize(
+    ("memory", "inflight"), [(WRITER_MEMORY, 3), (24 * MiB, 1)], ids=["share-57.25-MiB", "share-24-MiB"]
+)
+async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store(
+    s3_server: S3Server,
+    s3_bucket: str,
+    case_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    memory: int,
+    inflight: int,
+) -> None:
+    """A writer fed 112 MiB as the body pipeline feeds it (blocks of 2 MiB in chunks that straddle the part
+    boundaries) against a store that uploads a part only once the writer has run out of room keeps alive at
+    most its share, and all of it: with 16 MiB parts and the default share (57.25 MiB) three parts are in
+    flight at once while the fourth fills its first 9.25 MiB; with a 24 MiB share (as 32 MiB parts have with
+    the default one) one part uploads while the next fills 8 MiB, where a part-granular rule would leave none
+    in flight. Every byte is stored, and no part keeps a chunk alive past its own bytes."""
+    store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB), writer_memory=memory)
+    await store.open()
+    kept = KeptMemory(monkeypatch)
+    go = asyncio.Event()  # set while the writer waits for room or commits: the store may then upload
+    running, most_running = 0, 0
+    upload_part, wait_for_part, commit = store.client.upload_part, S3Writer._wait_for_part, S3Writer.commit
+
+    async def slow_upload_part(
+        name: str, upload: str, number: int, body: Body, sha256: str | None = None
+    ) -> Any:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        try:
+            await go.wait()
+            return await upload_part(name, upload, number, body, sha256)
+        finally:
+            running -= 1
+
+    async def waiting_for_part(writer: S3Writer) -> None:
+        assert writer.held == memory  # it waits only once its share is full
+        go.set()
+        await wait_for_part(writer)
+        go.clear()
+
+    async def committing(writer: S3Writer) -> int:
+        go.set()
+        return await commit(writer)
+
+    store.client.upload_part = slow_upload_part  # type: ignore[method-assign]
+    monkeypatch.setattr(S3Writer, "_wait_for_part", waiting_for_part)
+    monkeypatch.setattr(S3Writer, "commit", committing)
+    try:
+        key, target = staging_key(case_id, "slow"), object_key(case_id, "f_slow")
+        await store.create_staging(key, target)
+        stored = data(112 * MiB, 3)
+        chunks = [stored[at : at + 300_001] for at in range(0, len(stored), 300_001)]
+        writer = await store.open_writer(key, 0)
+        try:
+            for at in range(0, len(chunks), 7):  # 2.0 MiB blocks
+                await writer.write_chunks(chunks[at : at + 7])
+                assert writer.held <= memory
+            assert await writer.commit() == len(stored)
+        finally:
+            await writer.close()
+        assert kept.peak == memory  # the share, all of it and never more
+        assert most_running == inflight
+        assert store.budget.used == 0 and kept.now() == 0
+        await store.promote(key, target, TAGS)
+        assert (
+            hashlib.sha256(await read_all(store.read_object(target))).digest()
+            == hashlib.sha256(stored).digest()
+        )
     finally:
         await store.close()
 
@@ -125,12 +237,12 @@ def spool_maps(spool: Path) -> list[str]:
 async def test_parts_too_large_for_memory_fill_a_temporary_file(
     s3_server: S3Server, s3_bucket: str, case_id: str, tmp_path: Path
 ) -> None:
-    """With a spool threshold below the part size (as parts above 64 MiB are, past 109 GiB), parts and long
-    tails are kept in unlinked temporary files, not in memory: the writer reserves nothing from the budget
-    while commits, a takeover that reads a long tail back, a rollback, a truncate inside the tail, reads and
-    promotion all keep every byte, and no temporary file is left mapped afterwards."""
+    """With a writer's memory below the part size (as parts of 64 MiB and up are, past 46.9 GiB), parts and
+    long tails are kept in unlinked temporary files, not in memory: the writer reserves nothing from the
+    budget while commits, a takeover that reads a long tail back, a rollback, a truncate inside the tail,
+    reads and promotion all keep every byte, and no temporary file is left mapped afterwards."""
     spool = tmp_path / "spool"
-    store = S3Store(s3_server.client(s3_bucket), spool_above=4 * MiB, spool_dir=spool)
+    store = S3Store(s3_server.client(s3_bucket), writer_memory=4 * MiB, spool_dir=spool)
     await store.open()
     try:
         key, target = staging_key(case_id, "spooled"), object_key(case_id, "f_spooled")

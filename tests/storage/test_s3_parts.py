@@ -7,6 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eftgw.memory import PER_UPLOAD, pipeline_held
 from eftgw.storage.s3_parts import (
     DATA_SUFFIX,
     MAX_FULL_PARTS,
@@ -23,7 +24,7 @@ from eftgw.storage.s3_parts import (
     part_size,
     staging_of,
 )
-from eftgw.storage.s3_writer import PER_UPLOAD, held_for, memory_for, spool_for
+from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer, inflight_for, memory_for, spool_for
 
 NUMBERS = range(1, MAX_PARTS + 1)
 
@@ -51,32 +52,38 @@ def test_every_part_size_is_within_s3_limits() -> None:
     assert sizes == sorted(sizes)
 
 
-def test_memory_per_upload_is_64_mib_up_to_109_gib() -> None:
-    """For every part size the schedule uses up to 109 GiB, the part filling plus the parts in flight hold at
-    most 64 MiB; beyond, one part at a time (the part size) is what a writer holds."""
+def test_an_upload_holds_at_most_64_mib_for_every_part_number() -> None:
+    """For every part number up to 10,000 (every file size up to 5 TiB), the writer's share of memory plus
+    what the body pipeline and the connection hold outside it (two blocks and the receive buffers) is at
+    most 64 MiB: 57.25 MiB for the writer, 6.75 MiB outside."""
+    outside = pipeline_held(S3Writer.block_size)
+    assert outside == 6 * MiB + 768 * 1024
+    assert WRITER_MEMORY + outside == PER_UPLOAD == 64 * MiB
     for number in NUMBERS:
-        size = part_size(number)
-        assert held_for(size) == (PER_UPLOAD if size <= PER_UPLOAD else size)
-    boundary = sum(part_size(n) for n in range(1, 3001))  # 1,000 parts each of 16, 32 and 64 MiB
-    assert boundary == 112_000 * MiB > 109 * GiB
-    assert largest_part_for(boundary) == 64 * MiB
-    for length in (1, 16 * MiB, 20 * GiB, 100 * GiB, boundary):
-        assert held_for(largest_part_for(length)) <= 64 * MiB
-    assert largest_part_for(5 * TiB) <= 4 * GiB  # the cost above 109 GiB, stated in docs/storage-s3.md
+        assert memory_for(part_size(number)) + outside <= 64 * MiB
+    for length in (1, 16 * MiB, 20 * GiB, 100 * GiB, 109 * GiB, 110 * GiB, 2 * TiB, 5 * TiB):
+        assert memory_for(largest_part_for(length)) + outside <= 64 * MiB
 
 
-def test_memory_per_upload_is_64_mib_at_every_size_up_to_5_tib() -> None:
-    """Parts above 64 MiB (files past 109 GiB) are spooled to a temporary file, so for every part number, and
-    so for every file size up to 5 TiB, a writer holds at most 64 MiB of memory; the spool holds at most
-    two parts (one filling, one uploading), 8 GiB for the 4 GiB parts past 2 TiB."""
+def test_parts_keep_uploading_while_the_next_fills_and_64_mib_parts_are_spooled() -> None:
+    """Within the writer's 57.25 MiB, three 16 MiB parts upload while the fourth fills (its first 9.25 MiB),
+    and one 32 MiB part while the next fills; 64 MiB parts and larger (from part 2,001: files past 48,000 MiB,
+    46.9 GiB) are spooled to a temporary file, one uploading while the next fills, so the spool holds at most
+    two parts: 8 GiB for the 4 GiB parts past 2 TiB."""
+    assert inflight_for(16 * MiB) == 3 and WRITER_MEMORY - 3 * 16 * MiB == 9 * MiB + 256 * 1024
+    assert inflight_for(32 * MiB) == 1 and WRITER_MEMORY - 32 * MiB == 25 * MiB + 256 * 1024
+    first_spooled = next(n for n in NUMBERS if memory_for(part_size(n)) == 0)
+    assert first_spooled == 2001 and part_size(first_spooled) == 64 * MiB
+    assert sum(part_size(n) for n in range(1, first_spooled)) == 48_000 * MiB
+    assert largest_part_for(48_000 * MiB) == 32 * MiB and largest_part_for(48_000 * MiB + 1) == 64 * MiB
     for number in NUMBERS:
         size = part_size(number)
-        assert memory_for(size) <= PER_UPLOAD
-        assert spool_for(size) == (0 if size <= PER_UPLOAD else 2 * size)
+        assert spool_for(size) == (0 if number < first_spooled else 2 * size)
+        assert inflight_for(size) >= 1
     for length in (1, 20 * GiB, 109 * GiB, 110 * GiB, 2 * TiB, 5 * TiB):
-        assert memory_for(largest_part_for(length)) <= 64 * MiB
         assert spool_for(largest_part_for(length)) <= 8 * GiB
-    assert memory_for(16 * MiB, spool_above=4 * MiB) == 0  # the small setting the spool test runs with
+    assert largest_part_for(5 * TiB) <= 4 * GiB
+    assert memory_for(16 * MiB, writer_memory=4 * MiB) == 0  # the small setting the spool test runs with
 
 
 def test_small_files_use_16_mib_parts() -> None:
