@@ -2,10 +2,12 @@
 
 Every S3 writer holds the part it is filling and the parts it is uploading in memory; whether the upload
 came over HTTPS or SFTP, it takes that room from one :class:`BufferBudget` (``EFTGW_UPLOAD_MEMORY``) first.
-A writer reserves a whole part before it starts filling it and gives it back when the part is stored, so
-a writer that waits holds no half-filled part and the budget cannot deadlock: the room held is always on
-its way to S3 or being filled by a client that is sending. While a writer waits it does not read its
-request body, so TCP backpressure slows the client down.
+A writer reserves a whole part before it starts filling it and gives it back when the part is stored. It
+waits for the budget only then, holding nothing but parts on their way to S3, so the budget cannot
+deadlock: the room held is always on its way to S3 or being filled by a client that is sending. (A writer
+whose own share of memory is full waits with a half-filled part, but for its own parts in flight, which
+need nothing from the budget.) While a writer waits it does not read its request body, so TCP backpressure
+slows the client down.
 """
 
 from __future__ import annotations

@@ -310,8 +310,10 @@ async def test_list_keys_shows_unfinished_work(store: ObjectStore, case_id: str)
     await stage(store, key, data(2 * MiB))
     abandoned = await store.open_writer(key, 2 * MiB)
     await abandoned.write(data(17 * MiB, 2))  # full parts reach the store; the node "dies" here
-    inflight = getattr(abandoned, "_inflight", [])  # S3: the last full parts may still be on their way
-    await asyncio.gather(*[task for task, _part in inflight])  # let them land, as before the node died (else after the delete below)
+    # S3: the last full parts may still be on their way; let them land, as before the node died (else after
+    # the delete below)
+    inflight = getattr(abandoned, "_inflight", [])
+    await asyncio.gather(*[task for task, _part in inflight])
     listed = await store.list_keys(f"uploads/{case_id}/")
     assert listed and all(k == key or k.startswith(key) for k in listed)
     await store.delete_staging(key)

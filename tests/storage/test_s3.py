@@ -260,7 +260,8 @@ async def test_a_node_dying_before_commit_costs_only_a_resume(
     await stage_for(s3, key, target, first)
     dying = await s3.open_writer(key, len(first))
     await dying.write(data(40 * MiB, 2))  # two full parts reach S3; then the node is killed
-    await asyncio.gather(*[task for task, _part in dying._inflight])  # its requests end (a killed node's connections close)
+    # its requests end (a killed node's connections close)
+    await asyncio.gather(*[task for task, _part in dying._inflight])
     other = s3_server.store(s3_bucket)
     await other.open()
     try:
