@@ -20,8 +20,9 @@ Later parts go to a new multipart upload whose first part numbers are reserved f
 
 Part sizes are fixed by part number so that every node cuts parts the same way without knowing the file's
 length (tus creation-defer-length and SFTP do not say it): 16 MiB for parts 1 to 1,000, doubling every 1,000
-parts up to 4 GiB. Files up to 109 GiB use parts of at most 64 MiB; 9,999 parts plus the tail hold more than
-the 5 TiB S3 allows for one object.
+parts up to 4 GiB. Files up to 46.9 GiB use parts of at most 32 MiB (which a writer keeps in memory; larger
+ones are spooled, see :mod:`eftgw.storage.s3_writer`); 9,999 parts plus the tail hold more than the 5 TiB S3
+allows for one object.
 """
 
 from __future__ import annotations
