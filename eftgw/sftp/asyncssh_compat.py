@@ -28,8 +28,12 @@ internals below, and ``tests/sftp`` exercise each of them with real clients.
    of the packet), so each byte is copied once on its way to decryption; not at all when the rest of the
    packet lies in one socket read and goes to the gateway's packet path (9. below), which takes a view.
 
-   (internals: ``SSHConnection.data_received``, ``_recv_data``, ``_inpbuf``, ``_recv_handler``,
-   ``_recv_pkthdr``, ``_recv_packet``, ``_recv_blocksize``, ``_pktlen``, ``_recv_macsize``,
+   Server connections also read their socket 1 MiB at a time (asyncio reads 256 KiB): a quarter of the
+   system calls and turns of the receive path, and fewer packets spread over two reads (asyncio's
+   ``_SelectorSocketTransport.max_size``).
+
+   (internals: ``SSHConnection.connection_made``, ``data_received``, ``_recv_data``, ``_inpbuf``,
+   ``_recv_handler``, ``_recv_pkthdr``, ``_recv_packet``, ``_recv_blocksize``, ``_pktlen``, ``_recv_macsize``,
    ``_reset_keepalive_timer``, ``_send_disconnect``, ``_force_close``, ``internal_error``,
    ``_finish_recv_packet``).
 5. The packet ciphers chacha20-poly1305@openssh.com and aes*-gcm@openssh.com
@@ -511,9 +515,27 @@ def _parsing(conn: Any) -> bool:
     )
 
 
+SOCKET_READ = 1024 * 1024
+"""How much a server connection asks its socket for at once (asyncio's default: 256 KiB). Each read costs a
+system call and a turn of the receive path; during a 1 GiB ``put`` the reads come full, about 4,100 per GiB
+at 256 KiB. It is also what a connection paused for the node's receive memory may still hold unparsed."""
+
+_ASYNCSSH_CONNECTION_MADE = SSHServerConnection.connection_made
+
+
+def _connection_made_reading_more(self: Any, transport: asyncio.BaseTransport) -> None:
+    """asyncssh's ``connection_made``, then socket reads of ``SOCKET_READ`` bytes (asyncio's selector
+    transports read ``max_size`` bytes at a time)."""
+    _ASYNCSSH_CONNECTION_MADE(self, transport)
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = SOCKET_READ  # type: ignore[attr-defined]
+
+
 def install_receive_buffer() -> None:
-    """Make asyncssh's server connections queue what they read (see 4. above); idempotent, process-wide."""
+    """Make asyncssh's server connections read ``SOCKET_READ`` bytes at a time and queue what they read (see
+    4. above); idempotent, process-wide."""
     cls: Any = SSHServerConnection
+    cls.connection_made = _connection_made_reading_more
     cls.data_received = _queued_data_received
     cls._recv_data = _queued_recv_data
     asyncssh_data_path.install()

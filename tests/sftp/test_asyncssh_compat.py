@@ -152,6 +152,10 @@ def test_the_receive_path_internals_are_shaped_as_used() -> None:
     assert "self._inpbuf += data" in inspect.getsource(conn.data_received)
     assert "self._inpbuf = b''" in inspect.getsource(conn._cleanup)
     assert list(inspect.signature(conn.data_received).parameters) == ["self", "data", "datatype"]
+    assert list(inspect.signature(conn.connection_made).parameters) == ["self", "transport"]
+    # what SOCKET_READ sets: asyncio's selector transport reads max_size bytes at a time
+    reading = inspect.getsource(asyncio.selector_events._SelectorSocketTransport._read_ready__data_received)
+    assert "self._sock.recv(self.max_size)" in reading
 
 
 def test_the_receive_queue_hands_out_exactly_the_bytes_asked_for_in_order() -> None:

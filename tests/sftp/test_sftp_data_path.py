@@ -14,6 +14,7 @@ from asyncssh.connection import SSHServerConnection
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_USERAUTH_SUCCESS
 from sftp_support import ClientKey, GatewayThread, openssh_sftp, paramiko_sftp, sha256
 
+from eftgw.sftp import asyncssh_compat as compat
 from eftgw.sftp import asyncssh_data_path
 
 
@@ -23,6 +24,7 @@ class _Counts:
         self.asyncssh_data = 0  # data packets parsed by asyncssh's ``_process_data``
         self.asyncssh_packets = 0  # packets through asyncssh's ``_recv_packet``
         self.whole = 0  # packets decrypted whole from a view of one socket read, header step included
+        self.reads: list[int] = []  # the sizes of the socket reads of server connections
         self.sent: list[int] = []  # the types of the packets asyncssh's ``send_packet`` sent, in order
 
 
@@ -59,6 +61,13 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> _Counts:
         return took
 
     monkeypatch.setattr(asyncssh_data_path, "recv_whole", counting_whole)
+    append = compat._ReceiveQueue.append
+
+    def counting_append(self: Any, data: bytes) -> None:
+        seen.reads.append(len(data))
+        append(self, data)
+
+    monkeypatch.setattr(compat._ReceiveQueue, "append", counting_append)
     monkeypatch.setattr(SSHChannel, "_accept_data", counting_accept)
     monkeypatch.setattr(SSHChannel, "_process_data", counting_process)
     monkeypatch.setitem(SSHChannel._packet_handlers, 94, counting_process)  # type: ignore[attr-defined]
@@ -74,7 +83,8 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     data parsing sees none of them, its packet path the other packets); each is taken in one step
     (``recv_whole``: no separate header step; decrypted from a view of the socket read it lies in, or joined
     once), the file lands with its SHA-256, ``get`` returns it byte for byte, and no
-    ``SSH_MSG_IGNORE`` goes out before the replies."""
+    ``SSH_MSG_IGNORE`` goes out before the replies. The gateway reads its socket up to 1 MiB at a time
+    (asyncio's default is 256 KiB), and while the client sends faster than it parses, it does."""
     assert SSHServerConnection._recv_packet is asyncssh_data_path.recv_packet
     account = gateway.account(keys=[client_key.public_line])
     data = os.urandom(24 * 1024 * 1024 + 5)
@@ -89,6 +99,8 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     assert counts.views >= 24 * 1024 * 1024 // (256 * 1024)  # at most 256 KiB per packet
     assert counts.asyncssh_data == 0
     assert counts.whole >= counts.views  # each data packet in one step (header, decryption, delivery)
+    assert max(counts.reads) <= compat.SOCKET_READ == 1024 * 1024
+    assert max(counts.reads) > 256 * 1024, sorted(counts.reads)[-5:]
     assert counts.asyncssh_packets > 0  # key exchange, login, channel requests: asyncssh's path
     replies = counts.sent.count(MSG_CHANNEL_DATA)
     assert replies > 0 and MSG_IGNORE not in counts.sent  # no SSH_MSG_IGNORE before them

@@ -17,15 +17,16 @@ from typing import Any
 from sftp_support import ClientKey, GatewayThread, openssh_sftp, sha256, wait_until
 
 from eftgw.sftp import SftpService
+from eftgw.sftp import asyncssh_compat as compat
 
 MIB = 1024 * 1024
 UPLOADS = 5
 SIZE = 20 * MIB
 RAMPED = 4 * MIB  # written by each client before storage stalls
 RECEIVE_MEMORY = 4 * MIB
-# What a connection may still take in after it was paused: the rest of one socket read (256 KiB) and of a
-# packet begun in it (at most 256 KiB).
-SLACK_PER_CONNECTION = 512 * 1024
+# What a connection may still take in after it was paused: the rest of one socket read (SOCKET_READ, 1 MiB)
+# and of a packet begun in it (at most 256 KiB).
+SLACK_PER_CONNECTION = compat.SOCKET_READ + 256 * 1024
 
 
 def received_not_processed(service: SftpService) -> int:
