@@ -21,7 +21,11 @@ from eftgw.sftp import asyncssh_compat as compat
 
 MIB = 1024 * 1024
 UPLOADS = 5
-SIZE = 20 * MIB
+# Large next to RAMPED: storage stalls once every client sent RAMPED, and a client that ramped up first must
+# not have sent its whole file by then (with 20 MiB one did, twice, on a loaded machine). A stall per upload
+# cannot replace this: the stalled ones would take the node's shared write and receive memory, and the others
+# could then never ramp up.
+SIZE = 64 * MIB
 RAMPED = 4 * MIB  # written by each client before storage stalls
 RECEIVE_MEMORY = 4 * MIB
 # What a connection may still take in after it was paused: the rest of one socket read (SOCKET_READ, 1 MiB)
