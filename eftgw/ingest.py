@@ -7,7 +7,8 @@ lock and checked the request (steps 3 and 4 of its workflow):
 - :meth:`Ingest.write_body` reads the body in blocks (the writer's ``block_size``: 1 MiB, 2 MiB for S3);
   each block is hashed (whole-file SHA-256 and xxh128, and the request's own checksum if any) in one worker
   thread while another writes it, and the next block is read meanwhile (these two blocks are what
-  :func:`eftgw.memory.pipeline_held` counts of an upload's 64 MiB outside its writer: keep them in step);
+  :func:`eftgw.memory.pipeline_held` counts of an upload's 64 MiB outside its writer: keep them in step;
+  the store's writer keeps what is left for the upload's transport, ``upload.via``);
   every few seconds it re-checks that the case is still open, and it stops if a newer request took over;
 - at the end it commits the writer (fsync, or S3's commit record) and only then records the new offset
   with the digest state it belongs to (:meth:`Ingest.digest_state`), in one database transaction;
@@ -93,7 +94,8 @@ class Ingest:
         takeover (what arrived is kept), and the transport's :class:`BodyInterrupted` after keeping what
         arrived (unless the request had a checksum).
         """
-        writer = await self.store.open_writer(upload.staging_key, upload.offset)
+        # the writer keeps what the upload's transport leaves of its memory (eftgw.memory.writer_share)
+        writer = await self.store.open_writer(upload.staging_key, upload.offset, upload.via)
         block_size = writer.block_size if isinstance(writer, ChunkWriter) else BLOCK_SIZE
         pending: asyncio.Future[None] | None = None
         written = 0
@@ -226,7 +228,7 @@ class Ingest:
     async def copy_in(self, upload: Upload, record: FileRecord, lease: UploadLease) -> None:
         """Fill the new upload's staging data with the file's bytes, hashing them on the way."""
         digests = FileDigests()
-        writer = await self.store.open_writer(upload.staging_key, 0)
+        writer = await self.store.open_writer(upload.staging_key, 0, upload.via)
         try:
             async for block in self.store.read_object(record.object_key):
                 metrics.DIGEST_REREAD_BYTES.inc(len(block))

@@ -1,5 +1,9 @@
 """What one upload may hold in memory, all of it: ``PER_UPLOAD`` (64 MiB), at every size up to 5 TiB.
 
+Over either transport the store's writer keeps what the transport and the body pipeline leave of it
+(:func:`writer_share`, chosen per upload from its transport): 57.25 MiB on S3 for HTTPS, 32.25 MiB less
+2 KiB for SFTP, which holds more in front of the pipeline.
+
 An HTTPS upload's bytes sit in three places on their way to storage, and the three together stay within
 ``PER_UPLOAD``:
 
@@ -16,6 +20,20 @@ An HTTPS upload's bytes sit in three places on their way to storage, and the thr
 The figures come from the libraries' own limits, checked against the pinned versions: asyncio reads a socket
 (``selector_events``) and decrypts TLS (``sslproto``) 256 KiB at a time, and TLS hands aiohttp everything
 it could decrypt at once, so a chunk of body is at most its 256 KiB high-water mark plus one read.
+
+An SFTP upload's bytes sit in four places in front of the writer (:func:`pipeline_held`, 31.75 MiB and
+2 KiB with S3's 2 MiB blocks):
+
+- what its connection received and has not processed (:data:`SFTP_RECEIVE_HELD`): the SFTP session's
+  receive buffer, which stops the connection reading its socket once it holds ``SFTP_WINDOW``
+  (:class:`eftgw.sftp.flow.ReceiveMemory`, per connection; the channel packet that crossed the mark is in
+  it), what the connection had read and not parsed then (one socket read of ``SFTP_SOCKET_READ`` and the
+  start of a packet from the read before), all of which it still delivers, and the packet being decrypted;
+- the request being processed (asyncssh takes one at a time): a write of up to ``SFTP_REQUEST`` that waits
+  for room in the handle's write buffer;
+- the handle's write buffer (:class:`eftgw.sftp.buffer.BufferedUpload`): ``SFTP_WRITE_BUFFER`` queued, and
+  the write at its head whose first bytes went into a piece (the queue keeps a view of the request);
+- the body pipeline: as for HTTPS, with pieces of at most ``SFTP_PIECE`` as chunks.
 """
 
 from __future__ import annotations
@@ -42,13 +60,44 @@ LARGEST_CHUNK = TLS_INCOMING  # one piece of body aiohttp hands on: at most what
 RECEIVE_HELD = 2 * READ_BUFSIZE + LARGEST_CHUNK + TLS_INCOMING + TLS_READ_BUFFER
 
 
-def pipeline_held(block_size: int) -> int:
-    """What an upload holds outside its writer: the block being written, the next one being gathered
-    (each shorter than ``block_size`` plus one chunk), and the connection's receive buffers."""
-    return 2 * (block_size + LARGEST_CHUNK) + RECEIVE_HELD
+# SFTP. The session's limits (eftgw.sftp.server and eftgw.sftp.fs take them from here; the two of
+# eftgw.sftp.asyncssh_compat and asyncssh's own are checked against theirs by tests/test_memory.py).
+SFTP_WINDOW = 8 * MiB  # the SSH channel window, and what a connection holds before it stops reading
+SFTP_CHANNEL_PACKET = 256 * KiB  # the largest SSH channel packet a client may send
+SFTP_SOCKET_READ = 1 * MiB  # a server connection's socket read (asyncssh_compat.SOCKET_READ)
+SFTP_REQUEST = 4 * MiB + KiB  # the largest SFTP request asyncssh takes (MAX_SFTP_PACKET_LEN)
+SFTP_WRITE_BUFFER = 8 * MiB  # what one handle's write buffer queues (SftpContext.buffer_capacity)
+SFTP_PIECE = 1 * MiB  # the write buffer hands the pipeline its bytes in pieces of at most this
+
+# The session's receive buffer up to the pause mark plus the packet that crossed it, one socket read and a
+# packet begun in the read before, and one packet being decrypted (its ciphertext and plaintext).
+SFTP_RECEIVE_HELD = SFTP_WINDOW + SFTP_SOCKET_READ + 3 * SFTP_CHANNEL_PACKET
+# The write buffer's queue, the taken bytes of the request at its head, and the request waiting for room.
+SFTP_HANDLE_HELD = SFTP_WRITE_BUFFER + 2 * SFTP_REQUEST
+
+HTTP = "http"
+SFTP = "sftp"
 
 
-def writer_share(block_size: int) -> int:
-    """The memory a writer whose pipeline gathers ``block_size`` blocks may keep: ``PER_UPLOAD`` less
-    :func:`pipeline_held`."""
-    return PER_UPLOAD - pipeline_held(block_size)
+def front_held(via: str) -> int:
+    """What an upload over transport ``via`` holds in front of its body pipeline."""
+    if via == SFTP:
+        return SFTP_RECEIVE_HELD + SFTP_HANDLE_HELD
+    return RECEIVE_HELD
+
+
+def largest_chunk(via: str) -> int:
+    """The largest piece of body the pipeline gets from transport ``via``."""
+    return SFTP_PIECE if via == SFTP else LARGEST_CHUNK
+
+
+def pipeline_held(block_size: int, via: str = HTTP) -> int:
+    """What an upload over ``via`` holds outside its writer: the block being written, the next one being
+    gathered (each shorter than ``block_size`` plus one chunk), and what the transport holds in front."""
+    return 2 * (block_size + largest_chunk(via)) + front_held(via)
+
+
+def writer_share(block_size: int, via: str = HTTP) -> int:
+    """The memory a writer whose pipeline gathers ``block_size`` blocks of an upload over ``via`` may keep:
+    ``PER_UPLOAD`` less :func:`pipeline_held`."""
+    return PER_UPLOAD - pipeline_held(block_size, via)

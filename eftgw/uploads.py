@@ -492,7 +492,7 @@ class UploadService:
                 return upload
             if not 0 <= size < upload.offset:
                 raise BadRequest(f"The upload has {upload.offset} durable bytes; it cannot be cut to {size}.")
-            writer = await self.store.open_writer(upload.staging_key, size)
+            writer = await self.store.open_writer(upload.staging_key, size, upload.via)
             try:
                 durable = await writer.commit()
             finally:

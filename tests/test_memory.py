@@ -6,26 +6,43 @@ import asyncio
 import asyncio.constants
 import asyncio.selector_events
 import asyncio.sslproto
+import inspect
 from typing import Any
 
+import asyncssh.sftp
 import pytest
 from aiohttp import web
 from aiohttp.streams import StreamReader
 
 from eftgw.memory import (
+    HTTP,
     LARGEST_CHUNK,
     PER_UPLOAD,
     READ_BUFSIZE,
     RECEIVE_HELD,
+    SFTP,
+    SFTP_CHANNEL_PACKET,
+    SFTP_HANDLE_HELD,
+    SFTP_PIECE,
+    SFTP_RECEIVE_HELD,
+    SFTP_REQUEST,
+    SFTP_SOCKET_READ,
+    SFTP_WINDOW,
+    SFTP_WRITE_BUFFER,
     TLS_INCOMING,
     TLS_READ_BUFFER,
     TRANSPORT_READ,
+    KiB,
     MiB,
     pipeline_held,
     writer_share,
 )
 from eftgw.server import app_runner
-from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer
+from eftgw.sftp import asyncssh_compat, buffer
+from eftgw.sftp.fs import SftpContext
+from eftgw.sftp.server import SftpService
+from eftgw.storage.s3_parts import part_size
+from eftgw.storage.s3_writer import BLOCK, WRITER_MEMORY, S3Writer, inflight_for, memory_for
 
 pytestmark = pytest.mark.once  # no backend involved
 
@@ -69,3 +86,42 @@ def test_an_s3_upload_leaves_its_writer_what_the_buffers_and_blocks_do_not_hold(
     assert RECEIVE_HELD / MiB == 1.75
     assert pipeline_held(S3Writer.block_size) == RECEIVE_HELD + 5 * MiB
     assert WRITER_MEMORY == writer_share(S3Writer.block_size) == PER_UPLOAD - 6 * MiB - 768 * 1024
+
+
+def test_the_sftp_figures_are_the_sessions_limits() -> None:
+    """What ``eftgw.memory`` counts for an SFTP upload are the limits the SFTP side runs with: the channel
+    window and packet size the service offers (and the receive memory's pause mark per connection), the
+    write buffer's capacity and piece, the connection's socket read, and the largest request asyncssh takes.
+    A change to one of them fails here, not silently in production."""
+    defaults = inspect.signature(SftpService.__init__).parameters
+    assert defaults["window"].default == SFTP_WINDOW == 8 * MiB
+    assert defaults["max_packet"].default == SFTP_CHANNEL_PACKET == 256 * KiB
+    assert SftpContext.__dataclass_fields__["buffer_capacity"].default == SFTP_WRITE_BUFFER
+    assert inspect.signature(buffer.BufferedUpload).parameters["capacity"].default == SFTP_WRITE_BUFFER
+    assert buffer.PIECE == SFTP_PIECE
+    assert asyncssh_compat.SOCKET_READ == SFTP_SOCKET_READ
+    assert asyncssh.sftp.MAX_SFTP_PACKET_LEN == SFTP_REQUEST
+    assert asyncssh_compat.MAX_REQUEST <= SFTP_REQUEST  # what the gateway advertises (limits@openssh.com)
+    assert 9 * MiB + 768 * KiB == SFTP_RECEIVE_HELD
+    assert 16 * MiB + 2 * KiB == SFTP_HANDLE_HELD
+
+
+def test_each_transport_leaves_its_writer_what_fits_in_64_mib() -> None:
+    """For each transport, what it holds in front of the pipeline, the pipeline's two blocks and the writer's
+    share add up to 64 MiB: HTTPS leaves S3's writer 57.25 MiB, SFTP 32.25 MiB less 2 KiB (its session's
+    9.75 MiB, its handle's 16 MiB and 2 KiB, two blocks of 2 MiB plus a 1 MiB piece each). The SFTP share
+    keeps 16 and 32 MiB parts in memory, as the HTTPS share does, and spools from 64 MiB parts, at the same
+    part number; every part size stays within 64 MiB with what is outside the writer."""
+    assert writer_share(BLOCK, HTTP) == WRITER_MEMORY == 57 * MiB + 256 * KiB
+    assert pipeline_held(BLOCK, SFTP) == 31 * MiB + 768 * KiB + 2 * KiB
+    assert writer_share(BLOCK, SFTP) == 32 * MiB + 256 * KiB - 2 * KiB
+    for via in (HTTP, SFTP):
+        share = writer_share(BLOCK, via)
+        assert pipeline_held(BLOCK, via) + share == PER_UPLOAD == 64 * MiB
+        assert share >= 32 * MiB
+        for number in range(1, 10_001):
+            assert memory_for(part_size(number), share) + pipeline_held(BLOCK, via) <= PER_UPLOAD
+        assert memory_for(32 * MiB, share) == share and memory_for(64 * MiB, share) == 0
+    sftp = writer_share(BLOCK, SFTP)
+    assert inflight_for(16 * MiB, sftp) == 2 and inflight_for(32 * MiB, sftp) == 1
+    assert inflight_for(16 * MiB, WRITER_MEMORY) == 3 and inflight_for(32 * MiB, WRITER_MEMORY) == 1

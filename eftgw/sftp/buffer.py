@@ -7,8 +7,11 @@ once while there is room; a background task drains the buffer into the core in *
 
 A part ends when it has reached ``part_size`` bytes, or when the buffer ran dry and either ``min_part``
 bytes went into it, ``linger`` seconds passed without data, or someone asked for a flush (close, fsync,
-setstat, teardown). Memory per handle is bounded by ``capacity`` plus what the core holds while it stores a
-part (one block being written and one being filled, 1 MiB each, 2 MiB on S3). All handles of a node
+setstat, teardown). Memory per handle is bounded by ``capacity`` plus the request at the head of the queue
+(a piece may take its first bytes; the queue keeps a view of the rest) and the one waiting for room, plus
+what the core holds while it stores a part: pieces of at most ``PIECE``, gathered into blocks (one being
+written and one being filled, 1 MiB each, 2 MiB on S3), and the store's writer (its share of the upload's
+64 MiB, :func:`eftgw.memory.writer_share`). All handles of a node
 together queue at most what their shared ``budget`` (``EFTGW_SFTP_WRITE_MEMORY``) allows: with a hundred
 sessions writing at once a write waits for room in it (first come, first served) instead of growing memory
 by ``capacity`` per handle.
@@ -29,13 +32,14 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 from eftgw.errors import DomainError, StorageUnavailable
+from eftgw.memory import SFTP_PIECE, SFTP_WRITE_BUFFER
 from eftgw.model import Principal
 from eftgw.storage.budget import BufferBudget
 from eftgw.uploads import UploadService
 
 log = logging.getLogger("eftgw.sftp.buffer")
 
-PIECE = 1024 * 1024
+PIECE = SFTP_PIECE  # the most bytes handed to the core at once (eftgw.memory counts them in the pipeline)
 
 
 class WriterDetached(DomainError):
@@ -61,7 +65,7 @@ class BufferedUpload:
         upload_id: str,
         offset: int,
         *,
-        capacity: int = 16 * 1024 * 1024,
+        capacity: int = SFTP_WRITE_BUFFER,
         part_size: int = 64 * 1024 * 1024,
         min_part: int = 1024 * 1024,
         linger: float = 0.2,
@@ -175,20 +179,36 @@ class BufferedUpload:
                 continue
             pieces: list[bytes | memoryview] = []
             size = 0
+            budget = 0  # what the budget gets back for the bytes taken (as much as they took of it)
             while self._queue and size < PIECE:
                 chunk = self._queue.popleft()
+                if size + len(chunk) > PIECE:  # a piece is at most PIECE: the rest of the write stays queued
+                    view = memoryview(chunk).cast("B")
+                    taken, rest = view[: PIECE - size], view[PIECE - size :]
+                    self._queue.appendleft(rest)
+                    budget += self._budget_of(len(chunk)) - self._budget_of(len(rest))
+                    chunk = taken
+                else:
+                    budget += self._budget_of(len(chunk))
                 pieces.append(chunk)
                 size += len(chunk)
             self._queued -= size
-            self._release(pieces)
+            if self.budget is not None:
+                self.budget.release(budget)
             sent += size
             self._signal()
-            yield bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+            piece = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()  # not kept alive next to the piece while the core takes it
+            yield piece
 
     def _fail(self, exc: DomainError) -> None:
         if self.error is None:
             self.error = exc
         self._drop_queue()
+
+    def _budget_of(self, size: int) -> int:
+        """What a queued write of ``size`` bytes took of the budget."""
+        return self.budget.clamp(size) if self.budget is not None else 0
 
     def _release(self, pieces: Iterable[bytes | memoryview]) -> None:
         if self.budget is not None:

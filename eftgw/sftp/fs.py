@@ -55,6 +55,7 @@ from asyncssh import (
 from eftgw.cases import CaseService
 from eftgw.errors import DomainError, FileNotFound, Forbidden, UploadTooLarge
 from eftgw.files import FileService
+from eftgw.memory import SFTP_WRITE_BUFFER
 from eftgw.model import FileRecord, Principal, Transport, Upload, UploadState
 from eftgw.sftp.area import OWNERS, CaseArea, Entry, root_attrs
 from eftgw.sftp.buffer import BufferedUpload, WriterDetached, WriterRegistry, WriterRetired
@@ -90,7 +91,7 @@ class SftpContext:
     cases: CaseService
     writers: WriterRegistry = field(default_factory=WriterRegistry)
     pending_mtimes: dict[str, int] = field(default_factory=dict)  # upload id -> mtime set before finishing
-    buffer_capacity: int = 8 * MIB
+    buffer_capacity: int = SFTP_WRITE_BUFFER  # per handle (eftgw.memory counts it in an upload's 64 MiB)
     part_size: int = 64 * MIB
     max_write_handles: int = 8
     budget: FileBudget = field(

@@ -33,6 +33,7 @@ from eftgw.accounts import AccountService
 from eftgw.audit import AuditLog
 from eftgw.errors import Unauthenticated
 from eftgw.gateway import Gateway
+from eftgw.memory import SFTP_CHANNEL_PACKET, SFTP_WINDOW
 from eftgw.model import Principal, Role, Via
 from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
 from eftgw.sftp.asyncssh_compat import (
@@ -156,8 +157,8 @@ class SftpService:
         defender: LoginDefender | None = None,
         failure_delay: float = 1.0,
         check_interval: float | None = None,
-        window: int = 8 * 1024 * 1024,
-        max_packet: int = 256 * 1024,
+        window: int = SFTP_WINDOW,
+        max_packet: int = SFTP_CHANNEL_PACKET,
         keepalive_interval: float = 30.0,
     ) -> None:
         settings = gateway.settings

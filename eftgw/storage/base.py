@@ -102,10 +102,12 @@ class ObjectStore(Protocol):
         """Return the committed size of the staging data; :class:`ObjectNotFound` if it does not exist."""
         ...
 
-    async def open_writer(self, key: str, offset: int) -> UploadWriter:
+    async def open_writer(self, key: str, offset: int, via: str = "http") -> UploadWriter:
         """Open staging data for appending at ``offset``, dropping anything stored beyond it.
 
         ``offset`` must not exceed the committed size; :class:`ObjectNotFound` if the key does not exist.
+        ``via`` is the transport the bytes come over (``"http"`` or ``"sftp"``): a writer that keeps parts in
+        memory keeps what that transport leaves of the upload's 64 MiB (:func:`eftgw.memory.writer_share`).
         """
         ...
 

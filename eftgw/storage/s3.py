@@ -30,6 +30,7 @@ from typing import Any
 
 from minio.datatypes import Part
 
+from eftgw.memory import HTTP, writer_share
 from eftgw.storage.base import ObjectNotFound, StorageError
 from eftgw.storage.budget import BufferBudget, spooled
 from eftgw.storage.s3_assembly import Segment, assemble
@@ -45,7 +46,7 @@ from eftgw.storage.s3_parts import (
     copy_ranges,
     staging_of,
 )
-from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer
+from eftgw.storage.s3_writer import BLOCK, S3Writer
 
 log = logging.getLogger("eftgw.storage.s3")
 READ_BLOCK = 1024 * 1024
@@ -63,16 +64,30 @@ class S3Store:
         *,
         region: str | None = None,
         budget: BufferBudget | None = None,
-        writer_memory: int = WRITER_MEMORY,
+        writer_memory: int | None = None,
         spool_dir: Path | None = None,
     ):
         self.client = client
         self.region = region
         self.versioned = False
         self.budget = budget or BufferBudget(DEFAULT_BUDGET)
-        # what one writer may keep in memory (eftgw.memory); larger parts and tails go to a temporary file
-        self.writer_memory = writer_memory
+        # What one writer may keep in memory: its upload's share (eftgw.memory), by transport, unless set for
+        # all (tests); larger parts and tails go to a temporary file.
+        self._writer_memory = writer_memory
         self.spool_dir = spool_dir  # where (None: the system's temporary directory)
+
+    @property
+    def writer_memory(self) -> int:
+        """What a writer of an HTTPS upload may keep in memory (57.25 MiB)."""
+        return self.writer_memory_for(HTTP)
+
+    def writer_memory_for(self, via: str) -> int:
+        """What a writer of an upload over ``via`` may keep in memory: the share
+        :func:`eftgw.memory.writer_share` gives it with S3's blocks (57.25 MiB for HTTPS, 32.25 MiB less
+        2 KiB for SFTP), or the amount the store was made with."""
+        if self._writer_memory is not None:
+            return self._writer_memory
+        return writer_share(BLOCK, via)
 
     def spool(self, size: int) -> mmap.mmap:
         """A buffer of ``size`` bytes in an unlinked temporary file (see budget.spooled)."""
@@ -116,11 +131,12 @@ class S3Store:
         meta = {SIZE_META: str(size), UPLOAD_META: record.upload or ""}
         await self.client.put(key, Body([record.encode(b""), *pieces]), metadata=meta)
 
-    async def load(self, key: str) -> tuple[Record, Buffer]:
+    async def load(self, key: str, memory: int | None = None) -> tuple[Record, Buffer]:
         """The committed record and tail of ``key``; finishes a seal a crash interrupted.
 
-        A tail longer than ``writer_memory`` is read into a spooled buffer, not into memory."""
-        line, tail = await self.client.get_line_and_rest(key, self.writer_memory, self.spool)
+        A tail longer than ``memory`` (by default ``writer_memory``) is read into a spooled buffer, not into
+        memory."""
+        line, tail = await self.client.get_line_and_rest(key, memory or self.writer_memory, self.spool)
         try:
             record, _rest = Record.decode(line + b"\n")
         except (ValueError, KeyError, TypeError) as exc:
@@ -143,14 +159,15 @@ class S3Store:
         except (KeyError, ValueError) as exc:
             raise StorageError(f"{key} is not eftgw staging data (no commit record).") from exc
 
-    async def open_writer(self, key: str, offset: int) -> S3Writer:
-        record, tail = await self.load(key)
+    async def open_writer(self, key: str, offset: int, via: str = HTTP) -> S3Writer:
+        memory = self.writer_memory_for(via)
+        record, tail = await self.load(key, memory)
         committed = record.parts_end + len(tail)
         if offset > committed:
             raise ValueError(f"offset {offset} beyond stored size {committed}")
         if offset < committed:  # bytes that were never acknowledged, or a truncate: drop them durably
             record, tail = await self._cut(key, record, tail, offset)
-        return S3Writer(self, key, record, tail)
+        return S3Writer(self, key, record, tail, memory)
 
     async def _cut(self, key: str, record: Record, tail: Buffer, offset: int) -> tuple[Record, Buffer]:
         if offset < record.parts_end:

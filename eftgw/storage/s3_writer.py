@@ -8,11 +8,15 @@ SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is ready
 upload starts at once while the next part fills.
 
 **Memory.** An upload holds at most ``PER_UPLOAD`` (64 MiB, :mod:`eftgw.memory`): the writer's share is what
-the connection's buffers and the pipeline's two blocks leave (``WRITER_MEMORY``, 57.25 MiB). The rule is
+the transport's buffers and the pipeline's two blocks leave, chosen per upload from its transport
+(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 57.25 MiB,
+for HTTPS; 32.25 MiB less 2 KiB for SFTP, whose session and write buffer hold more in front. The rule is
 byte-granular: the bytes of the parts in flight plus the bytes in the part filling stay within the share.
 When a block does not fit, the part takes what fits, the writer waits until a part in flight is stored, then
-goes on. With 16 MiB parts three upload while the fourth fills its first 9.25 MiB; with 32 MiB parts one
-uploads while the next fills 25.25 MiB. A part keeps a view of a chunk only if it takes the whole chunk; the
+goes on. Over HTTPS, with 16 MiB parts three upload while the fourth fills its first 9.25 MiB; with 32 MiB
+parts one uploads while the next fills 25.25 MiB. Over SFTP, with 16 MiB parts one uploads while the next
+fills (and a third its first 0.25 MiB); with 32 MiB parts one uploads while the next fills its first
+0.25 MiB. A part keeps a view of a chunk only if it takes the whole chunk; the
 piece of a chunk cut at a part's end (or where the room ended) is copied, so a part never keeps alive more
 than its own bytes. Parts larger than the share (64 MiB and up: files past 46.9 GiB) are copied into an
 unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), one uploading while the next fills,
@@ -189,10 +193,13 @@ class S3Writer:
 
     block_size = BLOCK  # what the body pipeline gathers per worker thread hop (see ChunkWriter)
 
-    def __init__(self, store: S3Store, key: str, record: Record, tail: Buffer) -> None:
+    def __init__(
+        self, store: S3Store, key: str, record: Record, tail: Buffer, memory: int | None = None
+    ) -> None:
         self._store = store
         self._key = key
-        self._memory = store.writer_memory  # parts in flight plus the part filling stay within it
+        # parts in flight plus the part filling stay within it: the upload's share (by its transport)
+        self._memory = memory if memory is not None else store.writer_memory
         self._committed = record
         # the committed tail as pieces; None once a part took it: read again from the record
         self._committed_tail: list[Buffer] | None = [tail] if len(tail) else []
@@ -208,6 +215,11 @@ class S3Writer:
         filling = self._part.filled if self._part is not None else sum(len(p) for p in self._pending)
         inflight = sum(part.size for _task, part in self._inflight)
         return self._committed.base + sum(s for _e, s in self._parts) + inflight + filling
+
+    @property
+    def memory(self) -> int:
+        """What this writer may keep in memory (see the module's docstring)."""
+        return self._memory
 
     @property
     def held(self) -> int:

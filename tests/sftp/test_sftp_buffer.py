@@ -17,6 +17,7 @@ from sftp_support import OPERATOR, GatewayThread, paramiko_sftp, settings_for, s
 from eftgw.errors import CaseClosed
 from eftgw.gateway import Gateway
 from eftgw.ingest import BLOCK_SIZE
+from eftgw.memory import SFTP_PIECE
 from eftgw.model import Principal, Role
 from eftgw.sftp.buffer import BufferedUpload
 from eftgw.storage import ObjectStore, UploadWriter
@@ -59,8 +60,8 @@ class SlowStore:
         self.gate = gate
         self.name = inner.name
 
-    async def open_writer(self, key: str, offset: int) -> SlowWriter:
-        return SlowWriter(await self.inner.open_writer(key, offset), self.delay, self.gate)
+    async def open_writer(self, key: str, offset: int, via: str = "http") -> SlowWriter:
+        return SlowWriter(await self.inner.open_writer(key, offset, via), self.delay, self.gate)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -285,3 +286,56 @@ async def _queued_total(gateway: GatewayThread) -> int:
 
 async def _budget_used(gateway: GatewayThread) -> int:
     return gateway.sftp.context.write_memory.used
+
+
+class PieceRecorder:
+    """The core's upload service, recording the size of every piece a buffer hands its appends."""
+
+    def __init__(self, uploads: Any) -> None:
+        self.uploads = uploads
+        self.pieces: list[int] = []
+
+    async def append(self, *args: Any) -> Any:
+        *head, body = args
+
+        async def recorded() -> AsyncIterator[bytes]:
+            async for piece in body:
+                self.pieces.append(len(piece))
+                yield piece
+
+        return await self.uploads.append(*head, recorded())
+
+
+async def test_pieces_stay_within_a_mib_and_the_budget_balances_with_large_writes(core: Gateway) -> None:
+    """Writes of 1.5 MiB and 4 MiB (the largest request asyncssh takes; clients may ignore the 256 KiB the
+    gateway advertises) reach the core in pieces of at most 1 MiB, as ``eftgw.memory`` counts them in the
+    pipeline (a write is cut, its rest stays queued), and the node's write memory, smaller than one write,
+    is given back exactly. Before, a piece was joined until it reached 1 MiB: up to 5 MiB."""
+    upload = await core.uploads.create(
+        CUSTOMER, "CASE-1", length=None, metadata={"filename": "large-writes"}, via="sftp"
+    )
+    recorder = PieceRecorder(core.uploads)
+    budget = BufferBudget(1024 * KIB)
+    buffer = BufferedUpload(
+        recorder,  # type: ignore[arg-type]
+        CUSTOMER,
+        "CASE-1",
+        upload.id,
+        0,
+        capacity=8 * 1024 * KIB,
+        budget=budget,
+    )
+    writes = [
+        os.urandom(1536 * KIB),
+        os.urandom(4 * 1024 * KIB),
+        os.urandom(100 * KIB),
+        os.urandom(4096 * KIB),
+    ]
+    for data in writes:
+        await buffer.write(memoryview(data))
+    await asyncio.wait_for(buffer.flush(), 60)
+    assert max(recorder.pieces) == SFTP_PIECE and sum(recorder.pieces) == sum(len(w) for w in writes)
+    assert budget.used == 0
+    finished = await core.uploads.finish(CUSTOMER, "CASE-1", upload.id)
+    record = await core.repo.get_file("CASE-1", finished.file_id)
+    assert record is not None and record.sha256 == sha256(b"".join(writes))
