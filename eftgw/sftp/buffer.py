@@ -40,6 +40,21 @@ from eftgw.uploads import UploadService
 log = logging.getLogger("eftgw.sftp.buffer")
 
 PIECE = SFTP_PIECE  # the most bytes handed to the core at once (eftgw.memory counts them in the pipeline)
+# A write that is a view of a larger buffer (the decrypted SSH packet it arrived in) is kept as a view only if
+# that buffer holds at most this much more than the write (the SFTP and SSH headers around its data);
+# otherwise it is copied, so that what the queue keeps alive is what it counts.
+VIEW_SLACK = 1024
+
+
+def unshared(data: bytes | memoryview) -> bytes | memoryview:
+    """``data``, or a copy of it if it is a view that keeps alive more than ``VIEW_SLACK`` bytes besides its
+    own (several writes, or other requests, in one packet: a client sending many tiny writes in large
+    packets would otherwise make a queue of a few counted bytes hold whole packets)."""
+    if isinstance(data, memoryview):
+        with memoryview(data.obj) as whole:
+            if whole.nbytes - data.nbytes > VIEW_SLACK:
+                return bytes(data)
+    return data
 
 
 class WriterDetached(DomainError):
@@ -96,7 +111,9 @@ class BufferedUpload:
 
     async def write(self, data: bytes | memoryview) -> None:
         """Queue ``data`` after everything accepted so far; wait only while the buffer is full. A view
-        (of the SFTP request) is kept as it is until it is joined with others into a piece of the part."""
+        (of the SFTP request) that is most of its packet is kept as it is until it is joined with others
+        into a piece of the part; a view of a small share of a larger packet is copied (:func:`unshared`)."""
+        data = unshared(data)
         self._raise_error()
         while self._queued and self._queued + len(data) > self.capacity:
             self._changed.clear()

@@ -339,3 +339,34 @@ async def test_pieces_stay_within_a_mib_and_the_budget_balances_with_large_write
     finished = await core.uploads.finish(CUSTOMER, "CASE-1", upload.id)
     record = await core.repo.get_file("CASE-1", finished.file_id)
     assert record is not None and record.sha256 == sha256(b"".join(writes))
+
+
+async def test_a_write_that_is_a_small_share_of_its_packet_is_copied_and_a_whole_one_is_not(
+    core: Gateway,
+) -> None:
+    """A hostile client can pack many tiny writes into large SSH packets: a queue that kept each write as a
+    view of its packet would keep whole packets alive while counting a few bytes. Such a write is queued as
+    a copy of its own bytes; a write that is its packet but for the headers stays a view (no copy)."""
+    gate = asyncio.Event()  # storage stalls: everything written stays queued
+    core.uploads.store = core.uploads.ingest.store = SlowStore(core.store, 0, gate)
+    upload = await core.uploads.create(
+        CUSTOMER, "CASE-1", length=None, metadata={"filename": "z"}, via="sftp"
+    )
+    buffer = BufferedUpload(core.uploads, CUSTOMER, "CASE-1", upload.id, 0, part_size=2 << 20)
+    packet = os.urandom(256 * KIB)
+    tiny = memoryview(packet)[1000:1001]
+    whole = os.urandom(32 * KIB + 40)
+    most = memoryview(whole)[40:]
+    await buffer.write(tiny)
+    await buffer.write(most)
+    queued = list(buffer._queue)
+    kept_alive = [entry.obj for entry in queued if isinstance(entry, memoryview)]
+    assert all(obj is not packet for obj in kept_alive)
+    assert any(obj is whole for obj in kept_alive)
+    gate.set()
+    await buffer.flush()
+    assert buffer.durable == 1 + 32 * KIB
+    stored = b"".join(
+        [chunk async for chunk in core.store.read_staging(upload.staging_key, 0, buffer.durable)]
+    )
+    assert stored == packet[1000:1001] + whole[40:]
