@@ -52,6 +52,22 @@ class _TakenOver(Exception):
     pass
 
 
+BlockWrite = Callable[[Sequence[bytes]], Awaitable[None]]
+
+
+def block_write(writer: UploadWriter) -> BlockWrite:
+    """How ``writer`` takes a block: at once (a :class:`ChunkWriter`), or chunk by chunk. Chosen once per
+    writer: the protocol check inspects the writer's attributes, too slow to repeat for every block."""
+    if isinstance(writer, ChunkWriter):
+        return writer.write_chunks
+
+    async def chunk_by_chunk(block: Sequence[bytes]) -> None:
+        for chunk in block:
+            await writer.write(chunk)
+
+    return chunk_by_chunk
+
+
 class Ingest:
     """Streams bodies into the store and commits them with their digests (see the module's docstring)."""
 
@@ -97,6 +113,7 @@ class Ingest:
         # the writer keeps what the upload's transport leaves of its memory (eftgw.memory.writer_share)
         writer = await self.store.open_writer(upload.staging_key, upload.offset, upload.via)
         block_size = writer.block_size if isinstance(writer, ChunkWriter) else BLOCK_SIZE
+        write = block_write(writer)
         pending: asyncio.Future[None] | None = None
         written = 0
         stopped: Exception | None = None
@@ -105,7 +122,7 @@ class Ingest:
             nonlocal pending
             if pending is not None:
                 await pending
-            pending = asyncio.ensure_future(self._consume(writer, digests, checksum, block))
+            pending = asyncio.ensure_future(self._consume(write, digests, checksum, block))
 
         reader = _Reader(body, lease)
         try:
@@ -199,9 +216,9 @@ class Ingest:
 
     @staticmethod
     async def _consume(
-        writer: UploadWriter, digests: FileDigests, checksum: ChunkChecksum | None, block: Sequence[bytes]
+        write: BlockWrite, digests: FileDigests, checksum: ChunkChecksum | None, block: Sequence[bytes]
     ) -> None:
-        """Hash and write one block (its chunks, in order)."""
+        """Hash and write one block (its chunks, in order) with ``write`` (:func:`block_write`)."""
 
         def hash_block() -> None:
             for chunk in block:
@@ -209,16 +226,9 @@ class Ingest:
                 if checksum is not None:
                     checksum.update(chunk)
 
-        async def write_block() -> None:
-            if isinstance(writer, ChunkWriter):
-                await writer.write_chunks(block)
-                return
-            for chunk in block:
-                await writer.write(chunk)
-
         # The hashing and the write run at once, in two worker threads (both release the GIL). Both end before
         # this returns, also when one fails: the digests are never updated behind a caller's back.
-        outcomes = await asyncio.gather(asyncio.to_thread(hash_block), write_block(), return_exceptions=True)
+        outcomes = await asyncio.gather(asyncio.to_thread(hash_block), write(block), return_exceptions=True)
         for outcome in reversed(outcomes):  # the store's error first: it says more than a hashing one
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -229,10 +239,11 @@ class Ingest:
         """Fill the new upload's staging data with the file's bytes, hashing them on the way."""
         digests = FileDigests()
         writer = await self.store.open_writer(upload.staging_key, 0, upload.via)
+        write = block_write(writer)
         try:
             async for block in self.store.read_object(record.object_key):
                 metrics.DIGEST_REREAD_BYTES.inc(len(block))
-                await self._consume(writer, digests, None, [block])
+                await self._consume(write, digests, None, [block])
             if digests.size != record.size or digests.sha256_hex != record.sha256:
                 raise StorageError(
                     f"The stored bytes of {record.name} do not match its SHA-256; not continued."

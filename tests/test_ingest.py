@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from eftgw.hashing import FileDigests
-from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest
+from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest, block_write
 from eftgw.model import Principal, Role
 from eftgw.storage import StorageError, object_key
 from eftgw.storage.filesystem import IOV_MAX, FilesystemStore, FilesystemWriter
@@ -148,10 +148,10 @@ async def test_tiny_chunks_reach_the_store_gathered_in_few_pieces_per_block(
     pieces: list[int] = []
     consume = Ingest._consume
 
-    async def counting(writer: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
-        assert writer.block_size == block_size
+    async def counting(write: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
+        assert write.__self__.block_size == block_size  # the store's writer, taking the block at once
         pieces.append(len(block))
-        await consume(writer, digests, checksum, block)
+        await consume(write, digests, checksum, block)
 
     monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
     await upload_in_chunks(gw, "tiny.bin", chunks)
@@ -183,7 +183,7 @@ async def test_a_block_is_written_while_it_is_hashed(tmp_path: Path, monkeypatch
     writer = await store.open_writer("uploads/C-1/u", 0)
     block = [os.urandom(300_000), os.urandom(200_000)]
     digests = WaitingDigests()
-    await Ingest._consume(writer, digests, None, block)
+    await Ingest._consume(block_write(writer), digests, None, block)
     assert await writer.commit() == 500_000
     await writer.close()
     assert seen == [True, True]
@@ -216,7 +216,7 @@ async def test_a_failed_write_is_reported_only_after_the_blocks_hashing_ended(
     writer = await store.open_writer("uploads/C-1/u", 0)
     digests = SlowDigests()
     with pytest.raises(StorageError, match="the disk is gone"):
-        await Ingest._consume(writer, digests, None, [b"a" * 1000, b"b" * 1000])
+        await Ingest._consume(block_write(writer), digests, None, [b"a" * 1000, b"b" * 1000])
     raised_at = time.monotonic()
     await writer.close()
     assert len(finished) == 2 and finished[-1] <= raised_at
@@ -241,9 +241,9 @@ async def test_tiny_chunks_between_large_ones_reach_the_store_in_few_pieces(
     blocks: list[list[int]] = []
     consume = Ingest._consume
 
-    async def counting(writer: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
+    async def counting(write: Any, digests: Any, checksum: Any, block: Sequence[bytes]) -> None:
         blocks.append([len(piece) for piece in block])
-        await consume(writer, digests, checksum, block)
+        await consume(write, digests, checksum, block)
 
     monkeypatch.setattr(Ingest, "_consume", staticmethod(counting))
     await upload_in_chunks(gw, "mixed.bin", chunks)
