@@ -1,7 +1,7 @@
 """What one upload may hold in memory, all of it: ``PER_UPLOAD`` (64 MiB), at every size up to 5 TiB.
 
 Over either transport the store's writer keeps what the transport and the body pipeline leave of it
-(:func:`writer_share`, chosen per upload from its transport): 57.25 MiB on S3 for HTTPS, 32.25 MiB less
+(:func:`writer_share`, chosen per upload from its transport): 57.25 MiB on S3 for HTTPS, 33 MiB less
 2 KiB for SFTP, which holds more in front of the pipeline.
 
 An HTTPS upload's bytes sit in three places on their way to storage, and the three together stay within
@@ -21,7 +21,7 @@ The figures come from the libraries' own limits, checked against the pinned vers
 (``selector_events``) and decrypts TLS (``sslproto``) 256 KiB at a time, and TLS hands aiohttp everything
 it could decrypt at once, so a chunk of body is at most its 256 KiB high-water mark plus one read.
 
-An SFTP upload's bytes sit in four places in front of the writer (:func:`pipeline_held`, 31.75 MiB and
+An SFTP upload's bytes sit in four places in front of the writer (:func:`pipeline_held`, 31 MiB and
 2 KiB with S3's 2 MiB blocks):
 
 - what its connection received and has not processed (:data:`SFTP_RECEIVE_HELD`): the SFTP session's
@@ -64,7 +64,7 @@ RECEIVE_HELD = 2 * READ_BUFSIZE + LARGEST_CHUNK + TLS_INCOMING + TLS_READ_BUFFER
 # eftgw.sftp.asyncssh_compat and asyncssh's own are checked against theirs by tests/test_memory.py).
 SFTP_WINDOW = 8 * MiB  # the SSH channel window, and what a connection holds before it stops reading
 SFTP_CHANNEL_PACKET = 256 * KiB  # the largest SSH channel packet a client may send
-SFTP_SOCKET_READ = 1 * MiB  # a server connection's socket read (asyncssh_compat.SOCKET_READ)
+SFTP_SOCKET_READ = 256 * KiB  # a server connection's socket read (asyncssh_compat.SOCKET_READ)
 SFTP_REQUEST = 4 * MiB + KiB  # the largest SFTP request asyncssh takes (MAX_SFTP_PACKET_LEN)
 SFTP_WRITE_BUFFER = 8 * MiB  # what one handle's write buffer queues (SftpContext.buffer_capacity)
 SFTP_PIECE = 1 * MiB  # the write buffer hands the pipeline its bytes in pieces of at most this

@@ -102,19 +102,19 @@ def test_the_sftp_figures_are_the_sessions_limits() -> None:
     assert asyncssh_compat.SOCKET_READ == SFTP_SOCKET_READ
     assert asyncssh.sftp.MAX_SFTP_PACKET_LEN == SFTP_REQUEST
     assert asyncssh_compat.MAX_REQUEST <= SFTP_REQUEST  # what the gateway advertises (limits@openssh.com)
-    assert 9 * MiB + 768 * KiB == SFTP_RECEIVE_HELD
+    assert 9 * MiB == SFTP_RECEIVE_HELD
     assert 16 * MiB + 2 * KiB == SFTP_HANDLE_HELD
 
 
 def test_each_transport_leaves_its_writer_what_fits_in_64_mib() -> None:
     """For each transport, what it holds in front of the pipeline, the pipeline's two blocks and the writer's
-    share add up to 64 MiB: HTTPS leaves S3's writer 57.25 MiB, SFTP 32.25 MiB less 2 KiB (its session's
-    9.75 MiB, its handle's 16 MiB and 2 KiB, two blocks of 2 MiB plus a 1 MiB piece each). The SFTP share
+    share add up to 64 MiB: HTTPS leaves S3's writer 57.25 MiB, SFTP 33 MiB less 2 KiB (its session's
+    9 MiB, its handle's 16 MiB and 2 KiB, two blocks of 2 MiB plus a 1 MiB piece each). The SFTP share
     keeps 16 and 32 MiB parts in memory, as the HTTPS share does, and spools from 64 MiB parts, at the same
     part number; every part size stays within 64 MiB with what is outside the writer."""
     assert writer_share(BLOCK, HTTP) == WRITER_MEMORY == 57 * MiB + 256 * KiB
-    assert pipeline_held(BLOCK, SFTP) == 31 * MiB + 768 * KiB + 2 * KiB
-    assert writer_share(BLOCK, SFTP) == 32 * MiB + 256 * KiB - 2 * KiB
+    assert pipeline_held(BLOCK, SFTP) == 31 * MiB + 2 * KiB
+    assert writer_share(BLOCK, SFTP) == 33 * MiB - 2 * KiB
     for via in (HTTP, SFTP):
         share = writer_share(BLOCK, via)
         assert pipeline_held(BLOCK, via) + share == PER_UPLOAD == 64 * MiB

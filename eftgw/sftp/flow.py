@@ -14,11 +14,11 @@ slows the client down, as for an HTTP body the gateway does not read. Paused con
 soon as the node holds three quarters of ``limit`` or less again (and they themselves half of
 ``per_connection`` or less).
 
-A connection may take in what it has already read from the socket after it is paused (one socket read, 1 MiB,
-``asyncssh_compat.SOCKET_READ``, and the rest of a packet begun in it, at most 256 KiB), so the node holds at
-most ``limit`` plus about 1.25 MiB per connection. Sessions' channels are never paused: the window keeps only
-its role of letting a client send ahead, and the throughput of one session is what it was with asyncssh's own
-buffering.
+A connection may take in what it has already read from the socket after it is paused (one socket read,
+256 KiB, ``asyncssh_compat.SOCKET_READ``, and the rest of a packet begun in it, at most 256 KiB), so the node
+holds at most ``limit`` plus about 512 KiB per connection. Sessions' channels are never paused: the window
+keeps only its role of letting a client send ahead, and the throughput of one session is what it was with
+asyncssh's own buffering.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class S3Store:
 
     def writer_memory_for(self, via: str) -> int:
         """What a writer of an upload over ``via`` may keep in memory: the share
-        :func:`eftgw.memory.writer_share` gives it with S3's blocks (57.25 MiB for HTTPS, 32.25 MiB less
+        :func:`eftgw.memory.writer_share` gives it with S3's blocks (57.25 MiB for HTTPS, 33 MiB less
         2 KiB for SFTP), or the amount the store was made with."""
         if self._writer_memory is not None:
             return self._writer_memory

@@ -9,12 +9,12 @@ upload starts at once while the next part fills.
 
 **Memory.** An upload holds at most ``PER_UPLOAD`` (64 MiB, :mod:`eftgw.memory`): the writer's share is what
 the transport's buffers and the pipeline's two blocks leave, chosen per upload from its transport
-(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 57.25 MiB, for HTTPS; 32.25 MiB less
+(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 57.25 MiB, for HTTPS; 33 MiB less
 2 KiB for SFTP, whose session and write buffer hold more in front. The rule is byte-granular: the bytes of the
 parts in flight plus the bytes in the part filling stay within the share. When a block does not fit, the part
 takes what fits, the writer waits until a part in flight is stored, then goes on. Over HTTPS, with 16 MiB
 parts three upload while the fourth fills its first 9.25 MiB; with 32 MiB parts one uploads while the next
-fills 25.25 MiB. Over SFTP, with 16 MiB parts two upload while the third fills its first 0.25 MiB less 2 KiB;
+fills 25.25 MiB. Over SFTP, with 16 MiB parts two upload while the third fills its first 1 MiB less 2 KiB;
 with 32 MiB parts one uploads while the next fills the same. A part keeps a view of a chunk only if it takes
 the whole chunk; the piece of a chunk cut at a part's end (or where the room ended) is copied, so a part never
 keeps alive more than its own bytes. Parts larger than the share (64 MiB and up: files past 46.9 GiB) are

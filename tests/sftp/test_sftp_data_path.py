@@ -83,8 +83,8 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     data parsing sees none of them, its packet path the other packets); each is taken in one step
     (``recv_whole``: no separate header step; decrypted from a view of the socket read it lies in, or joined
     once), the file lands with its SHA-256, ``get`` returns it byte for byte, and no
-    ``SSH_MSG_IGNORE`` goes out before the replies. The gateway reads its socket up to 1 MiB at a time
-    (asyncio's default is 256 KiB), and while the client sends faster than it parses, it does."""
+    ``SSH_MSG_IGNORE`` goes out before the replies. The gateway reads its socket at most ``SOCKET_READ``
+    (256 KiB) at a time, and while the client sends faster than it parses, it reads that much."""
     assert SSHServerConnection._recv_packet is asyncssh_data_path.recv_packet
     account = gateway.account(keys=[client_key.public_line])
     data = os.urandom(24 * 1024 * 1024 + 5)
@@ -99,8 +99,7 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     assert counts.views >= 24 * 1024 * 1024 // (256 * 1024)  # at most 256 KiB per packet
     assert counts.asyncssh_data == 0
     assert counts.whole >= counts.views  # each data packet in one step (header, decryption, delivery)
-    assert max(counts.reads) <= compat.SOCKET_READ == 1024 * 1024
-    assert max(counts.reads) > 256 * 1024, sorted(counts.reads)[-5:]
+    assert max(counts.reads) == compat.SOCKET_READ == 256 * 1024, sorted(counts.reads)[-5:]
     assert counts.asyncssh_packets > 0  # key exchange, login, channel requests: asyncssh's path
     replies = counts.sent.count(MSG_CHANNEL_DATA)
     assert replies > 0 and MSG_IGNORE not in counts.sent  # no SSH_MSG_IGNORE before them

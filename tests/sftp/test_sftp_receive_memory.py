@@ -28,7 +28,7 @@ UPLOADS = 5
 SIZE = 64 * MIB
 RAMPED = 4 * MIB  # written by each client before storage stalls
 RECEIVE_MEMORY = 4 * MIB
-# What a connection may still take in after it was paused: the rest of one socket read (SOCKET_READ, 1 MiB)
+# What a connection may still take in after it was paused: the rest of one socket read (SOCKET_READ, 256 KiB)
 # and of a packet begun in it (at most 256 KiB).
 SLACK_PER_CONNECTION = compat.SOCKET_READ + 256 * 1024
 

@@ -31,7 +31,7 @@ def s3_settings(label: str) -> dict[str, Any]:
 def test_an_sftp_upload_on_s3_gets_the_sftp_share(
     gateway_factory: Callable[..., GatewayThread], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every writer the SFTP upload's appends open keeps at most the SFTP share (32.25 MiB less 2 KiB, so
+    """Every writer the SFTP upload's appends open keeps at most the SFTP share (33 MiB less 2 KiB, so
     that with what the session, the write buffer and the pipeline hold the upload stays within 64 MiB), and
     never holds more; an upload over HTTPS on the same node gets 57.25 MiB. The file arrives whole."""
     writers: list[S3Writer] = []
