@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, CDPSession, Locator, Page, Request, expect
+from playwright.async_api import Browser, BrowserContext, CDPSession, Error, Locator, Page, Request, expect
 
 from tests.support import ROOT, http_session
 
@@ -142,7 +142,10 @@ class ClientPage:
         sent = self.traffic.by_request.get(id(request))
         if request.method == "PATCH":
             self.traffic.in_flight_patches -= 1
-        response = await request.response()
+        try:
+            response = await request.response()
+        except Error:  # the page or its context closed before this answer was read: the test is done with it
+            return  # (raised here, playwright would report it in the next call, e.g. a later page's opening)
         if sent is not None and response is not None:
             sent.status = response.status
 
