@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -237,38 +238,27 @@ async def test_a_packet_whose_tag_does_not_verify_ends_the_connection_and_delive
             while chunk := await process.stdin.read(1 << 20):
                 received.extend(chunk)
 
-    server = await asyncssh.create_server(
-        _Sink, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        process_factory=sink, encoding=None, encryption_algs=[cipher],
-    )  # fmt: skip
-    try:
-        port = server.sockets[0].getsockname()[1]
-        async with asyncssh.connect(
-            "127.0.0.1", port, known_hosts=None, username="u", encryption_algs=[cipher]
-        ) as conn:
-            process = await conn.create_process(encoding=None)
-            process.stdin.write(b"before")
-            for _ in range(600):
-                if received:
-                    break
-                await asyncio.sleep(0.05)
-            sending: Any = conn._send_encryption  # type: ignore[attr-defined]
-            encrypt = sending.encrypt_packet
+    async with _sink_connection(sink, cipher) as conn:
+        process = await conn.create_process(encoding=None)
+        process.stdin.write(b"before")
+        for _ in range(600):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+        sending: Any = conn._send_encryption  # type: ignore[attr-defined]
+        encrypt = sending.encrypt_packet
 
-            def flipping(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
-                wire, mac = encrypt(seq, header, packet)
-                return wire, bytes([mac[0] ^ 1]) + mac[1:]
+        def flipping(seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
+            wire, mac = encrypt(seq, header, packet)
+            return wire, bytes([mac[0] ^ 1]) + mac[1:]
 
-            asyncssh_data_path.recv_whole = recording_whole  # type: ignore[assignment]
-            try:
-                sending.encrypt_packet = flipping
-                process.stdin.write(b"after")
-                await asyncio.wait_for(conn.wait_closed(), 30)
-            finally:
-                asyncssh_data_path.recv_whole = recv_whole  # type: ignore[assignment]
-    finally:
-        server.close()
-        await server.wait_closed()
+        asyncssh_data_path.recv_whole = recording_whole  # type: ignore[assignment]
+        try:
+            sending.encrypt_packet = flipping
+            process.stdin.write(b"after")
+            await asyncio.wait_for(conn.wait_closed(), 30)
+        finally:
+            asyncssh_data_path.recv_whole = recv_whole  # type: ignore[assignment]
     assert bytes(received) == b"before"
     assert [type(exc) for exc in refused] == [asyncssh.MACError]  # refused on the one-step path
 
@@ -311,26 +301,15 @@ async def test_server_connections_parse_each_packet_from_exactly_its_bytes(
         process.exit(0)
         done.set()
 
-    server = await asyncssh.create_server(
-        _Sink, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        process_factory=sink, encoding=None, encryption_algs=[cipher],
-    )  # fmt: skip
-    try:
-        port = server.sockets[0].getsockname()[1]
-        payload = os.urandom(4 << 20)
-        async with (
-            asyncssh.connect(
-                "127.0.0.1", port, known_hosts=None, username="u", encryption_algs=[cipher]
-            ) as conn,
-            conn.create_process(encoding=None) as process,
-        ):
-            for start in range(0, len(payload), 32 * 1024):  # pipelined, as OpenSSH's client sends
-                process.stdin.write(payload[start : start + 32 * 1024])
-            process.stdin.write_eof()
-            await asyncio.wait_for(done.wait(), 60)
-    finally:
-        server.close()
-        await server.wait_closed()
+    payload = os.urandom(4 << 20)
+    async with (
+        _sink_connection(sink, cipher) as conn,
+        conn.create_process(encoding=None) as process,
+    ):
+        for start in range(0, len(payload), 32 * 1024):  # pipelined, as OpenSSH's client sends
+            process.stdin.write(payload[start : start + 32 * 1024])
+        process.stdin.write_eof()
+        await asyncio.wait_for(done.wait(), 60)
     assert bytes(received) == payload
     data_packets = [extra for extra in seen_after_packet if extra >= 0]
     assert len(data_packets) + len(whole) >= 128
@@ -440,6 +419,27 @@ def test_sftp_replies_are_sent_through_the_handler_method_the_gateway_replaces()
         "self", "pkttype", "pktid", "args",
     ]  # fmt: skip
     assert "self.send_packet(return_type, pktid" in inspect.getsource(SFTPServerHandler._process_packet)
+
+
+@contextlib.asynccontextmanager
+async def _sink_connection(
+    sink: Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]], cipher: str
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """A client connection to a loopback asyncssh server that runs ``sink`` for each session, both with
+    only ``cipher``; the server is closed when the block ends."""
+    server = await asyncssh.create_server(
+        _Sink, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=sink, encoding=None, encryption_algs=[cipher],
+    )  # fmt: skip
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, username="u", encryption_algs=[cipher]
+        ) as conn:
+            yield conn
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def _sftp_server(tmp_path: Any, writes: list[int]) -> asyncssh.SSHAcceptor:
