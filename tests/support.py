@@ -41,6 +41,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, besides: int | None = None) -> list[int]:
+    """``count`` free ports, all different (and different from ``besides``): each socket stays bound until
+    all are chosen. Two calls of :func:`free_port` in a row can return the same port, since the kernel may
+    hand out a port again as soon as it is released (a node's HTTP and SFTP listeners collided so in CI)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port != besides:
+                ports.append(port)
+        return ports
+
+
 def backend() -> str:
     return os.environ.get("EFTGW_TEST_BACKEND", "embedded")
 
@@ -221,8 +236,10 @@ class GatewayProcess(ServerProcess):
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
-        self.sftp_port = free_port()
+        if port is None:
+            self.port, self.sftp_port = free_ports(2)
+        else:
+            self.port, (self.sftp_port,) = port, free_ports(1, besides=port)
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),

@@ -21,7 +21,7 @@ from tests.support import (
     GatewayProcess,
     backend_env,
     client_ssl,
-    free_port,
+    free_ports,
     gateway_process,
     http_session,
 )
@@ -194,7 +194,7 @@ def test_banner_admin_commands_work_from_any_directory(tmp_path: Path) -> None:
     served, elsewhere = tmp_path / "served", tmp_path / "elsewhere"
     served.mkdir()
     elsewhere.mkdir()
-    port, sftp_port = free_port(), free_port()
+    port, sftp_port = free_ports(2)
     backend = backend_env("banner" + uuid.uuid4().hex[:6])
     env = clean_env(EFTGW_HTTP_PORT=str(port), EFTGW_SFTP_PORT=str(sftp_port), **backend)
     log_path = tmp_path / "serve.log"

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.services import fresh_bucket, fresh_database
-from tests.support import ServerProcess, free_port, listening
+from tests.support import ServerProcess, free_ports, listening
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY = "/usr/sbin/haproxy"
@@ -235,10 +235,8 @@ class Region:
 
 def start_region(base: Path, eftgw: Path) -> Region:
     secrets = make_secrets(base / "deploy")
-    ports = {key: free_port() for key in ("https", "sftp")}
-    for name in NODES:
-        ports[name + "-http"] = free_port()
-        ports[name + "-sftp"] = free_port()
+    keys = ["https", "sftp"] + [f"{name}-{kind}" for name in NODES for kind in ("http", "sftp")]
+    ports = dict(zip(keys, free_ports(len(keys)), strict=True))  # all different
     shared = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(base),

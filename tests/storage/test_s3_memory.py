@@ -112,9 +112,19 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
     store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB), writer_memory=memory)
     await store.open()
     kept = KeptMemory(monkeypatch)
-    go = asyncio.Event()  # set while the writer waits for room or commits: the store may then upload
+    # A part is stored only when the writer waits for room (the oldest one, one per wait) or commits (all):
+    # no part lands while the writer fills, so what it holds when it waits is exact, however loaded the host.
+    turns = asyncio.Semaphore(0)
+    free = False
     running, most_running = 0, 0
+    held_at_waits: list[int] = []
     upload_part, wait_for_part, commit = store.client.upload_part, S3Writer._wait_for_part, S3Writer.commit
+
+    def release_all() -> None:
+        nonlocal free
+        free = True
+        for _ in range(64):
+            turns.release()
 
     async def slow_upload_part(
         name: str, upload: str, number: int, body: Body, sha256: str | None = None
@@ -123,19 +133,19 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
         running += 1
         most_running = max(most_running, running)
         try:
-            await go.wait()
+            if not free:
+                await turns.acquire()
             return await upload_part(name, upload, number, body, sha256)
         finally:
             running -= 1
 
     async def waiting_for_part(writer: S3Writer) -> None:
-        assert writer.held == memory  # it waits only once its share is full
-        go.set()
+        held_at_waits.append(writer.held)
+        turns.release()
         await wait_for_part(writer)
-        go.clear()
 
     async def committing(writer: S3Writer) -> int:
-        go.set()
+        release_all()
         return await commit(writer)
 
     store.client.upload_part = slow_upload_part  # type: ignore[method-assign]
@@ -153,7 +163,9 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
                 assert writer.held <= memory
             assert await writer.commit() == len(stored)
         finally:
+            release_all()  # a failure above must not leave the close waiting for parts that wait for a turn
             await writer.close()
+        assert held_at_waits and set(held_at_waits) == {memory}  # it waits only once its share is full
         assert kept.peak == memory  # the share, all of it and never more
         assert most_running == inflight
         assert store.budget.used == 0 and kept.now() == 0
