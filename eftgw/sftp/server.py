@@ -36,9 +36,9 @@ from eftgw.gateway import Gateway
 from eftgw.memory import SFTP_CHANNEL_PACKET, SFTP_WINDOW
 from eftgw.model import Principal, Role, Via
 from eftgw.proxy_protocol import ProxyProtocolListener, parse_networks
+from eftgw.sftp.asyncssh_ciphers import install_packet_ciphers
 from eftgw.sftp.asyncssh_compat import (
     SFTPOnlySession,
-    install_packet_ciphers,
     install_quiet_packet_log,
     install_receive_buffer,
     require_tested_version,

@@ -22,6 +22,7 @@ from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt64
 from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 
+from eftgw.sftp import asyncssh_ciphers as ciphers
 from eftgw.sftp import asyncssh_compat as compat
 from eftgw.sftp import asyncssh_data_path
 
@@ -221,7 +222,7 @@ async def test_a_packet_whose_tag_does_not_verify_ends_the_connection_and_delive
     gateway's one-step receive path (``asyncssh_data_path.recv_whole``) as asyncssh refuses it: the
     connection is closed, and the session never sees that packet's data."""
     compat.install_receive_buffer()
-    compat.install_packet_ciphers()
+    ciphers.install_packet_ciphers()
     received = bytearray()
     refused: list[BaseException] = []  # what the one-step path raised
     recv_whole = asyncssh_data_path.recv_whole
@@ -334,9 +335,9 @@ def _decrypt(enc: Any, seq: int, wire: bytes, mac: bytes, block: int) -> bytes |
 @pytest.mark.parametrize(
     ("cipher_name", "theirs", "ours", "block"),
     [
-        ("chacha20-poly1305", asyncssh.encryption.ChachaEncryption, compat._ChachaPoly, 8),
-        ("aes128-gcm", asyncssh.encryption.GCMEncryption, compat._AesGcm, 16),
-        ("aes256-gcm", asyncssh.encryption.GCMEncryption, compat._AesGcm, 16),
+        ("chacha20-poly1305", asyncssh.encryption.ChachaEncryption, ciphers._ChachaPoly, 8),
+        ("aes128-gcm", asyncssh.encryption.GCMEncryption, ciphers._AesGcm, 16),
+        ("aes256-gcm", asyncssh.encryption.GCMEncryption, ciphers._AesGcm, 16),
     ],
 )
 def test_the_gateway_ciphers_compute_exactly_what_asyncssh_computes(
@@ -371,11 +372,11 @@ def test_installing_the_gateway_ciphers_replaces_exactly_chacha_and_gcm() -> Non
     """After ``install_packet_ciphers`` asyncssh's table maps chacha20-poly1305 and both AES-GCM names to ours
     and leaves every other algorithm as it was."""
     before = dict(asyncssh.encryption._enc_params)
-    compat.install_packet_ciphers()
+    ciphers.install_packet_ciphers()
     after = asyncssh.encryption._enc_params
-    assert after[b"chacha20-poly1305@openssh.com"][0] is compat._ChachaPoly
-    assert after[b"aes128-gcm@openssh.com"][0] is compat._AesGcm
-    assert after[b"aes256-gcm@openssh.com"][0] is compat._AesGcm
+    assert after[b"chacha20-poly1305@openssh.com"][0] is ciphers._ChachaPoly
+    assert after[b"aes128-gcm@openssh.com"][0] is ciphers._AesGcm
+    assert after[b"aes256-gcm@openssh.com"][0] is ciphers._AesGcm
     replaced = {b"chacha20-poly1305@openssh.com", b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com"}
     for name, entry in before.items():
         if name not in replaced:
