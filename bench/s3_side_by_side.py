@@ -17,6 +17,13 @@ The S3 server and bucket come from the EFTGW_TEST_S3_* variables (the bucket is 
     EFTGW_TEST_S3_ENDPOINT=127.0.0.1:7481 EFTGW_TEST_S3_ACCESS_KEY=... EFTGW_TEST_S3_SECRET_KEY=... \\
     .venv/bin/python bench/s3_side_by_side.py [--size-mib 1024] [--streams 8] [--stream-mib 256] [--rounds 3]
 
+``--compare-tree DIR`` adds a second gateway running the code of another eftgw checkout (e.g.
+``git worktree add /tmp/base main``), measured in the same rounds between this checkout's gateway and
+the raw put (``single_base``, ``many_base``; ``base_ratio_*`` is this gateway's MB/s over it), so a
+change is measured against the code before it under the same load; which gateway goes first alternates.
+``--py-spy DIR`` records this checkout's gateway with ``py-spy --threads --native`` (one raw
+flame file per round).
+
 ``--size-mib 20480 --streams 0 --rounds 1 --no-raw`` measures one big upload (throughput and peak RSS) alone;
 ``--size-mib 0`` skips the single upload, ``--streams 0`` the concurrent ones. ``EFTGW_UPLOAD_MEMORY`` in the
 environment is passed on to the gateway.
@@ -32,7 +39,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +55,7 @@ from minio import Minio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.storage.conftest import empty_bucket
-from tests.support import GatewayProcess
+from tests.support import GatewayProcess, listening
 
 MiB = 1024 * 1024
 PART = 16 * MiB
@@ -169,13 +178,8 @@ async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int)
     return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / (len(seeds) * size_mib / 1024)
 
 
-async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]:
-    endpoint = os.environ["EFTGW_TEST_S3_ENDPOINT"].removeprefix("http://")
-    access, secret = os.environ["EFTGW_TEST_S3_ACCESS_KEY"], os.environ["EFTGW_TEST_S3_SECRET_KEY"]
-    bucket = "eftgw-bench-" + secrets.token_hex(4)
-    raw = Minio(endpoint, access, secret, secure=False)
-    raw.make_bucket(bucket)
-    env = {
+def gateway_env(endpoint: str, access: str, secret: str, bucket: str) -> dict[str, str]:
+    return {
         "EFTGW_TLS": "off",
         "EFTGW_STORAGE": "s3",
         "EFTGW_S3_ENDPOINT": endpoint,
@@ -186,8 +190,71 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "EFTGW_LOG_LEVEL": "WARNING",
         **{k: v for k, v in os.environ.items() if k == "EFTGW_UPLOAD_MEMORY"},
     }
+
+
+class TreeGateway(GatewayProcess):
+    """A gateway running the code of another eftgw checkout ``tree`` (``--compare-tree``).
+
+    It starts in ``tree``: ``python -m`` puts the working directory first on ``sys.path``, ahead of
+    ``PYTHONPATH`` and of this checkout's editable install."""
+
+    def __init__(self, tree: Path, data_dir: Path, env: dict[str, str]) -> None:
+        super().__init__(data_dir, env={**env, "PYTHONPATH": str(tree)})
+        self.tree = tree
+        probe = [sys.executable, "-c", "import eftgw; print(eftgw.__file__)"]
+        loaded = subprocess.run(probe, cwd=tree, env=self.env, capture_output=True, text=True, check=True)
+        if not Path(loaded.stdout.strip()).is_relative_to(tree):
+            raise SystemExit(f"--compare-tree {tree}: its gateway would run {loaded.stdout.strip()}")
+
+    def start(self, timeout: float = 30.0) -> TreeGateway:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "eftgw", "serve"]
+        ready = lambda: listening(self.port)  # noqa: E731
+        self.launch(command, self.env, ready, timeout=timeout, what="gateway", cwd=self.tree)
+        return self
+
+
+class Spy:
+    """``py-spy record`` of a process for one measurement (``--py-spy``): started before, stopped after."""
+
+    def __init__(self, directory: Path | None, pid: int) -> None:
+        self.directory, self.pid = directory, pid
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, name: str) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out = self.directory / f"{name}.txt"
+        command = [spy, "record", "--threads", "--native", "--rate", "100", "--format", "raw"]
+        self.proc = subprocess.Popen(
+            [*command, "-o", str(out), "-p", str(self.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # let it attach
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+            self.proc = None
+
+
+async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]:
+    endpoint = os.environ["EFTGW_TEST_S3_ENDPOINT"].removeprefix("http://")
+    access, secret = os.environ["EFTGW_TEST_S3_ACCESS_KEY"], os.environ["EFTGW_TEST_S3_SECRET_KEY"]
+    bucket = "eftgw-bench-" + secrets.token_hex(4)
+    raw = Minio(endpoint, access, secret, secure=False)
+    raw.make_bucket(bucket)
+    env = gateway_env(endpoint, access, secret, bucket)
     node = GatewayProcess(data_dir, env=env).start()
-    results: dict[str, list[float]] = {"single_eftgw": [], "single_raw": [], "many_eftgw": [], "many_raw": []}
+    base: GatewayProcess | None = None
+    if args.compare_tree is not None:
+        base = TreeGateway(args.compare_tree.resolve(), data_dir.parent / "base", env).start()
+    kinds = ["single_eftgw", "single_base", "single_raw", "many_eftgw", "many_base", "many_raw"]
+    results: dict[str, list[float]] = {kind: [] for kind in kinds}
     loads: dict[str, list[float]] = {k: [] for k in results}
     cpu: dict[str, list[float]] = {k: [] for k in results}
 
@@ -205,26 +272,44 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
     try:
         node.cli("case", "open", "BENCH-1")
         gw = Gateway(node)
+        assert node.proc is not None
+        spy = Spy(args.py_spy, node.proc.pid)
+        compared: Gateway | None = None
+        if base is not None:
+            base.cli("case", "open", "BENCH-1")
+            compared = Gateway(base)
         stop = asyncio.Event()
         sampler = asyncio.create_task(gw.sample(stop))
+
+        async def one(kind: str, seeds: list[int], size_mib: int) -> None:
+            """This gateway, the compared one (if any) and the raw put, one after the other."""
+            order = [("eftgw", gw), ("base", compared)]
+            if len(results[f"{kind}_eftgw"]) % 2:  # alternate which gateway goes first
+                order.reverse()
+            for name, target in order:
+                if target is None:
+                    continue
+                if target is gw:
+                    spy.start(f"{kind}-{len(results[f'{kind}_eftgw']) + 1}")
+                note(f"{kind}_{name}", await eftgw_round(target, seeds, size_mib))
+                if target is gw:
+                    spy.stop()
+                empty_bucket(raw, bucket)  # keep the shared S3 server's disk in check
+            if not args.no_raw:
+                note(f"{kind}_raw", await raw_round(raw, bucket, seeds, size_mib))
+                empty_bucket(raw, bucket)
+
         for seed in range(1, args.rounds + 1):
             if args.size_mib:
-                note("single_eftgw", await eftgw_round(gw, [seed], args.size_mib))
-                empty_bucket(raw, bucket)  # keep the shared S3 server's disk in check
-                if not args.no_raw:
-                    note("single_raw", await raw_round(raw, bucket, [seed], args.size_mib))
-                    empty_bucket(raw, bucket)
+                await one("single", [seed], args.size_mib)
             if args.streams:
-                seeds = list(range(seed * 100, seed * 100 + args.streams))
-                note("many_eftgw", await eftgw_round(gw, seeds, args.stream_mib))
-                empty_bucket(raw, bucket)
-                if not args.no_raw:
-                    note("many_raw", await raw_round(raw, bucket, seeds, args.stream_mib))
-                    empty_bucket(raw, bucket)
+                await one("many", list(range(seed * 100, seed * 100 + args.streams)), args.stream_mib)
         stop.set()
         await sampler
     finally:
         node.stop()
+        if base is not None:
+            base.stop()
         empty_bucket(raw, bucket, remove=True)
     medians = {k: round(statistics.median(v), 1) for k, v in results.items() if v}
 
@@ -232,7 +317,15 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         both = f"{kind}_eftgw" in medians and f"{kind}_raw" in medians
         return round(medians[f"{kind}_eftgw"] / medians[f"{kind}_raw"], 2) if both else None
 
+    def base_ratio(kind: str) -> float | None:
+        both = f"{kind}_eftgw" in medians and f"{kind}_base" in medians
+        return round(medians[f"{kind}_eftgw"] / medians[f"{kind}_base"], 2) if both else None
+
+    def cpu_median(kind: str) -> float | None:
+        return round(statistics.median(cpu[kind]), 2) if cpu[kind] else None
+
     return {
+        "compare_tree": str(args.compare_tree) if args.compare_tree is not None else None,
         "single": f"{args.size_mib} MiB in one PATCH, plain HTTP, completion included",
         "concurrent": f"{args.streams} x {args.stream_mib} MiB at once",
         "upload_memory": os.environ.get("EFTGW_UPLOAD_MEMORY", "default"),
@@ -242,6 +335,9 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "cpu_s_per_GiB_per_round": {k: v for k, v in cpu.items() if v},
         "ratio_single": ratio("single"),
         "ratio_concurrent": ratio("many"),
+        "base_ratio_single": base_ratio("single"),
+        "base_ratio_concurrent": base_ratio("many"),
+        "cpu_s_per_GiB_medians": {k: cpu_median(k) for k in kinds if cpu[k]},
         "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),
         "load_average_at_end": os.getloadavg(),
     }
@@ -254,6 +350,12 @@ def main() -> None:
     parser.add_argument("--stream-mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-raw", action="store_true", help="eftgw only (e.g. one big upload for its RSS)")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also measure the gateway of this eftgw checkout (single_base, many_base)",
+    )
+    parser.add_argument("--py-spy", type=Path, help="record this gateway with py-spy into this directory")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="eftgw-bench-"))
     try:
