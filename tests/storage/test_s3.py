@@ -15,7 +15,7 @@ import pytest
 from eftgw.errors import StorageUnavailable
 from eftgw.storage import ObjectNotFound, StorageError, object_key, staging_key
 from eftgw.storage.s3 import S3Store
-from eftgw.storage.s3_client import Body
+from eftgw.storage.s3_client import Body, Listed
 from eftgw.storage.s3_writer import _Part
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import TAGS, MiB, data, read_all
@@ -359,6 +359,45 @@ async def test_promote_retry_after_crash_before_cleanup(s3: S3Store, case_id: st
     assert await s3.list_keys(f"uploads/{case_id}/") == []
     with pytest.raises(ObjectNotFound):
         await s3.staging_size(key)
+
+
+async def test_promote_retry_after_crash_between_record_deletion_and_tagging(
+    s3: S3Store, case_id: str
+) -> None:
+    """The last step of a promotion deletes the commit record while it tags the file; a promotion that died
+    with the record gone but the tags not set yet sets them when it runs again."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    stored = data(18 * MiB)
+    await stage_for(s3, key, target, stored)
+    record, tail = await s3.load(key)
+    assert await s3._complete(record, len(stored), tail)
+    await s3.client.delete([(key, None)])  # the crash: the record is gone, the file has no tags
+    assert await s3.object_tags(target) == {}
+    await s3.promote(key, target, TAGS)
+    assert await s3.object_tags(target) == TAGS
+    assert await read_all(s3.read_object(target)) == stored
+
+
+async def test_promote_on_a_plain_bucket_deletes_the_record_without_listing(
+    s3: S3Store, case_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a bucket without versioning, the record is deleted by its name: no listing round trip."""
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    await stage_for(s3, key, target, data(18 * MiB))
+    assert not s3.versioned
+    listings: list[str] = []
+    real = s3.client.listing
+
+    async def counted(prefix: str, *, versions: bool = False) -> list[Listed]:
+        listings.append(prefix)
+        return await real(prefix, versions=versions)
+
+    monkeypatch.setattr(s3.client, "listing", counted)
+    await s3.promote(key, target, TAGS)
+    assert listings == []
+    monkeypatch.undo()
+    assert await s3.list_keys(f"uploads/{case_id}/") == []
+    assert await s3.object_tags(target) == TAGS
 
 
 async def test_a_crash_while_sealing_is_finished_by_the_next_reader(s3: S3Store, case_id: str) -> None:
