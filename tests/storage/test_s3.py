@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from minio.datatypes import Part
 
 from eftgw.errors import StorageUnavailable
 from eftgw.storage import ObjectNotFound, StorageError, object_key, staging_key
@@ -398,6 +399,38 @@ async def test_promote_on_a_plain_bucket_deletes_the_record_without_listing(
     monkeypatch.undo()
     assert await s3.list_keys(f"uploads/{case_id}/") == []
     assert await s3.object_tags(target) == TAGS
+
+
+async def test_promote_completes_without_listing_the_parts_unless_refused(
+    s3: S3Store, case_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion completes the multipart upload at once, without ListParts first; only when the store
+    refuses (RGW 16 while parts of an abandoned write are stored) does it list them, and then it seals."""
+    calls: list[str] = []
+    real = s3.client.list_parts
+
+    async def counted(name: str, upload_id: str) -> list[Part]:
+        calls.append(name)
+        return await real(name, upload_id)
+
+    monkeypatch.setattr(s3.client, "list_parts", counted)
+    key, target = staging_key(case_id, "u1"), object_key(case_id, "f_1")
+    stored = data(18 * MiB)
+    await stage_for(s3, key, target, stored)
+    await s3.promote(key, target, TAGS)
+    assert calls == []
+    assert await read_all(s3.read_object(target)) == stored
+
+    key, target = staging_key(case_id, "u2"), object_key(case_id, "f_2")
+    await stage_for(s3, key, target, stored)
+    record, _tail = await s3.load(key)
+    assert record.upload is not None and len(record.parts) == 1
+    await s3.client.upload_part(target, record.upload, 2, data(16 * MiB, 5))  # an abandoned write's part
+    await s3.promote(key, target, TAGS)
+    assert calls == [target, target]  # refused at once (InvalidPart): listed, then the seal lists them too
+    assert await read_all(s3.read_object(target)) == stored
+    assert await s3.object_tags(target) == TAGS
+    assert await s3.client.unfinished(target) == []
 
 
 async def test_a_crash_while_sealing_is_finished_by_the_next_reader(s3: S3Store, case_id: str) -> None:
