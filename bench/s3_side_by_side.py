@@ -9,7 +9,9 @@ medians and the ratio eftgw / raw (MB/s, 10^6 bytes per second), each round with
 - ``concurrent``: ``--streams`` uploads (default 8 of 256 MiB) at once, aggregate bytes over wall time;
   against as many raw puts at once (threads).
 
-Each round also gives the CPU seconds per GiB of the sender (the gateway process; the raw put's own process),
+Each round also gives its *tail*, the seconds from the end of the last body (the last block handed to the
+HTTP client, or read by minio) to the last answer (the gateway's PATCH answer after completion, the end of
+``put_object``), and the CPU seconds per GiB of the sender (the gateway process; the raw put's own process),
 a figure that the load of a shared machine disturbs much less than MB/s. The gateway's peak RSS is sampled
 every 50 ms. Every file's SHA-256 is checked against the gateway's record.
 The S3 server and bucket come from the EFTGW_TEST_S3_* variables (the bucket is made and emptied here):
@@ -66,9 +68,11 @@ def block(seed: int, index: int) -> bytes:
     return hashlib.sha256(f"{seed}:{index}".encode()).digest() * (MiB // 32)
 
 
-async def body(seed: int, size_mib: int) -> AsyncIterator[bytes]:
+async def body(seed: int, size_mib: int, ended: list[float]) -> AsyncIterator[bytes]:
+    """The ``size_mib`` blocks of stream ``seed``; appends when the last one was handed over to ``ended``."""
     for i in range(size_mib):
         yield block(seed, i)
+    ended.append(time.perf_counter())
 
 
 def sha256_of(seed: int, size_mib: int) -> str:
@@ -83,6 +87,7 @@ class Blocks(io.RawIOBase):
 
     def __init__(self, seed: int, size_mib: int) -> None:
         self.seed, self.size_mib, self.index, self.pending = seed, size_mib, 0, b""
+        self.ended = 0.0  # when the last bytes were read
 
     def readable(self) -> bool:
         return True
@@ -96,6 +101,8 @@ class Blocks(io.RawIOBase):
             take = len(self.pending) if size < 0 else min(size - len(out), len(self.pending))
             out += self.pending[:take]
             self.pending = self.pending[take:]
+        if not self.ended and not self.pending and self.index == self.size_mib:
+            self.ended = time.perf_counter()
         return bytes(out)
 
 
@@ -113,7 +120,8 @@ class Gateway:
             self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
             await asyncio.sleep(0.05)
 
-    async def upload(self, session: aiohttp.ClientSession, seed: int, size_mib: int) -> str:
+    async def upload(self, session: aiohttp.ClientSession, seed: int, size_mib: int) -> tuple[float, float]:
+        """Create and send one upload; return when its body ended and when the gateway answered."""
         auth = {"Authorization": f"Bearer {self.token}", "Tus-Resumable": "1.0.0"}
         created = {**auth, "Upload-Length": str(size_mib * MiB), "Upload-Metadata": "filename YmVuY2g="}
         async with session.post(f"{self.url}/api/v1/cases/BENCH-1/uploads", headers=created) as resp:
@@ -125,9 +133,10 @@ class Gateway:
             "Content-Type": "application/offset+octet-stream",
             "Content-Length": str(size_mib * MiB),
         }
-        async with session.patch(location, data=body(seed, size_mib), headers=patch) as resp:
+        ended: list[float] = []
+        async with session.patch(location, data=body(seed, size_mib, ended), headers=patch) as resp:
             assert resp.status == 204, await resp.text()
-        return location
+        return ended[0], time.perf_counter()
 
     async def sha256s(self, session: aiohttp.ClientSession) -> set[str]:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -146,36 +155,48 @@ def minor_faults(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[7])
 
 
-async def eftgw_round(gw: Gateway, seeds: list[int], size_mib: int) -> tuple[float, float]:
-    """MB/s and the gateway's CPU seconds per GiB of one round (its page faults per GiB go to stderr)."""
+Measured = tuple[float, float, float]
+"""MB/s, the sender's CPU seconds per GiB, and the tail: seconds from the last body's end to the last
+answer."""
+
+
+def tail_of(times: list[tuple[float, float]]) -> float:
+    """The tail of a round of uploads, each (body ended, answered): what the last one took past its end."""
+    return max(done for _end, done in times) - max(end for end, _done in times)
+
+
+async def eftgw_round(gw: Gateway, seeds: list[int], size_mib: int) -> Measured:
+    """MB/s, the gateway's CPU seconds per GiB and the tail of one round (page faults go to stderr)."""
     assert gw.node.proc is not None
     gateway = psutil.Process(gw.node.proc.pid)
     gib = len(seeds) * size_mib / 1024
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
         cpu, faults = cpu_seconds(gateway), minor_faults(gateway.pid)
         started = time.perf_counter()
-        await asyncio.gather(*(gw.upload(session, seed, size_mib) for seed in seeds))
+        times = await asyncio.gather(*(gw.upload(session, seed, size_mib) for seed in seeds))
         elapsed = time.perf_counter() - started
         cpu, faults = cpu_seconds(gateway) - cpu, minor_faults(gateway.pid) - faults
         stored = await gw.sha256s(session)
     for seed in seeds:
         assert sha256_of(seed, size_mib) in stored, "SHA-256 mismatch"
     print(f"gateway: {faults / gib:.0f} page faults per GiB", file=sys.stderr, flush=True)
-    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / gib
+    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / gib, tail_of(list(times))
 
 
-async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int) -> tuple[float, float]:
-    """MB/s and this process's CPU seconds per GiB (making the bytes included) of one round."""
+async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int) -> Measured:
+    """MB/s, this process's CPU seconds per GiB (making the bytes included) and the tail of one round."""
 
-    def put(seed: int) -> None:
-        client.put_object(bucket, f"raw/{seed}", Blocks(seed, size_mib), size_mib * MiB, part_size=PART)
+    def put(seed: int) -> tuple[float, float]:
+        blocks = Blocks(seed, size_mib)
+        client.put_object(bucket, f"raw/{seed}", blocks, size_mib * MiB, part_size=PART)
+        return blocks.ended, time.perf_counter()
 
     cpu = time.process_time()
     started = time.perf_counter()
-    await asyncio.gather(*(asyncio.to_thread(put, seed) for seed in seeds))
+    times = await asyncio.gather(*(asyncio.to_thread(put, seed) for seed in seeds))
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / (len(seeds) * size_mib / 1024)
+    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / (len(seeds) * size_mib / 1024), tail_of(times)
 
 
 def gateway_env(endpoint: str, access: str, secret: str, bucket: str) -> dict[str, str]:
@@ -257,14 +278,17 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
     loads: dict[str, list[float]] = {k: [] for k in results}
     cpu: dict[str, list[float]] = {k: [] for k in results}
+    tails: dict[str, list[float]] = {k: [] for k in results}
 
-    def note(kind: str, measured: tuple[float, float]) -> None:
-        mbps, cpu_per_gib = measured
+    def note(kind: str, measured: Measured) -> None:
+        mbps, cpu_per_gib, tail = measured
         results[kind].append(mbps)
         cpu[kind].append(round(cpu_per_gib, 2))
+        tails[kind].append(round(tail, 3))
         loads[kind].append(round(os.getloadavg()[0], 1))
         print(
-            f"{kind}: {mbps:.1f} MB/s, {cpu_per_gib:.2f} CPU s/GiB, load average {loads[kind][-1]}",
+            f"{kind}: {mbps:.1f} MB/s, {cpu_per_gib:.2f} CPU s/GiB, tail {tail:.3f} s,"
+            f" load average {loads[kind][-1]}",
             file=sys.stderr,
             flush=True,
         )
@@ -338,6 +362,7 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "base_ratio_single": base_ratio("single"),
         "base_ratio_concurrent": base_ratio("many"),
         "cpu_s_per_GiB_medians": {k: cpu_median(k) for k in kinds if cpu[k]},
+        "tail_s_per_round": {k: v for k, v in tails.items() if v},
         "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),
         "load_average_at_end": os.getloadavg(),
     }
