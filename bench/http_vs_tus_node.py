@@ -11,6 +11,12 @@ even on a loaded machine), the load average before and after, and eftgw's peak R
 JSON.
 
     .venv/bin/python bench/http_vs_tus_node.py [--size-mib 1024] [--rounds 3] [--env EFTGW_X=y ...]
+        [--compare-tree DIR] [--no-tus]
+
+``--compare-tree DIR`` (may be repeated) adds a gateway ``eftgw@DIR``: the same ``eftgw serve`` run from
+another copy of eftgw (e.g. ``git worktree add --detach /tmp/base main``), in the same rounds (this tree's
+gateway, the other trees', then the peer), with its own MB/s and CPU per GiB, so a change is measured against
+the code before it under the same load. ``--no-tus`` leaves the peer out (gateways only).
 
 Needs Node.js >= 20.19 with npm (``npm ci`` runs in ``bench/node`` when its ``node_modules`` is missing) and
 curl.
@@ -37,7 +43,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import GatewayProcess  # noqa: E402
+from tests.support import GatewayProcess, listening  # noqa: E402
 
 NODE_DIR = ROOT / "bench" / "node"
 MIB = 1024 * 1024
@@ -86,7 +92,7 @@ def patch(url: str, path: Path, headers: list[str]) -> float:
         "-o",
         "/dev/null",
         "-w",
-        "%{http_code} %{size_upload} %{time_total}",
+        "%{http_code} %{size_upload} %{time_total}\n",
         "-X",
         "PATCH",
         url,
@@ -164,84 +170,160 @@ def ensure_node_modules() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True)
 
 
-def run(size_mib: int, rounds: int, env: dict[str, str], work: Path) -> dict[str, object]:
-    ensure_node_modules()
+class TreeGateway(GatewayProcess):
+    """``eftgw serve`` run from the eftgw tree ``root``: its code first on ``PYTHONPATH``, and started in it
+    (``python -m`` puts the working directory first on ``sys.path``, before ``PYTHONPATH``)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], root: Path) -> None:
+        super().__init__(data_dir, env=env)
+        self.root = root.resolve()
+        self.env["PYTHONPATH"] = str(self.root)
+
+    def start(self, timeout: float = 30.0) -> TreeGateway:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.launch(
+            [sys.executable, "-m", "eftgw", "serve"],
+            self.env,
+            lambda: listening(self.port),
+            timeout=timeout,
+            what="gateway",
+            cwd=self.root,
+        )
+        return self
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eftgw", *args],
+            env={**self.env, "EFTGW_LOG_LEVEL": "WARNING"},
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+            cwd=self.root,
+        )
+
+
+class Ours:
+    """One gateway under test, its case open and its token minted; :meth:`send` times one upload."""
+
+    def __init__(self, gateway: GatewayProcess) -> None:
+        self.gateway = gateway.start()
+        gateway.cli("case", "open", "BENCH-1")
+        token = gateway.token("BENCH-1")
+        assert gateway.proc is not None
+        self.proc = psutil.Process(gateway.proc.pid)
+        self.rss = PeakRss(gateway.proc.pid)
+        self.headers = [f"Authorization: Bearer {token}", "Tus-Resumable: 1.0.0"]
+        self.base = f"http://127.0.0.1:{gateway.port}/api/v1/cases/BENCH-1/uploads"
+        self.mbps: list[float] = []
+        self.cpu: list[float] = []
+
+    def send(self, n: int, source: Path, size: int) -> None:
+        meta = f"Upload-Metadata: filename {base64.b64encode(f'r{n}.bin'.encode()).decode()}"
+        header_args = [a for h in [*self.headers, meta] for a in ("-H", h)]
+        location = create(self.base, size, header_args)
+        cpu = cpu_seconds(self.proc)
+        try:
+            self.mbps.append(patch(location, source, header_args))
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"the PATCH failed: {exc.stdout}\n{self.gateway.log_tail()}") from exc
+        self.cpu.append(cpu_seconds(self.proc) - cpu)
+
+    def verify(self, sha256: str, size: int) -> None:
+        files = json.loads(curl(self.base.replace("/uploads", "/files"), "-H", self.headers[0]))
+        if len(files) != len(self.mbps) or any(f["sha256"] != sha256 or f["size"] != size for f in files):
+            raise RuntimeError("eftgw stored a file with another SHA-256 or size")
+
+    def stop(self) -> None:
+        self.rss.close()
+        self.gateway.stop()
+
+
+def run(
+    size_mib: int,
+    rounds: int,
+    env: dict[str, str],
+    work: Path,
+    compare_trees: tuple[Path, ...] = (),
+    with_peer: bool = True,
+) -> dict[str, object]:
+    if with_peer:
+        ensure_node_modules()
     size = size_mib * MIB
     source = work / "upload.bin"
     sha256 = make_file(source, size_mib)
     load_before = os.getloadavg()
-    gateway = GatewayProcess(
-        work / "eftgw", env={"EFTGW_TLS": "off", "EFTGW_LOG_LEVEL": "WARNING", **env}
-    ).start()
-    peer = TusNode(work / "tus")
-    rss: PeakRss | None = None
+    gateway_env = {"EFTGW_TLS": "off", "EFTGW_LOG_LEVEL": "WARNING", **env}
+    gateways: dict[str, Ours] = {}
+    peer: TusNode | None = None
     try:
-        gateway.cli("case", "open", "BENCH-1")
-        token = gateway.token("BENCH-1")
-        assert gateway.proc is not None
-        rss = PeakRss(gateway.proc.pid)
-        ours = [f"Authorization: Bearer {token}", "Tus-Resumable: 1.0.0"]
-        theirs = ["Tus-Resumable: 1.0.0"]
-        base = f"http://127.0.0.1:{gateway.port}/api/v1/cases/BENCH-1/uploads"
-        eftgw_mbps: list[float] = []
+        gateways["eftgw"] = Ours(GatewayProcess(work / "eftgw", env=gateway_env))
+        for n, tree in enumerate(compare_trees):
+            gateways[f"eftgw@{tree}"] = Ours(TreeGateway(work / f"compared-{n}", gateway_env, tree))
+        peer = TusNode(work / "tus") if with_peer else None
         peer_mbps: list[float] = []
-        eftgw_cpu: list[float] = []
         peer_cpu: list[float] = []
-        ours_proc, peer_proc = psutil.Process(gateway.proc.pid), psutil.Process(peer.proc.pid)
+        peer_proc = psutil.Process(peer.proc.pid) if peer is not None else None
         for n in range(rounds):
-            meta = f"Upload-Metadata: filename {base64.b64encode(f'r{n}.bin'.encode()).decode()}"
-            header_args = [a for h in [*ours, meta] for a in ("-H", h)]
-            location = create(base, size, header_args)
-            cpu = cpu_seconds(ours_proc)
-            eftgw_mbps.append(patch(location, source, header_args))
-            eftgw_cpu.append(cpu_seconds(ours_proc) - cpu)
-            peer_args = [a for h in theirs for a in ("-H", h)]
-            location = create(peer.url, size, peer_args)
-            cpu = cpu_seconds(peer_proc)
-            peer_mbps.append(patch(location, source, peer_args))
-            peer_cpu.append(cpu_seconds(peer_proc) - cpu)
-            stored = peer.directory / location.rsplit("/", 1)[1]
-            if stored.stat().st_size != size:
-                raise RuntimeError("the peer stored a different size")
-            stored.unlink()
-            print(
-                f"round {n + 1}: eftgw {eftgw_mbps[-1]:.0f} MB/s, @tus/server {peer_mbps[-1]:.0f} MB/s",
-                file=sys.stderr,
-            )
-        files = json.loads(
-            curl(
-                f"http://127.0.0.1:{gateway.port}/api/v1/cases/BENCH-1/files",
-                "-H",
-                f"Authorization: Bearer {token}",
-            )
-        )
-        if len(files) != rounds or any(f["sha256"] != sha256 or f["size"] != size for f in files):
-            raise RuntimeError("eftgw stored a file with another SHA-256 or size")
+            for ours in gateways.values():
+                ours.send(n, source, size)
+            if peer is not None and peer_proc is not None:
+                peer_args = [a for h in ["Tus-Resumable: 1.0.0"] for a in ("-H", h)]
+                location = create(peer.url, size, peer_args)
+                cpu = cpu_seconds(peer_proc)
+                peer_mbps.append(patch(location, source, peer_args))
+                peer_cpu.append(cpu_seconds(peer_proc) - cpu)
+                stored = peer.directory / location.rsplit("/", 1)[1]
+                if stored.stat().st_size != size:
+                    raise RuntimeError("the peer stored a different size")
+                stored.unlink()
+            line = ", ".join(f"{name} {ours.mbps[-1]:.0f} MB/s" for name, ours in gateways.items())
+            if peer_mbps:
+                line += f", @tus/server {peer_mbps[-1]:.0f} MB/s"
+            print(f"round {n + 1}: {line}", file=sys.stderr)
+        for ours in gateways.values():
+            ours.verify(sha256, size)
     finally:
-        if rss is not None:
-            rss.close()
-        peer.stop()
-        gateway.stop()
-    eftgw_median = statistics.median(eftgw_mbps)
-    peer_median = statistics.median(peer_mbps)
-    assert rss is not None
-    return {
+        if peer is not None:
+            peer.stop()
+        for ours in gateways.values():
+            ours.stop()
+    mine = gateways["eftgw"]
+    eftgw_median = statistics.median(mine.mbps)
+    result: dict[str, object] = {
         "bytes": size,
         "rounds": rounds,
-        "eftgw_MBps": [round(x, 1) for x in eftgw_mbps],
-        "tus_node_MBps": [round(x, 1) for x in peer_mbps],
+        "eftgw_MBps": [round(x, 1) for x in mine.mbps],
         "eftgw_median_MBps": round(eftgw_median, 1),
-        "tus_node_median_MBps": round(peer_median, 1),
-        "ratio": round(eftgw_median / peer_median, 3),
-        "eftgw_cpu_s_per_GiB": [round(c * GIB / size, 2) for c in eftgw_cpu],
-        "tus_node_cpu_s_per_GiB": [round(c * GIB / size, 2) for c in peer_cpu],
+        "eftgw_cpu_s_per_GiB": [round(c * GIB / size, 2) for c in mine.cpu],
+        "eftgw_median_cpu_s_per_GiB": round(statistics.median(mine.cpu) * GIB / size, 2),
+    }
+    if peer_mbps:
+        peer_median = statistics.median(peer_mbps)
+        result |= {
+            "tus_node_MBps": [round(x, 1) for x in peer_mbps],
+            "tus_node_median_MBps": round(peer_median, 1),
+            "ratio": round(eftgw_median / peer_median, 3),
+            "tus_node_cpu_s_per_GiB": [round(c * GIB / size, 2) for c in peer_cpu],
+        }
+    for name, ours in gateways.items():
+        if name != "eftgw":
+            result[name] = {
+                "MBps": [round(x, 1) for x in ours.mbps],
+                "median_MBps": round(statistics.median(ours.mbps), 1),
+                "cpu_s_per_GiB": [round(c * GIB / size, 2) for c in ours.cpu],
+                "median_cpu_s_per_GiB": round(statistics.median(ours.cpu) * GIB / size, 2),
+                "rss_peak_MiB": round(ours.rss.peak / MIB, 1),
+            }
+    result |= {
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "eftgw_rss_idle_MiB": round(rss.idle / MIB, 1),
-        "eftgw_rss_peak_MiB": round(rss.peak / MIB, 1),
+        "eftgw_rss_idle_MiB": round(mine.rss.idle / MIB, 1),
+        "eftgw_rss_peak_MiB": round(mine.rss.peak / MIB, 1),
         "eftgw_env": env,
         "sha256_verified": True,
     }
+    return result
 
 
 def main() -> None:
@@ -249,11 +331,19 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--env", action="append", default=[], help="an extra EFTGW_*=value for eftgw")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="also run this eftgw checkout's gateway",
+    )
+    parser.add_argument("--no-tus", action="store_true", help="leave @tus/server out")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     work = Path(tempfile.mkdtemp(prefix="eftgw-bench-tus-"))
     try:
-        result = run(args.size_mib, args.rounds, env, work)
+        result = run(args.size_mib, args.rounds, env, work, tuple(args.compare_tree), not args.no_tus)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
