@@ -1,8 +1,8 @@
 """The body pipeline (``eftgw/ingest.py``) keeps a block as the chunks it arrived in and writes them without
 copying: chunks of any size and number are stored and hashed in order, on the backend the test run selects,
 and a chunk its producer changes after handing it over is stored as it was handed over. The filesystem
-writer's vectored write stores every chunk in order even past the most buffers one ``pwritev`` takes, and
-after short writes."""
+writer's vectored write (without direct I/O) stores every chunk in order even past the most buffers one
+``pwritev`` takes, and after short writes (its direct I/O: ``tests/test_ingest_direct_io.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 from eftgw.hashing import FileDigests
 from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest, block_write
 from eftgw.model import Principal, Role
-from eftgw.storage import StorageError, object_key
+from eftgw.storage import StorageError, filesystem, object_key
 from eftgw.storage.filesystem import IOV_MAX, FilesystemStore, FilesystemWriter
 from eftgw.storage.s3 import S3Store
 from eftgw.storage.s3_writer import S3Writer
@@ -104,9 +104,9 @@ async def test_a_chunk_changed_by_its_producer_after_it_was_handed_over_is_store
 async def test_the_filesystem_writer_stores_a_block_of_many_chunks_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: bool
 ) -> None:
-    """``write_chunks`` with 2.5 times as many chunks as one pwritev takes (and, if the kernel writes less
-    than asked each time, after every short write) stores them in order after what was there, and the commit
-    makes all of it durable."""
+    """Through the page cache (a filesystem without direct I/O), ``write_chunks`` with 2.5 times as many
+    chunks as one pwritev takes (and, if the kernel writes less than asked each time, after every short
+    write) stores them in order after what was there, and the commit makes all of it durable."""
     if short:
         real = os.pwritev
 
@@ -121,6 +121,7 @@ async def test_the_filesystem_writer_stores_a_block_of_many_chunks_in_order(
             return real(fd, cut, offset)
 
         monkeypatch.setattr(os, "pwritev", at_most_1000_bytes)
+    monkeypatch.setattr(filesystem, "_open_direct", lambda path: None)  # through the page cache: pwritev
     store = FilesystemStore(tmp_path / "store")
     await store.open()
     await store.create_staging("uploads/C-1/u")
@@ -163,13 +164,13 @@ async def test_a_block_is_written_while_it_is_hashed(tmp_path: Path, monkeypatch
     that waits until the block's bytes are in the file sees them arrive (were both in one thread, one after
     the other, it would wait in vain), and the file and the digests both hold the block."""
     written = threading.Event()
-    write = FilesystemWriter._pwritev_all
+    write = FilesystemWriter._write_blocking
 
-    def pwritev_all(self: FilesystemWriter, chunks: Sequence[bytes], position: int) -> None:
+    def write_blocking(self: FilesystemWriter, chunks: Sequence[bytes], position: int) -> None:
         write(self, chunks, position)
         written.set()
 
-    monkeypatch.setattr(FilesystemWriter, "_pwritev_all", pwritev_all)
+    monkeypatch.setattr(FilesystemWriter, "_write_blocking", write_blocking)
     seen: list[bool] = []
 
     class WaitingDigests(FileDigests):

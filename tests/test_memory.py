@@ -7,6 +7,7 @@ import asyncio.constants
 import asyncio.selector_events
 import asyncio.sslproto
 import inspect
+from pathlib import Path
 from typing import Any
 
 import asyncssh.sftp
@@ -41,6 +42,7 @@ from eftgw.server import app_runner
 from eftgw.sftp import asyncssh_compat, buffer
 from eftgw.sftp.fs import SftpContext
 from eftgw.sftp.server import SftpService
+from eftgw.storage.filesystem import DIRECT_BUFFER, FilesystemStore, FilesystemWriter
 from eftgw.storage.s3_parts import part_size
 from eftgw.storage.s3_writer import BLOCK, WRITER_MEMORY, S3Writer, inflight_for, memory_for
 
@@ -125,3 +127,20 @@ def test_each_transport_leaves_its_writer_what_fits_in_64_mib() -> None:
     sftp = writer_share(BLOCK, SFTP)
     assert inflight_for(16 * MiB, sftp) == 2 and inflight_for(32 * MiB, sftp) == 1
     assert inflight_for(16 * MiB, WRITER_MEMORY) == 3 and inflight_for(32 * MiB, WRITER_MEMORY) == 1
+
+
+async def test_the_filesystem_writer_keeps_one_direct_buffer_within_its_share(tmp_path: Path) -> None:
+    """The filesystem writer holds one aligned buffer (``DIRECT_BUFFER``, 4 MiB, its ``block_size``) for its
+    direct writes, whatever the block it is given (here 9 MiB in one block): the buffer it writes from is that
+    size, and it fits in the writer's share of 64 MiB over either transport."""
+    store = FilesystemStore(tmp_path / "store")
+    await store.open()
+    await store.create_staging("uploads/C-1/u")
+    writer = await store.open_writer("uploads/C-1/u", 0)
+    assert isinstance(writer, FilesystemWriter) and writer.direct
+    await writer.write_chunks([bytes(9 * MiB)])
+    assert writer._buffer is not None and len(writer._buffer) == DIRECT_BUFFER == 4 * MiB
+    await writer.commit()
+    await writer.close()
+    for via in (HTTP, SFTP):
+        assert writer_share(FilesystemWriter.block_size, via) >= DIRECT_BUFFER

@@ -1,8 +1,10 @@
 """The embedded default store: a local directory.
 
 Staging data is one file per upload; a commit is ``fsync`` of that file, so a committed size survives
-``kill -9`` and power loss. Promotion is a ``rename`` within the same filesystem (then ``fsync`` of both
-directories). Tags are kept in a sidecar ``<key>.tags.json`` removed with the object.
+``kill -9`` and power loss. Where the filesystem takes it, a writer writes with direct I/O (``O_DIRECT``,
+:class:`FilesystemWriter`): no copy of the body into the page cache. Promotion is a ``rename`` within the
+same filesystem (then ``fsync`` of both directories). Tags are kept in a sidecar ``<key>.tags.json``
+removed with the object.
 
 Every system call runs in a worker thread through :func:`_io`, which converts its ``OSError`` the same way
 everywhere: a missing file is :class:`ObjectNotFound`, a full disk or quota (ENOSPC, EDQUOT) is
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
+import mmap
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +30,9 @@ from eftgw.storage.base import ObjectNotFound, os_error
 T = TypeVar("T")
 READ_BLOCK = 1024 * 1024
 IOV_MAX = 1024  # the most buffers one pwritev takes on Linux
+# Direct I/O: file offsets, lengths and memory aligned to this (a page: a multiple of any disk's 512 bytes).
+DIRECT_ALIGN = 4096
+DIRECT_BUFFER = 4 * 1024 * 1024  # a writer's aligned buffer, the most it writes with one direct pwrite
 TAGS_SUFFIX = ".tags.json"
 
 
@@ -62,6 +69,19 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure shows at the fsync
 
 
+def _open_direct(path: Path) -> int | None:
+    """``path`` opened for writing with direct I/O, or ``None`` where the filesystem refuses it."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # tmpfs and others without direct I/O
+            return None
+        raise
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -71,39 +91,55 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FilesystemWriter:
-    """Appends with ``pwrite`` in a worker thread; :meth:`commit` is ``fsync``."""
+    """Appends in a worker thread; :meth:`commit` is ``fsync``.
 
-    block_size = 1024 * 1024  # what the body pipeline gathers per pwritev (see ChunkWriter)
+    With a second descriptor of the file opened with ``O_DIRECT`` (``direct_fd``), the bytes go from an
+    aligned buffer of its own (``DIRECT_BUFFER``, one copy of the chunks, in the worker thread) straight to
+    the disk: no copy into the page cache (on this project's 2-core test machine that copy cost about 0.8 s of
+    CPU per GiB, as much as the SHA-256), and no dirty pages for the commit's ``fsync`` to wait for. Direct
+    writes cover whole ``DIRECT_ALIGN`` units only: the last, partial unit of a block stays in the buffer and
+    is written again, completed, with the next block; :meth:`commit` writes it through the ordinary
+    descriptor before the ``fsync``. A writer opened at an offset inside a unit reads that unit's stored
+    bytes first. Without ``direct_fd`` (a filesystem that refuses ``O_DIRECT``, such as tmpfs), or once a
+    direct write is refused, it writes with ``pwritev`` through the page cache, asking the kernel to start
+    writeback as each block lands.
+    """
 
-    def __init__(self, fd: int, offset: int) -> None:
+    block_size = 4 * 1024 * 1024  # what the body pipeline gathers per write_chunks (see ChunkWriter)
+
+    def __init__(self, fd: int, offset: int, direct_fd: int | None = None) -> None:
         self._fd = fd
+        self._direct_fd = direct_fd
         self._committed = offset
         self._position = offset
+        self._buffer: mmap.mmap | None = None
+        # Direct writes: the file offset the buffer's first byte belongs at (a unit's start; None: not known
+        # yet, read the unit at the next write) and how many bytes of the buffer hold data.
+        self._unit: int | None = None
+        self._held = 0
+
+    @property
+    def direct(self) -> bool:
+        """Whether this writer writes with direct I/O."""
+        return self._direct_fd is not None
 
     async def write(self, data: bytes) -> None:
-        position = self._position
-        self._position += len(data)
-        await _io("write", self._pwrite_all, data, position)
-
-    def _pwrite_all(self, data: bytes, position: int) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, position)
-            view = view[written:]
-            position += written
+        await self.write_chunks([data])
 
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
-        """``pwritev`` the chunks, in one worker thread."""
+        """Write the chunks after what this writer wrote, in order, in one worker thread."""
         position = self._position
         self._position += sum(len(c) for c in chunks)
+        await _io("write", self._write_blocking, chunks, position)
 
-        def run() -> None:
+    def _write_blocking(self, chunks: Sequence[bytes], position: int) -> None:
+        if self._direct_fd is not None:
+            self._write_direct(chunks, position)
+        else:
             self._pwritev_all(chunks, position)
             start_writeback(self._fd, position, self._position - position)
 
-        await _io("write", run)
-
-    def _pwritev_all(self, chunks: Sequence[bytes], position: int) -> None:
+    def _pwritev_all(self, chunks: Sequence[bytes | memoryview], position: int) -> None:
         views = [memoryview(c) for c in chunks if c]
         while views:
             written = os.pwritev(self._fd, views[:IOV_MAX], position)
@@ -114,14 +150,112 @@ class FilesystemWriter:
             if written:  # a short write ended inside this chunk
                 views[0] = views[0][written:]
 
+    # direct I/O ---------------------------------------------------------------------------------------
+
+    def _write_direct(self, chunks: Sequence[bytes], position: int) -> None:
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, DIRECT_BUFFER)  # page-aligned
+        if self._unit is None:
+            self._load_unit(position)
+        buffer = self._buffer
+        for index, chunk in enumerate(chunks):
+            view = memoryview(chunk).cast("B")
+            while view:
+                taken = min(len(view), DIRECT_BUFFER - self._held)
+                buffer[self._held : self._held + taken] = view[:taken]
+                self._held += taken
+                view = view[taken:]
+                if self._held == DIRECT_BUFFER:
+                    self._flush_units()
+                    if self._direct_fd is None:  # refused: the rest goes through the page cache
+                        self._drop_held()
+                        rest: list[bytes | memoryview] = [view, *chunks[index + 1 :]]
+                        self._pwritev_all(rest, self._position - sum(len(c) for c in rest))
+                        return
+        self._flush_units()
+        if self._direct_fd is None:
+            self._drop_held()
+
+    def _drop_held(self) -> None:
+        """Write what the buffer holds through the page cache and forget the unit (direct I/O stopped)."""
+        if self._held and self._unit is not None:
+            self._pwrite_buffered(self._held, self._unit, 0)
+        self._unit, self._held = None, 0
+
+    def _load_unit(self, position: int) -> None:
+        """Start the buffer at the unit ``position`` falls in, with that unit's stored bytes before it."""
+        assert self._buffer is not None
+        unit = position - position % DIRECT_ALIGN
+        head = os.pread(self._fd, position - unit, unit) if position > unit else b""
+        if len(head) != position - unit:
+            raise OSError(
+                errno.EIO, f"read {len(head)} of the {position - unit} stored bytes before {position}"
+            )
+        self._buffer[: len(head)] = head
+        self._unit, self._held = unit, len(head)
+
+    def _flush_units(self) -> None:
+        """Write the buffer's whole units with direct I/O; keep its partial last unit at its start."""
+        assert self._buffer is not None and self._unit is not None
+        whole = self._held - self._held % DIRECT_ALIGN
+        if whole:
+            self._pwrite_direct(whole)
+        rest = self._held - whole
+        if rest:
+            self._buffer.move(0, whole, rest)
+        self._unit += whole
+        self._held = rest
+
+    def _pwrite_direct(self, length: int) -> None:
+        assert self._buffer is not None and self._unit is not None and self._direct_fd is not None
+        view = memoryview(self._buffer)[:length]
+        position = self._unit
+        try:
+            while view:
+                written = os.pwrite(self._direct_fd, view, position)
+                view, position = view[written:], position + written
+                if written % DIRECT_ALIGN:
+                    break  # a short write off a unit's edge: the rest is not aligned any more
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._stop_direct()
+        finally:
+            del view
+        if position != self._unit + length:  # what direct I/O did not write, through the page cache
+            self._stop_direct()
+            self._pwrite_buffered(self._unit + length - position, position, position - self._unit)
+
+    def _pwrite_buffered(self, length: int, position: int, start: int) -> None:
+        assert self._buffer is not None
+        with memoryview(self._buffer) as whole:
+            view = whole[start : start + length]
+            while view:
+                written = os.pwrite(self._fd, view, position)
+                view, position = view[written:], position + written
+
+    def _stop_direct(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+
+    # commit -------------------------------------------------------------------------------------------
+
     async def commit(self) -> int:
-        await _io("fsync", os.fsync, self._fd)
+        await _io("fsync", self._commit_blocking)
         self._committed = self._position
         return self._committed
+
+    def _commit_blocking(self) -> None:
+        if self._held and self._unit is not None:
+            # The partial last unit, through the page cache (the next direct write of it replaces it there).
+            self._pwrite_buffered(self._held, self._unit, 0)
+        os.fsync(self._fd)
 
     async def rollback(self) -> None:
         await _io("truncate", self._truncate, self._committed)
         self._position = self._committed
+        self._unit, self._held = None, 0  # the next direct write reads the unit it starts in
 
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
@@ -133,6 +267,10 @@ class FilesystemWriter:
                 await self.rollback()
         finally:
             os.close(self._fd)
+            self._stop_direct()
+            if self._buffer is not None:
+                self._buffer.close()
+                self._buffer = None
 
 
 class FilesystemStore:
@@ -177,11 +315,11 @@ class FilesystemStore:
         return await self._size(self._path(key))
 
     async def open_writer(self, key: str, offset: int, via: str = "http") -> FilesystemWriter:
-        del via  # the writer keeps nothing past the block it writes, over any transport
+        del via  # the writer keeps its aligned buffer (DIRECT_BUFFER) and nothing more, over any transport
         path = self._path(key)
 
         def open_at() -> int:
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_RDWR)  # direct writes read the stored start of the unit they begin in
             size = os.fstat(fd).st_size
             if offset > size:
                 os.close(fd)
@@ -192,7 +330,8 @@ class FilesystemStore:
             return fd
 
         fd = await self._run(open_at)
-        return FilesystemWriter(fd, offset)
+        direct = await asyncio.to_thread(_open_direct, path)
+        return FilesystemWriter(fd, offset, direct)
 
     def read_staging(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         return self._read(self._path(key), start, end)
