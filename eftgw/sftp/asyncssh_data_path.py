@@ -22,6 +22,15 @@ packet lies in one: about seven in eight of OpenSSH's 32 KiB packets in 256 KiB 
 hands channel data on as above, without asyncssh's header step and the copies between (the length block
 copied out, the rest joined to it again for AES-GCM, whose ``decrypt`` wants the tag attached).
 
+The data of such a packet reaches the session through :func:`deliver`: what asyncssh's channel
+``_accept_data`` and ``_deliver_data`` and the stream session's ``data_received`` do for it (the window
+taken, the view appended to the session's receive buffer, its reader woken), in one call instead of four.
+The session's ``_maybe_pause_reading`` (where the gateway's sessions count their buffer for the node's
+receive memory, :mod:`eftgw.sftp.flow`) runs once after all the packets of one socket read were parsed
+(:func:`settle`) instead of after each: pausing the socket takes effect at the next read in either case, so
+what a connection holds is the same. A packet that needs more (a window adjust, an empty or closed channel,
+a paused channel, a decoding session) goes through ``_accept_data`` as before.
+
 The send side: asyncssh sends an ``SSH_MSG_IGNORE`` packet before every packet after key exchange when
 encrypting, whatever the cipher (:func:`send_packet` skips it for the AEAD ciphers chacha20-poly1305 and
 AES-GCM, whose objects say so with ``ignore_before_packets = False``). That empty packet is a countermeasure
@@ -33,7 +42,9 @@ encryptions and two socket writes.
 ``_send_encryption``, ``_recv_encryption``, ``_recv_seq``, ``_inpbuf``, ``_packet``,
 ``_pktlen``, ``_recv_macsize``, ``_recv_blocksize``, ``_decompressor``, ``_auth_complete``, ``_channels``,
 ``_finish_recv_packet``, ``_recv_pkthdr``, ``_max_recv_pktlen``, ``_recv_handler``;
-``SSHChannel._recv_state``, ``_recv_window``, ``_accept_data``; ``SSHLogger._debug_level``.)
+``SSHChannel._recv_state``, ``_recv_window``, ``_accept_data``, ``_init_recv_window``, ``_recv_paused``,
+``_send_state``, ``_encoding``, ``_session``; ``SSHStreamSession._recv_buf``, ``_recv_buf_len``,
+``_read_waiters``, ``_maybe_pause_reading``; ``SSHLogger._debug_level``.)
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ _ASYNCSSH_RECV_PKTHDR = SSHServerConnection._recv_pkthdr
 _SKIP_IGNORE = "_eftgw_skip_ignore"
 _HEAD = 10  # padding length, message type, recipient channel, data length
 _VIEWS = "_eftgw_data_views"
+_UNSETTLED = "_eftgw_unsettled"  # the session that received data since the connection last settled
+_CLOSING = frozenset({"close_pending", "closed"})  # asyncssh's ``_accept_data`` drops data in these
 
 
 class PartsCipher(Protocol):
@@ -155,9 +168,49 @@ def recv_packet(self: Any) -> bool:
     if isinstance(self._inpbuf, memoryview):
         self._inpbuf = self._inpbuf.tobytes()
     self._packet = b""
-    channel._accept_data(memoryview(body)[taken : taken + int.from_bytes(prefix[6:10], "big")])
+    deliver(self, channel, memoryview(body)[taken : taken + int.from_bytes(prefix[6:10], "big")])
     self._finish_recv_packet(MSG_CHANNEL_DATA, seq)
     return True
+
+
+def deliver(conn: Any, channel: Any, data: memoryview) -> None:
+    """``channel._accept_data(data)`` for a channel whose session takes views, in one step (see above):
+    the window taken, ``data`` appended to the session's receive buffer and its reader woken. The session's
+    ``_maybe_pause_reading`` waits for :func:`settle`. Data that needs more than that (the window to adjust,
+    none, a closing or paused channel, a decoding session) goes through ``_accept_data``."""
+    size = len(data)
+    window = channel._recv_window - size
+    session = channel._session
+    if (
+        not size
+        or window < channel._init_recv_window / 2  # asyncssh's _deliver_data sends a window adjust
+        or channel._recv_paused
+        or channel._send_state in _CLOSING
+        or channel._encoding
+        or session is None
+    ):
+        channel._accept_data(data)
+        return
+    channel._recv_window = window
+    session._recv_buf[None].append(data)
+    session._recv_buf_len += size
+    waiter = session._read_waiters[None]
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+    state = conn.__dict__
+    unsettled = state.get(_UNSETTLED)
+    if unsettled is not session:
+        if unsettled is not None:
+            unsettled._maybe_pause_reading()
+        state[_UNSETTLED] = session
+
+
+def settle(conn: Any) -> None:
+    """After the packets of a socket read were parsed: the ``_maybe_pause_reading`` of the session that
+    :func:`deliver` gave data to since the last call (what asyncssh's ``data_received`` calls each time)."""
+    session = conn.__dict__.pop(_UNSETTLED, None)
+    if session is not None:
+        session._maybe_pause_reading()
 
 
 class WholeQueue(Protocol):
@@ -229,7 +282,7 @@ def recv_whole(self: Any, queue: WholeQueue) -> bool | None:
         self._recv_handler = self._recv_packet
         _asyncssh_with(self, cipher, packet)
         return True
-    channel._accept_data(memoryview(packet)[_HEAD : _HEAD + int.from_bytes(packet[6:10], "big")])
+    deliver(self, channel, memoryview(packet)[_HEAD : _HEAD + int.from_bytes(packet[6:10], "big")])
     self._finish_recv_packet(MSG_CHANNEL_DATA, seq)
     return True
 

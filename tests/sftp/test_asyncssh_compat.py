@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -83,6 +84,34 @@ def test_the_stream_session_internals_are_shaped_as_used() -> None:
     session = compat.SFTPOnlySession(lambda chan: asyncssh.SFTPServer(chan))
     for attribute in ("_chan", "_conn", "_encoding"):
         assert hasattr(session, attribute), attribute
+
+
+def test_channel_data_delivery_internals_are_shaped_as_used() -> None:
+    """What ``asyncssh_data_path.deliver`` does in one step is what asyncssh's channel ``_accept_data`` and
+    ``_deliver_data`` and the stream session's ``data_received`` do for data of a session without encoding:
+    drop it once closing, take the window, buffer it while paused, adjust the window below half of it,
+    append the data to ``_recv_buf[datatype]``, count it, wake the reader's waiter, then
+    ``_maybe_pause_reading``."""
+    channel = asyncssh.channel.SSHChannel
+    accept = inspect.getsource(channel._accept_data)
+    assert "if self._send_state in {'close_pending', 'closed'}:" in accept
+    assert "self._recv_window -= len(data)" in accept
+    assert "if self._recv_paused:" in accept and "self._deliver_data(data, datatype)" in accept
+    deliver = inspect.getsource(channel._deliver_data)
+    assert "if self._recv_window < self._init_recv_window / 2:" in deliver
+    assert "if self._encoding:" in deliver
+    assert "self._session.data_received(decoded_data, datatype)" in deliver
+    stream = asyncssh.stream.SSHStreamSession
+    received = inspect.getsource(stream.data_received)
+    assert [line.strip() for line in received.split('"""')[-1].splitlines() if line.strip()] == [
+        "self._recv_buf[datatype].append(data)",
+        "self._recv_buf_len += len(data)",
+        "self._unblock_read(datatype)",
+        "self._maybe_pause_reading()",
+    ]
+    unblock = inspect.getsource(stream._unblock_read)
+    assert "waiter = self._read_waiters[datatype]" in unblock
+    assert "if waiter and not waiter.done():" in unblock and "waiter.set_result(None)" in unblock
 
 
 def test_the_stream_session_flow_internals_are_shaped_as_used() -> None:
@@ -386,6 +415,79 @@ def test_installing_the_gateway_ciphers_replaces_exactly_chacha_and_gcm() -> Non
     assert list(inspect.signature(asyncssh.encryption.GCMEncryption.new).parameters) == [
         "cipher_name", "key", "iv", "mac_alg", "mac_key", "etm",
     ]  # fmt: skip
+
+
+def test_the_stream_read_internals_the_request_take_follows_are_shaped_as_used() -> None:
+    """``SFTPHandler.recv_packet`` reads a 4-byte length, refuses one above ``MAX_SFTP_PACKET_LEN`` and reads
+    that many bytes exactly; ``SSHStreamSession.read`` takes them from ``_recv_buf[datatype]`` under
+    ``_read_locks[datatype]``, stops at an exception in the buffer, and lowers ``_recv_buf_len`` before
+    ``_maybe_resume_reading`` (what ``_take_request`` does in one step)."""
+    source = inspect.getsource(asyncssh.sftp.SFTPHandler.recv_packet)
+    assert "await self._reader.readexactly(4)" in source
+    assert "if pktlen > MAX_SFTP_PACKET_LEN:" in source
+    assert "await self._reader.readexactly(pktlen)" in source and "SSHPacket(packet)" in source
+    read = inspect.getsource(asyncssh.stream.SSHStreamSession.read)
+    assert "recv_buf = self._recv_buf[datatype]" in read
+    assert "async with self._read_locks[datatype]:" in read
+    assert "if isinstance(recv_buf[0], Exception):" in read
+    assert "self._recv_buf_len -= n" in read and "self._maybe_resume_reading()" in read
+    assert "self._session" in inspect.getsource(asyncssh.stream.SSHReader.__init__)
+
+
+def _buffered(pieces: list[Any]) -> Any:
+    """A stand-in for a stream session's receive state holding ``pieces``."""
+    session = SimpleNamespace(resumed=0)
+    session._recv_buf = {None: list(pieces)}
+    session._recv_buf_len = sum(len(p) for p in pieces if not isinstance(p, Exception))
+    session._read_locks = {None: asyncio.Lock()}
+
+    def resume() -> bool:
+        session.resumed += 1
+        return False
+
+    session._maybe_resume_reading = resume
+    return session
+
+
+@pytest.mark.parametrize("cuts", [[], [4], [3], [9], [1, 2, 3], [4, 20], [36], [10, 36, 40]])
+def test_a_request_all_in_the_receive_buffer_is_taken_exactly_as_two_reads_would(cuts: list[int]) -> None:
+    """``_take_request`` returns the next request (its length taken off) and leaves what follows it in the
+    buffer, however the bytes are split into pieces; it takes nothing while the length is split (fewer than
+    4 bytes in the first piece), the request is incomplete, an exception precedes its end, or a read holds
+    the lock."""
+    first, second = os.urandom(32), os.urandom(7)
+    stream = (32).to_bytes(4, "big") + first + (7).to_bytes(4, "big") + second
+    bounds = [0, *cuts, len(stream)]
+    pieces = [memoryview(stream)[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    session = _buffered(pieces)
+    taken = compat._take_request(session)
+    if len(pieces[0]) < 4:
+        assert taken is None and session._recv_buf_len == len(stream) and session.resumed == 0
+        return
+    assert taken == first and session.resumed == 1
+    assert session._recv_buf_len == 11
+    assert b"".join(session._recv_buf[None]) == (7).to_bytes(4, "big") + second
+    if len(session._recv_buf[None][0]) >= 4:
+        assert compat._take_request(session) == second
+        assert session._recv_buf_len == 0 and session._recv_buf[None] in ([], [b""], [memoryview(b"")])
+    assert compat._take_request(session) is None
+
+
+async def test_a_request_is_not_taken_past_an_exception_an_incomplete_end_or_a_held_lock() -> None:
+    """Nothing is taken when the request is not all there, an exception (end of file) comes before its
+    end, a read holds the stream's lock, or the length is above asyncssh's limit (asyncssh's own read
+    raises then)."""
+    request = (8).to_bytes(4, "big") + b"12345678"
+    assert compat._take_request(_buffered([request[:-1]])) is None
+    assert compat._take_request(_buffered([request[:6], EOFError(), request[6:]])) is None
+    held = _buffered([request])
+    async with held._read_locks[None]:
+        assert compat._take_request(held) is None
+    too_long = (asyncssh.sftp.MAX_SFTP_PACKET_LEN + 1).to_bytes(4, "big")
+    assert compat._take_request(_buffered([too_long + b"x" * 16])) is None
+    complete = _buffered([request, EOFError()])
+    assert compat._take_request(complete) == b"12345678"
+    assert isinstance(complete._recv_buf[None][-1], EOFError)
 
 
 async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> None:

@@ -20,7 +20,8 @@ from eftgw.sftp import asyncssh_data_path
 
 class _Counts:
     def __init__(self) -> None:
-        self.views = 0  # data handed to a channel as a view, by the gateway's path
+        self.views = 0  # data handed to a channel as a view, by the gateway's path (deliver)
+        self.accepted = 0  # of those, handed on through asyncssh's channel ``_accept_data`` (window adjusts)
         self.asyncssh_data = 0  # data packets parsed by asyncssh's ``_process_data``
         self.asyncssh_packets = 0  # packets through asyncssh's ``_recv_packet``
         self.whole = 0  # packets decrypted whole from a view of one socket read, header step included
@@ -35,8 +36,16 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> _Counts:
     original = asyncssh_data_path._ASYNCSSH_RECV_PACKET
 
     def counting_accept(self: Any, data: Any, datatype: Any = None) -> None:
-        seen.views += isinstance(data, memoryview)
+        seen.accepted += isinstance(data, memoryview)
         accept(self, data, datatype)
+
+    deliver = asyncssh_data_path.deliver
+
+    def counting_deliver(conn: Any, channel: Any, data: memoryview) -> None:
+        seen.views += isinstance(data, memoryview)
+        deliver(conn, channel, data)
+
+    monkeypatch.setattr(asyncssh_data_path, "deliver", counting_deliver)
 
     def counting_process(self: Any, *args: Any) -> None:
         seen.asyncssh_data += 1
@@ -98,6 +107,8 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     assert gateway.file_named("big.bin").sha256 == sha256(data)
     assert counts.views >= 24 * 1024 * 1024 // (256 * 1024)  # at most 256 KiB per packet
     assert counts.asyncssh_data == 0
+    # in one step to the session's buffer; asyncssh's _accept_data only for the window adjusts (one per 4 MiB)
+    assert counts.accepted <= 24 * 1024 * 1024 // (4 * 1024 * 1024) + 4, (counts.accepted, counts.views)
     assert counts.whole >= counts.views  # each data packet in one step (header, decryption, delivery)
     assert max(counts.reads) == compat.SOCKET_READ == 256 * 1024, sorted(counts.reads)[-5:]
     assert counts.asyncssh_packets > 0  # key exchange, login, channel requests: asyncssh's path
@@ -119,7 +130,7 @@ def test_paramiko_with_a_cipher_of_asyncssh_still_uploads_through_asyncssh(
             handle.set_pipelined(True)
             handle.write(data)
     assert gateway.file_named("p.bin").sha256 == sha256(data)
-    assert counts.views == 0 and counts.whole == 0
+    assert counts.views == 0 and counts.whole == 0 and counts.accepted == 0
     assert counts.asyncssh_data >= 3 * 1024 * 1024 // (64 * 1024)
     after_login = counts.sent[counts.sent.index(MSG_USERAUTH_SUCCESS) :]
     assert after_login.count(MSG_IGNORE) == len(after_login) // 2  # one before each packet
