@@ -4,8 +4,8 @@ committed, and the whole-file digests carried from one durable offset to the nex
 :class:`Ingest` is what :class:`eftgw.uploads.UploadService` hands the body to once it holds the upload's
 lock and checked the request (steps 3 and 4 of its workflow):
 
-- :meth:`Ingest.write_body` reads the body in blocks (the writer's ``block_size``: 4 MiB for the
-  filesystem, 2 MiB for S3); each block is hashed (whole-file SHA-256 and xxh128, and the request's own
+- :meth:`Ingest.write_body` reads the body in blocks (the writer's ``block_size``: 2 MiB for the
+  filesystem and for S3); each block is hashed (whole-file SHA-256 and xxh128, and the request's own
   checksum if any) in one worker thread while another writes it, and the next block is read meanwhile
   (these two blocks are what :func:`eftgw.memory.pipeline_held` counts of an upload's 64 MiB outside its
   writer: keep them in step; the store's writer keeps what is left for the upload's transport,

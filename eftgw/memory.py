@@ -15,8 +15,9 @@ An HTTPS upload's bytes sit in three places on their way to storage, and the thr
   written; each block ends with the chunk that reached the writer's ``block_size``, so it is shorter than
   ``block_size`` plus one chunk (:func:`pipeline_held`);
 - the store's writer: what is left (:func:`writer_share`). The S3 writer keeps its parts in memory within it
-  (:mod:`eftgw.storage.s3_writer`); the filesystem writer keeps one aligned buffer for its direct writes
-  (``DIRECT_BUFFER`` of :mod:`eftgw.storage.filesystem`, 4 MiB).
+  (:mod:`eftgw.storage.s3_writer`); the filesystem writer keeps under 4 KiB between writes (the partial
+  disk unit its next direct write completes); the aligned buffers its writes copy into are the node's
+  (:data:`eftgw.storage.filesystem.BUFFERS`: one of 2 MiB per write under way, a few kept free).
 
 The figures come from the libraries' own limits, checked against the pinned versions: asyncio reads a socket
 (``selector_events``) and decrypts TLS (``sslproto``) 256 KiB at a time, and TLS hands aiohttp everything

@@ -42,7 +42,7 @@ from eftgw.server import app_runner
 from eftgw.sftp import asyncssh_compat, buffer
 from eftgw.sftp.fs import SftpContext
 from eftgw.sftp.server import SftpService
-from eftgw.storage.filesystem import DIRECT_BUFFER, FilesystemStore, FilesystemWriter
+from eftgw.storage.filesystem import BUFFERS, DIRECT_ALIGN, DIRECT_BUFFER, FilesystemStore, FilesystemWriter
 from eftgw.storage.s3_parts import part_size
 from eftgw.storage.s3_writer import BLOCK, WRITER_MEMORY, S3Writer, inflight_for, memory_for
 
@@ -129,18 +129,25 @@ def test_each_transport_leaves_its_writer_what_fits_in_64_mib() -> None:
     assert inflight_for(16 * MiB, WRITER_MEMORY) == 3 and inflight_for(32 * MiB, WRITER_MEMORY) == 1
 
 
-async def test_the_filesystem_writer_keeps_one_direct_buffer_within_its_share(tmp_path: Path) -> None:
-    """The filesystem writer holds one aligned buffer (``DIRECT_BUFFER``, 4 MiB, its ``block_size``) for its
-    direct writes, whatever the block it is given (here 9 MiB in one block): the buffer it writes from is that
-    size, and it fits in the writer's share of 64 MiB over either transport."""
+async def test_filesystem_writers_keep_under_a_disk_unit_and_share_the_nodes_aligned_buffers(
+    tmp_path: Path,
+) -> None:
+    """A filesystem writer keeps under one 4 KiB disk unit between its direct writes, whatever the blocks
+    (here 5 MiB in one, then 9 MiB over three writers in turn): the aligned buffer a write copies into is
+    taken from the node's ``BUFFERS`` and given back, so writers one after the other reuse one buffer of
+    ``DIRECT_BUFFER`` (2 MiB) instead of each keeping its own."""
     store = FilesystemStore(tmp_path / "store")
     await store.open()
-    await store.create_staging("uploads/C-1/u")
-    writer = await store.open_writer("uploads/C-1/u", 0)
-    assert isinstance(writer, FilesystemWriter) and writer.direct
-    await writer.write_chunks([bytes(9 * MiB)])
-    assert writer._buffer is not None and len(writer._buffer) == DIRECT_BUFFER == 4 * MiB
-    await writer.commit()
-    await writer.close()
-    for via in (HTTP, SFTP):
-        assert writer_share(FilesystemWriter.block_size, via) >= DIRECT_BUFFER
+    made = BUFFERS.made
+    for n in range(3):
+        await store.create_staging(f"uploads/C-1/u{n}")
+        writer = await store.open_writer(f"uploads/C-1/u{n}", 0)
+        assert isinstance(writer, FilesystemWriter) and writer.direct
+        await writer.write_chunks([bytes(5 * MiB + 1000)])
+        assert writer._buffer is None and len(writer._carry) == 1000 < DIRECT_ALIGN
+        await writer.write_chunks([bytes(3 * MiB + 5)])
+        assert len(writer._carry) == 1005
+        await writer.commit()
+        await writer.close()
+    assert BUFFERS.made - made <= 1 and BUFFERS.free >= 1
+    assert DIRECT_BUFFER == 2 * MiB == FilesystemWriter.block_size

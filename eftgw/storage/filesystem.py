@@ -21,6 +21,7 @@ import errno
 import json
 import mmap
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
@@ -32,7 +33,8 @@ READ_BLOCK = 1024 * 1024
 IOV_MAX = 1024  # the most buffers one pwritev takes on Linux
 # Direct I/O: file offsets, lengths and memory aligned to this (a page: a multiple of any disk's 512 bytes).
 DIRECT_ALIGN = 4096
-DIRECT_BUFFER = 4 * 1024 * 1024  # a writer's aligned buffer, the most it writes with one direct pwrite
+DIRECT_BUFFER = 2 * 1024 * 1024  # an aligned buffer direct writes copy into: the most one pwrite writes
+DIRECT_BUFFERS_KEPT = 4  # free aligned buffers the node keeps for the next writes
 TAGS_SUFFIX = ".tags.json"
 
 
@@ -69,6 +71,40 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure shows at the fsync
 
 
+class AlignedBuffers:
+    """The aligned buffers (``DIRECT_BUFFER``) direct writes copy into, shared by all the node's writers: a
+    write takes one for as long as it runs in its worker thread, so the node holds one per write under way
+    (at most one per worker thread), and keeps up to ``keep`` free ones for the next writes."""
+
+    def __init__(self, keep: int = DIRECT_BUFFERS_KEPT) -> None:
+        self.keep = keep
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        self.made = 0  # how many were ever allocated
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self.made += 1
+        return mmap.mmap(-1, DIRECT_BUFFER)  # page-aligned
+
+    def give(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buffer)
+                return
+        buffer.close()
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+
+BUFFERS = AlignedBuffers()
+
+
 def _open_direct(path: Path) -> int | None:
     """``path`` opened for writing with direct I/O, or ``None`` where the filesystem refuses it."""
     flag = getattr(os, "O_DIRECT", 0)
@@ -94,28 +130,31 @@ class FilesystemWriter:
     """Appends in a worker thread; :meth:`commit` is ``fsync``.
 
     With a second descriptor of the file opened with ``O_DIRECT`` (``direct_fd``), the bytes go from an
-    aligned buffer of its own (``DIRECT_BUFFER``, one copy of the chunks, in the worker thread) straight to
-    the disk: no copy into the page cache (on this project's 2-core test machine that copy cost about 0.8 s of
-    CPU per GiB, as much as the SHA-256), and no dirty pages for the commit's ``fsync`` to wait for. Direct
-    writes cover whole ``DIRECT_ALIGN`` units only: the last, partial unit of a block stays in the buffer and
-    is written again, completed, with the next block; :meth:`commit` writes it through the ordinary
-    descriptor before the ``fsync``. A writer opened at an offset inside a unit reads that unit's stored
-    bytes first. Without ``direct_fd`` (a filesystem that refuses ``O_DIRECT``, such as tmpfs), or once a
-    direct write is refused, it writes with ``pwritev`` through the page cache, asking the kernel to start
-    writeback as each block lands.
+    aligned buffer (``DIRECT_BUFFER``, taken from the node's :data:`BUFFERS` for the write; one copy of the
+    chunks, in the worker thread) straight to the disk: no copy into the page cache (on this project's 2-core
+    test machine that copy cost up to 0.8 s of CPU per GiB, as much as the SHA-256), and no dirty pages for
+    the commit's ``fsync`` to wait for. Direct writes cover whole ``DIRECT_ALIGN`` units only: the last,
+    partial unit of a block is all the writer keeps between writes (``_carry``, under 4 KiB); it is written
+    again, completed, with the next block, and :meth:`commit` writes it through the ordinary descriptor before
+    the ``fsync``. A writer opened at an offset inside a unit reads that unit's stored bytes first. Without
+    ``direct_fd`` (a filesystem that refuses ``O_DIRECT``, such as tmpfs), or once a direct write is refused,
+    it writes with ``pwritev`` through the page cache, asking the kernel to start writeback as each block
+    lands.
     """
 
-    block_size = 4 * 1024 * 1024  # what the body pipeline gathers per write_chunks (see ChunkWriter)
+    block_size = 2 * 1024 * 1024  # what the body pipeline gathers per write_chunks (see ChunkWriter)
 
     def __init__(self, fd: int, offset: int, direct_fd: int | None = None) -> None:
         self._fd = fd
         self._direct_fd = direct_fd
         self._committed = offset
         self._position = offset
-        self._buffer: mmap.mmap | None = None
-        # Direct writes: the file offset the buffer's first byte belongs at (a unit's start; None: not known
-        # yet, read the unit at the next write) and how many bytes of the buffer hold data.
+        # Direct writes: the unit (its file offset) the next write begins in, None when not known (it is read
+        # at the next write), and that unit's bytes so far; during a write, the buffer it took and how many
+        # of its bytes hold data (the unit's first).
         self._unit: int | None = None
+        self._carry = b""
+        self._buffer: mmap.mmap | None = None
         self._held = 0
 
     @property
@@ -153,11 +192,22 @@ class FilesystemWriter:
     # direct I/O ---------------------------------------------------------------------------------------
 
     def _write_direct(self, chunks: Sequence[bytes], position: int) -> None:
-        if self._buffer is None:
-            self._buffer = mmap.mmap(-1, DIRECT_BUFFER)  # page-aligned
         if self._unit is None:
             self._load_unit(position)
-        buffer = self._buffer
+        buffer = self._buffer = BUFFERS.take()
+        try:
+            buffer[: len(self._carry)] = self._carry
+            self._held = len(self._carry)
+            self._fill_direct(buffer, chunks)
+            self._carry = buffer[: self._held] if self._unit is not None else b""
+        except BaseException:
+            self._unit, self._carry = None, b""  # unknown now: read again at the next write
+            raise
+        finally:
+            self._buffer, self._held = None, 0
+            BUFFERS.give(buffer)
+
+    def _fill_direct(self, buffer: mmap.mmap, chunks: Sequence[bytes]) -> None:
         for index, chunk in enumerate(chunks):
             view = memoryview(chunk).cast("B")
             while view:
@@ -183,16 +233,14 @@ class FilesystemWriter:
         self._unit, self._held = None, 0
 
     def _load_unit(self, position: int) -> None:
-        """Start the buffer at the unit ``position`` falls in, with that unit's stored bytes before it."""
-        assert self._buffer is not None
+        """Begin at the unit ``position`` falls in, with that unit's stored bytes before it."""
         unit = position - position % DIRECT_ALIGN
         head = os.pread(self._fd, position - unit, unit) if position > unit else b""
         if len(head) != position - unit:
             raise OSError(
                 errno.EIO, f"read {len(head)} of the {position - unit} stored bytes before {position}"
             )
-        self._buffer[: len(head)] = head
-        self._unit, self._held = unit, len(head)
+        self._unit, self._carry = unit, head
 
     def _flush_units(self) -> None:
         """Write the buffer's whole units with direct I/O; keep its partial last unit at its start."""
@@ -247,15 +295,18 @@ class FilesystemWriter:
         return self._committed
 
     def _commit_blocking(self) -> None:
-        if self._held and self._unit is not None:
+        if self._carry and self._unit is not None:
             # The partial last unit, through the page cache (the next direct write of it replaces it there).
-            self._pwrite_buffered(self._held, self._unit, 0)
+            view, position = memoryview(self._carry), self._unit
+            while view:
+                written = os.pwrite(self._fd, view, position)
+                view, position = view[written:], position + written
         os.fsync(self._fd)
 
     async def rollback(self) -> None:
         await _io("truncate", self._truncate, self._committed)
         self._position = self._committed
-        self._unit, self._held = None, 0  # the next direct write reads the unit it starts in
+        self._unit, self._carry = None, b""  # the next direct write reads the unit it starts in
 
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
@@ -268,9 +319,6 @@ class FilesystemWriter:
         finally:
             os.close(self._fd)
             self._stop_direct()
-            if self._buffer is not None:
-                self._buffer.close()
-                self._buffer = None
 
 
 class FilesystemStore:
@@ -315,7 +363,9 @@ class FilesystemStore:
         return await self._size(self._path(key))
 
     async def open_writer(self, key: str, offset: int, via: str = "http") -> FilesystemWriter:
-        del via  # the writer keeps its aligned buffer (DIRECT_BUFFER) and nothing more, over any transport
+        del (
+            via
+        )  # the writer keeps under a disk unit between writes, over any transport (BUFFERS are the node's)
         path = self._path(key)
 
         def open_at() -> int:
