@@ -8,7 +8,8 @@ once (whole-file SHA-256 + xxh128 in one, ``pwrite`` through the page cache in t
 pipeline before direct I/O) while the next blocks fill, and ``fsync`` s before it answers 204. Its modes
 take parts away, to split the cost:
 
-- ``full``: hash + write + fsync (what eftgw must do);
+- ``direct``: hash + write with direct I/O (``O_DIRECT``, as eftgw's filesystem store) + fsync;
+- ``full``: hash + write through the page cache + fsync;
 - ``write``: write + fsync, no hashing;
 - ``hash``: hash only, nothing written;
 - ``discard``: the body is received and dropped (the kernel's copy, curl and the loop alone).
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import mmap
 import os
 import resource
 import shutil
@@ -60,7 +62,10 @@ from http_vs_tus_node import (  # noqa: E402
 
 from tests.support import GatewayProcess  # noqa: E402
 
-MODES = ("full", "write", "hash", "discard")
+MODES = ("direct", "full", "write", "hash", "discard")
+WRITING = ("direct", "full", "write")
+HASHING = ("direct", "full", "hash")
+ALIGN = 4096
 MAX_HEAD = 64 * 1024
 
 
@@ -77,7 +82,7 @@ class FloorProtocol(asyncio.BufferedProtocol):
         self.mode = mode
         # one thread hashes, one writes: each takes the blocks in order
         self.hashing, self.writing, self.pool = pools
-        self.blocks = [bytearray(block) for _ in range(count)]
+        self.blocks = [mmap.mmap(-1, block) for _ in range(count)]  # page-aligned, for direct I/O
         self.views = [memoryview(b) for b in self.blocks]
         self.current = 0  # the block being filled
         self.filled = 0
@@ -89,6 +94,7 @@ class FloorProtocol(asyncio.BufferedProtocol):
         self.sha256 = hashlib.sha256()
         self.xxh128 = xxhash.xxh3_128()
         self.fd = -1
+        self.direct_fd = -1
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
 
@@ -127,9 +133,11 @@ class FloorProtocol(asyncio.BufferedProtocol):
         self.remaining = length - len(rest)
         self.blocks[self.current][: len(rest)] = rest
         self.filled = len(rest)
-        if self.mode in ("full", "write"):
+        if self.mode in WRITING:
             path = self.directory / f"upload-{os.getpid()}-{id(self)}"
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if self.mode == "direct":
+                self.direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
             os.unlink(path)  # the bytes still go to disk; nothing is left behind
         if self.remaining <= 0:
             self._hand_on()
@@ -138,9 +146,9 @@ class FloorProtocol(asyncio.BufferedProtocol):
         """The current block is full (or the body ended): hash and write it while the other one fills."""
         view = self.views[self.current][: self.filled]
         jobs = []
-        if self.mode in ("full", "hash"):
+        if self.mode in HASHING:
             jobs.append(self.loop.run_in_executor(self.hashing, self._hash, view))
-        if self.mode in ("full", "write"):
+        if self.mode in WRITING:
             jobs.append(self.loop.run_in_executor(self.writing, self._write, view, self.position))
         self.position += self.filled
         this = asyncio.gather(*jobs)
@@ -166,6 +174,11 @@ class FloorProtocol(asyncio.BufferedProtocol):
         self.xxh128.update(view)
 
     def _write(self, view: memoryview, position: int) -> None:
+        if self.direct_fd >= 0:  # whole 4 KiB units with direct I/O (only the body's last block has a tail)
+            whole = len(view) - len(view) % ALIGN
+            while whole:
+                written = os.pwrite(self.direct_fd, view[:whole], position)
+                view, position, whole = view[written:], position + written, whole - written
         while view:
             written = os.pwrite(self.fd, view, position)
             view, position = view[written:], position + written
@@ -176,6 +189,9 @@ class FloorProtocol(asyncio.BufferedProtocol):
             await self.loop.run_in_executor(self.pool, os.fsync, self.fd)
             os.close(self.fd)
             self.fd = -1
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
         self._answer(b"204 No Content", f"Upload-Offset: {self.position}\r\n".encode())
 
     def _answer(self, status: bytes, headers: bytes = b"") -> None:
@@ -189,6 +205,9 @@ class FloorProtocol(asyncio.BufferedProtocol):
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
 
 
 async def serve(port: int, directory: Path, mode: str, block: int, count: int) -> None:
