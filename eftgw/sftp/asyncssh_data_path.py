@@ -41,7 +41,8 @@ encryptions and two socket writes.
 (internals: ``SSHConnection._recv_packet``, ``send_packet`` and the ``MSG_IGNORE`` it sends from inside,
 ``_send_encryption``, ``_recv_encryption``, ``_recv_seq``, ``_inpbuf``, ``_packet``,
 ``_pktlen``, ``_recv_macsize``, ``_recv_blocksize``, ``_decompressor``, ``_auth_complete``, ``_channels``,
-``_finish_recv_packet``, ``_recv_pkthdr``, ``_max_recv_pktlen``, ``_recv_handler``;
+``_finish_recv_packet`` (and what it does for channel data once ``_auth_final``: the sequence number),
+``_auth_final``, ``_transport``, ``_recv_pkthdr``, ``_max_recv_pktlen``, ``_recv_handler``;
 ``SSHChannel._recv_state``, ``_recv_window``, ``_accept_data``, ``_init_recv_window``, ``_recv_paused``,
 ``_send_state``, ``_encoding``, ``_session``; ``SSHStreamSession._recv_buf``, ``_recv_buf_len``,
 ``_read_waiters``, ``_maybe_pause_reading``; ``SSHLogger._debug_level``.)
@@ -113,20 +114,24 @@ def _asyncssh_with(conn: Any, cipher: Any, packet: bytes | None) -> bool:
             conn._recv_encryption = cipher
 
 
-def _data_channel(self: Any, prefix: bytes, total: int) -> Any:
+def _takes_data(self: Any) -> bool:
+    """Whether channel data of this connection may take the gateway's path at all (what
+    :func:`_data_channel` checks of the connection: no compression, logged in, asyncssh not logging data)."""
+    return (
+        not self._decompressor
+        and bool(self._auth_complete)
+        and SSHLogger._debug_level < 2  # asyncssh logs received data from level 2 on: let it
+    )
+
+
+def _open_channel(channels: Any, prefix: bytes, total: int) -> Any:
     """The channel whose session takes views, if ``prefix`` (the first ``_HEAD`` bytes of a decrypted packet
-    of ``total`` bytes) begins channel data that :func:`recv_packet` may hand it; else None (the packet goes
-    to asyncssh). Checks what asyncssh's ``_process_data`` checks (channel open, window, exact length)."""
-    if (
-        len(prefix) != _HEAD
-        or prefix[1] != MSG_CHANNEL_DATA
-        or self._decompressor
-        or not self._auth_complete
-        or SSHLogger._debug_level >= 2  # asyncssh logs received data from level 2 on: let it
-    ):
+    of ``total`` bytes) begins channel data for it that asyncssh's ``_process_data`` would accept (channel
+    open, within its window, exact length); else None. ``channels``: the connection's ``_channels``."""
+    if len(prefix) != _HEAD or prefix[1] != MSG_CHANNEL_DATA:
         return None
     datalen = int.from_bytes(prefix[6:10], "big")
-    channel = self._channels.get(int.from_bytes(prefix[2:6], "big"))
+    channel = channels.get(int.from_bytes(prefix[2:6], "big"))
     if (
         channel is None
         or not channel.__dict__.get(_VIEWS)
@@ -137,6 +142,13 @@ def _data_channel(self: Any, prefix: bytes, total: int) -> Any:
     ):
         return None
     return channel
+
+
+def _data_channel(self: Any, prefix: bytes, total: int) -> Any:
+    """The channel whose session takes views, if ``prefix`` (the first ``_HEAD`` bytes of a decrypted packet
+    of ``total`` bytes) begins channel data that :func:`recv_packet` may hand it; else None (the packet goes
+    to asyncssh). Checks what asyncssh's ``_process_data`` checks (channel open, window, exact length)."""
+    return _open_channel(self._channels, prefix, total) if _takes_data(self) else None
 
 
 def recv_packet(self: Any) -> bool:
@@ -236,18 +248,20 @@ class WholeQueue(Protocol):
 
 
 def recv_whole(self: Any, queue: WholeQueue) -> bool | None:
-    """The next packet in one step, once ``queue`` holds all of it: its length read, the packet decrypted,
-    channel data handed on as a view of the plaintext. This is asyncssh's header step (``_recv_pkthdr``)
-    and :func:`recv_packet` together. A packet lying whole in the first chunk (about seven in eight of the
-    channel data packets OpenSSH sends, eight 32 KiB packets to a 256 KiB socket read) is decrypted from a
-    view of it, without any copy; one spread over several chunks is joined once.
+    """The next packets in one step each, once ``queue`` holds all of a packet: its length read, the packet
+    decrypted, channel data handed on as a view of the plaintext. This is asyncssh's header step
+    (``_recv_pkthdr``) and :func:`recv_packet` together. A packet lying whole in the first chunk (about seven
+    in eight of the channel data packets OpenSSH sends, eight 32 KiB packets to a 256 KiB socket read) is
+    decrypted from a view of it, without any copy; one spread over several chunks is joined once. It goes on
+    with the next packet while the packets are channel data for a view-taking session (the connection's own
+    checks made once for them, and the sequence number advanced as ``_finish_recv_packet`` does).
 
-    Returns whether it took a packet, None if the packet is not all there yet (nothing taken: call again
-    when more arrived). It takes none (False) unless the parser waits for a packet's header with nothing in
-    ``_inpbuf``, the cipher is one of the gateway's (``packet_length``, ``decrypt_whole``), and the packet's
-    length is one asyncssh's header step accepts. A packet that is not channel data for a session taking
-    views (or whose tag is wrong) goes to asyncssh's ``_recv_packet`` with the state the header step leaves
-    (the first block in ``_packet``, the rest of the packet in ``_inpbuf``)."""
+    Returns whether it took a packet, None if the next packet is not all there yet (nothing more taken: call
+    again when more arrived). It takes none (False) unless the parser waits for a packet's header with
+    nothing in ``_inpbuf``, the cipher is one of the gateway's (``packet_length``, ``decrypt_whole``), and the
+    packet's length is one asyncssh's header step accepts. A packet that is not channel data for a session
+    taking views (or whose tag is wrong) goes to asyncssh's ``_recv_packet`` with the state the header step
+    leaves (the first block in ``_packet``, the rest of the packet in ``_inpbuf``), and ends the call."""
     cipher = self._recv_encryption
     packet_length = getattr(cipher, "packet_length", None)
     if (
@@ -256,35 +270,47 @@ def recv_whole(self: Any, queue: WholeQueue) -> bool | None:
         or getattr(self._recv_handler, "__func__", None) is not _ASYNCSSH_RECV_PKTHDR
     ):
         return False
-    chunk, start = queue.front()
     blocksize = self._recv_blocksize
-    if queue.size < blocksize:
-        return None
-    seq = self._recv_seq
-    view = memoryview(chunk)
-    pktlen = packet_length(seq, view[start : start + 4] if len(chunk) - start >= 4 else queue.peek(4))
-    if pktlen > self._max_recv_pktlen or 4 + pktlen < blocksize:
-        return False  # refused (or failed) by asyncssh's own steps
-    total = 4 + pktlen + self._recv_macsize
-    end = start + total
-    if end <= len(chunk):
-        queue.advance(total)
-    elif queue.size < total:
-        return None
-    else:
-        view, start, end = memoryview(queue.take(total)), 0, total  # spread over chunks: joined once
-    packet = cipher.decrypt_whole(seq, view[start:end], self._recv_macsize)
-    channel = None if packet is None else _data_channel(self, packet[:_HEAD], len(packet))
-    if channel is None:
-        self._packet = bytes(view[start : start + blocksize])
-        self._pktlen = pktlen
-        self._inpbuf = bytes(view[start + blocksize : end])
-        self._recv_handler = self._recv_packet
-        _asyncssh_with(self, cipher, packet)
-        return True
-    deliver(self, channel, memoryview(packet)[_HEAD : _HEAD + int.from_bytes(packet[6:10], "big")])
-    self._finish_recv_packet(MSG_CHANNEL_DATA, seq)
-    return True
+    macsize = self._recv_macsize
+    takes_data = _takes_data(self)
+    channels = self._channels
+    # _finish_recv_packet for channel data once logged in only advances the sequence number
+    finish_here = bool(self._auth_final and self._transport)
+    took = False
+    while queue.size >= blocksize:
+        chunk, start = queue.front()
+        seq = self._recv_seq
+        view = memoryview(chunk)
+        pktlen = packet_length(seq, view[start : start + 4] if len(chunk) - start >= 4 else queue.peek(4))
+        if pktlen > self._max_recv_pktlen or 4 + pktlen < blocksize:
+            return took  # refused (or failed) by asyncssh's own steps
+        total = 4 + pktlen + macsize
+        end = start + total
+        if end <= len(chunk):
+            queue.advance(total)
+        elif queue.size < total:
+            return None
+        else:
+            view, start, end = memoryview(queue.take(total)), 0, total  # spread over chunks: joined once
+        packet = cipher.decrypt_whole(seq, view[start:end], macsize)
+        channel = (
+            None if packet is None or not takes_data else _open_channel(channels, packet[:_HEAD], len(packet))
+        )
+        if channel is None:
+            self._packet = bytes(view[start : start + blocksize])
+            self._pktlen = pktlen
+            self._inpbuf = bytes(view[start + blocksize : end])
+            self._recv_handler = self._recv_packet
+            _asyncssh_with(self, cipher, packet)
+            return True
+        deliver(self, channel, memoryview(packet)[_HEAD : _HEAD + int.from_bytes(packet[6:10], "big")])
+        if finish_here:
+            self._recv_seq = (seq + 1) & 0xFFFFFFFF
+        else:
+            self._finish_recv_packet(MSG_CHANNEL_DATA, seq)
+            finish_here = bool(self._auth_final and self._transport)
+        took = True
+    return None
 
 
 def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:

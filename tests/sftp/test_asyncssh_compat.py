@@ -179,7 +179,24 @@ def test_the_receive_path_internals_are_shaped_as_used() -> None:
     source = inspect.getsource(conn._recv_packet)
     assert "rem = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize" in source
     assert "self._recv_handler = lambda: False" in source
-    assert "if is_async and self._inpbuf:" in inspect.getsource(conn._finish_recv_packet)
+    finish = inspect.getsource(conn._finish_recv_packet)
+    assert "if is_async and self._inpbuf:" in finish
+    # what recv_whole does in its place for channel data once _auth_final is set: the next sequence number
+    body = [line.strip() for line in finish.split('"""')[-1].splitlines() if line.strip()]
+    assert body == [
+        "if pkttype > MSG_USERAUTH_LAST:",
+        "self._auth_final = True",
+        "if self._transport:",
+        "if self._recv_seq == 0xffffffff and not self._recv_encryption:",
+        "raise ProtocolError('Sequence rollover before kex complete')",
+        "if pkttype == MSG_NEWKEYS and self._strict_kex:",
+        "self._recv_seq = 0",
+        "else:",
+        "self._recv_seq = (seq + 1) & 0xffffffff",
+        "self._recv_handler = self._recv_pkthdr",
+        "if is_async and self._inpbuf:",
+        "self._recv_data()",
+    ]
     assert "self._inpbuf += data" in inspect.getsource(conn.data_received)
     assert "self._inpbuf = b''" in inspect.getsource(conn._cleanup)
     assert list(inspect.signature(conn.data_received).parameters) == ["self", "data", "datatype"]

@@ -24,7 +24,7 @@ class _Counts:
         self.accepted = 0  # of those, handed on through asyncssh's channel ``_accept_data`` (window adjusts)
         self.asyncssh_data = 0  # data packets parsed by asyncssh's ``_process_data``
         self.asyncssh_packets = 0  # packets through asyncssh's ``_recv_packet``
-        self.whole = 0  # packets decrypted whole from a view of one socket read, header step included
+        self.whole = 0  # data packets taken whole (recv_whole: header step included), from a view of a read
         self.reads: list[int] = []  # the sizes of the socket reads of server connections
         self.sent: list[int] = []  # the types of the packets asyncssh's ``send_packet`` sent, in order
 
@@ -65,8 +65,9 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> _Counts:
     recv_whole = asyncssh_data_path.recv_whole
 
     def counting_whole(self: Any, queue: Any) -> bool | None:
+        before = seen.views
         took = recv_whole(self, queue)
-        seen.whole += bool(took)
+        seen.whole += seen.views - before  # the data packets it handed on (it goes on while they come)
         return took
 
     monkeypatch.setattr(asyncssh_data_path, "recv_whole", counting_whole)
