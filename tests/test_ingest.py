@@ -121,7 +121,7 @@ async def test_the_filesystem_writer_stores_a_block_of_many_chunks_in_order(
             return real(fd, cut, offset)
 
         monkeypatch.setattr(os, "pwritev", at_most_1000_bytes)
-    monkeypatch.setattr(filesystem, "_open_direct", lambda path: None)  # through the page cache: pwritev
+    monkeypatch.setattr(filesystem, "_takes_direct_io", lambda fd: False)  # through the page cache: pwritev
     store = FilesystemStore(tmp_path / "store")
     await store.open()
     await store.create_staging("uploads/C-1/u")

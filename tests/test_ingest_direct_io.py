@@ -5,6 +5,7 @@ I/O gets the same bytes through the page cache."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -120,23 +121,52 @@ async def test_appends_starting_and_ending_inside_a_unit_store_exactly_their_byt
 async def test_a_filesystem_without_direct_io_gets_the_bytes_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where opening the file with ``O_DIRECT`` is refused (as tmpfs does, EINVAL), the writer writes through
-    the page cache instead, and the file holds the bytes."""
-    real_open = os.open
+    """Where turning ``O_DIRECT`` on is refused (as tmpfs does, EINVAL), the writer writes through the page
+    cache instead, and the file holds the bytes."""
+    real_fcntl = fcntl.fcntl
 
-    def no_direct(path: object, flags: int, *args: int) -> int:
-        if flags & os.O_DIRECT:
+    def no_direct(fd: int, command: int, arg: int = 0) -> int:
+        if command == fcntl.F_SETFL and arg & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)  # type: ignore[arg-type]
+        return real_fcntl(fd, command, arg)
 
     store = await new_store(tmp_path)
-    monkeypatch.setattr(os, "open", no_direct)
+    monkeypatch.setattr(fcntl, "fcntl", no_direct)
     writer = await store.open_writer(KEY, 0)
     assert isinstance(writer, FilesystemWriter) and not writer.direct
     chunks = chunks_of(random.Random(2), 3 * 1024 * 1024 + 5)
     await writer.write_chunks(chunks)
     assert await writer.commit() == sum(len(c) for c in chunks)
     await writer.close()
+    assert await stored(store) == b"".join(chunks)
+
+
+async def test_a_writer_holds_one_descriptor_and_leaves_it_without_o_direct(tmp_path: Path) -> None:
+    """An open writer holds one file descriptor (the SFTP side's descriptor budget counts one per open file),
+    direct writes and all: ``O_DIRECT`` is on only while a direct write runs, so the commit's write of the
+    partial last unit and the ``fsync`` use the same descriptor; closing the writer gives it back."""
+
+    def descriptors() -> dict[int, str]:
+        """The process's open descriptors and what each refers to (the listing's own is gone by then)."""
+        found = {}
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        return found
+
+    store = await new_store(tmp_path)
+    staging = str(tmp_path / "store" / KEY)
+    assert staging not in descriptors().values()
+    writer = await store.open_writer(KEY, 0)
+    assert isinstance(writer, FilesystemWriter) and writer.direct
+    (fd,) = (fd for fd, target in descriptors().items() if target == staging)
+    chunks = chunks_of(random.Random(5), 2 * DIRECT_BUFFER + 123)
+    await writer.write_chunks(chunks)
+    assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    assert list(descriptors().values()).count(staging) == 1 and writer.direct
+    assert await writer.commit() == sum(len(c) for c in chunks)
+    await writer.close()
+    assert staging not in descriptors().values()
     assert await stored(store) == b"".join(chunks)
 
 

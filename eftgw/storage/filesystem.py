@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -36,6 +37,7 @@ DIRECT_ALIGN = 4096
 DIRECT_BUFFER = 2 * 1024 * 1024  # an aligned buffer direct writes copy into: the most one pwrite writes
 DIRECT_BUFFERS_KEPT = 4  # free aligned buffers the node keeps for the next writes
 TAGS_SUFFIX = ".tags.json"
+O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 async def _io(what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -105,17 +107,24 @@ class AlignedBuffers:
 BUFFERS = AlignedBuffers()
 
 
-def _open_direct(path: Path) -> int | None:
-    """``path`` opened for writing with direct I/O, or ``None`` where the filesystem refuses it."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
+def _set_direct(fd: int, on: bool) -> None:
+    """Turn direct I/O (``O_DIRECT``) on or off for ``fd``; ``EINVAL`` where the filesystem has none."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT if on else flags & ~O_DIRECT)
+
+
+def _takes_direct_io(fd: int) -> bool:
+    """Whether the file of ``fd`` can be written with direct I/O (tmpfs and others refuse it: EINVAL)."""
+    if not O_DIRECT:
+        return False
     try:
-        return os.open(path, os.O_WRONLY | flag)
+        _set_direct(fd, True)
     except OSError as exc:
-        if exc.errno == errno.EINVAL:  # tmpfs and others without direct I/O
-            return None
+        if exc.errno == errno.EINVAL:
+            return False
         raise
+    _set_direct(fd, False)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,24 +138,25 @@ def _fsync_dir(path: Path) -> None:
 class FilesystemWriter:
     """Appends in a worker thread; :meth:`commit` is ``fsync``.
 
-    With a second descriptor of the file opened with ``O_DIRECT`` (``direct_fd``), the bytes go from an
-    aligned buffer (``DIRECT_BUFFER``, taken from the node's :data:`BUFFERS` for the write; one copy of the
-    chunks, in the worker thread) straight to the disk: no copy into the page cache (on this project's 2-core
-    test machine that copy cost up to 0.8 s of CPU per GiB, as much as the SHA-256), and no dirty pages for
-    the commit's ``fsync`` to wait for. Direct writes cover whole ``DIRECT_ALIGN`` units only: the last,
-    partial unit of a block is all the writer keeps between writes (``_carry``, under 4 KiB); it is written
-    again, completed, with the next block, and :meth:`commit` writes it through the ordinary descriptor before
-    the ``fsync``. A writer opened at an offset inside a unit reads that unit's stored bytes first. Without
-    ``direct_fd`` (a filesystem that refuses ``O_DIRECT``, such as tmpfs), or once a direct write is refused,
-    it writes with ``pwritev`` through the page cache, asking the kernel to start writeback as each block
-    lands.
+    Where the filesystem takes direct I/O (``direct``), the bytes go from an aligned buffer
+    (``DIRECT_BUFFER``, taken from the node's :data:`BUFFERS` for the write; one copy of the chunks, in
+    the worker thread) straight to the disk: no copy into the page cache (on this project's 2-core test
+    machine that copy cost up to 0.8 s of CPU per GiB, as much as the SHA-256), and no dirty pages for the
+    commit's ``fsync`` to wait for. Direct writes cover whole ``DIRECT_ALIGN`` units only: the last,
+    partial unit of a block is all the writer keeps between writes (``_carry``, under 4 KiB); it is
+    written again, completed, with the next block, and :meth:`commit` writes it through the page cache
+    before the ``fsync``. A writer opened at an offset inside a unit reads that unit's stored bytes first.
+    The writer holds one descriptor, as the SFTP side's descriptor budget counts an open file:
+    ``O_DIRECT`` is turned on (``fcntl``) for each direct write only, and off again. Without direct I/O (a
+    filesystem that refuses ``O_DIRECT``, such as tmpfs), or once a direct write is refused, it writes
+    with ``pwritev`` through the page cache, asking the kernel to start writeback as each block lands.
     """
 
     block_size = 2 * 1024 * 1024  # what the body pipeline gathers per write_chunks (see ChunkWriter)
 
-    def __init__(self, fd: int, offset: int, direct_fd: int | None = None) -> None:
+    def __init__(self, fd: int, offset: int, direct: bool = False) -> None:
         self._fd = fd
-        self._direct_fd = direct_fd
+        self._direct = direct
         self._committed = offset
         self._position = offset
         # Direct writes: the unit (its file offset) the next write begins in, None when not known (it is read
@@ -160,7 +170,7 @@ class FilesystemWriter:
     @property
     def direct(self) -> bool:
         """Whether this writer writes with direct I/O."""
-        return self._direct_fd is not None
+        return self._direct
 
     async def write(self, data: bytes) -> None:
         await self.write_chunks([data])
@@ -172,7 +182,7 @@ class FilesystemWriter:
         await _io("write", self._write_blocking, chunks, position)
 
     def _write_blocking(self, chunks: Sequence[bytes], position: int) -> None:
-        if self._direct_fd is not None:
+        if self._direct:
             self._write_direct(chunks, position)
         else:
             self._pwritev_all(chunks, position)
@@ -217,13 +227,13 @@ class FilesystemWriter:
                 view = view[taken:]
                 if self._held == DIRECT_BUFFER:
                     self._flush_units()
-                    if self._direct_fd is None:  # refused: the rest goes through the page cache
+                    if not self._direct:  # refused: the rest goes through the page cache
                         self._drop_held()
                         rest: list[bytes | memoryview] = [view, *chunks[index + 1 :]]
                         self._pwritev_all(rest, self._position - sum(len(c) for c in rest))
                         return
         self._flush_units()
-        if self._direct_fd is None:
+        if not self._direct:
             self._drop_held()
 
     def _drop_held(self) -> None:
@@ -255,15 +265,19 @@ class FilesystemWriter:
         self._held = rest
 
     def _pwrite_direct(self, length: int) -> None:
-        assert self._buffer is not None and self._unit is not None and self._direct_fd is not None
+        assert self._buffer is not None and self._unit is not None and self._direct
         view = memoryview(self._buffer)[:length]
         position = self._unit
         try:
-            while view:
-                written = os.pwrite(self._direct_fd, view, position)
-                view, position = view[written:], position + written
-                if written % DIRECT_ALIGN:
-                    break  # a short write off a unit's edge: the rest is not aligned any more
+            _set_direct(self._fd, True)
+            try:
+                while view:
+                    written = os.pwrite(self._fd, view, position)
+                    view, position = view[written:], position + written
+                    if written % DIRECT_ALIGN:
+                        break  # a short write off a unit's edge: the rest is not aligned any more
+            finally:
+                _set_direct(self._fd, False)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -283,9 +297,7 @@ class FilesystemWriter:
                 view, position = view[written:], position + written
 
     def _stop_direct(self) -> None:
-        if self._direct_fd is not None:
-            os.close(self._direct_fd)
-            self._direct_fd = None
+        self._direct = False
 
     # commit -------------------------------------------------------------------------------------------
 
@@ -318,7 +330,6 @@ class FilesystemWriter:
                 await self.rollback()
         finally:
             os.close(self._fd)
-            self._stop_direct()
 
 
 class FilesystemStore:
@@ -363,24 +374,26 @@ class FilesystemStore:
         return await self._size(self._path(key))
 
     async def open_writer(self, key: str, offset: int, via: str = "http") -> FilesystemWriter:
-        del (
-            via
-        )  # the writer keeps under a disk unit between writes, over any transport (BUFFERS are the node's)
+        # ``via`` does not matter here: a writer keeps under a disk unit between writes over any transport
+        # (the aligned buffers are the node's, BUFFERS).
+        del via
         path = self._path(key)
 
-        def open_at() -> int:
+        def open_at() -> tuple[int, bool]:
             fd = os.open(path, os.O_RDWR)  # direct writes read the stored start of the unit they begin in
-            size = os.fstat(fd).st_size
-            if offset > size:
+            try:
+                size = os.fstat(fd).st_size
+                if offset > size:
+                    raise ValueError(f"offset {offset} beyond stored size {size}")
+                if size > offset:  # bytes that were never acknowledged (a crash mid-request)
+                    os.ftruncate(fd, offset)
+                    os.fsync(fd)
+                return fd, _takes_direct_io(fd)
+            except BaseException:
                 os.close(fd)
-                raise ValueError(f"offset {offset} beyond stored size {size}")
-            if size > offset:  # bytes that were never acknowledged (a crash mid-request)
-                os.ftruncate(fd, offset)
-                os.fsync(fd)
-            return fd
+                raise
 
-        fd = await self._run(open_at)
-        direct = await asyncio.to_thread(_open_direct, path)
+        fd, direct = await self._run(open_at)
         return FilesystemWriter(fd, offset, direct)
 
     def read_staging(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
