@@ -16,16 +16,23 @@ each round:
   ceiling without any SSH transport or encryption.
 
 Usage: ``python bench/sftp_throughput.py [--size-mib 1024] [--rounds 3] [--cipher C ...] [--fsync-peer]
-[--local] [--warmup] [--compare-tree DIR] [--py-spy FILE]``. Prints one JSON document: per cipher and target
-the MB/s of each round (10^6 bytes per second), the medians, the ratio eftgw/openssh of the medians, the load
-average (1 min) before each put, the server side's CPU seconds per GiB (the gateway's and its event loop
-thread's; sshd's with its session and sftp-server), and the gateway's peak RSS (``VmHWM``); also written to
-``bench/results/sftp_throughput.json``.
+[--local] [--warmup] [--compare-tree DIR] [--callgrind] [--py-spy FILE]``. Prints one JSON document: per
+cipher and target the MB/s of each round (10^6 bytes per second), the medians, the ratio eftgw/openssh of the
+medians, the load average (1 min) before each put, the server side's CPU seconds per GiB (the gateway's and
+its event loop thread's; sshd's with its session and sftp-server), and the gateway's peak RSS (``VmHWM``);
+also written to ``bench/results/sftp_throughput.json``.
 ``--compare-tree DIR`` adds a second gateway target, ``eftgw@DIR``: the gateway of another copy of eftgw's
 tree (e.g. ``git archive main | tar -x -C /tmp/main``), started the same way from that tree's code, its puts
 alternating with the others in each round: a change and its base measured side by side under the same load.
 ``--warmup`` puts the file once to each target before the recorded rounds (the first put into a fresh
 gateway process costs more CPU than the next ones).
+``--callgrind`` runs each gateway under valgrind's callgrind, collecting only during its puts, and records
+the instructions (millions per GiB) its event loop thread and its other threads executed: counts that the
+load of other work on the machine does not move (repeated runs of one tree agree within about 1%), to compare
+a change with its base (``--compare-tree``) on a busy machine. The gateways' channel packets are capped at
+32 KiB then (what OpenSSH's client sends when the server keeps up; a gateway slowed down by valgrind would
+otherwise get fewer, larger packets), OpenSSH's server is not measured, and the rates and CPU seconds are
+valgrind's, not the gateway's. Use a small ``--size-mib`` (64): a put runs about 50 times slower.
 ``--py-spy FILE`` runs the gateway under ``py-spy record`` (``pip install py-spy``) and writes its samples as
 collapsed stacks (flamegraph input).
 Needs openssh-client and openssh-server (``scripts/install-test-deps-sftp``).
@@ -46,12 +53,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CALLGRIND_PACKET = 32 * 1024  # --callgrind: the gateways' largest channel packet (see above)
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
 SSHD = Path("/usr/sbin/sshd")
 
@@ -67,9 +75,11 @@ def free_port(start: int) -> int:
     raise RuntimeError("no free port")
 
 
-def serve_gateway(data_dir: Path, port: int) -> None:
-    """``--serve``: run a gateway node with SFTP only (what ``eftgw serve`` runs next to HTTPS)."""
-    sys.path.insert(0, str(ROOT))
+def serve_gateway(data_dir: Path, port: int, max_packet: int = 0) -> None:
+    """``--serve``: run a gateway node with SFTP only (what ``eftgw serve`` runs next to HTTPS), from the
+    eftgw tree ``EFTGW_BENCH_ROOT`` (default: this one); ``max_packet``: the channels' largest packet, if
+    not 0."""
+    sys.path.insert(0, os.environ.get("EFTGW_BENCH_ROOT", str(ROOT)))
     from eftgw.config import Settings
     from eftgw.gateway import Gateway
     from eftgw.sftp import SftpService
@@ -77,7 +87,7 @@ def serve_gateway(data_dir: Path, port: int) -> None:
     async def main() -> None:
         gateway = Gateway.build(Settings(data_dir=data_dir, sftp_port=port, host="127.0.0.1"))
         await gateway.start()
-        service = SftpService(gateway)
+        service = SftpService(gateway, **({"max_packet": max_packet} if max_packet else {}))
         await service.start()
         print("ready", flush=True)
         await asyncio.Event().wait()
@@ -188,11 +198,39 @@ def cpu_seconds(pid: int, *, children: bool, thread: int | None = None) -> float
 class Gateway:
     """A running gateway node: its process, SFTP port, the bench account's user name and its host key."""
 
-    def __init__(self, pid: int, port: int, username: str, known_hosts: Path) -> None:
+    def __init__(
+        self, pid: int, port: int, username: str, known_hosts: Path, callgrind_out: Path | None = None
+    ) -> None:
         self.pid = pid
         self.port = port
         self.username = username
         self.known_hosts = known_hosts
+        self.callgrind_out = callgrind_out  # callgrind's output file (dumps are <it>.<n>-<thread>)
+        self.dumps = 0
+
+    def instructions(self, put: Callable[[], float]) -> tuple[float, float, float]:
+        """Run ``put()`` with callgrind collecting (``--callgrind``); return its seconds and the instructions
+        the event loop thread and the other threads executed meanwhile."""
+        assert self.callgrind_out is not None
+        subprocess.run(["callgrind_control", "-i", "on", str(self.pid)], check=True, capture_output=True)
+        seconds = put()
+        for command in ("-i", "off"), ("-d",):
+            subprocess.run(["callgrind_control", *command, str(self.pid)], check=True, capture_output=True)
+        self.dumps += 1
+        loop = others = 0.0
+        deadline = time.monotonic() + 60
+        files: list[Path] = []
+        while not files and time.monotonic() < deadline:
+            files = sorted(self.callgrind_out.parent.glob(f"{self.callgrind_out.name}.{self.dumps}-*"))
+            time.sleep(0.1)
+        for dump in files:
+            totals = [line for line in dump.read_text().splitlines() if line.startswith("totals:")]
+            count = int(totals[0].split()[1]) if totals else 0
+            if dump.name.endswith("-01"):  # the first thread: the event loop
+                loop += count
+            else:
+                others += count
+        return seconds, loop, others
 
 
 class Bench:
@@ -205,8 +243,10 @@ class Bench:
         stack: contextlib.ExitStack,
         py_spy: Path | None,
         compare_tree: Path | None = None,
+        callgrind: bool = False,
     ) -> None:
         self.work = work
+        self.callgrind = callgrind
         self.data = work / "upload.bin"
         with open(self.data, "wb") as out:
             for _ in range(size_mib):
@@ -220,6 +260,7 @@ class Bench:
                 stack, None, compare_tree, "compared"
             )
         self.gateway_pid = self.gateways["eftgw"].pid
+        self.last_instructions: tuple[int, int] | None = None  # --callgrind: of the last put, M per GiB
         self._start_sshd(stack)
         self.count = 0
 
@@ -238,8 +279,16 @@ class Bench:
             env=cli_env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         username = json.loads(created.stdout)["username"]
-        bench_file = root / "bench" / Path(__file__).name
-        command = [sys.executable, str(bench_file), "--serve", str(gw_data), str(gw_port)]
+        # this file's --serve, importing eftgw from ``root``: the same node setup for every tree
+        env["EFTGW_BENCH_ROOT"] = str(root)
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(gw_data), str(gw_port)]
+        callgrind_out = None
+        if self.callgrind:
+            callgrind_out = self.work / f"{name}.callgrind"
+            command = [
+                "valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                f"--callgrind-out-file={callgrind_out}", *command, str(CALLGRIND_PACKET),
+            ]  # fmt: skip
         if py_spy is not None:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             command = [
@@ -260,7 +309,7 @@ class Bench:
             pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
         known = self.work / f"known_{name}"
         known.write_text(known_hosts_line(gw_port, gw_data / "ssh" / "ssh_host_ed25519_key.pub"))
-        return Gateway(pid, gw_port, username, known)
+        return Gateway(pid, gw_port, username, known, callgrind_out)
 
     def _start_sshd(self, stack: contextlib.ExitStack) -> None:
         sshd_dir, self.sshd_port = self.work / "sshd", free_port(22700)
@@ -309,7 +358,13 @@ class Bench:
                 f"{gateway.username}@127.0.0.1",
             ]
             name = f"run{self.count}.bin"
-            seconds = timed_put(args, f"put {self.data} {name}\nrm {name}\n", self.work)
+            batch = f"put {self.data} {name}\nrm {name}\n"
+            if self.callgrind:
+                seconds, loop_ir, other_ir = gateway.instructions(lambda: timed_put(args, batch, self.work))
+                per_gib_m = 2**30 / self.size / 1e6
+                self.last_instructions = (round(loop_ir * per_gib_m), round(other_ir * per_gib_m))
+            else:
+                seconds = timed_put(args, batch, self.work)
         elif target in ("openssh", "openssh put -f"):
             args = [*ssh_options(self.key, self.known_sshd, self.sshd_port, cipher), f"{self.user}@127.0.0.1"]
             flag = "-f " if target == "openssh put -f" else ""
@@ -335,7 +390,7 @@ class Bench:
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    targets = ["eftgw", "openssh"]
+    targets = ["eftgw"] if args.callgrind else ["eftgw", "openssh"]
     if args.compare_tree is not None:
         targets.insert(1, f"eftgw@{args.compare_tree}")
     if args.fsync_peer:
@@ -350,12 +405,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "ciphers": {},
     }
     with contextlib.ExitStack() as stack:
-        bench = Bench(work, args.size_mib, stack, args.py_spy, args.compare_tree)
+        bench = Bench(work, args.size_mib, stack, args.py_spy, args.compare_tree, args.callgrind)
         for cipher in args.cipher:
             rates: dict[str, list[float]] = {t: [] for t in targets}
             cpu: dict[str, list[float | None]] = {t: [] for t in targets}
             loop_cpu: dict[str, list[float | None]] = {t: [] for t in targets if t.startswith("eftgw")}
             loads: list[float] = []
+            # --callgrind: millions of instructions per GiB, [event loop thread, other threads] per put
+            instructions: dict[str, list[tuple[int, int] | None]] = {t: [] for t in loop_cpu}
             if args.warmup:  # a first put into a fresh process costs more: one unrecorded put per target
                 for target in targets:
                     bench.put(target, cipher)
@@ -368,8 +425,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     cpu[target].append(cpu_per_gib)
                     if target in loop_cpu:
                         loop_cpu[target].append(loop_per_gib)
+                        instructions[target].append(bench.last_instructions)
                     loads.append(load)
                     loop_note = f", event loop thread {loop_per_gib} s/GiB" if target in loop_cpu else ""
+                    if args.callgrind and target in loop_cpu:
+                        loop_note += (
+                            f", instructions (M/GiB, event loop / other threads) {bench.last_instructions}"
+                        )
                     print(f"{cipher} round {round_no + 1} {target}: {mbs:.1f} MB/s, server CPU "
                           f"{cpu_per_gib} s/GiB{loop_note} (load {load:.2f})",
                           file=sys.stderr, flush=True)  # fmt: skip
@@ -377,15 +439,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             record["ciphers"][cipher] = {
                 "MBps": rates,
                 "median_MBps": medians,
-                "ratio_eftgw_to_openssh": round(medians["eftgw"] / medians["openssh"], 3),
+                "ratio_eftgw_to_openssh": round(medians["eftgw"] / medians["openssh"], 3)
+                if "openssh" in medians
+                else None,
                 "server_cpu_s_per_GiB": cpu,
                 "gateway_event_loop_cpu_s_per_GiB": loop_cpu.pop("eftgw"),
                 "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
             }
+            if args.callgrind:
+                record["ciphers"][cipher]["callgrind_M_instructions_per_GiB_loop_other"] = instructions
             for target, compared_loop in loop_cpu.items():  # --compare-tree
-                record["ciphers"][cipher][f"ratio_{target}_to_openssh"] = round(
-                    medians[target] / medians["openssh"], 3
-                )
+                if "openssh" in medians:
+                    record["ciphers"][cipher][f"ratio_{target}_to_openssh"] = round(
+                        medians[target] / medians["openssh"], 3
+                    )
                 record["ciphers"][cipher][f"event_loop_cpu_s_per_GiB {target}"] = compared_loop
         record["gateway_peak_rss_mib"] = peak_rss_mib(bench.gateway_pid)
     record["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -393,8 +460,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
-        serve_gateway(Path(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--serve":
+        serve_gateway(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) == 5 else 0)
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -410,11 +477,17 @@ def main() -> int:
     parser.add_argument(
         "--compare-tree", type=Path, help="also measure the gateway of this eftgw checkout (eftgw@DIR)"
     )
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count the gateways' instructions per thread (valgrind)"
+    )
     parser.add_argument("--py-spy", type=Path, help="profile the gateway with py-spy into this file")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "sftp_throughput.json")
     args = parser.parse_args()
     args.cipher = args.cipher or ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]
-    for tool in ("sftp", "ssh-keygen", str(SSHD), str(SFTP_SERVER)):
+    tools = ["sftp", "ssh-keygen", str(SSHD), str(SFTP_SERVER)]
+    if args.callgrind:
+        tools += ["valgrind", "callgrind_control"]
+    for tool in tools:
         if shutil.which(tool) is None and not Path(tool).exists():
             print(f"missing {tool}: run scripts/install-test-deps-sftp", file=sys.stderr)
             return 2
