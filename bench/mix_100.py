@@ -7,20 +7,40 @@ the gateway is raised or turned off.
 
 Each run, in this order, so the single streams and the mix see the same machine:
 
-1. ``single_http``: one tus upload (creation, then the whole file in one PATCH by aiohttp).
-2. ``single_sftp``: one OpenSSH ``sftp`` ``put`` (default cipher, chacha20-poly1305).
+1. ``single_http``: one tus upload by aiohttp (creation, then the whole file in one PATCH).
+2. ``single_sftp``: one OpenSSH ``sftp -b`` ``put`` (default cipher, chacha20-poly1305).
 3. ``mix``: ``--uploads`` uploads at once, ``--sftp-share`` of them by ``sftp`` processes, the rest by
-   aiohttp in a separate client process. Aggregate throughput = all bytes / time from the start to the last
-   upload done.
+   aiohttp in a separate client process.
+
+All three are timed alike. An upload's clock runs from its client's start to the gateway's acknowledgement
+of its last byte: for HTTP from the start of the request (TCP connection, TLS handshake, token check, the
+tus creation ``POST``, then the ``PATCH``) to its ``204``; for SFTP from the start of the ``sftp`` process
+(connection, key exchange, public-key authentication, open, writes, close) to the process's exit. What is
+before the start (the HTTP client process's start and reading of the file) is outside every clock. A
+phase's throughput is all its bytes over the time from the signal that starts its uploads to the end of the
+last one (``aggregate_MBps``); ``http_MBps`` and ``sftp_MBps`` are those of each side's bytes over the time
+to the end of that side's last upload. Times are ``time.perf_counter()``, the machine's monotonic clock,
+the same in the client processes. So a single stream of 64 MiB (a fraction of a second) carries its
+connection setup as each upload of the mix does.
 
 Every upload is ``--size-mib`` MiB of random data with a distinct 32-byte tail, and its SHA-256 is checked
 against the gateway's record of the file (``GET /api/v1/cases/{id}/files``). During every phase a prober
 sends tus ``HEAD`` requests (one at a time, a 50 ms pause between) on unfinished uploads of its own, as a
 resuming client would, and reports their latency. The gateway's resident memory (its process and any
-children) is sampled from /proc every 50 ms in a thread.
+children) is sampled from /proc every 50 ms in a thread, and a timeline (``bench/timeline.py``) every
+250 ms: per second of the phase, the MB the gateway read from its HTTPS and its SFTP sockets, the bytes
+left in the SFTP sockets' receive queues, the uploads still running, the machine's CPU use (% of all cores)
+and the gateway's (% of one core). The gateway's CPU seconds per GiB are those of each phase.
+``mix_stretches`` sums each mix's timeline over the stretch while HTTP and SFTP uploads both run and the
+tail after one side finished.
+
+``--compare-tree DIR`` also starts a node from the code of another eftgw checkout (e.g.
+``git worktree add /tmp/base main``), as the first: each phase runs on one node then the other, the order
+swapped every run, so a change and its base are measured under the same load; ``compared`` holds that
+node's summary and ``alternation`` the mixes side by side.
 
     .venv/bin/python bench/mix_100.py [--uploads 100] [--size-mib 64] [--sftp-share 0.5] [--cases 10]
-                                      [--runs 3]
+                                      [--runs 3] [--compare-tree DIR] [--gateway-env NAME=VALUE]
 
 Prints JSON (MB/s are 10^6 bytes per second; medians over the runs) and writes
 ``bench/results/mix_100.json``. Targets (issue 15): no errors, aggregate >= the better single stream,
@@ -50,10 +70,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+from yarl import URL  # noqa: E402
 
 from bench.harness import TreeRss, load_average, mib  # noqa: E402
 from bench.sftp_throughput import known_hosts_line, ssh_options  # noqa: E402
-from tests.support import GatewayProcess, http_session, tus_headers  # noqa: E402
+from bench.timeline import TICK, Timeline, tree_cpu_ticks  # noqa: E402
+from tests.support import GatewayProcess, http_session, listening, tus_headers  # noqa: E402
 
 BLOCK = 1024 * 1024
 TAIL = 32
@@ -76,10 +98,14 @@ class Job:
     customer: Customer
     name: str
     tail: bytes
-    url: str = ""  # the tus upload (http)
     local: Path | None = None  # the file ``sftp`` puts
-    seconds: float = 0.0
+    started: float = 0.0  # time.perf_counter() (CLOCK_MONOTONIC: the same clock in every process)
+    ended: float = 0.0
     error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
 
 
 @dataclass
@@ -93,7 +119,13 @@ class Bench:
     key: Path
     known_hosts: Path
     rss: TreeRss
+    label: str = "eftgw"
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.node.proc is not None
+        return int(self.node.proc.pid)
 
     def expected(self, tail: bytes) -> str:
         digest = self.base_hash.copy()
@@ -130,16 +162,28 @@ async def http_uploads(jobs: list[dict[str, str]], body: memoryview) -> None:
                     yield body[offset : offset + BLOCK]
                 yield tail
 
-            headers = tus_headers(job["token"], **{k.replace("-", "_"): v for k, v in PATCH_HEADERS.items()})
-            headers["Content-Length"] = str(len(body) + len(tail))
+            length = str(len(body) + len(tail))
             started = time.perf_counter()
+            error = None
             try:
-                async with session.patch(job["url"], data=chunks(), headers=headers) as resp:
-                    text = await resp.text()
-                    error = None if resp.status == 204 else f"PATCH {resp.status}: {text[:300]}"
+                # The upload's clock: connection (TLS) and creation, then the body, until the 204.
+                meta = "filename " + base64.b64encode(job["name"].encode()).decode()
+                headers = tus_headers(job["token"], Upload_Length=length, Upload_Metadata=meta)
+                async with session.post(job["create"], headers=headers) as resp:
+                    if resp.status != 201:
+                        error = f"POST {resp.status}: {(await resp.text())[:300]}"
+                    url = str(resp.url.join(URL(resp.headers.get("Location", ""))))
+                if error is None:
+                    headers = tus_headers(
+                        job["token"], **{k.replace("-", "_"): v for k, v in PATCH_HEADERS.items()}
+                    )
+                    headers["Content-Length"] = length
+                    async with session.patch(url, data=chunks(), headers=headers) as resp:
+                        text = await resp.text()
+                        error = None if resp.status == 204 else f"PATCH {resp.status}: {text[:300]}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                error = f"PATCH failed: {exc!r}"
-            return {"seconds": time.perf_counter() - started, "error": error}
+                error = f"upload failed: {exc!r}"
+            return {"started": started, "ended": time.perf_counter(), "error": error}
 
         results = await asyncio.gather(*(one(job) for job in jobs))
     print(json.dumps(results), flush=True)
@@ -215,17 +259,21 @@ async def probe_heads(bench: Bench, stop: asyncio.Event, latencies: list[float],
                 await asyncio.wait_for(stop.wait(), 0.05)
 
 
-async def run_sftp(bench: Bench, job: Job, started: float) -> None:
+async def run_sftp(bench: Bench, job: Job) -> None:
+    """One ``sftp -b`` put; its clock runs from the start of the process (connection, key exchange,
+    authentication, open, the writes, close) until it exits."""
     assert job.local is not None
     batch = bench.work / f"batch-{job.name}"
     batch.write_text(f"put {job.local} {job.name}\n")
     args = [*ssh_options(bench.key, bench.known_hosts, bench.node.sftp_port, CIPHER)]
     args += ["-b", str(batch), f"{job.customer.username}@127.0.0.1"]
+    job.started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, stderr = await proc.communicate()
-    job.seconds = time.perf_counter() - started
+    job.ended = time.perf_counter()
+    batch.unlink(missing_ok=True)
     if proc.returncode != 0:
         job.error = (
             f"sftp {job.name}: exit {proc.returncode}: {stderr.decode(errors='replace').strip()[:300]}"
@@ -235,7 +283,15 @@ async def run_sftp(bench: Bench, job: Job, started: float) -> None:
 async def run_http(bench: Bench, jobs: list[Job], ready: asyncio.Event, go: asyncio.Event) -> None:
     spec = {
         "body": str(bench.body_path),
-        "jobs": [{"url": j.url, "token": j.customer.token, "tail": j.tail.hex()} for j in jobs],
+        "jobs": [
+            {
+                "create": f"{bench.node.url}/api/v1/cases/{j.customer.case_id}/uploads",
+                "name": j.name,
+                "token": j.customer.token,
+                "tail": j.tail.hex(),
+            }
+            for j in jobs
+        ],
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--http-worker",
@@ -253,15 +309,11 @@ async def run_http(bench: Bench, jobs: list[Job], ready: asyncio.Event, go: asyn
     results = json.loads(await proc.stdout.readline())
     await proc.wait()
     for job, result in zip(jobs, results, strict=True):
-        job.seconds, job.error = result["seconds"], result["error"]
+        job.started, job.ended, job.error = result["started"], result["ended"], result["error"]
 
 
 async def phase(bench: Bench, jobs: list[Job]) -> dict[str, Any]:
-    """Run ``jobs`` all at once; throughput, memory, HEAD latency and errors of the phase."""
-    async with http_session() as session:
-        for job in jobs:
-            if job.kind == "http":
-                job.url = await create_sized_upload(session, bench, job.customer, job.name)
+    """Run ``jobs`` all at once; throughput, memory, CPU, HEAD latency, timeline and errors of the phase."""
     http_jobs = [j for j in jobs if j.kind == "http"]
     sftp_jobs = [j for j in jobs if j.kind == "sftp"]
     ready, go, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -278,13 +330,18 @@ async def phase(bench: Bench, jobs: list[Job]) -> dict[str, Any]:
     heads: list[float] = []
     head_errors: list[str] = []
     prober = asyncio.create_task(probe_heads(bench, stop, heads, head_errors))
+    timeline = Timeline(bench.pid, {"http": bench.node.port, "sftp": bench.node.sftp_port}).start()
+    cpu_before = tree_cpu_ticks(bench.pid)
     t0 = time.perf_counter()
     go.set()
-    sftp_tasks = [asyncio.create_task(run_sftp(bench, j, t0)) for j in sftp_jobs]
+    sftp_tasks = [asyncio.create_task(run_sftp(bench, j)) for j in sftp_jobs]
     await asyncio.gather(*sftp_tasks, *([http_task] if http_task else []))
-    elapsed = time.perf_counter() - t0
+    cpu = (tree_cpu_ticks(bench.pid) - cpu_before) / TICK
+    end = max(j.ended for j in jobs)
+    elapsed = end - t0
     stop.set()
     await prober
+    timeline.stop()
     peak = bench.rss.phase()
     load_after = load_average()
     errors = [j.error for j in jobs if j.error] + head_errors
@@ -296,21 +353,25 @@ async def phase(bench: Bench, jobs: list[Job]) -> dict[str, Any]:
         done = [j for j in jobs if j.kind == kind]
         if not done:
             return None
-        return round(bench.size * len(done) / max(j.seconds for j in done) / 1e6, 1)
+        return round(bench.size * len(done) / (max(j.ended for j in done) - t0) / 1e6, 1)
 
     ms = sorted(x * 1000 for x in heads)
     return {
         "uploads": len(jobs),
         "http": len(http_jobs),
         "sftp": len(sftp_jobs),
-        "seconds": round(elapsed, 2),
+        "seconds": round(elapsed, 3),
         "aggregate_MBps": round(total / elapsed / 1e6, 1),
         "http_MBps": rate("http"),
         "sftp_MBps": rate("sftp"),
+        "last_http_done_s": round(max(j.ended for j in http_jobs) - t0, 2) if http_jobs else None,
+        "last_sftp_done_s": round(max(j.ended for j in sftp_jobs) - t0, 2) if sftp_jobs else None,
         "slowest_upload_s": round(max(j.seconds for j in jobs), 2),
         "fastest_upload_s": round(min(j.seconds for j in jobs), 2),
+        "gateway_cpu_s": round(cpu, 2),
+        "gateway_cpu_s_per_GiB": round(cpu / (total / 2**30), 2),
         "rss_peak_MiB": mib(peak),
-        "rss_every_5s_MiB": bench.rss.profile(t0, time.perf_counter()),
+        "rss_every_5s_MiB": bench.rss.profile(t0, end),
         "head": {
             "count": len(ms),
             "median_ms": round(statistics.median(ms), 1) if ms else None,
@@ -320,6 +381,7 @@ async def phase(bench: Bench, jobs: list[Job]) -> dict[str, Any]:
         "errors": errors,
         "load_before": load_before,
         "load_after": load_after,
+        "timeline": timeline.seconds(t0, [(j.started, j.ended) for j in jobs]),
     }
 
 
@@ -396,45 +458,114 @@ def jobs_for(bench: Bench, run: int, label: str, http: int, sftp: int) -> list[J
     return jobs
 
 
+def start_node(args: argparse.Namespace, work: Path, label: str, root: Path) -> GatewayProcess:
+    """A node running the code of the eftgw tree ``root``, its data in ``work/data-<label>``; started in
+    ``root``, since ``python -m`` puts the working directory ahead of ``PYTHONPATH``."""
+    extra = dict(item.split("=", 1) for item in args.gateway_env)
+    env = {"EFTGW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(root), **extra}
+    node = GatewayProcess(work / f"data-{label.replace('/', '_')}", env=env)
+    node.data_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "eftgw", "serve"]
+    node.launch(argv, node.env, lambda: listening(node.port), timeout=30, what="gateway", cwd=root)
+    return node
+
+
 def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     body = os.urandom(args.size_mib * BLOCK - TAIL)
     body_path = work / "body.bin"
     body_path.write_bytes(body)
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    extra = dict(item.split("=", 1) for item in args.gateway_env)
-    node = GatewayProcess(work / "data", env={"EFTGW_LOG_LEVEL": "WARNING", **extra}).start()
+    targets = [("eftgw", ROOT)]
+    if args.compare_tree is not None:
+        targets.append((f"eftgw@{args.compare_tree}", args.compare_tree.resolve()))
+    benches: list[Bench] = []
     try:
-        assert node.proc is not None
-        known = work / "known_hosts"
-        known.write_text(known_hosts_line(node.sftp_port, node.data_dir / "ssh" / "ssh_host_ed25519_key.pub"))
-        customers = setup_customers(node, args.cases, key)
-        rss = TreeRss(node.proc.pid).start()
-        bench = Bench(node, customers, work, body, body_path, hashlib.sha256(body), key, known, rss)
+        for label, root in targets:
+            node = start_node(args, work, label, root)
+            assert node.proc is not None
+            known = work / f"known_hosts-{len(benches)}"
+            known.write_text(
+                known_hosts_line(node.sftp_port, node.data_dir / "ssh" / "ssh_host_ed25519_key.pub")
+            )
+            customers = setup_customers(node, args.cases, key)
+            rss = TreeRss(node.proc.pid).start()
+            benches.append(
+                Bench(node, customers, work, body, body_path, hashlib.sha256(body), key, known, rss, label)
+            )
         sftp_count = round(args.uploads * args.sftp_share)
         for slot in range(max(sftp_count, 1)):
-            sftp_file(bench, slot)  # made before any clock starts
-        runs = asyncio.run(run_phases(bench, args.runs, args.uploads - sftp_count, sftp_count))
-        rss.stop()
-        log_text = node.log_path.read_text(errors="replace")
+            sftp_file(benches[0], slot)  # made before any clock starts, shared by the nodes
+        runs = asyncio.run(run_phases(benches, args.runs, args.uploads - sftp_count, sftp_count))
+        for bench in benches:
+            bench.rss.stop()
+        logs = {b.label: b.node.log_path.read_text(errors="replace") for b in benches}
     finally:
-        node.stop()
-    return summarize(args, runs, rss, log_text)
+        for bench in benches:
+            bench.node.stop()
+    results = [summarize(args, runs[b.label], b.rss, logs[b.label]) for b in benches]
+    result = results[0]
+    if len(results) > 1:
+        result["compared"] = {"target": benches[1].label, **results[1]}
+        result["alternation"] = [
+            {
+                "run": i + 1,
+                **{f"mix_MBps {b.label}": runs[b.label]["mix"][i]["aggregate_MBps"] for b in benches},
+                **{f"rss_peak_MiB {b.label}": runs[b.label]["mix"][i]["rss_peak_MiB"] for b in benches},
+                "load_before": runs[benches[0].label]["mix"][i]["load_before"],
+            }
+            for i in range(args.runs)
+        ]
+    return result
 
 
-async def run_phases(bench: Bench, count: int, http: int, sftp: int) -> dict[str, list[dict[str, Any]]]:
-    """``count`` runs of: one HTTP stream, one SFTP stream, the mix."""
-    await make_probes(bench)
-    runs: dict[str, list[dict[str, Any]]] = {"single_http": [], "single_sftp": [], "mix": []}
+Runs = dict[str, list[dict[str, Any]]]
+
+
+async def run_phases(benches: list[Bench], count: int, http: int, sftp: int) -> dict[str, Runs]:
+    """``count`` runs of: one HTTP stream, one SFTP stream, the mix; with several nodes each phase runs on
+    each node in turn, the order swapped from one run to the next."""
+    for bench in benches:
+        await make_probes(bench)
+    runs: dict[str, Runs] = {b.label: {"single_http": [], "single_sftp": [], "mix": []} for b in benches}
     for run in range(count):
-        runs["single_http"].append(await phase(bench, jobs_for(bench, run, "single", 1, 0)))
-        runs["single_sftp"].append(await phase(bench, jobs_for(bench, run, "single", 0, 1)))
-        runs["mix"].append(await phase(bench, jobs_for(bench, run, "mix", http, sftp)))
-        line = {
-            k: (v[-1]["aggregate_MBps"], v[-1]["rss_peak_MiB"], len(v[-1]["errors"])) for k, v in runs.items()
-        }
-        print(f"run {run + 1} (MB/s, RSS MiB, errors): {json.dumps(line)}", file=sys.stderr, flush=True)
+        order = benches if run % 2 == 0 else benches[::-1]
+        for name, h, s in (("single_http", 1, 0), ("single_sftp", 0, 1), ("mix", http, sftp)):
+            for bench in order:
+                result = await phase(bench, jobs_for(bench, run, name.split("_")[0], h, s))
+                runs[bench.label][name].append(result)
+                print(
+                    f"run {run + 1} {name} {bench.label}: {result['aggregate_MBps']} MB/s"
+                    f" (http {result['http_MBps']}, sftp {result['sftp_MBps']}), {result['seconds']} s,"
+                    f" RSS {result['rss_peak_MiB']} MiB, CPU {result['gateway_cpu_s_per_GiB']} s/GiB,"
+                    f" errors {len(result['errors'])}, load {result['load_before'][0]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return runs
+
+
+def digest(result: dict[str, Any]) -> dict[str, Any]:
+    """A mix's timeline in two stretches: while HTTP uploads run, and after the last one (SFTP only, or the
+    reverse): their length, the mean MB/s the gateway read from each side, the machine's CPU use (% of all
+    cores) and the gateway's (% of one core)."""
+    split = min(x for x in (result["last_http_done_s"], result["last_sftp_done_s"]) if x is not None)
+    stretches: dict[str, Any] = {}
+    for name, rows in (
+        ("both", [r for r in result["timeline"] if r["s"] <= split]),
+        ("tail", [r for r in result["timeline"] if r["s"] > split + 1]),
+    ):
+        if not rows:
+            continue
+        stretches[name] = {
+            "seconds": len(rows),
+            **{
+                key: round(statistics.mean(r[key] for r in rows if r[key] is not None), 1)
+                for key in ("http_MBps", "sftp_MBps", "sftp_queue_MiB", "cpu_machine_pct", "cpu_gateway_pct")
+            },
+            "running_at_start": rows[0]["running"],
+        }
+    return stretches
 
 
 def summarize(
@@ -470,6 +601,8 @@ def summarize(
         "ratio_mix_vs_best_single": round(mix / best_single, 2),
         "ratio_mix_vs_single_http": round(mix / single_http, 2),
         "ratio_mix_vs_single_sftp": round(mix / single_sftp, 2),
+        "gateway_cpu_s_per_GiB": {name: med(name, "gateway_cpu_s_per_GiB") for name in runs},
+        "mix_stretches": [digest(r) for r in runs["mix"]],
         "rss_idle_MiB": mib(rss.idle),
         "rss_peak_MiB": peak,
         "rss_samples": rss.samples,
@@ -505,6 +638,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--gateway-env", action="append", default=[], metavar="NAME=VALUE", help="environment of the node"
+    )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also run a node of this eftgw checkout (eftgw@DIR), its phases alternating with this one's",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (data dir, gateway log)")
     args = parser.parse_args()
