@@ -28,11 +28,11 @@ against the gateway's record of the file (``GET /api/v1/cases/{id}/files``). Dur
 sends tus ``HEAD`` requests (one at a time, a 50 ms pause between) on unfinished uploads of its own, as a
 resuming client would, and reports their latency. The gateway's resident memory (its process and any
 children) is sampled from /proc every 50 ms in a thread, and a timeline (``bench/timeline.py``) every
-250 ms: per second of the phase, the MB the gateway read from its HTTPS and its SFTP sockets, the bytes
-left in the SFTP sockets' receive queues, the uploads still running, the machine's CPU use (% of all cores)
-and the gateway's (% of one core). The gateway's CPU seconds per GiB are those of each phase.
-``mix_stretches`` sums each mix's timeline over the stretch while HTTP and SFTP uploads both run and the
-tail after one side finished.
+250 ms: per second of the phase, the MB the gateway read from its HTTPS and its SFTP sockets, how many
+connections of each it read from, the bytes left in their receive queues, the uploads still running, the
+machine's CPU use (% of all cores) and the gateway's (% of one core). The gateway's CPU seconds per GiB
+are those of each phase. ``mix_stretches`` sums each mix's timeline over the stretch while HTTP and SFTP
+uploads both run and the tail after one side finished.
 
 ``--compare-tree DIR`` also starts a node from the code of another eftgw checkout (e.g.
 ``git worktree add /tmp/base main``), as the first: each phase runs on one node then the other, the order

@@ -110,21 +110,25 @@ class Timeline:
             self._stop.wait(self.interval)
 
     def seconds(self, t0: float, running: list[tuple[float, float]]) -> list[dict[str, Any]]:
-        """One row per second from ``t0``: MB read per port, the receive queues' peak (MiB), uploads
-        running (of ``running``'s (start, end) pairs, at the second's end), the machine's CPU use (% of all
-        cores) and the gateway's (% of one core)."""
+        """One row per second from ``t0``: MB read per port, the receive queues' peak (MiB), the connections
+        the gateway read from in that second per port (``<port>_moving``), uploads running (of
+        ``running``'s (start, end) pairs, at the second's end), the machine's CPU use (% of all cores) and
+        the gateway's (% of one core)."""
         rows: list[dict[str, Any]] = []
         last: dict[str, dict[str, int]] = {name: {} for name in self.ports}
         previous = None
         for sample in self.samples:
             slot = int((sample["t"] - t0) // 1)
             read = {name: 0 for name in self.ports}
+            moving = {name: set() for name in self.ports}
             queued = {name: 0 for name in self.ports}
             for name, conns in sample["sockets"].items():
                 for peer, (done, queue) in conns.items():
                     before = last[name].get(peer)
                     if before is not None and done >= before:
                         read[name] += done - before
+                        if done > before:
+                            moving[name].add(peer)
                     last[name][peer] = done
                     queued[name] += queue
             if previous is not None and slot >= 0:
@@ -135,6 +139,7 @@ class Timeline:
                             "s": second,
                             **{f"{name}_MBps": 0.0 for name in self.ports},
                             **{f"{name}_queue_MiB": 0.0 for name in self.ports},
+                            **{f"{name}_moving": set() for name in self.ports},
                             "running": sum(1 for a, b in running if a <= t0 + second and b > t0 + second),
                             "_busy": 0,
                             "_total": 0,
@@ -146,6 +151,7 @@ class Timeline:
                 for name in self.ports:
                     row[f"{name}_MBps"] += read[name] / 1e6
                     row[f"{name}_queue_MiB"] = max(row[f"{name}_queue_MiB"], queued[name] / 2**20)
+                    row[f"{name}_moving"] |= moving[name]
                 row["_busy"] += sample["busy"] - previous["busy"]
                 row["_total"] += sample["total"] - previous["total"]
                 row["_gateway"] += sample["gateway"] - previous["gateway"]
@@ -158,4 +164,5 @@ class Timeline:
             for name in self.ports:
                 row[f"{name}_MBps"] = round(row[f"{name}_MBps"], 1)
                 row[f"{name}_queue_MiB"] = round(row[f"{name}_queue_MiB"], 1)
+                row[f"{name}_moving"] = len(row[f"{name}_moving"])
         return rows
