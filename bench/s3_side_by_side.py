@@ -330,6 +330,11 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
                 await one("many", list(range(seed * 100, seed * 100 + args.streams)), args.stream_mib)
         stop.set()
         await sampler
+    except BaseException:
+        for failed in (node, base):  # what the gateway said about the failure
+            if failed is not None:
+                print(f"--- {failed.log_path}:\n{failed.log_tail()}", file=sys.stderr, flush=True)
+        raise
     finally:
         node.stop()
         if base is not None:
