@@ -330,17 +330,16 @@ class S3Writer:
                 task.result()
 
     async def _wait_for_part(self) -> None:
-        """The writer's memory is full: wait until a part in flight is stored."""
-        running = self._harvest()
-        if not running:  # the part filling alone never exceeds the memory: parts larger are spooled
-            raise RuntimeError(f"no room for {self._key} and no part in flight")
-        await self._wait_for(running)
-        self._harvest()
+        """The part filling ran out of the writer's memory: wait until a part in flight is stored."""
+        await self._wait_for_room()
 
     async def _wait_for_room(self) -> None:
-        """Before a new part: wait until the parts in flight leave room for a byte of it."""
+        """Wait until the parts in flight leave room for a byte more. Parts may have been stored while the
+        part filled (its worker thread ran on after their uploads ended): then there is room at once."""
         running = self._harvest()
-        while running and self._memory - self.held <= 0:
+        while self._memory - self.held <= 0:
+            if not running:  # the part filling alone never exceeds the memory: parts larger are spooled
+                raise RuntimeError(f"no room for {self._key} and no part in flight")
             await self._wait_for(running)
             running = self._harvest()
 

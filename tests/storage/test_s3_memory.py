@@ -178,6 +178,49 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
         await store.close()
 
 
+async def test_a_part_stored_while_the_next_one_fills_leaves_that_one_room(
+    s3_server: S3Server, s3_bucket: str, case_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part in flight is stored while the worker thread fills the next part, and that fill runs out of
+    the writer's share: the writer goes on with the room the stored part left instead of failing for want of
+    a part in flight to wait for. (On a loaded host a part's upload can end before the fill does: a 20 GiB
+    upload hit this once its parts were 32 MiB, one in flight.) Here the share is 24 MiB and 40 MiB come in
+    one block, so part 2 fills 8 MiB, and part 1 is stored before that fill returns. Every byte is stored."""
+    store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB), writer_memory=24 * MiB)
+    await store.open()
+    fill = S3Writer._fill
+    landed_during_fills = 0
+
+    async def fill_then_land(writer: S3Writer, part: Any, pieces: list[memoryview]) -> list[memoryview]:
+        nonlocal landed_during_fills
+        left = await fill(writer, part, pieces)
+        inflight = [task for task, _part in writer._inflight if not task.done()]
+        if inflight and left:
+            await asyncio.wait(inflight)  # stored before the fill "returns"
+            landed_during_fills += 1
+        return left
+
+    monkeypatch.setattr(S3Writer, "_fill", fill_then_land)
+    try:
+        key, target = staging_key(case_id, "race"), object_key(case_id, "f_race")
+        await store.create_staging(key, target)
+        stored = data(40 * MiB, 7)
+        writer = await store.open_writer(key, 0)
+        try:
+            await writer.write_chunks([stored[at : at + 300_001] for at in range(0, len(stored), 300_001)])
+            assert await writer.commit() == len(stored)
+        finally:
+            await writer.close()
+        assert landed_during_fills >= 1
+        await store.promote(key, target, TAGS)
+        assert (
+            hashlib.sha256(await read_all(store.read_object(target))).digest()
+            == hashlib.sha256(stored).digest()
+        )
+    finally:
+        await store.close()
+
+
 async def test_many_uploads_wait_for_a_small_budget(small_budget_store: S3Store, case_id: str) -> None:
     """Twelve uploads of 40 MiB at once against a 48 MiB budget (three parts): writers wait for room
     instead of holding more, all of them finish with the right bytes, and the budget is whole again."""
