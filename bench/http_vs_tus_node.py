@@ -43,7 +43,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import GatewayProcess, listening  # noqa: E402
+from tests.support import GatewayProcess  # noqa: E402
 
 NODE_DIR = ROOT / "bench" / "node"
 MIB = 1024 * 1024
@@ -170,39 +170,6 @@ def ensure_node_modules() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True)
 
 
-class TreeGateway(GatewayProcess):
-    """``eftgw serve`` run from the eftgw tree ``root``: its code first on ``PYTHONPATH``, and started in it
-    (``python -m`` puts the working directory first on ``sys.path``, before ``PYTHONPATH``)."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str], root: Path) -> None:
-        super().__init__(data_dir, env=env)
-        self.root = root.resolve()
-        self.env["PYTHONPATH"] = str(self.root)
-
-    def start(self, timeout: float = 30.0) -> TreeGateway:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.launch(
-            [sys.executable, "-m", "eftgw", "serve"],
-            self.env,
-            lambda: listening(self.port),
-            timeout=timeout,
-            what="gateway",
-            cwd=self.root,
-        )
-        return self
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "eftgw", *args],
-            env={**self.env, "EFTGW_LOG_LEVEL": "WARNING"},
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=60,
-            cwd=self.root,
-        )
-
-
 class Ours:
     """One gateway under test, its case open and its token minted; :meth:`send` times one upload."""
 
@@ -259,7 +226,7 @@ def run(
     try:
         gateways["eftgw"] = Ours(GatewayProcess(work / "eftgw", env=gateway_env))
         for n, tree in enumerate(compare_trees):
-            gateways[f"eftgw@{tree}"] = Ours(TreeGateway(work / f"compared-{n}", gateway_env, tree))
+            gateways[f"eftgw@{tree}"] = Ours(GatewayProcess(work / f"compared-{n}", gateway_env, tree=tree))
         peer = TusNode(work / "tus") if with_peer else None
         peer_mbps: list[float] = []
         peer_cpu: list[float] = []

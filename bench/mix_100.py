@@ -75,7 +75,7 @@ from yarl import URL  # noqa: E402
 from bench.harness import TreeRss, load_average, mib  # noqa: E402
 from bench.sftp_throughput import known_hosts_line, ssh_options  # noqa: E402
 from bench.timeline import TICK, Timeline, tree_cpu_ticks  # noqa: E402
-from tests.support import GatewayProcess, http_session, listening, tus_headers  # noqa: E402
+from tests.support import GatewayProcess, http_session, tus_headers  # noqa: E402
 
 BLOCK = 1024 * 1024
 TAIL = 32
@@ -462,12 +462,8 @@ def start_node(args: argparse.Namespace, work: Path, label: str, root: Path) -> 
     """A node running the code of the eftgw tree ``root``, its data in ``work/data-<label>``; started in
     ``root``, since ``python -m`` puts the working directory ahead of ``PYTHONPATH``."""
     extra = dict(item.split("=", 1) for item in args.gateway_env)
-    env = {"EFTGW_LOG_LEVEL": "WARNING", "PYTHONPATH": str(root), **extra}
-    node = GatewayProcess(work / f"data-{label.replace('/', '_')}", env=env)
-    node.data_dir.mkdir(parents=True)
-    argv = [sys.executable, "-m", "eftgw", "serve"]
-    node.launch(argv, node.env, lambda: listening(node.port), timeout=30, what="gateway", cwd=root)
-    return node
+    env = {"EFTGW_LOG_LEVEL": "WARNING", **extra}
+    return GatewayProcess(work / f"data-{label.replace('/', '_')}", env=env, tree=root).start()
 
 
 def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:

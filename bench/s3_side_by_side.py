@@ -57,7 +57,7 @@ from minio import Minio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.storage.conftest import empty_bucket
-from tests.support import GatewayProcess, listening
+from tests.support import GatewayProcess
 
 MiB = 1024 * 1024
 PART = 16 * MiB
@@ -213,28 +213,6 @@ def gateway_env(endpoint: str, access: str, secret: str, bucket: str) -> dict[st
     }
 
 
-class TreeGateway(GatewayProcess):
-    """A gateway running the code of another eftgw checkout ``tree`` (``--compare-tree``).
-
-    It starts in ``tree``: ``python -m`` puts the working directory first on ``sys.path``, ahead of
-    ``PYTHONPATH`` and of this checkout's editable install."""
-
-    def __init__(self, tree: Path, data_dir: Path, env: dict[str, str]) -> None:
-        super().__init__(data_dir, env={**env, "PYTHONPATH": str(tree)})
-        self.tree = tree
-        probe = [sys.executable, "-c", "import eftgw; print(eftgw.__file__)"]
-        loaded = subprocess.run(probe, cwd=tree, env=self.env, capture_output=True, text=True, check=True)
-        if not Path(loaded.stdout.strip()).is_relative_to(tree):
-            raise SystemExit(f"--compare-tree {tree}: its gateway would run {loaded.stdout.strip()}")
-
-    def start(self, timeout: float = 30.0) -> TreeGateway:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "eftgw", "serve"]
-        ready = lambda: listening(self.port)  # noqa: E731
-        self.launch(command, self.env, ready, timeout=timeout, what="gateway", cwd=self.tree)
-        return self
-
-
 class Spy:
     """``py-spy record`` of a process for one measurement (``--py-spy``): started before, stopped after."""
 
@@ -273,7 +251,7 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
     node = GatewayProcess(data_dir, env=env).start()
     base: GatewayProcess | None = None
     if args.compare_tree is not None:
-        base = TreeGateway(args.compare_tree.resolve(), data_dir.parent / "base", env).start()
+        base = GatewayProcess(data_dir.parent / "base", env=env, tree=args.compare_tree).start()
     kinds = ["single_eftgw", "single_base", "single_raw", "many_eftgw", "many_base", "many_raw"]
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
     loads: dict[str, list[float]] = {k: [] for k in results}

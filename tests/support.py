@@ -232,17 +232,27 @@ def listening(port: int) -> bool:
 
 
 class GatewayProcess(ServerProcess):
-    """A real ``python -m eftgw serve`` of this checkout (for kill -9, restarts, and several nodes)."""
+    """A real ``python -m eftgw serve`` of this checkout (for kill -9, restarts, and several nodes), or of
+    another eftgw checkout ``tree`` (the benchmarks' ``--compare-tree``): its code first on ``PYTHONPATH``,
+    and started in it, since ``python -m`` puts the working directory ahead of ``PYTHONPATH`` and of this
+    checkout's editable install."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        tree: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.tree = tree.resolve() if tree is not None else None
         if port is None:
             self.port, self.sftp_port = free_ports(2)
         else:
             self.port, (self.sftp_port,) = port, free_ports(1, besides=port)
         self.env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(self.tree or ROOT),
             "EFTGW_DATA_DIR": str(data_dir),
             "EFTGW_HTTP_PORT": str(self.port),
             "EFTGW_SFTP_PORT": str(self.sftp_port),
@@ -252,6 +262,13 @@ class GatewayProcess(ServerProcess):
         self.proc = None
         self.preexec_fn: Callable[[], None] | None = None  # e.g. lower the process's limits
         self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
+        if self.tree is not None:
+            probe = [sys.executable, "-c", "import eftgw; print(eftgw.__file__)"]
+            loaded = subprocess.run(
+                probe, cwd=self.tree, env=self.env, capture_output=True, text=True, check=True
+            )
+            if not Path(loaded.stdout.strip()).is_relative_to(self.tree):
+                raise RuntimeError(f"a gateway of {self.tree} would run {loaded.stdout.strip()}")
 
     @property
     def url(self) -> str:
@@ -267,6 +284,7 @@ class GatewayProcess(ServerProcess):
             timeout=timeout,
             what="gateway",
             preexec_fn=self.preexec_fn,
+            cwd=self.tree,
         )
         return self
 
@@ -278,6 +296,7 @@ class GatewayProcess(ServerProcess):
             text=True,
             check=check,
             timeout=60,
+            cwd=self.tree,
         )
 
     def token(self, case_id: str, role: str = "customer", user: str = "alice") -> str:
