@@ -92,6 +92,13 @@ class KeptMemory:
         return sum(memoryview(o).nbytes for o in objects.values())
 
 
+async def promoted_holds(store: S3Store, key: str, target: str, stored: bytes) -> None:
+    """Promote the upload at ``key`` to ``target`` and check the object holds exactly ``stored``."""
+    await store.promote(key, target, TAGS)
+    got = hashlib.sha256(await read_all(store.read_object(target))).digest()
+    assert got == hashlib.sha256(stored).digest()
+
+
 @pytest.mark.parametrize(
     ("memory", "inflight"), [(WRITER_MEMORY, 3), (24 * MiB, 1)], ids=["share-57.25-MiB", "share-24-MiB"]
 )
@@ -169,11 +176,7 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
         assert kept.peak == memory  # the share, all of it and never more
         assert most_running == inflight
         assert store.budget.used == 0 and kept.now() == 0
-        await store.promote(key, target, TAGS)
-        assert (
-            hashlib.sha256(await read_all(store.read_object(target))).digest()
-            == hashlib.sha256(stored).digest()
-        )
+        await promoted_holds(store, key, target, stored)
     finally:
         await store.close()
 
@@ -212,11 +215,7 @@ async def test_a_part_stored_while_the_next_one_fills_leaves_that_one_room(
         finally:
             await writer.close()
         assert landed_during_fills >= 1
-        await store.promote(key, target, TAGS)
-        assert (
-            hashlib.sha256(await read_all(store.read_object(target))).digest()
-            == hashlib.sha256(stored).digest()
-        )
+        await promoted_holds(store, key, target, stored)
     finally:
         await store.close()
 
