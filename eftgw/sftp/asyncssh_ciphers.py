@@ -6,7 +6,7 @@ table of ciphers."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from asyncssh import encryption as _encryption
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -20,16 +20,14 @@ _ONE_BLOCK = bytes(64)
 _GCM_TAG = 16
 
 
-class _ChachaPoly(_encryption.ChachaEncryption):
-    """OpenSSH's chacha20-poly1305: the length under K_1 (block 0), the Poly1305 key from block 0 of K_2 and
-    the payload from block 1 of K_2, nonce = the packet's sequence number; the tag covers length + payload."""
+class _Aead:
+    """What both ciphers share: asyncssh builds them with ``new`` (the MAC arguments do not apply to an AEAD
+    cipher) and takes a packet from ``decrypt_packet``, here the sum of ``decrypt_parts``."""
 
     ignore_before_packets = False  # see eftgw.sftp.asyncssh_data_path.send_packet
 
-    def __init__(self, key: bytes) -> None:  # asyncssh: ChachaCipher(key)
-        half = len(key) // 2
-        self._main = self._context(key[:half])
-        self._length = self._context(key[half:])
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        raise NotImplementedError
 
     @classmethod
     def new(
@@ -40,8 +38,29 @@ class _ChachaPoly(_encryption.ChachaEncryption):
         mac_alg: bytes = b"",
         mac_key: bytes = b"",
         etm: bool = False,
-    ) -> _ChachaPoly:
-        return cls(key)
+    ) -> Self:
+        return cls(key, iv)
+
+    def decrypt_parts(
+        self, seq: int, first: bytes, rest: bytes | memoryview, header_len: int, mac: bytes | memoryview
+    ) -> tuple[bytes, bytes] | None:
+        raise NotImplementedError
+
+    def decrypt_packet(
+        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        parts = self.decrypt_parts(seq, first, rest, header_len, mac)
+        return None if parts is None else parts[0] + parts[1]  # b"" + x is x itself, no copy
+
+
+class _ChachaPoly(_Aead, _encryption.ChachaEncryption):
+    """OpenSSH's chacha20-poly1305: the length under K_1 (block 0), the Poly1305 key from block 0 of K_2 and
+    the payload from block 1 of K_2, nonce = the packet's sequence number; the tag covers length + payload."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None:  # asyncssh: ChachaCipher(key); no IV
+        half = len(key) // 2
+        self._main = self._context(key[:half])
+        self._length = self._context(key[half:])
 
     @staticmethod
     def _context(key: bytes) -> CipherContext:
@@ -67,12 +86,6 @@ class _ChachaPoly(_encryption.ChachaEncryption):
 
     def decrypt_header(self, seq: int, first_block: bytes, header_len: int) -> tuple[bytes, bytes]:
         return first_block, self._at(self._length, seq).update(first_block[:header_len])
-
-    def decrypt_packet(
-        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
-    ) -> bytes | None:
-        parts = self.decrypt_parts(seq, first, rest, header_len, mac)
-        return None if parts is None else parts[0] + parts[1]
 
     def packet_length(self, seq: int, header: bytes | memoryview) -> int:
         """The length field of packet ``seq`` from its first 4 bytes (``asyncssh_data_path.recv_whole``)."""
@@ -104,28 +117,14 @@ class _ChachaPoly(_encryption.ChachaEncryption):
         return stream.update(first[header_len:]), stream.update(rest)
 
 
-class _AesGcm(_encryption.GCMEncryption):
+class _AesGcm(_Aead, _encryption.GCMEncryption):
     """AES-GCM as RFC 5647 uses it (the length as associated data, the invocation counter in the IV's last 8
     bytes counting packets), with one ``AESGCM`` object for the key's lifetime."""
-
-    ignore_before_packets = False  # see eftgw.sftp.asyncssh_data_path.send_packet
 
     def __init__(self, key: bytes, iv: bytes) -> None:  # asyncssh: GCMCipher(cipher_name, key, iv)
         self._aead = AESGCM(key)
         self._fixed = iv[:4]
         self._invocation = int.from_bytes(iv[4:], "big")
-
-    @classmethod
-    def new(
-        cls,
-        cipher_name: str,
-        key: bytes,
-        iv: bytes,
-        mac_alg: bytes = b"",
-        mac_key: bytes = b"",
-        etm: bool = False,
-    ) -> _AesGcm:
-        return cls(key, iv)
 
     def _next_iv(self) -> bytes:
         iv = self._fixed + self._invocation.to_bytes(8, "big")
@@ -135,12 +134,6 @@ class _AesGcm(_encryption.GCMEncryption):
     def encrypt_packet(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, bytes]:
         data = self._aead.encrypt(self._next_iv(), packet, header)
         return header + data[:-_GCM_TAG], data[-_GCM_TAG:]
-
-    def decrypt_packet(
-        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
-    ) -> bytes | None:
-        parts = self.decrypt_parts(seq, first, rest, header_len, mac)
-        return None if parts is None else parts[1]
 
     def packet_length(self, seq: int, header: bytes | memoryview) -> int:
         """The length field of a packet from its first 4 bytes (sent in clear, as associated data)."""

@@ -1,8 +1,9 @@
 """Everything eftgw uses of asyncssh beyond its public API, in one place, for the version it was tested with.
 
 :func:`require_tested_version` runs when the SFTP service starts and refuses any other asyncssh version with
-a clear message; ``tests/sftp/test_asyncssh_compat.py`` fails loudly when an upgrade changes one of the
-internals below, and ``tests/sftp`` exercise each of them with real clients.
+a clear message; ``tests/sftp/test_asyncssh_compat.py`` and ``tests/sftp/test_asyncssh_receive_path.py``
+fail loudly when an upgrade changes one of the internals below, and ``tests/sftp`` exercise each of them
+with real clients.
 
 1. How an SSH session becomes an SFTP session of the gateway. Three things are not reachable through
    asyncssh's public ``sftp_factory``, so the session is started here:
