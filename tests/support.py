@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -85,6 +86,17 @@ def fill_disk(disk: Path, leave: int) -> Path:
         out.flush()
         os.fsync(out.fileno())
     return filler
+
+
+def random_chunks(rng: random.Random, total: int, largest: int) -> list[bytes]:
+    """``total`` random bytes from ``rng``, cut into chunks of 1 to ``largest`` bytes (sizes from ``rng``)."""
+    data = rng.randbytes(total)
+    chunks, at = [], 0
+    while at < total:
+        size = rng.randint(1, largest)
+        chunks.append(data[at : at + size])
+        at += size
+    return chunks
 
 
 def client_ssl() -> ssl.SSLContext:

@@ -24,21 +24,14 @@ from eftgw.storage import StorageError, filesystem, object_key
 from eftgw.storage.filesystem import IOV_MAX, FilesystemStore, FilesystemWriter
 from eftgw.storage.s3 import S3Store
 from eftgw.storage.s3_writer import S3Writer
-from tests.support import RunningGateway
+from tests.support import RunningGateway, random_chunks
 
 CUSTOMER = Principal("ingest-customer", Role.CUSTOMER, "C-1")
 
 
 def small_chunks(total: int, seed: int) -> list[bytes]:
     """``total`` random bytes cut into chunks of 1 to 900 bytes."""
-    rng = random.Random(seed)
-    data = os.urandom(total)
-    chunks, at = [], 0
-    while at < total:
-        size = rng.randint(1, 900)
-        chunks.append(data[at : at + size])
-        at += size
-    return chunks
+    return random_chunks(random.Random(seed), total, largest=900)
 
 
 def writer_block_size(gw: RunningGateway) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from eftgw.storage.filesystem import DIRECT_ALIGN, DIRECT_BUFFER, FilesystemStore, FilesystemWriter
+from tests.support import random_chunks
 
 pytestmark = pytest.mark.once  # the filesystem writer on tmp_path whatever the backend
 
@@ -65,13 +66,7 @@ def resident_pages(path: Path) -> int:
 
 
 def chunks_of(rng: random.Random, total: int) -> list[bytes]:
-    data = rng.randbytes(total)
-    chunks, at = [], 0
-    while at < total:
-        size = rng.randint(1, 300_000)
-        chunks.append(data[at : at + size])
-        at += size
-    return chunks
+    return random_chunks(rng, total, largest=300_000)
 
 
 async def test_a_body_reaches_the_disk_without_passing_through_the_page_cache(tmp_path: Path) -> None:
