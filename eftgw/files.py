@@ -124,20 +124,27 @@ class FileService:
 
     async def delete(self, principal: Principal, case_id: str, file_id: str) -> None:
         """A user deletes a file: allowed only as :meth:`may_delete` says, for every caller."""
-        record = await self.get(principal, case_id, file_id)
-        case = await self.cases.get(case_id)
-        if not self.may_delete(principal, record, case.state):
-            raise Forbidden("You may not delete this file.")
-        await self._remove(principal, record, "user")
+        await self._delete_if_allowed(principal, case_id, file_id, "user", "You may not delete this file.")
 
     async def delete_replaced(self, principal: Principal, case_id: str, file_id: str) -> None:
         """A newer file of the same name replaces this one (SFTP): a delete with the same permission check as
         :meth:`delete`, reported with the reason ``replaced``."""
+        refusal = "You may not replace this file."
+        await self._delete_if_allowed(principal, case_id, file_id, "replaced", refusal)
+
+    async def _delete_if_allowed(
+        self,
+        principal: Principal,
+        case_id: str,
+        file_id: str,
+        reason: Literal["user", "replaced"],
+        refusal: str,
+    ) -> None:
         record = await self.get(principal, case_id, file_id)
         case = await self.cases.get(case_id)
         if not self.may_delete(principal, record, case.state):
-            raise Forbidden("You may not replace this file.")
-        await self._remove(principal, record, "replaced")
+            raise Forbidden(refusal)
+        await self._remove(principal, record, reason)
 
     async def purge(self, principal: SystemPrincipal, case_id: str, file_id: str) -> None:
         """Retention deletes a file of a case being purged: no user's permission applies, so it takes the
