@@ -174,9 +174,14 @@ class _GatewaySFTPHandler(SFTPServerHandler):
         at once (:func:`_take_request`): two stream reads (each with its lock and loop) less per request."""
         reader = self._reader
         if reader is not None:
-            request = _take_request(reader._session)
-            if request is not None:
-                return SSHPacket(request)
+            session = reader._session
+            while True:
+                pieces = _take_request(session)
+                if pieces is not None:
+                    return _request_packet(pieces)
+                if not _waits_in_buffer(session):
+                    break
+                await session._block_read(None)  # woken when data, an end of file or a close arrives
         return await super().recv_packet()
 
     def _flush_replies(self) -> None:
@@ -212,11 +217,18 @@ class _GatewaySFTPHandler(SFTPServerHandler):
         handle = packet.get_string()
         offset = packet.get_uint64()
         length = packet.get_uint32()
-        start = len(packet.get_consumed_payload())
-        request = packet.get_full_payload()
-        if start + length > len(request):
-            raise PacketDecodeError("Incomplete packet")
-        data = memoryview(request)[start : start + length]
+        data: bytes | memoryview
+        if isinstance(packet, _WriteRequest):  # the data joined on its own (_request_packet)
+            packet.check_end()
+            if length != len(packet.data):
+                raise PacketDecodeError("Incomplete packet")
+            data = packet.data
+        else:
+            start = len(packet.get_consumed_payload())
+            request = packet.get_full_payload()
+            if start + length > len(request):
+                raise PacketDecodeError("Incomplete packet")
+            data = memoryview(request)[start : start + length]
         file_obj = self._file_handles.get(handle)
         if file_obj is None:
             raise SFTPInvalidHandle("Invalid file handle")
@@ -239,12 +251,61 @@ class _GatewaySFTPHandler(SFTPServerHandler):
     }
 
 
-def _take_request(session: Any) -> bytes | None:
-    """The next SFTP request (without its length), joined, if all of it is in ``session``'s receive buffer
-    and nothing else is reading; else None, with nothing taken (then asyncssh's ``readexactly`` reads it,
-    waiting or raising as it does). What asyncssh's ``SSHStreamSession.read`` does for two exact reads: the
-    bytes taken from the front of ``_recv_buf[None]``, ``_recv_buf_len`` lowered, then
-    ``_maybe_resume_reading``."""
+class _WriteRequest(SSHPacket):
+    """A write request whose data was joined on its own: the packet holds the request up to the data (type,
+    id, handle, offset, length), ``data`` the data, a ``bytes`` the write buffer hands the store as it is."""
+
+    def __init__(self, head: bytes, data: bytes) -> None:
+        super().__init__(head)
+        self.data = data
+
+
+_WRITE_HEAD = 21  # of a write request without its length: type, id, handle length, offset, data length
+_LEAD = _WRITE_HEAD + 256  # a write request's head with the longest handle (asyncssh's are 4 bytes)
+
+
+def _request_packet(pieces: list[bytes | memoryview]) -> SSHPacket:
+    """The request in ``pieces`` (from :func:`_take_request`) as asyncssh's request loop reads it. A write
+    request whose data ends the request is a :class:`_WriteRequest`: its data is joined from the pieces
+    directly (the one copy of these bytes on the event loop after decryption), so that the buffer can hand
+    the store that ``bytes`` without joining it again into a larger piece. Any other request is joined
+    whole."""
+    first = pieces[0]
+    lead = first[:_LEAD]
+    for piece in pieces[1:]:  # a head cut across pieces (rare): its bytes joined
+        if len(lead) >= _LEAD:
+            break
+        lead = bytes(lead) + bytes(piece[: _LEAD - len(lead)])
+    if len(lead) >= _WRITE_HEAD and lead[0] == FXP_WRITE:
+        head = _WRITE_HEAD + int.from_bytes(lead[5:9], "big")
+        size = sum(len(piece) for piece in pieces)
+        if len(lead) >= head and head + int.from_bytes(lead[head - 4 : head], "big") == size:
+            rest = _after(pieces, head)
+            data = rest[0] if len(rest) == 1 and type(rest[0]) is bytes else b"".join(rest)
+            return _WriteRequest(bytes(lead[:head]), data)
+    return SSHPacket(first if len(pieces) == 1 and type(first) is bytes else b"".join(pieces))
+
+
+def _after(pieces: list[bytes | memoryview], skip: int) -> list[bytes | memoryview]:
+    """``pieces`` without their first ``skip`` bytes."""
+    rest: list[bytes | memoryview] = []
+    for piece in pieces:
+        if skip >= len(piece):
+            skip -= len(piece)
+        elif skip:
+            rest.append(memoryview(piece)[skip:])
+            skip = 0
+        else:
+            rest.append(piece)
+    return rest
+
+
+def _take_request(session: Any) -> list[bytes | memoryview] | None:
+    """The pieces of the next SFTP request (its length taken off), if all of it is in ``session``'s receive
+    buffer and nothing else is reading; else None, with nothing taken (then asyncssh's ``readexactly`` reads
+    it, waiting or raising as it does). What asyncssh's ``SSHStreamSession.read`` does for two exact reads:
+    the bytes taken from the front of ``_recv_buf[None]``, ``_recv_buf_len`` lowered, then
+    ``_maybe_resume_reading``; the pieces are joined by :func:`_request_packet`."""
     buf = session._recv_buf[None]
     held = session._recv_buf_len
     if held < 4 or session._read_locks[None].locked():
@@ -267,7 +328,7 @@ def _take_request(session: Any) -> bytes | None:
             break
     if left > 0:
         return None
-    pieces = buf[:count]
+    pieces: list[bytes | memoryview] = buf[:count]
     if left < 0:  # the request ends inside the last piece: its rest stays at the front
         last = pieces[-1]
         cut = len(last) + left
@@ -279,7 +340,36 @@ def _take_request(session: Any) -> bytes | None:
     pieces[0] = pieces[0][4:]
     session._recv_buf_len = held - total
     session._maybe_resume_reading()
-    return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+    return pieces
+
+
+WAIT_IN_BUFFER = 4 + MAX_REQUEST + 1024
+"""The longest request (with its length) that the request loop waits for in the session's receive buffer
+until all of it is there (:func:`_waits_in_buffer`): what ``limits@openssh.com`` allows a client to send."""
+
+
+def _waits_in_buffer(session: Any) -> bool:
+    """Whether the request loop may wait for the next request to be all in ``session``'s receive buffer
+    (then :func:`_take_request` takes it, and a write request's data is joined once, from its packets),
+    instead of reading it with asyncssh's exact reads, which take the pieces as they come and join them.
+    Not when the session received an end of file, a read holds the lock, its buffer holds an exception or a
+    length split across pieces, the request is longer than ``WAIT_IN_BUFFER``, or the connection is not
+    reading (paused for the node's receive memory, or asyncssh paused the channel): bytes waited for in the
+    buffer stay counted there, so a paused connection could wait for ever."""
+    if session._eof_received or session._read_paused or session._read_locks[None].locked():
+        return False
+    paused = getattr(session, "reading_paused", None)
+    if paused is not None and paused():
+        return False
+    buf = session._recv_buf[None]
+    if not buf:
+        return True
+    first = buf[0]
+    if isinstance(first, Exception) or len(first) < 4:
+        return False
+    if 4 + int.from_bytes(first[:4], "big") > WAIT_IN_BUFFER:
+        return False
+    return not any(isinstance(piece, Exception) for piece in buf)
 
 
 class SFTPOnlySession(SSHServerStreamSession[bytes]):
@@ -321,6 +411,12 @@ class SFTPOnlySession(SSHServerStreamSession[bytes]):
             return super()._maybe_resume_reading()
         self._account()
         return False
+
+    def reading_paused(self) -> bool:
+        """Whether the node's receive memory stopped this session's connection from reading its socket."""
+        return (
+            self._flow is not None and self._transport is not None and self._flow.is_paused(self._transport)
+        )
 
     def connection_made(self, chan: SSHServerChannel[bytes]) -> None:  # type: ignore[override]
         super().connection_made(chan)

@@ -30,8 +30,10 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import TypeGuard
 
 from eftgw.errors import DomainError, StorageUnavailable
+from eftgw.ingest import SMALL_CHUNK
 from eftgw.memory import SFTP_PIECE, SFTP_WRITE_BUFFER
 from eftgw.model import Principal
 from eftgw.storage.budget import BufferBudget
@@ -44,6 +46,9 @@ PIECE = SFTP_PIECE  # the most bytes handed to the core at once (eftgw.memory co
 # that buffer holds at most this much more than the write (the SFTP and SSH headers around its data);
 # otherwise it is copied, so that what the queue keeps alive is what it counts.
 VIEW_SLACK = 1024
+# A write of at least this many bytes that is a ``bytes`` of its own reaches the core as it is, not joined
+# with others into a piece: the body pipeline keeps chunks this large as they come (eftgw.ingest.SMALL_CHUNK).
+WHOLE_WRITE = SMALL_CHUNK
 
 
 def unshared(data: bytes | memoryview) -> bytes | memoryview:
@@ -55,6 +60,14 @@ def unshared(data: bytes | memoryview) -> bytes | memoryview:
             if whole.nbytes - data.nbytes > VIEW_SLACK:
                 return bytes(data)
     return data
+
+
+def _whole(data: bytes | memoryview) -> TypeGuard[bytes]:
+    """Whether a queued write goes to the core as it is, a piece of its own: a ``bytes`` (nothing else holds
+    it, so the pipeline keeps it without a copy) of ``WHOLE_WRITE`` to ``PIECE`` bytes. The write requests of
+    OpenSSH's ``sftp`` (255 KiB) arrive as such (``asyncssh_compat._request_packet``); smaller writes and
+    views are joined into pieces, one copy."""
+    return type(data) is bytes and WHOLE_WRITE <= len(data) <= PIECE
 
 
 class WriterDetached(DomainError):
@@ -198,6 +211,8 @@ class BufferedUpload:
             size = 0
             budget = 0  # what the budget gets back for the bytes taken (as much as they took of it)
             while self._queue and size < PIECE:
+                if size and _whole(self._queue[0]):
+                    break  # handed on alone next
                 chunk = self._queue.popleft()
                 if size + len(chunk) > PIECE:  # a piece is at most PIECE: the rest of the write stays queued
                     view = memoryview(chunk).cast("B")
@@ -209,12 +224,17 @@ class BufferedUpload:
                     budget += self._budget_of(len(chunk))
                 pieces.append(chunk)
                 size += len(chunk)
+                if _whole(chunk):
+                    break  # handed on alone
             self._queued -= size
             if self.budget is not None:
                 self.budget.release(budget)
             sent += size
             self._signal()
-            piece = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+            if len(pieces) > 1:
+                piece = b"".join(pieces)
+            else:
+                piece = pieces[0] if _whole(pieces[0]) else bytes(pieces[0])
             pieces.clear()  # not kept alive next to the piece while the core takes it
             yield piece
 

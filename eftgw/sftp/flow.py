@@ -62,6 +62,10 @@ class ReceiveMemory:
         """How many connections are not reading their socket now."""
         return len(self._paused)
 
+    def is_paused(self, transport: Readable) -> bool:
+        """Whether ``transport`` is not reading its socket now."""
+        return transport in self._paused
+
     def held_by(self, transport: Readable) -> int:
         return self._held.get(transport, 0)
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncssh
 import pytest
 from asyncssh.constants import FXP_WRITE
-from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt64
+from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt32, UInt64
 from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 from asyncssh_sink import Sink
@@ -177,7 +177,7 @@ def test_the_stream_read_internals_the_request_take_follows_are_shaped_as_used()
 
 def _buffered(pieces: list[Any]) -> Any:
     """A stand-in for a stream session's receive state holding ``pieces``."""
-    session = SimpleNamespace(resumed=0)
+    session = SimpleNamespace(resumed=0, _eof_received=False, _read_paused=False)
     session._recv_buf = {None: list(pieces)}
     session._recv_buf_len = sum(len(p) for p in pieces if not isinstance(p, Exception))
     session._read_locks = {None: asyncio.Lock()}
@@ -188,6 +188,12 @@ def _buffered(pieces: list[Any]) -> Any:
 
     session._maybe_resume_reading = resume
     return session
+
+
+def _taken(session: Any) -> bytes | None:
+    """What ``_take_request`` takes from ``session``, joined (None: nothing)."""
+    pieces = compat._take_request(session)
+    return None if pieces is None else b"".join(pieces)
 
 
 @pytest.mark.parametrize("cuts", [[], [4], [3], [9], [1, 2, 3], [4, 20], [36], [10, 36, 40]])
@@ -201,7 +207,7 @@ def test_a_request_all_in_the_receive_buffer_is_taken_exactly_as_two_reads_would
     bounds = [0, *cuts, len(stream)]
     pieces = [memoryview(stream)[a:b] for a, b in itertools.pairwise(bounds) if b > a]
     session = _buffered(pieces)
-    taken = compat._take_request(session)
+    taken = _taken(session)
     if len(pieces[0]) < 4:
         assert taken is None and session._recv_buf_len == len(stream) and session.resumed == 0
         return
@@ -209,9 +215,9 @@ def test_a_request_all_in_the_receive_buffer_is_taken_exactly_as_two_reads_would
     assert session._recv_buf_len == 11
     assert b"".join(session._recv_buf[None]) == (7).to_bytes(4, "big") + second
     if len(session._recv_buf[None][0]) >= 4:
-        assert compat._take_request(session) == second
+        assert _taken(session) == second
         assert session._recv_buf_len == 0 and session._recv_buf[None] in ([], [b""], [memoryview(b"")])
-    assert compat._take_request(session) is None
+    assert _taken(session) is None
 
 
 async def test_a_request_is_not_taken_past_an_exception_an_incomplete_end_or_a_held_lock() -> None:
@@ -219,16 +225,58 @@ async def test_a_request_is_not_taken_past_an_exception_an_incomplete_end_or_a_h
     end, a read holds the stream's lock, or the length is above asyncssh's limit (asyncssh's own read
     raises then)."""
     request = (8).to_bytes(4, "big") + b"12345678"
-    assert compat._take_request(_buffered([request[:-1]])) is None
-    assert compat._take_request(_buffered([request[:6], EOFError(), request[6:]])) is None
+    assert _taken(_buffered([request[:-1]])) is None
+    assert _taken(_buffered([request[:6], EOFError(), request[6:]])) is None
     held = _buffered([request])
     async with held._read_locks[None]:
-        assert compat._take_request(held) is None
+        assert _taken(held) is None
     too_long = (asyncssh.sftp.MAX_SFTP_PACKET_LEN + 1).to_bytes(4, "big")
-    assert compat._take_request(_buffered([too_long + b"x" * 16])) is None
+    assert _taken(_buffered([too_long + b"x" * 16])) is None
     complete = _buffered([request, EOFError()])
-    assert compat._take_request(complete) == b"12345678"
+    assert _taken(complete) == b"12345678"
     assert isinstance(complete._recv_buf[None][-1], EOFError)
+
+
+def test_the_stream_wait_internals_the_request_loop_uses_are_shaped_as_used() -> None:
+    """``SSHStreamSession._block_read(datatype)`` parks a future in ``_read_waiters[datatype]`` and awaits it;
+    data (``_unblock_read``), an end of file (``eof_received``, which sets ``_eof_received``) and a close
+    (``connection_lost``: the exception appended, then ``eof_received``) wake it; asyncssh's own pausing of
+    the channel sets ``_read_paused`` (what ``_waits_in_buffer`` reads)."""
+    stream = asyncssh.stream.SSHStreamSession
+    block = inspect.getsource(stream._block_read)
+    assert "self._read_waiters[datatype] = waiter" in block and "await waiter" in block
+    assert "self._unblock_read(datatype)" in inspect.getsource(stream.data_received)
+    eof = inspect.getsource(stream.eof_received)
+    assert "self._eof_received = True" in eof and "self._unblock_read(datatype)" in eof
+    lost = inspect.getsource(stream.connection_lost)
+    assert "self._recv_buf[datatype].append(exc)" in lost and "self.eof_received()" in lost
+    assert "self._read_paused = True" in inspect.getsource(stream._maybe_pause_reading)
+
+
+async def test_the_request_loop_waits_in_the_buffer_only_while_the_connection_reads() -> None:
+    """``_waits_in_buffer``: the next request may be waited for in the receive buffer while it is not all
+    there and the session reads on; not after an end of file, with an exception or a split length in the
+    buffer, a request above ``WAIT_IN_BUFFER``, a held read lock, or the connection paused (by asyncssh or
+    by the node's receive memory: then asyncssh's exact reads take the bytes out of the counted buffer)."""
+    part = (1000).to_bytes(4, "big") + b"x" * 500
+    assert compat._waits_in_buffer(_buffered([]))
+    assert compat._waits_in_buffer(_buffered([part, b"y" * 100]))
+    assert not compat._waits_in_buffer(_buffered([part, EOFError()]))
+    assert not compat._waits_in_buffer(_buffered([part[:3]]))
+    too_long = (compat.WAIT_IN_BUFFER - 3).to_bytes(4, "big")
+    assert not compat._waits_in_buffer(_buffered([too_long + b"x" * 16]))
+    ended = _buffered([part])
+    ended._eof_received = True
+    assert not compat._waits_in_buffer(ended)
+    paused = _buffered([part])
+    paused._read_paused = True
+    assert not compat._waits_in_buffer(paused)
+    held_back = _buffered([part])
+    held_back.reading_paused = lambda: True
+    assert not compat._waits_in_buffer(held_back)
+    locked = _buffered([part])
+    async with locked._read_locks[None]:
+        assert not compat._waits_in_buffer(locked)
 
 
 async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> None:
@@ -251,6 +299,35 @@ async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> N
     assert isinstance(view, memoryview) and view.obj is packet.get_full_payload() and bytes(view) == data
     with pytest.raises(PacketDecodeError):
         await compat._GatewaySFTPHandler._process_write(handler, SSHPacket(request[:-500]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [30], [30, 100, 5000], [27, 28], [3, 9, 26], [4096, 8192]])
+async def test_a_write_request_in_pieces_hands_on_its_data_joined_on_its_own(cuts: list[int]) -> None:
+    """``_request_packet`` makes a write request a ``_WriteRequest`` however its pieces cut it: the head
+    (type to data length) alone in the packet and the data one ``bytes`` joined from the pieces, which
+    ``_process_write`` hands the server as it is; the request loop reads type and id from the head as from a
+    whole request. A request with bytes after the data, a short one and any other request are joined whole,
+    as before."""
+    seen: list[object] = []
+
+    class Server:
+        async def write(self, file_obj: object, offset: int, data: object) -> int:
+            seen.append(data)
+            return 0
+
+    handler = SimpleNamespace(_file_handles={b"h1": "file"}, _server=Server())
+    data = os.urandom(12000)
+    request = bytes([FXP_WRITE]) + UInt32(77) + String(b"h1") + UInt64(4096) + String(data)
+    bounds = [0, *cuts, len(request)]
+    pieces: list[bytes | memoryview] = [memoryview(request)[a:b] for a, b in itertools.pairwise(bounds)]
+    packet = compat._request_packet(pieces)
+    assert isinstance(packet, compat._WriteRequest) and type(packet.data) is bytes and packet.data == data
+    assert packet.get_byte() == FXP_WRITE and packet.get_uint32() == 77
+    await compat._GatewaySFTPHandler._process_write(handler, packet)  # type: ignore[arg-type]
+    assert seen[0] is packet.data
+    for other in (request + b"trailing", request[:-1], b"\x03" + request[1:]):
+        whole = compat._request_packet([memoryview(other)[:100], memoryview(other)[100:]])
+        assert type(whole) is SSHPacket and whole.get_full_payload() == other
 
 
 def test_sftp_replies_are_sent_through_the_handler_method_the_gateway_replaces() -> None:

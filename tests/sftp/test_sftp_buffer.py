@@ -370,3 +370,48 @@ async def test_a_write_that_is_a_small_share_of_its_packet_is_copied_and_a_whole
         [chunk async for chunk in core.store.read_staging(upload.staging_key, 0, buffer.durable)]
     )
     assert stored == packet[1000:1001] + whole[40:]
+
+
+async def test_large_writes_of_their_own_reach_the_core_as_they_are_and_others_are_joined(
+    core: Gateway,
+) -> None:
+    """A queued write that is a ``bytes`` of 64 KiB to 1 MiB (the data of a write request, joined once from
+    its packets) is handed to the core as that very object, a piece of its own; views and small writes are
+    joined into pieces as before, and a write above 1 MiB is cut. Everything lands in order."""
+    handed: list[bytes] = []
+
+    class Recorder(PieceRecorder):
+        async def append(self, *args: Any) -> Any:
+            *head, body = args
+
+            async def recorded() -> AsyncIterator[bytes]:
+                async for piece in body:
+                    handed.append(piece)
+                    yield piece
+
+            return await self.uploads.append(*head, recorded())
+
+    upload = await core.uploads.create(
+        CUSTOMER, "CASE-1", length=None, metadata={"filename": "whole-writes"}, via="sftp"
+    )
+    buffer = BufferedUpload(
+        Recorder(core.uploads),  # type: ignore[arg-type]
+        CUSTOMER,
+        "CASE-1",
+        upload.id,
+        0,
+        capacity=8 * 1024 * KIB,
+    )
+    first, second, small, large, huge = (os.urandom(n * KIB) for n in (255, 255, 10, 300, 1536))
+    view = memoryview(os.urandom(32 * KIB))
+    for data in (first, second, view, small, large, huge):
+        await buffer.write(data)
+    await asyncio.wait_for(buffer.flush(), 60)
+    assert handed[0] is first and handed[1] is second and handed[3] is large
+    assert handed[2] == bytes(view) + small
+    assert [len(piece) for piece in handed[4:]] == [SFTP_PIECE, 512 * KIB]
+    everything = first + second + bytes(view) + small + large + huge
+    assert b"".join(handed) == everything
+    finished = await core.uploads.finish(CUSTOMER, "CASE-1", upload.id)
+    record = await core.repo.get_file("CASE-1", finished.file_id)
+    assert record is not None and record.sha256 == sha256(everything)

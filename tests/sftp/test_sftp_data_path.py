@@ -5,6 +5,7 @@ asyncssh's own path."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from sftp_support import ClientKey, GatewayThread, openssh_sftp, paramiko_sftp, 
 
 from eftgw.sftp import asyncssh_compat as compat
 from eftgw.sftp import asyncssh_data_path
+from eftgw.sftp.buffer import BufferedUpload
 
 
 class _Counts:
@@ -135,3 +137,47 @@ def test_paramiko_with_a_cipher_of_asyncssh_still_uploads_through_asyncssh(
     assert counts.asyncssh_data >= 3 * 1024 * 1024 // (64 * 1024)
     after_login = counts.sent[counts.sent.index(MSG_USERAUTH_SUCCESS) :]
     assert after_login.count(MSG_IGNORE) == len(after_login) // 2  # one before each packet
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+def test_an_openssh_puts_write_data_reaches_the_store_as_joined_once(
+    cipher: str,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: GatewayThread,
+    tmp_path: Path,
+    client_key: ClientKey,
+) -> None:
+    """During a 6 MiB ``put`` the data of each write request is joined once from the packets it came in
+    (``_request_packet``) and that very ``bytes`` is what the write buffer hands the core (not joined again
+    into 1 MiB pieces, and kept by the body pipeline as it is); the file lands with its SHA-256."""
+    joined: list[bytes] = []  # the data of each write request, as _request_packet joined it
+    handed: list[bytes | memoryview] = []  # the pieces the write buffer handed the core
+    request_packet, part = compat._request_packet, BufferedUpload._part
+
+    def recording_request_packet(pieces: list[bytes | memoryview]) -> Any:
+        packet = request_packet(pieces)
+        if isinstance(packet, compat._WriteRequest):
+            joined.append(packet.data)
+        return packet
+
+    async def recording_part(self: BufferedUpload) -> AsyncIterator[bytes]:
+        async for piece in part(self):
+            handed.append(piece)
+            yield piece
+
+    monkeypatch.setattr(compat, "_request_packet", recording_request_packet)
+    monkeypatch.setattr(BufferedUpload, "_part", recording_part)
+    account = gateway.account(keys=[client_key.public_line])
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    (tmp_path / "six.bin").write_bytes(data)
+    done = openssh_sftp(gateway, account, "put six.bin\n", cwd=tmp_path, key=client_key, extra=["-c", cipher])
+    assert done.returncode == 0, done.stderr
+    assert gateway.file_named("six.bin").sha256 == sha256(data)
+    assert b"".join(handed) == data
+    assert len(joined) >= len(data) // (256 * 1024)  # each write request, at most 256 KiB
+    by_id = {id(piece) for piece in joined}
+    assert [
+        (len(p), type(p) is bytes, id(p) in by_id)
+        for p in handed
+        if type(p) is not bytes or id(p) not in by_id
+    ] == [], [(len(p), type(p) is bytes, id(p) in by_id) for p in handed]
