@@ -16,13 +16,16 @@ with real clients.
   ``limits``), and limits that keep one request's memory small (256 KiB reads and writes, as OpenSSH's
   sftp-server; the session's limit of open handles).
 
-- reading a request that lies whole in the session's receive buffer in one step (``_take_request``):
-  asyncssh reads each request with two exact stream reads, each taking the stream's read lock and looping
-  over the buffer; about 4,100 requests per GiB of an OpenSSH ``put``.
+- reading a request in one step once all of it is in the session's receive buffer, where the loop waits
+  for it (:mod:`eftgw.sftp.asyncssh_requests`): asyncssh reads each request with two exact stream reads,
+  each taking the stream's read lock and looping over the buffer, and joins the whole request; about 4,100
+  requests per GiB of an OpenSSH ``put``. A write request's data is joined on its own, a ``bytes`` the
+  write buffer hands the store as it is.
 
    (internals: ``SFTPServerHandler`` with its ``_extensions``, ``_packet_handlers``, ``_cleanup``,
    ``_file_handles`` and ``_server``, ``SFTPHandler.recv_packet``; ``SSHServerStreamSession`` with ``_chan``,
-   ``_conn``, ``_encoding``, ``_recv_buf``, ``_recv_buf_len``, ``_read_locks``; ``SSHReader._session``).
+   ``_conn``, ``_encoding``, ``_recv_buf``, ``_recv_buf_len``, ``_read_locks``, ``_block_read``,
+   ``_read_waiters``, ``_eof_received``, ``_read_paused``; ``SSHReader._session``).
 2. Whether strict key exchange was negotiated (Terrapin): asyncssh records it only in ``_strict_kex``.
 3. Seeing the outcome and algorithm of a public-key login signature: the approved key object's ``verify``
    is wrapped (asyncssh offers no hook between verifying the signature and reporting success).
@@ -113,17 +116,17 @@ from asyncssh.constants import FXP_WRITE
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import DisconnectError
 from asyncssh.packet import Byte, PacketDecodeError, SSHPacket, SSHPacketLogger, UInt32
-from asyncssh.sftp import MAX_SFTP_PACKET_LEN, SFTPServerHandler
+from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 
-from eftgw.sftp import asyncssh_data_path
+from eftgw.sftp import asyncssh_data_path, asyncssh_requests
+from eftgw.sftp.asyncssh_requests import MAX_REQUEST, WriteRequest
 from eftgw.sftp.flow import Readable, ReceiveMemory
 
 TESTED_VERSIONS = frozenset({"2.24.1"})
 """The asyncssh versions whose internals this module was checked against (``pyproject.toml`` pins one)."""
 
 SFTP_VERSION = 3
-MAX_REQUEST = 256 * 1024
 MAX_OPEN_HANDLES = 64
 COALESCE_BELOW = 4096
 """Replies smaller than this (status, handle, attributes) wait for the end of the event loop's turn and go out
@@ -170,16 +173,17 @@ class _GatewaySFTPHandler(SFTPServerHandler):
 
     async def recv_packet(self) -> SSHPacket:
         """asyncssh's ``SFTPHandler.recv_packet`` (a request's length, then the request, read exactly from the
-        stream), but when the whole request is in the session's receive buffer already it is taken from there
-        at once (:func:`_take_request`): two stream reads (each with its lock and loop) less per request."""
+        stream), but the loop waits until the whole request is in the session's receive buffer and takes it
+        from there at once (:mod:`eftgw.sftp.asyncssh_requests`): two stream reads (each with its lock and
+        loop) less per request, and a write request's data joined on its own."""
         reader = self._reader
         if reader is not None:
             session = reader._session
             while True:
-                pieces = _take_request(session)
+                pieces = asyncssh_requests.take_request(session)
                 if pieces is not None:
-                    return _request_packet(pieces)
-                if not _waits_in_buffer(session):
+                    return asyncssh_requests.request_packet(pieces)
+                if not asyncssh_requests.waits_in_buffer(session):
                     break
                 await session._block_read(None)  # woken when data, an end of file or a close arrives
         return await super().recv_packet()
@@ -218,7 +222,7 @@ class _GatewaySFTPHandler(SFTPServerHandler):
         offset = packet.get_uint64()
         length = packet.get_uint32()
         data: bytes | memoryview
-        if isinstance(packet, _WriteRequest):  # the data joined on its own (_request_packet)
+        if isinstance(packet, WriteRequest):  # the data joined on its own (request_packet)
             packet.check_end()
             if length != len(packet.data):
                 raise PacketDecodeError("Incomplete packet")
@@ -249,127 +253,6 @@ class _GatewaySFTPHandler(SFTPServerHandler):
         FXP_WRITE: cast(_Handler, _process_write),
         b"limits@openssh.com": cast(_Handler, _process_limits),
     }
-
-
-class _WriteRequest(SSHPacket):
-    """A write request whose data was joined on its own: the packet holds the request up to the data (type,
-    id, handle, offset, length), ``data`` the data, a ``bytes`` the write buffer hands the store as it is."""
-
-    def __init__(self, head: bytes, data: bytes) -> None:
-        super().__init__(head)
-        self.data = data
-
-
-_WRITE_HEAD = 21  # of a write request without its length: type, id, handle length, offset, data length
-_LEAD = _WRITE_HEAD + 256  # a write request's head with the longest handle (asyncssh's are 4 bytes)
-
-
-def _request_packet(pieces: list[bytes | memoryview]) -> SSHPacket:
-    """The request in ``pieces`` (from :func:`_take_request`) as asyncssh's request loop reads it. A write
-    request whose data ends the request is a :class:`_WriteRequest`: its data is joined from the pieces
-    directly (the one copy of these bytes on the event loop after decryption), so that the buffer can hand
-    the store that ``bytes`` without joining it again into a larger piece. Any other request is joined
-    whole."""
-    first = pieces[0]
-    lead = first[:_LEAD]
-    for piece in pieces[1:]:  # a head cut across pieces (rare): its bytes joined
-        if len(lead) >= _LEAD:
-            break
-        lead = bytes(lead) + bytes(piece[: _LEAD - len(lead)])
-    if len(lead) >= _WRITE_HEAD and lead[0] == FXP_WRITE:
-        head = _WRITE_HEAD + int.from_bytes(lead[5:9], "big")
-        size = sum(len(piece) for piece in pieces)
-        if len(lead) >= head and head + int.from_bytes(lead[head - 4 : head], "big") == size:
-            rest = _after(pieces, head)
-            data = rest[0] if len(rest) == 1 and type(rest[0]) is bytes else b"".join(rest)
-            return _WriteRequest(bytes(lead[:head]), data)
-    return SSHPacket(first if len(pieces) == 1 and type(first) is bytes else b"".join(pieces))
-
-
-def _after(pieces: list[bytes | memoryview], skip: int) -> list[bytes | memoryview]:
-    """``pieces`` without their first ``skip`` bytes."""
-    rest: list[bytes | memoryview] = []
-    for piece in pieces:
-        if skip >= len(piece):
-            skip -= len(piece)
-        elif skip:
-            rest.append(memoryview(piece)[skip:])
-            skip = 0
-        else:
-            rest.append(piece)
-    return rest
-
-
-def _take_request(session: Any) -> list[bytes | memoryview] | None:
-    """The pieces of the next SFTP request (its length taken off), if all of it is in ``session``'s receive
-    buffer and nothing else is reading; else None, with nothing taken (then asyncssh's ``readexactly`` reads
-    it, waiting or raising as it does). What asyncssh's ``SSHStreamSession.read`` does for two exact reads:
-    the bytes taken from the front of ``_recv_buf[None]``, ``_recv_buf_len`` lowered, then
-    ``_maybe_resume_reading``; the pieces are joined by :func:`_request_packet`."""
-    buf = session._recv_buf[None]
-    held = session._recv_buf_len
-    if held < 4 or session._read_locks[None].locked():
-        return None
-    first = buf[0]
-    if isinstance(first, Exception) or len(first) < 4:
-        return None  # an end of file or a signal first, or a length split across pieces: asyncssh's path
-    length = int.from_bytes(first[:4], "big")
-    total = 4 + length
-    if length > MAX_SFTP_PACKET_LEN or held < total:
-        return None
-    count = 0
-    left = total
-    for piece in buf:
-        if isinstance(piece, Exception):
-            return None
-        count += 1
-        left -= len(piece)
-        if left <= 0:
-            break
-    if left > 0:
-        return None
-    pieces: list[bytes | memoryview] = buf[:count]
-    if left < 0:  # the request ends inside the last piece: its rest stays at the front
-        last = pieces[-1]
-        cut = len(last) + left
-        pieces[-1] = last[:cut]
-        del buf[: count - 1]
-        buf[0] = last[cut:]
-    else:
-        del buf[:count]
-    pieces[0] = pieces[0][4:]
-    session._recv_buf_len = held - total
-    session._maybe_resume_reading()
-    return pieces
-
-
-WAIT_IN_BUFFER = 4 + MAX_REQUEST + 1024
-"""The longest request (with its length) that the request loop waits for in the session's receive buffer
-until all of it is there (:func:`_waits_in_buffer`): what ``limits@openssh.com`` allows a client to send."""
-
-
-def _waits_in_buffer(session: Any) -> bool:
-    """Whether the request loop may wait for the next request to be all in ``session``'s receive buffer
-    (then :func:`_take_request` takes it, and a write request's data is joined once, from its packets),
-    instead of reading it with asyncssh's exact reads, which take the pieces as they come and join them.
-    Not when the session received an end of file, a read holds the lock, its buffer holds an exception or a
-    length split across pieces, the request is longer than ``WAIT_IN_BUFFER``, or the connection is not
-    reading (paused for the node's receive memory, or asyncssh paused the channel): bytes waited for in the
-    buffer stay counted there, so a paused connection could wait for ever."""
-    if session._eof_received or session._read_paused or session._read_locks[None].locked():
-        return False
-    paused = getattr(session, "reading_paused", None)
-    if paused is not None and paused():
-        return False
-    buf = session._recv_buf[None]
-    if not buf:
-        return True
-    first = buf[0]
-    if isinstance(first, Exception) or len(first) < 4:
-        return False
-    if 4 + int.from_bytes(first[:4], "big") > WAIT_IN_BUFFER:
-        return False
-    return not any(isinstance(piece, Exception) for piece in buf)
 
 
 class SFTPOnlySession(SSHServerStreamSession[bytes]):

@@ -23,6 +23,7 @@ from asyncssh.stream import SSHServerStreamSession
 from asyncssh_sink import Sink
 
 from eftgw.sftp import asyncssh_compat as compat
+from eftgw.sftp import asyncssh_requests
 
 pytestmark = pytest.mark.once  # asyncssh's internals, no gateway: the backend does not matter here
 
@@ -162,7 +163,7 @@ def test_the_stream_read_internals_the_request_take_follows_are_shaped_as_used()
     """``SFTPHandler.recv_packet`` reads a 4-byte length, refuses one above ``MAX_SFTP_PACKET_LEN`` and reads
     that many bytes exactly; ``SSHStreamSession.read`` takes them from ``_recv_buf[datatype]`` under
     ``_read_locks[datatype]``, stops at an exception in the buffer, and lowers ``_recv_buf_len`` before
-    ``_maybe_resume_reading`` (what ``_take_request`` does in one step)."""
+    ``_maybe_resume_reading`` (what ``take_request`` does in one step)."""
     source = inspect.getsource(asyncssh.sftp.SFTPHandler.recv_packet)
     assert "await self._reader.readexactly(4)" in source
     assert "if pktlen > MAX_SFTP_PACKET_LEN:" in source
@@ -191,14 +192,14 @@ def _buffered(pieces: list[Any]) -> Any:
 
 
 def _taken(session: Any) -> bytes | None:
-    """What ``_take_request`` takes from ``session``, joined (None: nothing)."""
-    pieces = compat._take_request(session)
+    """What ``take_request`` takes from ``session``, joined (None: nothing)."""
+    pieces = asyncssh_requests.take_request(session)
     return None if pieces is None else b"".join(pieces)
 
 
 @pytest.mark.parametrize("cuts", [[], [4], [3], [9], [1, 2, 3], [4, 20], [36], [10, 36, 40]])
 def test_a_request_all_in_the_receive_buffer_is_taken_exactly_as_two_reads_would(cuts: list[int]) -> None:
-    """``_take_request`` returns the next request (its length taken off) and leaves what follows it in the
+    """``take_request`` returns the next request (its length taken off) and leaves what follows it in the
     buffer, however the bytes are split into pieces; it takes nothing while the length is split (fewer than
     4 bytes in the first piece), the request is incomplete, an exception precedes its end, or a read holds
     the lock."""
@@ -241,7 +242,7 @@ def test_the_stream_wait_internals_the_request_loop_uses_are_shaped_as_used() ->
     """``SSHStreamSession._block_read(datatype)`` parks a future in ``_read_waiters[datatype]`` and awaits it;
     data (``_unblock_read``), an end of file (``eof_received``, which sets ``_eof_received``) and a close
     (``connection_lost``: the exception appended, then ``eof_received``) wake it; asyncssh's own pausing of
-    the channel sets ``_read_paused`` (what ``_waits_in_buffer`` reads)."""
+    the channel sets ``_read_paused`` (what ``waits_in_buffer`` reads)."""
     stream = asyncssh.stream.SSHStreamSession
     block = inspect.getsource(stream._block_read)
     assert "self._read_waiters[datatype] = waiter" in block and "await waiter" in block
@@ -254,29 +255,29 @@ def test_the_stream_wait_internals_the_request_loop_uses_are_shaped_as_used() ->
 
 
 async def test_the_request_loop_waits_in_the_buffer_only_while_the_connection_reads() -> None:
-    """``_waits_in_buffer``: the next request may be waited for in the receive buffer while it is not all
+    """``waits_in_buffer``: the next request may be waited for in the receive buffer while it is not all
     there and the session reads on; not after an end of file, with an exception or a split length in the
     buffer, a request above ``WAIT_IN_BUFFER``, a held read lock, or the connection paused (by asyncssh or
     by the node's receive memory: then asyncssh's exact reads take the bytes out of the counted buffer)."""
     part = (1000).to_bytes(4, "big") + b"x" * 500
-    assert compat._waits_in_buffer(_buffered([]))
-    assert compat._waits_in_buffer(_buffered([part, b"y" * 100]))
-    assert not compat._waits_in_buffer(_buffered([part, EOFError()]))
-    assert not compat._waits_in_buffer(_buffered([part[:3]]))
-    too_long = (compat.WAIT_IN_BUFFER - 3).to_bytes(4, "big")
-    assert not compat._waits_in_buffer(_buffered([too_long + b"x" * 16]))
+    assert asyncssh_requests.waits_in_buffer(_buffered([]))
+    assert asyncssh_requests.waits_in_buffer(_buffered([part, b"y" * 100]))
+    assert not asyncssh_requests.waits_in_buffer(_buffered([part, EOFError()]))
+    assert not asyncssh_requests.waits_in_buffer(_buffered([part[:3]]))
+    too_long = (asyncssh_requests.WAIT_IN_BUFFER - 3).to_bytes(4, "big")
+    assert not asyncssh_requests.waits_in_buffer(_buffered([too_long + b"x" * 16]))
     ended = _buffered([part])
     ended._eof_received = True
-    assert not compat._waits_in_buffer(ended)
+    assert not asyncssh_requests.waits_in_buffer(ended)
     paused = _buffered([part])
     paused._read_paused = True
-    assert not compat._waits_in_buffer(paused)
+    assert not asyncssh_requests.waits_in_buffer(paused)
     held_back = _buffered([part])
     held_back.reading_paused = lambda: True
-    assert not compat._waits_in_buffer(held_back)
+    assert not asyncssh_requests.waits_in_buffer(held_back)
     locked = _buffered([part])
     async with locked._read_locks[None]:
-        assert not compat._waits_in_buffer(locked)
+        assert not asyncssh_requests.waits_in_buffer(locked)
 
 
 async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> None:
@@ -303,7 +304,7 @@ async def test_a_write_request_hands_its_data_on_as_a_view_of_the_request() -> N
 
 @pytest.mark.parametrize("cuts", [[], [1], [30], [30, 100, 5000], [27, 28], [3, 9, 26], [4096, 8192]])
 async def test_a_write_request_in_pieces_hands_on_its_data_joined_on_its_own(cuts: list[int]) -> None:
-    """``_request_packet`` makes a write request a ``_WriteRequest`` however its pieces cut it: the head
+    """``request_packet`` makes a write request a ``WriteRequest`` however its pieces cut it: the head
     (type to data length) alone in the packet and the data one ``bytes`` joined from the pieces, which
     ``_process_write`` hands the server as it is; the request loop reads type and id from the head as from a
     whole request. A request with bytes after the data, a short one and any other request are joined whole,
@@ -320,13 +321,17 @@ async def test_a_write_request_in_pieces_hands_on_its_data_joined_on_its_own(cut
     request = bytes([FXP_WRITE]) + UInt32(77) + String(b"h1") + UInt64(4096) + String(data)
     bounds = [0, *cuts, len(request)]
     pieces: list[bytes | memoryview] = [memoryview(request)[a:b] for a, b in itertools.pairwise(bounds)]
-    packet = compat._request_packet(pieces)
-    assert isinstance(packet, compat._WriteRequest) and type(packet.data) is bytes and packet.data == data
+    packet = asyncssh_requests.request_packet(pieces)
+    assert (
+        isinstance(packet, asyncssh_requests.WriteRequest)
+        and type(packet.data) is bytes
+        and packet.data == data
+    )
     assert packet.get_byte() == FXP_WRITE and packet.get_uint32() == 77
     await compat._GatewaySFTPHandler._process_write(handler, packet)  # type: ignore[arg-type]
     assert seen[0] is packet.data
     for other in (request + b"trailing", request[:-1], b"\x03" + request[1:]):
-        whole = compat._request_packet([memoryview(other)[:100], memoryview(other)[100:]])
+        whole = asyncssh_requests.request_packet([memoryview(other)[:100], memoryview(other)[100:]])
         assert type(whole) is SSHPacket and whole.get_full_payload() == other
 
 

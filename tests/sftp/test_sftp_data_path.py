@@ -15,8 +15,8 @@ from asyncssh.connection import SSHServerConnection
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_USERAUTH_SUCCESS
 from sftp_support import ClientKey, GatewayThread, openssh_sftp, paramiko_sftp, sha256
 
+from eftgw.sftp import asyncssh_ciphers, asyncssh_data_path, asyncssh_requests
 from eftgw.sftp import asyncssh_compat as compat
-from eftgw.sftp import asyncssh_data_path
 from eftgw.sftp.buffer import BufferedUpload
 
 
@@ -94,9 +94,10 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     """A 24 MiB ``put`` with either gateway cipher: its channel data packets take the view path (asyncssh's
     data parsing sees none of them, its packet path the other packets); each is taken in one step
     (``recv_whole``: no separate header step; decrypted from a view of the socket read it lies in, or joined
-    once), the file lands with its SHA-256, ``get`` returns it byte for byte, and no
-    ``SSH_MSG_IGNORE`` goes out before the replies. The gateway reads its socket at most ``SOCKET_READ``
-    (256 KiB) at a time, and while the client sends faster than it parses, it reads that much."""
+    once), the file lands with its SHA-256, ``get``
+    returns it byte for byte, and no ``SSH_MSG_IGNORE`` goes out before the replies. The gateway reads its
+    socket at most ``SOCKET_READ`` (256 KiB) at a time, and while the client sends faster than it parses,
+    it reads that much."""
     assert SSHServerConnection._recv_packet is asyncssh_data_path.recv_packet
     account = gateway.account(keys=[client_key.public_line])
     data = os.urandom(24 * 1024 * 1024 + 5)
@@ -148,15 +149,15 @@ def test_an_openssh_puts_write_data_reaches_the_store_as_joined_once(
     client_key: ClientKey,
 ) -> None:
     """During a 6 MiB ``put`` the data of each write request is joined once from the packets it came in
-    (``_request_packet``) and that very ``bytes`` is what the write buffer hands the core (not joined again
+    (``request_packet``) and that very ``bytes`` is what the write buffer hands the core (not joined again
     into 1 MiB pieces, and kept by the body pipeline as it is); the file lands with its SHA-256."""
-    joined: list[bytes] = []  # the data of each write request, as _request_packet joined it
+    joined: list[bytes] = []  # the data of each write request, as request_packet joined it
     handed: list[bytes | memoryview] = []  # the pieces the write buffer handed the core
-    request_packet, part = compat._request_packet, BufferedUpload._part
+    request_packet, part = asyncssh_requests.request_packet, BufferedUpload._part
 
     def recording_request_packet(pieces: list[bytes | memoryview]) -> Any:
         packet = request_packet(pieces)
-        if isinstance(packet, compat._WriteRequest):
+        if isinstance(packet, asyncssh_requests.WriteRequest):
             joined.append(packet.data)
         return packet
 
@@ -165,7 +166,7 @@ def test_an_openssh_puts_write_data_reaches_the_store_as_joined_once(
             handed.append(piece)
             yield piece
 
-    monkeypatch.setattr(compat, "_request_packet", recording_request_packet)
+    monkeypatch.setattr(asyncssh_requests, "request_packet", recording_request_packet)
     monkeypatch.setattr(BufferedUpload, "_part", recording_part)
     account = gateway.account(keys=[client_key.public_line])
     data = os.urandom(6 * 1024 * 1024 + 5)
