@@ -54,7 +54,8 @@ with real clients.
    The same constructions are computed here with one ChaCha20 context for the Poly1305 key and the data, an
    incremental Poly1305, and one ``AESGCM`` object per key, byte for byte what asyncssh computes (the tests
    check both against asyncssh's own classes). The ChaCha20 contexts are built once per key and moved to
-   each packet's nonce (``CipherContext.reset_nonce``, cryptography >= 43).
+   each packet's nonce (``CipherContext.reset_nonce``, cryptography >= 43). Whole packets are decrypted
+   into reusable arenas (``decrypt_into``, ``update_into``), not into a new zeroed ``bytes`` each.
 
    (internals: ``asyncssh.encryption._enc_params``, ``ChachaEncryption`` and ``GCMEncryption`` with their
    ``new``/``encrypt_packet``/``decrypt_header``/``decrypt_packet`` signatures).

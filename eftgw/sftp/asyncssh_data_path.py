@@ -252,9 +252,10 @@ def recv_whole(self: Any, queue: WholeQueue) -> bool | None:
     decrypted, channel data handed on as a view of the plaintext. This is asyncssh's header step
     (``_recv_pkthdr``) and :func:`recv_packet` together. A packet lying whole in the first chunk (about seven
     in eight of the channel data packets OpenSSH sends, eight 32 KiB packets to a 256 KiB socket read) is
-    decrypted from a view of it, without any copy; one spread over several chunks is joined once. It goes on
-    with the next packet while the packets are channel data for a view-taking session (the connection's own
-    checks made once for them, and the sequence number advanced as ``_finish_recv_packet`` does).
+    decrypted from a view of it, without any copy; one spread over several chunks is joined once. The
+    plaintext is a view of the connection's arena (``asyncssh_ciphers.Arenas``), not a new ``bytes``. It goes
+    on with the next packet while the packets are channel data for a view-taking session (the connection's
+    own checks made once for them, and the sequence number advanced as ``_finish_recv_packet`` does).
 
     Returns whether it took a packet, None if the next packet is not all there yet (nothing more taken: call
     again when more arrived). It takes none (False) unless the parser waits for a packet's header with
@@ -292,18 +293,17 @@ def recv_whole(self: Any, queue: WholeQueue) -> bool | None:
             return None
         else:
             view, start, end = memoryview(queue.take(total)), 0, total  # spread over chunks: joined once
-        packet = cipher.decrypt_whole(seq, view[start:end], macsize)
-        channel = (
-            None if packet is None or not takes_data else _open_channel(channels, packet[:_HEAD], len(packet))
-        )
+        packet = cipher.decrypt_whole(seq, view[start:end], macsize)  # a view of the connection's arena
+        prefix = b"" if packet is None else bytes(packet[:_HEAD])
+        channel = None if packet is None or not takes_data else _open_channel(channels, prefix, len(packet))
         if channel is None:
             self._packet = bytes(view[start : start + blocksize])
             self._pktlen = pktlen
             self._inpbuf = bytes(view[start + blocksize : end])
             self._recv_handler = self._recv_packet
-            _asyncssh_with(self, cipher, packet)
+            _asyncssh_with(self, cipher, None if packet is None else bytes(packet))  # asyncssh parses bytes
             return True
-        deliver(self, channel, memoryview(packet)[_HEAD : _HEAD + int.from_bytes(packet[6:10], "big")])
+        deliver(self, channel, packet[_HEAD : _HEAD + int.from_bytes(prefix[6:10], "big")])
         if finish_here:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF
         else:

@@ -290,3 +290,46 @@ def test_installing_the_gateway_ciphers_replaces_exactly_chacha_and_gcm() -> Non
     assert list(inspect.signature(asyncssh.encryption.GCMEncryption.new).parameters) == [
         "cipher_name", "key", "iv", "mac_alg", "mac_key", "etm",
     ]  # fmt: skip
+
+
+def test_an_arena_is_taken_again_only_once_no_view_of_it_is_left() -> None:
+    """``Arenas.take`` hands out an arena again only when nothing refers to it: while a view cut from it
+    (or a view of that view) lives, another arena is made; once they are gone, the same arena comes back.
+    The pool keeps at most its limit; arenas beyond it are made when all are in use."""
+    arenas = ciphers.Arenas(size=1024, pool=2)
+    first = arenas.take(100)
+    piece = first[10:20][2:]
+    del first
+    second = arenas.take(100)
+    assert second.obj is not piece.obj and arenas.made == 2
+    third = arenas.take(100)
+    assert arenas.made == 3 and len(arenas._pool) == 2  # both pooled ones in use: a third made, not kept
+    kept = id(piece.obj)  # (a reference to the arena itself would keep it in use, as a view does)
+    del piece, third
+    again = arenas.take(100)
+    assert id(again.obj) == kept and arenas.made == 3
+    assert len(arenas.take(4096)) == 4096 and arenas.made == 4  # larger than an arena: one of its own
+
+
+@pytest.mark.parametrize(
+    ("cipher_name", "theirs", "ours"),
+    [
+        ("chacha20-poly1305", asyncssh.encryption.ChachaEncryption, ciphers._ChachaPoly),
+        ("aes128-gcm", asyncssh.encryption.GCMEncryption, ciphers._AesGcm),
+    ],
+)
+def test_whole_packets_are_decrypted_into_the_arena_one_after_the_other(
+    cipher_name: str, theirs: Any, ours: Any
+) -> None:
+    """``decrypt_whole`` puts each packet after the previous one in the connection's arena, as a view of it
+    that keeps its bytes while later packets are decrypted, also across a change of arena."""
+    key_size, iv_size, _ = asyncssh.crypto.get_cipher_params(cipher_name)
+    key, iv = os.urandom(key_size), os.urandom(iv_size)
+    sender, receiver = theirs.new(cipher_name, key, iv), ours.new(cipher_name, key, iv)
+    bodies = [os.urandom(16 * 1024 - 12) for _ in range(40)]  # 640 KiB: three arenas
+    views = []
+    for seq, body in enumerate(bodies):
+        wire, mac = sender.encrypt_packet(seq, len(body).to_bytes(4, "big"), body)
+        views.append(receiver.decrypt_whole(seq, memoryview(wire + mac), len(mac)))
+    assert [bytes(view) for view in views] == bodies
+    assert views[1].obj is views[0].obj and len({id(view.obj) for view in views}) >= 3

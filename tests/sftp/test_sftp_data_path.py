@@ -94,7 +94,7 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     """A 24 MiB ``put`` with either gateway cipher: its channel data packets take the view path (asyncssh's
     data parsing sees none of them, its packet path the other packets); each is taken in one step
     (``recv_whole``: no separate header step; decrypted from a view of the socket read it lies in, or joined
-    once), the file lands with its SHA-256, ``get``
+    once, into an arena that earlier packets used and left), the file lands with its SHA-256, ``get``
     returns it byte for byte, and no ``SSH_MSG_IGNORE`` goes out before the replies. The gateway reads its
     socket at most ``SOCKET_READ`` (256 KiB) at a time, and while the client sends faster than it parses,
     it reads that much."""
@@ -102,6 +102,7 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     account = gateway.account(keys=[client_key.public_line])
     data = os.urandom(24 * 1024 * 1024 + 5)
     (tmp_path / "big.bin").write_bytes(data)
+    reused = asyncssh_ciphers.ARENAS.reused
     done = openssh_sftp(
         gateway, account, "put big.bin\nget big.bin back.bin\n", cwd=tmp_path, key=client_key,
         extra=["-c", cipher],
@@ -116,6 +117,7 @@ def test_an_openssh_put_reaches_the_session_as_views_and_lands_intact(
     assert counts.whole >= counts.views  # each data packet in one step (header, decryption, delivery)
     assert max(counts.reads) == compat.SOCKET_READ == 256 * 1024, sorted(counts.reads)[-5:]
     assert counts.asyncssh_packets > 0  # key exchange, login, channel requests: asyncssh's path
+    assert asyncssh_ciphers.ARENAS.reused > reused  # decrypted into arenas freed by earlier packets
     replies = counts.sent.count(MSG_CHANNEL_DATA)
     assert replies > 0 and MSG_IGNORE not in counts.sent  # no SSH_MSG_IGNORE before them
 
