@@ -134,9 +134,7 @@ class ResumableSha256:
             raise RuntimeError("SHA256_Init failed")
 
     def update(self, data: bytes, /) -> None:
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        self._lib.SHA256_Update(self._ctx, data, len(data))
+        self._lib.SHA256_Update(self._ctx, _in_place(data), len(data))
 
     def digest(self) -> bytes:
         ctx = ctypes.create_string_buffer(self._ctx.raw, _SHA256_CTX_SIZE)
@@ -208,9 +206,7 @@ class ResumableXxh128:
         return ctypes.string_at(self._state, _XXH3_STATE_SIZE)
 
     def update(self, data: bytes, /) -> None:
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        self._update(self._state, data, len(data))
+        self._update(self._state, _in_place(data), len(data))
 
     def digest(self) -> bytes:
         value = self._lib.XXH3_128bits_digest(self._state)
@@ -286,6 +282,17 @@ def _self_test(libs: _Libraries) -> str | None:
         if xxh.digest() != xxhash.xxh3_128(data[:position]).digest():
             return f"XXH3-128 of {position} bytes differs from the xxhash package's"
     return None
+
+
+def _in_place(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array[ctypes.c_char]:
+    """``data`` as the C functions take it: ``bytes`` as they are, a writable buffer (the body pipeline's
+    blocks are bytearrays and views of them) without a copy, anything else copied into ``bytes``."""
+    if type(data) is bytes:
+        return data
+    view = memoryview(data)
+    if view.readonly or not view.contiguous:
+        return bytes(view)
+    return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
 
 
 @functools.cache

@@ -27,6 +27,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from eftgw import metrics
 from eftgw.clock import Clock
@@ -35,7 +36,7 @@ from eftgw.hashing import ChunkChecksum, FileDigests, StateError
 from eftgw.locks import UploadLease
 from eftgw.model import FileRecord, Upload
 from eftgw.ports import UploadRepository
-from eftgw.storage import ChunkWriter, ObjectStore, StorageError, UploadWriter
+from eftgw.storage import ChunkWriter, HandedBlock, ObjectStore, StorageError, UploadWriter
 
 log = logging.getLogger("eftgw.uploads")
 
@@ -51,6 +52,9 @@ LOCAL_DIGESTS_MARK = b"EDL\x01"
 
 class _TakenOver(Exception):
     pass
+
+
+_T = TypeVar("_T")
 
 
 BlockWrite = Callable[[Sequence[bytes]], Awaitable[None]]
@@ -106,75 +110,30 @@ class Ingest:
     ) -> None:
         """Stream ``body`` into the upload's staging data at its offset and commit it.
 
-        ``check_room(end)`` raises if data ending at ``end`` may not be stored; it is called before each
-        chunk is taken in. Raises :class:`ChecksumMismatch` (nothing kept), :class:`UploadLocked` after a
-        takeover (what arrived is kept), and the transport's :class:`BodyInterrupted` after keeping what
-        arrived (unless the request had a checksum).
+        A body that can receive itself into the pipeline's blocks (a :class:`ReceivableBody` whose
+        :meth:`~ReceivableBody.blocks` gives a :class:`BlockSource`) is received in place; any other is read
+        as chunks. ``check_room(end)`` raises if data ending at ``end`` may not be stored; it is called
+        before each chunk or block is taken in. Raises :class:`ChecksumMismatch` (nothing kept),
+        :class:`UploadLocked` after a takeover (what arrived is kept), and the transport's
+        :class:`BodyInterrupted` after keeping what arrived (unless the request had a checksum).
         """
         # the writer keeps what the upload's transport leaves of its memory (eftgw.memory.writer_share)
         writer = await self.store.open_writer(upload.staging_key, upload.offset, upload.via)
         block_size = writer.block_size if isinstance(writer, ChunkWriter) else BLOCK_SIZE
-        write = block_write(writer)
-        pending: asyncio.Future[None] | None = None
-        written = 0
-        stopped: Exception | None = None
-
-        async def absorb(block: list[bytes]) -> None:
-            nonlocal pending
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(self._consume(write, digests, checksum, block))
-
-        reader = _Reader(body, lease)
+        pipeline = _Pipeline(block_write(writer), digests, checksum)
+        reader = _Reader(lease)
+        source = body.blocks() if isinstance(body, ReceivableBody) else None
         try:
-            # A block is the chunks as they came (no copy): they are hashed and written as they are. Small
-            # chunks are gathered in ``small`` first, one copy of few bytes.
-            block: list[bytes] = []
-            small = bytearray()
-            filled = 0
-            recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
-            while True:
-                if time.monotonic() >= recheck_at:
-                    # A case closing takes effect at once, also for a request that is streaming.
-                    await self.require_open(upload.case_id)
-                    recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
-                try:
-                    chunk = await reader.next()
-                except (BodyInterrupted, _TakenOver) as exc:
-                    stopped = exc
-                    break
-                if chunk is None:
-                    break
-                if not chunk:
-                    continue
-                check_room(upload.offset + written + filled + len(chunk))
-                filled += len(chunk)
-                if len(chunk) < SMALL_CHUNK:
-                    small += chunk
-                    if len(small) >= SMALL_CHUNK:
-                        block.append(bytes(small))
-                        small.clear()
-                else:
-                    if small:
-                        block.append(bytes(small))
-                        small.clear()
-                    # Kept until written: a chunk that its producer may change later is copied once.
-                    block.append(chunk if type(chunk) is bytes else bytes(chunk))
-                if filled >= block_size:
-                    if small:
-                        block.append(bytes(small))
-                        small.clear()
-                    written += filled
-                    await absorb(block)
-                    block, filled = [], 0
-            if small:
-                block.append(bytes(small))
-            if block:
-                written += filled
-                await absorb(block)
-            if pending is not None:
-                await pending
-                pending = None
+            if source is not None:
+                reuse = getattr(writer, "copies_chunks", False) is True
+                written, stopped = await self._receive_blocks(
+                    upload, source, pipeline, reader, block_size, reuse, check_room
+                )
+            else:
+                written, stopped = await self._gather_chunks(
+                    upload, aiter(body), pipeline, reader, block_size, check_room
+                )
+            await pipeline.drain()
             keep = stopped is None or checksum is None
             if checksum is not None and stopped is None and not checksum.matches():
                 metrics.CHECKSUM_FAILURES.inc()
@@ -184,18 +143,127 @@ class Ingest:
             else:
                 await asyncio.shield(self._commit(upload, writer, digests, written, lease))
         except BaseException:
-            if pending is not None:
-                with contextlib.suppress(Exception):
-                    await pending
+            await pipeline.settle()
             await asyncio.shield(writer.rollback())
             raise
         finally:
             reader.close()
+            if source is not None:
+                source.close()
             await writer.close()
         if isinstance(stopped, _TakenOver):
             raise UploadLocked("A newer request took over this upload.")
         if stopped is not None:
             raise stopped
+
+    async def _gather_chunks(
+        self,
+        upload: Upload,
+        chunks: AsyncIterator[bytes],
+        pipeline: _Pipeline,
+        reader: _Reader,
+        block_size: int,
+        check_room: Callable[[int], None],
+    ) -> tuple[int, Exception | None]:
+        """Gather the body's chunks into blocks for ``pipeline``; the bytes taken in, and why it stopped
+        early (``None`` at the body's end)."""
+        # A block is the chunks as they came (no copy): they are hashed and written as they are. Small
+        # chunks are gathered in ``small`` first, one copy of few bytes.
+        block: list[bytes] = []
+        small = bytearray()
+        filled = written = 0
+        stopped: Exception | None = None
+        recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
+        while True:
+            if time.monotonic() >= recheck_at:
+                # A case closing takes effect at once, also for a request that is streaming.
+                await self.require_open(upload.case_id)
+                recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
+            try:
+                chunk = await reader.wait(anext, chunks, None)
+            except (BodyInterrupted, _TakenOver) as exc:
+                stopped = exc
+                break
+            if chunk is None:
+                break
+            if not chunk:
+                continue
+            check_room(upload.offset + written + filled + len(chunk))
+            filled += len(chunk)
+            if len(chunk) < SMALL_CHUNK:
+                small += chunk
+                if len(small) >= SMALL_CHUNK:
+                    block.append(bytes(small))
+                    small.clear()
+            else:
+                if small:
+                    block.append(bytes(small))
+                    small.clear()
+                # Kept until written: a chunk that its producer may change later is copied once.
+                block.append(chunk if type(chunk) is bytes else bytes(chunk))
+            if filled >= block_size:
+                if small:
+                    block.append(bytes(small))
+                    small.clear()
+                written += filled
+                await pipeline.absorb(block)
+                block, filled = [], 0
+        if small:
+            block.append(bytes(small))
+        if block:
+            written += filled
+            await pipeline.absorb(block)
+        return written, stopped
+
+    async def _receive_blocks(
+        self,
+        upload: Upload,
+        source: BlockSource,
+        pipeline: _Pipeline,
+        reader: _Reader,
+        block_size: int,
+        reuse: bool,
+        check_room: Callable[[int], None],
+    ) -> tuple[int, Exception | None]:
+        """Have ``source`` receive the body into blocks for ``pipeline``; the bytes taken in, and why it
+        stopped early (``None`` at the body's end).
+
+        The block being received is one of two: the other is being hashed and written meanwhile, and the
+        next block is received only once that ended (:meth:`_Pipeline.absorb`), so while both are busy
+        the source receives nothing (it stops reading its connection). A writer that is done with a block
+        when its write returns (``copies_chunks``: the filesystem's) gets the same two buffers in turn;
+        any other (S3's keeps its parts' bytes until they are stored) a new :class:`HandedBlock` each time.
+        """
+        written = 0
+        buffers: list[bytearray] = []
+        recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
+        while source.remaining:
+            if time.monotonic() >= recheck_at:
+                await self.require_open(upload.case_id)
+                recheck_at = time.monotonic() + CASE_RECHECK_SECONDS
+            size = min(block_size, source.remaining)
+            check_room(upload.offset + written + size)
+            if not reuse:
+                buffer: bytearray = HandedBlock(size)
+            elif len(buffers) < 2:
+                buffer = bytearray(size)  # the first is the largest: a body's blocks only get shorter
+                buffers.append(buffer)
+            else:
+                buffer = buffers[0]
+                buffers.reverse()
+            block = memoryview(buffer)[:size]
+            try:
+                await reader.wait(source.fill, block)
+            except (BodyInterrupted, _TakenOver) as exc:
+                if source.received:  # what arrived of this block is kept too, as it would be as chunks
+                    written += source.received
+                    await pipeline.absorb([bytes(block[: source.received])])
+                return written, exc
+            written += size
+            # The whole buffer where it is the block (no view to keep: S3's parts keep it as it is).
+            whole = buffer if len(buffer) == size else block
+            await pipeline.absorb([cast(bytes, whole)])  # every writer and hasher takes any buffer
+        return written, None
 
     async def _commit(
         self, upload: Upload, writer: UploadWriter, digests: FileDigests, written: int, lease: UploadLease
@@ -305,16 +373,76 @@ async def rehash(blocks: AsyncIterator[bytes], digests: FileDigests) -> None:
         await asyncio.to_thread(digests.update, block)
 
 
-class _Reader:
-    """Reads a body's chunks until a newer request takes the upload over (its lease is interrupted).
+class _Pipeline:
+    """One block hashed and written (:meth:`Ingest._consume`) while the next is gathered or received."""
 
-    One waiter on the lease serves the whole body: reading a chunk costs no task of its own. If the lease
-    is interrupted while a read waits for the client, that read is cancelled (the task that reads is
-    cancelled at that ``await`` only, and un-cancelled), and :class:`_TakenOver` is raised instead.
+    def __init__(self, write: BlockWrite, digests: FileDigests, checksum: ChunkChecksum | None) -> None:
+        self._write = write
+        self._digests = digests
+        self._checksum = checksum
+        self._pending: asyncio.Future[None] | None = None
+
+    async def absorb(self, block: Sequence[bytes]) -> None:
+        """Start hashing and writing ``block`` once the block before it is done (its buffer free again)."""
+        await self.drain()
+        self._pending = asyncio.ensure_future(
+            Ingest._consume(self._write, self._digests, self._checksum, block)
+        )
+
+    async def drain(self) -> None:
+        """Wait for the block under way, if any; its failure is raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def settle(self) -> None:
+        """Wait for the block under way, if any, whatever its outcome (the body failed already)."""
+        with contextlib.suppress(Exception):
+            await self.drain()
+
+
+class BlockSource(Protocol):
+    """A body that receives itself into the pipeline's blocks (:class:`eftgw.http.receive.BlockReceiver`:
+    the connection's socket or TLS layer writes it straight into them)."""
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the body not yet received into a block."""
+        ...
+
+    @property
+    def received(self) -> int:
+        """Bytes the last :meth:`fill` received before it failed or was cancelled."""
+        ...
+
+    async def fill(self, block: memoryview) -> None:
+        """Receive the body's next ``len(block)`` bytes (at most :attr:`remaining`) into ``block``; raise
+        :class:`BodyInterrupted` if the body ends before (the bytes that did arrive: :attr:`received`)."""
+        ...
+
+    def close(self) -> None:
+        """The pipeline takes no more of the body (the rest is read and dropped, or was received)."""
+        ...
+
+
+@runtime_checkable
+class ReceivableBody(Protocol):
+    """A body that may receive itself into the pipeline's blocks instead of being read as chunks."""
+
+    def blocks(self) -> BlockSource | None:
+        """The body as a :class:`BlockSource`, or ``None`` if it must be read as chunks (then iterated)."""
+        ...
+
+
+class _Reader:
+    """Waits for a body's bytes until a newer request takes the upload over (its lease is interrupted).
+
+    One waiter on the lease serves the whole body: reading costs no task of its own. If the lease is
+    interrupted while a read waits for the client, that read is cancelled (the task that reads is cancelled
+    at that ``await`` only, and un-cancelled), and :class:`_TakenOver` is raised instead.
     """
 
-    def __init__(self, body: AsyncIterator[bytes], lease: UploadLease) -> None:
-        self._iterator = aiter(body)
+    def __init__(self, lease: UploadLease) -> None:
         self._lease = lease
         task = asyncio.current_task()
         assert task is not None
@@ -331,13 +459,13 @@ class _Reader:
         if self._reading:
             self._task.cancel()
 
-    async def next(self) -> bytes | None:
-        """The next chunk of the body, ``None`` at its end; :class:`_TakenOver` if a newer request came."""
+    async def wait(self, read: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """``await read(*args)``; :class:`_TakenOver` instead if a newer request came."""
         if self._fired or not self._lease.may_continue():
             raise _TakenOver()
         self._reading = True
         try:
-            return await anext(self._iterator, None)
+            return await read(*args)
         except asyncio.CancelledError:
             if self._fired and self._task.uncancel() == 0:
                 raise _TakenOver() from None
@@ -349,4 +477,12 @@ class _Reader:
         self._waiter.cancel()
 
 
-__all__ = ["BLOCK_SIZE", "LOCAL_DIGESTS_MARK", "SMALL_CHUNK", "Ingest", "rehash"]
+__all__ = [
+    "BLOCK_SIZE",
+    "LOCAL_DIGESTS_MARK",
+    "SMALL_CHUNK",
+    "BlockSource",
+    "Ingest",
+    "ReceivableBody",
+    "rehash",
+]

@@ -21,6 +21,13 @@ DIGEST_REREAD_BYTES = Counter(
     "or a tus concatenation)",
     registry=REGISTRY,
 )
+HTTP_BODIES = Counter(
+    "eftgw_http_upload_bodies",
+    "Upload bodies over HTTP(S) by how they were received: 'blocks' (by the connection straight into the "
+    "upload pipeline's blocks) or 'chunks' (through aiohttp), with the reason for chunks",
+    ["path", "reason"],
+    registry=REGISTRY,
+)
 DOWNLOADED_BYTES = Counter("eftgw_download_bytes", "Bytes sent to downloaders", registry=REGISTRY)
 INTEGRITY_FAILURES = Counter(
     "eftgw_integrity_failures",

@@ -10,14 +10,11 @@ speaks the IETF resumable uploads draft instead and goes to :mod:`eftgw.http.res
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from eftgw.clock import isoformat
 from eftgw.errors import BadRequest, BodyInterrupted, DomainError, UploadTooLarge
@@ -26,6 +23,7 @@ from eftgw.http.headers import parse_integer
 from eftgw.http.keys import gateway_of
 from eftgw.http.middleware import TUS_VERSION
 from eftgw.http.pages import page_params, page_response
+from eftgw.http.receive import RequestBody
 from eftgw.http.session import authenticate
 from eftgw.model import ConcatKind, Upload, UploadState
 
@@ -104,22 +102,11 @@ def _upload_headers(request: web.Request, upload: Upload) -> dict[str, str]:
     return headers
 
 
-async def body_of(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as chunks; a lost connection becomes :class:`BodyInterrupted`.
-
-    Each chunk is one piece as the connection received it (``iter_chunks``): ``iter_any`` would join the
-    pieces that arrived since the last read into a new buffer, a copy of most of the body on a busy node.
-    A request without a body is not read at all: aiohttp shares one empty stream between all of them, and
-    once read, its ``iter_chunks`` never ends.
-    """
-    if not request.can_read_body:
-        return
-    try:
-        async for chunk, _ in request.content.iter_chunks():
-            if chunk:
-                yield chunk
-    except (ConnectionError, aiohttp.ClientError, HttpProcessingError) as exc:
-        raise BodyInterrupted() from exc
+def body_of(request: web.Request) -> RequestBody:
+    """The request body for the upload pipeline: received by the connection straight into the pipeline's
+    blocks where it can be, else read as aiohttp's chunks (:mod:`eftgw.http.receive`); a lost connection
+    becomes :class:`BodyInterrupted`."""
+    return RequestBody(request)
 
 
 def _partial_ids(request: web.Request, case_id: str, spec: str) -> list[str]:

@@ -153,6 +153,7 @@ class FilesystemWriter:
     """
 
     block_size = 2 * 1024 * 1024  # what the body pipeline gathers per write_chunks (see ChunkWriter)
+    copies_chunks = True  # write_chunks is done with the chunks when it returns: their buffers may be reused
 
     def __init__(self, fd: int, offset: int, direct: bool = False) -> None:
         self._fd = fd
