@@ -8,8 +8,11 @@ tests act as the balancer (from 127.0.0.1) and as direct clients (from 127.0.0.2
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +145,42 @@ def test_https_takes_the_client_address_from_a_trusted_proxys_header(node: Gatew
     assert created[-1]["remote"] == "198.51.100.7"
     access = [e for e in log_lines(node) if e["logger"] == "eftgw.access" and "POST" in e["event"]]
     assert access[-1]["client"] == "198.51.100.7" and access[-1]["case"] == "C-1"
+
+
+def test_a_body_behind_a_proxy_header_is_received_into_blocks_and_the_connection_goes_on(
+    node: GatewayProcess,
+) -> None:
+    """On a connection admitted through a PROXY header (the socket handed to aiohttp by the listener), a
+    4 MiB PATCH body is received into the pipeline's blocks (counted in /metrics) and stored exactly, and
+    a HEAD on the same keep-alive connection is answered with the new offset."""
+    token = node.token("C-1")
+    data = os.urandom(4 * 1024 * 1024 + 3)
+    conn = ProxiedHTTPS(node.port, encode_header(("198.51.100.8", 40001), ("127.0.0.1", node.port)))
+    try:
+        tus = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
+        conn.request("POST", "/api/v1/cases/C-1/uploads", headers={**tus, "Upload-Length": str(len(data))})
+        created = conn.getresponse()
+        created.read()
+        assert created.status == 201
+        path = "/" + created.headers["Location"].split("/", 3)[3]
+        patch = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        conn.request("PATCH", path, body=data, headers=patch)
+        patched = conn.getresponse()
+        patched.read()
+        assert patched.status == 204 and patched.headers["Upload-Offset"] == str(len(data))
+        conn.request("HEAD", path, headers=tus)
+        head = conn.getresponse()
+        head.read()
+        assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        engineer = {"Authorization": f"Bearer {node.token('C-1', role='engineer', user='eve')}"}
+        conn.request("GET", "/api/v1/cases/C-1/files", headers=engineer)
+        listing = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert re.search(r'^eftgw_http_upload_bodies_total\{path="blocks",reason=""\} [1-9]', metrics, re.M)
+    assert hashlib.sha256(data).hexdigest() in json.dumps(listing)
 
 
 def closed_unanswered(port: int, first: bytes, source: str = "127.0.0.1") -> bool:

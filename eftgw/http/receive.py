@@ -194,12 +194,13 @@ class BlockReceiver(asyncio.BufferedProtocol):
         return filled
 
     def _pause(self) -> None:
-        if not self._paused:
+        # A lost connection's transport is closing: it reads nothing more (and its TLS layer is gone).
+        if not self._paused and self._lost is None and not self._transport.is_closing():
             self._paused = True
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        if self._paused:
+        if self._paused and self._lost is None and not self._transport.is_closing():
             self._paused = False
             self._transport.resume_reading()
 
