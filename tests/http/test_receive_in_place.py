@@ -11,16 +11,18 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eftgw import metrics
 from eftgw.http.receive import BlockReceiver
+from eftgw.ingest import Ingest
 from eftgw.model import SYSTEM
-from eftgw.storage.filesystem import FilesystemWriter
 from tests.support import RunningGateway, client_ssl, http_session, running_gateway, tus_headers
 
 MiB = 1024 * 1024
+BLOCK = 2 * MiB  # the pipeline block of both stores (FilesystemWriter and S3Writer.block_size)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -275,24 +277,25 @@ async def test_a_stalled_body_taken_over_by_a_newer_request_is_answered_and_its_
 async def test_while_both_blocks_are_busy_the_connection_is_not_read(
     node: RunningGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the store's writes held back, a client's 64 MiB PATCH stops being read: the gateway's transport
-    is paused and most of the body still waits in the client; released, the whole body is stored."""
+    """With the pipeline's hashing and writing held back, a client's 64 MiB PATCH stops being read: the
+    gateway's transport is paused once the block behind the held one is full, and the connection delivered
+    no more than those two blocks; released, the whole body is stored."""
     release = asyncio.Event()
-    writing = asyncio.Event()
-    original = FilesystemWriter.write_chunks
+    consuming = asyncio.Event()
+    original = Ingest._consume
 
-    async def held_back(self: FilesystemWriter, chunks: list[bytes]) -> None:
-        writing.set()
+    async def held_back(*args: Any) -> None:
+        consuming.set()
         await release.wait()
-        await original(self, chunks)
+        await original(*args)
 
-    monkeypatch.setattr(FilesystemWriter, "write_chunks", held_back)
+    monkeypatch.setattr(Ingest, "_consume", staticmethod(held_back))
     data = os.urandom(64 * MiB)
     path = await new_upload(node, len(data))
     conn = await Connection.open(node)
     try:
         conn.writer.write(patch_head(node, path, 0, len(data)) + data)
-        await asyncio.wait_for(writing.wait(), 60)
+        await asyncio.wait_for(consuming.wait(), 60)
         server = node.runner.server
         assert server is not None
         (handler,) = server.connections
@@ -305,10 +308,10 @@ async def test_while_both_blocks_are_busy_the_connection_is_not_read(
         assert not transport.is_reading()
         await asyncio.sleep(1)
         assert not transport.is_reading()
-        # what the connection delivered: the block being written and the one received behind it, no more
+        # what the connection delivered: the block held back and the one received behind it, no more
         receiver = transport.get_protocol()
         assert isinstance(receiver, BlockReceiver)
-        assert len(data) - receiver.unreceived <= 2 * FilesystemWriter.block_size
+        assert len(data) - receiver.unreceived <= 2 * BLOCK
         release.set()
         await conn.writer.drain()
         status, headers, _ = await conn.response()
