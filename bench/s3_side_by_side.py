@@ -282,6 +282,7 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
             compared = Gateway(base)
         stop = asyncio.Event()
         sampler = asyncio.create_task(gw.sample(stop))
+        base_sampler = asyncio.create_task(compared.sample(stop)) if compared is not None else None
 
         async def one(kind: str, seeds: list[int], size_mib: int) -> None:
             """This gateway, the compared one (if any) and the raw put, one after the other."""
@@ -308,6 +309,8 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
                 await one("many", list(range(seed * 100, seed * 100 + args.streams)), args.stream_mib)
         stop.set()
         await sampler
+        if base_sampler is not None:
+            await base_sampler
     except BaseException:
         for failed in (node, base):  # what the gateway said about the failure
             if failed is not None:
@@ -347,6 +350,7 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "cpu_s_per_GiB_medians": {k: cpu_median(k) for k in kinds if cpu[k]},
         "tail_s_per_round": {k: v for k, v in tails.items() if v},
         "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),
+        "compared_gateway_peak_rss_MiB": round(compared.peak_rss / MiB, 1) if compared is not None else None,
         "load_average_at_end": os.getloadavg(),
     }
 
