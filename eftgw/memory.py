@@ -19,6 +19,12 @@ An HTTPS upload's bytes sit in three places on their way to storage, and the thr
   disk unit its next direct write completes); the aligned buffers its writes copy into are the node's
   (:data:`eftgw.storage.filesystem.BUFFERS`: one of 2 MiB per write under way, a few kept free).
 
+A body with a ``Content-Length`` is received by the connection straight into the pipeline's blocks
+(:mod:`eftgw.http.receive`): aiohttp's buffer then holds only what arrived before the switch (within the
+bound above, and taken into the first block), each block is at most ``block_size``, and the connection is not
+read while both blocks are busy. The bounds below, written for bodies read as aiohttp's chunks, hold for it
+too.
+
 The figures come from the libraries' own limits, checked against the pinned versions: asyncio reads a socket
 (``selector_events``) and decrypts TLS (``sslproto``) 256 KiB at a time, and TLS hands aiohttp everything
 it could decrypt at once, so a chunk of body is at most its 256 KiB high-water mark plus one read.

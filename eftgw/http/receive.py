@@ -17,6 +17,9 @@ aiohttp's protocol is put back with a new parser and the request's payload gets 
 - A client that goes away or half-closes mid-body: :class:`BodyInterrupted` (the pipeline keeps what
   arrived), and aiohttp's ``connection_lost`` runs as ever (the receiver forwards it, with
   ``eof_received`` and the write flow control).
+- A client that stalls mid-body is treated as before: aiohttp 3.14's server has no read timeout for a body
+  and the gateway adds none; TCP keepalive (aiohttp turns it on for every connection) ends a dead peer's
+  connection, and a newer request for the upload takes it over at once (the pipeline's lease).
 - The pipeline stopping before the body's end (a takeover, a closed case, a store error): the rest of the
   body is read and dropped, as aiohttp's lingering read would, so the response reaches the client and the
   connection stays usable; aiohttp still bounds that with its lingering time.
