@@ -13,7 +13,6 @@ contract; ``tests/storage/test_conformance.py`` checks every backend against it.
 
 from eftgw.storage.base import (
     ChunkWriter,
-    HandedBlock,
     ObjectNotFound,
     ObjectStore,
     OutOfSpace,
@@ -25,7 +24,6 @@ from eftgw.storage.base import (
 
 __all__ = [
     "ChunkWriter",
-    "HandedBlock",
     "ObjectNotFound",
     "ObjectStore",
     "OutOfSpace",

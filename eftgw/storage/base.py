@@ -63,12 +63,6 @@ class UploadWriter(Protocol):
         ...
 
 
-class HandedBlock(bytearray):
-    """A block of body its producer hands over to the writer whole (the body pipeline received it in place,
-    :mod:`eftgw.ingest`): nothing changes it afterwards, so a writer that keeps chunks until they are stored
-    (S3's parts) keeps it as it is, without the copy it makes of any other mutable chunk."""
-
-
 @runtime_checkable
 class ChunkWriter(Protocol):
     """A writer that takes a block as the chunks it arrived in, in one worker thread hop: the filesystem's (a

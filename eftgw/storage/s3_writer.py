@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from eftgw.memory import writer_share
-from eftgw.storage.base import HandedBlock, StorageError
+from eftgw.storage.base import StorageError
 from eftgw.storage.budget import unmap
 from eftgw.storage.s3_client import Body, Buffer
 from eftgw.storage.s3_parts import Record, part_size
@@ -187,9 +187,6 @@ class _SpooledPart(_Part):
         unmap(self.buffer)
 
 
-_OWNED: tuple[type, ...] = (bytes, HandedBlock)  # chunks a part keeps as they are
-
-
 class S3Writer:
     """Appends to one upload in progress from its committed state ``record`` + ``tail``."""
 
@@ -241,7 +238,7 @@ class S3Writer:
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
         # a part keeps views of the chunks until it is stored: a chunk its producer could change is copied
-        pieces = [memoryview(c if type(c) in _OWNED else bytes(c)).cast("B") for c in chunks if len(c)]
+        pieces = [memoryview(c if type(c) is bytes else bytes(c)).cast("B") for c in chunks if len(c)]
         if not pieces:
             return
         self._dirty = True
