@@ -156,7 +156,7 @@ class Gateway:
 
     async def start(self) -> None:
         # once per process, before any body arrives: upload buffers are freed a block or a part at a time
-        keep_freed_buffers()
+        keep_freed_buffers(self.settings.upload_memory)
         await self.repo.migrate()
         await self.store.open()
 

@@ -16,36 +16,48 @@ PROBE = textwrap.dedent(
     from eftgw.config import Settings
     from eftgw.gateway import Gateway
 
-    async def start_and_close() -> None:
-        gateway = Gateway.build(Settings(data_dir=Path(sys.argv[1]), http_port=0))
+    async def start_and_close(budget: int) -> None:
+        gateway = Gateway.build(Settings(data_dir=Path(sys.argv[1]), http_port=0, upload_memory=budget))
         await gateway.start()
         await gateway.close()
 
-    if sys.argv[2] == "start":
-        asyncio.run(start_and_close())
+    if sys.argv[2] != "skip":
+        asyncio.run(start_and_close(int(sys.argv[2])))
+    bodies = int(sys.argv[3])
 
-    def one_body() -> None:
-        # a 16 MiB body as a connection receives it, 256 KiB at a time, with one block of 1 MiB held back
-        held = [b"\\x01" * (256 * 1024) for _ in range(4)]
-        for _ in range(15):
-            chunks = [b"\\x01" * (256 * 1024) for _ in range(4)]  # every page written, as received data is
-            held, chunks = chunks, held
-            del chunks
-        del held
+    def one_burst() -> None:
+        # ``bodies`` 16 MiB bodies as connections receive them, 256 KiB at a time, each with one block of
+        # 1 MiB held back, freed together at the end (as parts of uploads running at once are)
+        kept = []
+        for _ in range(bodies):
+            held = [b"\\x01" * (256 * 1024) for _ in range(4)]
+            for _ in range(15):
+                chunks = [b"\\x01" * (256 * 1024) for _ in range(4)]  # every page written, as received
+                held, chunks = chunks, held
+                kept.append(chunks)
+            kept.append(held)
+        del kept
 
-    one_body()
+    one_burst()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):
-        one_body()
+        one_burst()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     """
 )
 
 
-def faults(root: Path, mode: str) -> int:
+MiB = 1024 * 1024
+
+
+def faults(root: Path, budget: int | None, bodies: int = 1) -> int:
+    """Page faults of four bursts of ``bodies`` 16 MiB bodies, after a gateway with the upload budget
+    ``budget`` started in the process (``None``: no gateway)."""
+    mode = "skip" if budget is None else str(budget)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(root), mode], capture_output=True, text=True, check=True, timeout=60
-    )
+        [sys.executable, "-c", PROBE, str(root), mode, str(bodies)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
     return int(out.stdout)
 
 
@@ -54,7 +66,17 @@ def test_a_process_whose_gateway_started_reuses_freed_body_buffers(tmp_path: Pat
     started (on the embedded default, the filesystem store), takes almost no page faults (the freed memory
     serves the next chunks); the same process without starting the gateway takes thousands (glibc hands each
     freed block back to the kernel)."""
-    tuned = faults(tmp_path / "a", "start")
-    default = faults(tmp_path / "b", "skip")
+    tuned = faults(tmp_path / "a", 512 * MiB)
+    default = faults(tmp_path / "b", None)
     assert tuned < 1000, (tuned, default)
     assert default > 4 * tuned + 2000, (tuned, default)
+
+
+def test_the_freed_buffers_kept_follow_the_nodes_upload_budget(tmp_path: Path) -> None:
+    """Eight uploads at once free their buffers together (128 MiB here, as eight S3 parts of 16 MiB): a
+    gateway with the default budget (512 MiB) serves the next burst from that memory, where one with a budget
+    of 16 MiB keeps only 64 MiB and faults most pages in again (tens of thousands)."""
+    budget = faults(tmp_path / "a", 512 * MiB, bodies=8)
+    small = faults(tmp_path / "b", 16 * MiB, bodies=8)
+    assert budget < 2000, (budget, small)
+    assert small > 4 * budget + 8000, (budget, small)

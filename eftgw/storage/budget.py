@@ -106,16 +106,21 @@ def unmap(buffer: mmap.mmap) -> None:
         buffer.close()
 
 
-def keep_freed_buffers() -> bool:
+def keep_freed_buffers(keep: int = TRIM_THRESHOLD) -> bool:
     """Make the C allocator keep freed upload buffers for the next ones (process-wide; glibc only). The
-    gateway calls it once when it starts (:meth:`eftgw.gateway.Gateway.start`), whatever its store: the
-    filesystem's blocks free their chunks once written, a MiB at a time, and S3 parts 16 MiB at a time.
+    gateway calls it once when it starts (:meth:`eftgw.gateway.Gateway.start`), whatever its store, with
+    its upload budget (``EFTGW_UPLOAD_MEMORY``) as ``keep``: the filesystem's blocks free their chunks once
+    written, a MiB at a time, and S3 parts 16 MiB at a time, by as many uploads as run at once.
 
     Upload buffers are the chunks a request body arrived in (256 KiB each) kept until their part is stored,
     then freed 16 MiB at a time. With glibc's defaults, freeing them shrinks the heap (its trim threshold
     follows the mmap threshold, 512 KiB here) and the next part's chunks touch fresh pages: a page fault and
-    a zeroed page per 4 KiB received, about 65,000 per GiB. Fixed thresholds keep up to
-    ``TRIM_THRESHOLD`` of freed memory for reuse and every buffer under ``MMAP_THRESHOLD`` in the heap.
+    a zeroed page per 4 KiB received, about 65,000 per GiB. Fixed thresholds keep up to ``keep`` (at least
+    ``TRIM_THRESHOLD``) of freed memory for reuse and every buffer under ``MMAP_THRESHOLD`` in the heap.
+    With eight S3 uploads at once, 64 MiB was not enough: their parts free more than that together, and the
+    gateway took 28,000-48,000 page faults per GiB; with the budget kept, a few hundred. The memory kept is
+    memory the uploads held at their peak, under the budget: the peak RSS does not grow, but the RSS stays
+    near it after a burst of uploads instead of falling back.
     Returns whether the allocator took them.
     """
     if platform.libc_ver()[0] != "glibc":
@@ -123,7 +128,7 @@ def keep_freed_buffers() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mmap_taken: int = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        trim_taken: int = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        trim_taken: int = libc.mallopt(M_TRIM_THRESHOLD, max(keep, TRIM_THRESHOLD))
     except (OSError, AttributeError) as exc:  # no such library or symbol: the defaults stay
         log.debug("could not tune the C allocator: %s", exc)
         return False
