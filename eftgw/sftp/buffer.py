@@ -65,7 +65,7 @@ def unshared(data: bytes | memoryview) -> bytes | memoryview:
 def _whole(data: bytes | memoryview) -> TypeGuard[bytes]:
     """Whether a queued write goes to the core as it is, a piece of its own: a ``bytes`` (nothing else holds
     it, so the pipeline keeps it without a copy) of ``WHOLE_WRITE`` to ``PIECE`` bytes. The write requests of
-    OpenSSH's ``sftp`` (255 KiB) arrive as such (``asyncssh_compat._request_packet``); smaller writes and
+    OpenSSH's ``sftp`` (255 KiB) arrive as such (``asyncssh_requests.request_packet``); smaller writes and
     views are joined into pieces, one copy."""
     return type(data) is bytes and WHOLE_WRITE <= len(data) <= PIECE
 
