@@ -237,8 +237,10 @@ class S3Writer:
         there (see :meth:`_Part.fill`). When the writer's memory is full, it waits for a part in flight."""
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
-        # a part keeps views of the chunks until it is stored: a chunk its producer could change is copied
-        pieces = [memoryview(c if type(c) is bytes else bytes(c)).cast("B") for c in chunks if len(c)]
+        # A part keeps views of the chunks until it is stored: a chunk its producer could change (not a
+        # ``bytes``, e.g. a view of the body pipeline's block) is copied as a part takes it (``_take``, in the
+        # fill's worker thread, not on the event loop), before this returns.
+        pieces = [memoryview(c).cast("B") for c in chunks if len(c)]
         if not pieces:
             return
         self._dirty = True
