@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     upload_expiry: int = Field(
         default=7 * 24 * 3600, ge=60, description="idle seconds before an unfinished upload expires"
     )
+    body_idle_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds an upload request's body may bring no byte before the gateway closes the"
+        " connection (what arrived is kept; the client resumes from the offset)",
+    )
     max_upload_size: int | None = Field(default=None, ge=1, description="Tus-Max-Size; none means no limit")
     max_active_uploads_per_case: int = Field(
         default=1000, ge=1, description="unfinished uploads a case may hold at once; more are refused (429)"

@@ -21,6 +21,12 @@ DIGEST_REREAD_BYTES = Counter(
     "or a tus concatenation)",
     registry=REGISTRY,
 )
+HTTP_BODY_STALLS = Counter(
+    "eftgw_http_body_stalls",
+    "Upload bodies whose connection was closed because they brought no byte for EFTGW_BODY_IDLE_TIMEOUT "
+    "seconds (what arrived was kept)",
+    registry=REGISTRY,
+)
 HTTP_BODIES = Counter(
     "eftgw_http_upload_bodies",
     "Upload bodies over HTTP(S) by how they were received: 'blocks' (by the connection straight into the "

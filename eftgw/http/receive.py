@@ -17,9 +17,16 @@ aiohttp's protocol is put back with a new parser and the request's payload gets 
 - A client that goes away or half-closes mid-body: :class:`BodyInterrupted` (the pipeline keeps what
   arrived), and aiohttp's ``connection_lost`` runs as ever (the receiver forwards it, with
   ``eof_received`` and the write flow control).
-- A client that stalls mid-body is treated as before: aiohttp 3.14's server has no read timeout for a body
-  and the gateway adds none; TCP keepalive (aiohttp turns it on for every connection) ends a dead peer's
-  connection, and a newer request for the upload takes it over at once (the pipeline's lease).
+- A client that stalls mid-body: aiohttp 3.14's server has no read timeout for a body, so the gateway keeps
+  its own. When a body brings no byte for ``idle_timeout`` seconds (``EFTGW_BODY_IDLE_TIMEOUT``, 60 s) the
+  connection is aborted and the body is interrupted as if the client had gone: what arrived is kept, and
+  the upload's pipeline blocks, store buffers (an S3 part reserves its size in the node's upload budget)
+  and lease are given back. A client that stalls (or a hostile one that sends a few bytes and waits) thus
+  cannot hold them for ever; a slow client that keeps sending is never cut, however long a block takes to
+  fill. No answer is sent: a tus client sees a network error and resumes from the offset (an error status
+  would end its upload). ``eftgw_http_body_stalls`` counts these. A dead peer's connection ends the same
+  way (TCP keepalive may take much longer), and a newer request for the upload takes it over at once (the
+  pipeline's lease).
 - The pipeline stopping before the body's end (a takeover, a closed case, a store error): the rest of the
   body is read and dropped, as aiohttp's lingering read would, so the response reaches the client and the
   connection stays usable; aiohttp still bounds that with its lingering time.
@@ -55,8 +62,9 @@ class RequestBody:
     blocks where the connection allows it (:meth:`blocks`), else read as aiohttp's chunks (iteration; a lost
     connection becomes :class:`BodyInterrupted`)."""
 
-    def __init__(self, request: web.BaseRequest) -> None:
+    def __init__(self, request: web.BaseRequest, idle_timeout: float) -> None:
         self._request = request
+        self._idle_timeout = idle_timeout  # seconds the body may bring no byte (see the module's docstring)
         self._early: list[bytes] = []
         self._chunks: AsyncIterator[bytes] | None = None
         self._asked = False
@@ -67,7 +75,7 @@ class RequestBody:
     async def __anext__(self) -> bytes:
         if self._chunks is None:
             self._asked = True
-            self._chunks = _chunks(self._request, self._early)
+            self._chunks = _chunks(self._request, self._early, self._idle_timeout)
         return await anext(self._chunks)
 
     def blocks(self) -> BlockReceiver | None:
@@ -85,13 +93,14 @@ class RequestBody:
             metrics.HTTP_BODIES.labels("chunks", refusal).inc()
             return None
         metrics.HTTP_BODIES.labels("blocks", "").inc()
-        receiver = BlockReceiver(request, self._early)
+        receiver = BlockReceiver(request, self._early, self._idle_timeout)
         self._early = []
         return receiver
 
 
-async def _chunks(request: web.BaseRequest, early: list[bytes]) -> AsyncIterator[bytes]:
-    """The body as aiohttp's chunks after ``early`` (what was taken from it already).
+async def _chunks(request: web.BaseRequest, early: list[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
+    """The body as aiohttp's chunks after ``early`` (what was taken from it already); a wait of
+    ``idle_timeout`` seconds for the next chunk ends the connection (:func:`_stalled`).
 
     Each chunk is one piece as the connection received it (``iter_chunks``): ``iter_any`` would join the
     pieces that arrived since the last read into a new buffer, a copy of most of the body on a busy node.
@@ -103,19 +112,41 @@ async def _chunks(request: web.BaseRequest, early: list[bytes]) -> AsyncIterator
     early.clear()
     if not request.can_read_body:
         return
-    try:
-        async for chunk, _ in request.content.iter_chunks():
-            if chunk:
-                yield chunk
-    except (ConnectionError, aiohttp.ClientError, HttpProcessingError) as exc:
-        raise BodyInterrupted() from exc
+    chunks = request.content.iter_chunks()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk, _ = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            transport = request.transport
+            if transport is not None:
+                _stalled(transport, idle_timeout)
+            raise BodyInterrupted() from None
+        except (ConnectionError, aiohttp.ClientError, HttpProcessingError) as exc:
+            raise BodyInterrupted() from exc
+        if chunk:
+            yield chunk
+
+
+def _stalled(transport: asyncio.Transport, idle_timeout: float) -> None:
+    """End the connection of a body that brought no byte for ``idle_timeout`` seconds."""
+    peer = transport.get_extra_info("peername")
+    log.info(
+        "upload body from %s brought nothing for %g s: connection closed, what arrived is kept",
+        peer[0] if isinstance(peer, tuple) else peer,
+        idle_timeout,
+    )
+    metrics.HTTP_BODY_STALLS.inc()
+    transport.abort()
 
 
 class BlockReceiver(asyncio.BufferedProtocol):
     """The connection's protocol while a body is received into blocks (see the module's docstring); an
     :class:`eftgw.ingest.BlockSource`."""
 
-    def __init__(self, request: web.BaseRequest, early: list[bytes]) -> None:
+    def __init__(self, request: web.BaseRequest, early: list[bytes], idle_timeout: float) -> None:
         transport = request.transport
         assert transport is not None
         self._request = request
@@ -133,6 +164,10 @@ class BlockReceiver(asyncio.BufferedProtocol):
         self._scratch: bytearray | None = None
         self._lost: Exception | None = None
         self._done = False
+        self._loop = asyncio.get_running_loop()
+        self._idle_timeout = idle_timeout
+        self._heard = 0.0  # loop time of the last byte, while a watch is kept (_watch)
+        self._watch: asyncio.TimerHandle | None = None
         transport.set_protocol(self)
         self._pause()  # until the pipeline asks for a block
 
@@ -159,9 +194,10 @@ class BlockReceiver(asyncio.BufferedProtocol):
             if self._lost is not None:
                 self._received = filled
                 raise BodyInterrupted() from self._lost
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = self._loop.create_future()
             self._block, self._filled = block, filled
             self._resume()
+            self._keep_watch()
             try:
                 await waiter
             except BaseException as exc:
@@ -182,6 +218,7 @@ class BlockReceiver(asyncio.BufferedProtocol):
             return
         self._discarding = True
         self._resume()
+        self._keep_watch()
 
     def _take_early(self, block: memoryview) -> int:
         filled = 0
@@ -207,9 +244,33 @@ class BlockReceiver(asyncio.BufferedProtocol):
             self._paused = False
             self._transport.resume_reading()
 
+    def _keep_watch(self) -> None:
+        """From now on, ``idle_timeout`` seconds without a byte while the connection is read end it. Paused
+        time (the pipeline busy with both blocks) does not count: each wait for bytes starts afresh."""
+        self._heard = self._loop.time()
+        if self._watch is None:
+            self._watch = self._loop.call_later(self._idle_timeout, self._check_idle)
+
+    def _end_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _check_idle(self) -> None:
+        self._watch = None
+        if self._done or self._lost is not None or (self._block is None and not self._discarding):
+            return  # over, or paused until the pipeline asks for a block: not the client's stall
+        quiet = self._loop.time() - self._heard
+        if quiet < self._idle_timeout:
+            self._watch = self._loop.call_later(self._idle_timeout - quiet, self._check_idle)
+            return
+        self._fail(ConnectionResetError(f"the body brought nothing for {self._idle_timeout:g} s"))
+        _stalled(self._transport, self._idle_timeout)
+
     def _finish(self) -> None:
         """The whole body was received: the connection is aiohttp's again."""
         self._done = True
+        self._end_watch()
         self._resume()
         aiohttp_compat.give_back(self._request, self._transport)
 
@@ -228,6 +289,7 @@ class BlockReceiver(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._unreceived -= nbytes
+        self._heard = self._loop.time()
         block = self._block
         if block is not None:
             self._filled += nbytes
@@ -258,6 +320,7 @@ class BlockReceiver(asyncio.BufferedProtocol):
         self._handler.resume_writing()
 
     def _fail(self, exc: Exception) -> None:
+        self._end_watch()
         if self._lost is None:
             self._lost = exc if isinstance(exc, ConnectionError) else ConnectionResetError(str(exc))
         waiter = self._waiter

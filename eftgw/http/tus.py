@@ -105,8 +105,9 @@ def _upload_headers(request: web.Request, upload: Upload) -> dict[str, str]:
 def body_of(request: web.Request) -> RequestBody:
     """The request body for the upload pipeline: received by the connection straight into the pipeline's
     blocks where it can be, else read as aiohttp's chunks (:mod:`eftgw.http.receive`); a lost connection
-    becomes :class:`BodyInterrupted`."""
-    return RequestBody(request)
+    becomes :class:`BodyInterrupted`, and so does a body that brings no byte for ``EFTGW_BODY_IDLE_TIMEOUT``
+    seconds (its connection is closed)."""
+    return RequestBody(request, gateway_of(request).settings.body_idle_timeout)
 
 
 def _partial_ids(request: web.Request, case_id: str, spec: str) -> list[str]:
