@@ -16,8 +16,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.web.axe import NODE_DIR
 from tests.web.client import MiB, random_file
+
+pytestmark = pytest.mark.once  # the page's module run by Node.js, no gateway: the backend plays no part
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "web-client"
