@@ -24,6 +24,7 @@ import pytest
 from sftp_support import Account, paramiko_sftp, wait_until
 
 from tests.support import GatewayProcess, backend_env, client_ssl
+from tests.test_webhooks_e2e import service_token
 
 
 def limited_to(files: int) -> Callable[[], None]:
@@ -61,9 +62,26 @@ def _listening(port: int) -> bool:
 
 
 def account(node: GatewayProcess, case_id: str) -> Account:
-    node.cli("case", "open", case_id, check=False)
-    issued = json.loads(node.cli("sftp-account", "create", case_id).stdout)
+    """An SFTP account of a newly opened case, made as the portal makes it (the HTTPS integration API with a
+    service token): the CLI would start a Python process per call, 1.5 to 3 s each here, and
+    ``tests/sftp/test_sftp_accounts.py`` runs ``eftgw sftp-account create`` itself."""
+    token = service_token(node)
+    portal(node, token, case_id, "open")
+    issued = portal(node, token, case_id, "sftp-accounts")
     return Account(issued["username"], issued["password"], case_id)
+
+
+def portal(node: GatewayProcess, token: str, case_id: str, action: str) -> dict[str, object]:
+    """``POST /api/v1/integration/cases/{case}/{action}`` as the portal calls it."""
+    request = urllib.request.Request(
+        f"{node.url}/api/v1/integration/cases/{case_id}/{action}",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, context=client_ssl(), timeout=30) as reply:
+        assert reply.status in (200, 201)
+        return dict(json.loads(reply.read()))
 
 
 def healthz(node: GatewayProcess, timeout: float = 10) -> int:
