@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +37,7 @@ from eftgw.gateway import Gateway
 from eftgw.model import FileRecord, Principal, Role, Upload
 from eftgw.sftp import SftpService
 from eftgw.sftp.defender import LoginDefender
+from eftgw.sftp.hostkeys import load_or_create_host_keys
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,27 @@ def settings_for(data_dir: Path, **values: Any) -> Settings:
     return Settings(data_dir=data_dir, **values)
 
 
+_host_keys: dict[str, bytes] = {}
+
+
+def seed_host_keys(data_dir: Path) -> None:
+    """Give a new data dir this test run's host keys, as the gateway would have made them (``ssh/``, mode
+    0700, private files 0600): made once per test run by the gateway's own ``load_or_create_host_keys``, since
+    making an RSA-3072 key takes 0.1 to 0.5 s and the SFTP tests start a gateway each. The gateway then loads
+    them as it loads kept keys after a restart. ``test_host_keys_are_made_once_and_kept`` starts its gateway
+    with ``host_keys="made"`` instead, and so proves the making."""
+    if not _host_keys:
+        with tempfile.TemporaryDirectory() as made:
+            load_or_create_host_keys(Path(made) / "ssh")
+            _host_keys.update({p.name: p.read_bytes() for p in (Path(made) / "ssh").iterdir()})
+    directory = data_dir / "ssh"
+    directory.mkdir(parents=True, mode=0o700)
+    for name, content in _host_keys.items():
+        path = directory / name
+        path.write_bytes(content)
+        path.chmod(0o644 if name.endswith(".pub") else 0o600)
+
+
 @dataclass
 class Account:
     username: str
@@ -97,8 +120,12 @@ class Account:
 class GatewayThread:
     """A gateway node serving SFTP on a loopback port from a background thread."""
 
-    def __init__(self, data_dir: Path, **options: Any) -> None:
+    def __init__(self, data_dir: Path, *, host_keys: str = "seeded", **options: Any) -> None:
+        """``host_keys``: ``"seeded"`` (this test run's keys, see :func:`seed_host_keys`) for a new data dir,
+        or ``"made"`` (the gateway makes its own at start)."""
         self.data_dir = data_dir
+        if host_keys == "seeded" and not (data_dir / "ssh").exists():
+            seed_host_keys(data_dir)
         self.port = free_port()
         self.options = options
         self.clock = SystemClock()

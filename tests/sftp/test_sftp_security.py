@@ -404,7 +404,7 @@ def test_public_key_login_needs_a_strong_signature_by_a_key_of_that_account(
 def test_host_keys_are_made_once_and_kept(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
     """The host keys are generated on first start (private files mode 0600) and the same keys are served
     after a restart on the same data dir."""
-    first = gateway_factory()
+    first = gateway_factory(host_keys="made")
     keys_dir = first.data_dir / "ssh"
     before = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
     assert {"ssh_host_ed25519_key", "ssh_host_rsa_key"} <= set(before)
