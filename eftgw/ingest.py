@@ -45,11 +45,6 @@ BLOCK_SIZE = 1024 * 1024  # the block of a writer that does not name its own (Ch
 # block hold a Python object per few bytes (a million of them per MiB).
 SMALL_CHUNK = 64 * 1024
 CASE_RECHECK_SECONDS = 2.0
-# A block received in place goes to a writer that keeps chunks (S3's parts) as views of this size, which it
-# copies: measured with 8 uploads of 256 MiB at once to RGW, whole 2 MiB blocks handed over instead (a new
-# bytearray each, no copy) raised the gateway's peak RSS from 421 to 582 MiB (and 576 to 752 in another run),
-# while these copies kept it at 356 against 388 MiB for the code before, at the same CPU per GiB.
-KEPT_PIECE = 256 * 1024
 # Saved instead of a digest state where it cannot be exported: only this process, which keeps the digests
 # under this unique mark, may continue from it (and only while the row still holds the mark).
 LOCAL_DIGESTS_MARK = b"EDL\x01"
@@ -130,7 +125,7 @@ class Ingest:
         source = body.blocks() if isinstance(body, ReceivableBody) else None
         try:
             if source is not None:
-                copies = getattr(writer, "copies_chunks", False) is True
+                copies = isinstance(writer, ChunkWriter) and writer.copies_chunks
                 written, stopped = await self._receive_blocks(
                     upload, source, pipeline, reader, block_size, copies, check_room
                 )
@@ -236,9 +231,8 @@ class Ingest:
         The block being received is one of two buffers used in turn: the other is being hashed and written
         meanwhile, and the next block is received only once that ended (:meth:`_Pipeline.absorb`), so while
         both are busy the source receives nothing (it stops reading its connection). A writer that is done
-        with a block when its write returns (``copies_chunks``: the filesystem's) gets the buffer itself;
-        any other (S3's keeps its parts' bytes until they are stored) gets it as views of ``KEPT_PIECE``,
-        which it copies before the buffer is used again.
+        with a block when its write returns (``ChunkWriter.copies_chunks``: the filesystem's and S3's) gets
+        the buffer itself; any other gets a copy of the block, which it may keep.
         """
         written = 0
         buffers: list[bytearray] = []
@@ -264,12 +258,10 @@ class Ingest:
                     await pipeline.absorb([bytes(block[: source.received])])
                 return written, exc
             written += size
-            # every writer and hasher takes any buffer (a writer that keeps chunks copies views)
-            if copies:
+            if copies:  # every hasher takes any buffer
                 await pipeline.absorb([cast(bytes, buffer if len(buffer) == size else block)])
             else:
-                pieces = [block[i : i + KEPT_PIECE] for i in range(0, size, KEPT_PIECE)]
-                await pipeline.absorb(cast(list[bytes], pieces))
+                await pipeline.absorb([bytes(block)])
         return written, None
 
     async def _commit(

@@ -71,6 +71,12 @@ class ChunkWriter(Protocol):
     block_size: int
     """How many bytes the body pipeline gathers into one block for it: each block costs thread hops."""
 
+    copies_chunks: bool
+    """Whether the writer is done with the chunks once :meth:`write_chunks` returns (it wrote or copied
+    them and keeps no reference to them): then the body pipeline may hand it a buffer it reuses for the next
+    block. A writer that keeps a chunk past its write must say ``False``, and is handed chunks nobody
+    changes afterwards. Both stores' writers copy (the filesystem's writes, S3's fills its part buffers)."""
+
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
         """Append ``chunks`` in order as :meth:`UploadWriter.write` would. The body pipeline hashes a block in
         a worker thread of its own while the writer writes it."""

@@ -8,6 +8,15 @@ deadlock: the room held is always on its way to S3 or being filled by a client t
 whose own share of memory is full waits with a half-filled part, but for its own parts in flight, which
 need nothing from the budget.) While a writer waits it does not read its request body, so TCP backpressure
 slows the client down.
+
+The budget also keeps the node's **part buffers**: a part in memory is filled into segments of ``SEGMENT``
+(256 KiB) taken from :meth:`BufferBudget.take_segments` and handed back with its reservation
+(:meth:`BufferBudget.give_back`); segments given back stay mapped for the next parts, so a part's bytes
+land in pages that are already there (no page fault, no zeroing) and are copied once. The segments are
+anonymous memory maps (``mmap``), outside the C allocator's arenas. The pool, the segments idle and the
+segments in use together, never exceeds the budget's limit: a writer takes segments only within its
+reservation, and a segment given back beyond the limit (a part larger than the whole budget) is unmapped.
+So after a burst of uploads the node keeps up to the budget mapped for the next ones.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # the most glibc's own dynamic threshold reaches on 64-bit
 TRIM_THRESHOLD = 64 * 1024 * 1024  # free memory kept at the top of the heap: one upload's buffers
+SEGMENT = 256 * 1024  # a part buffer's unit: parts (16 MiB << n) and a writer's room are counted in them
 
 
 class BufferBudget:
@@ -41,6 +51,9 @@ class BufferBudget:
         self.used = 0
         self.peak = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._idle: list[mmap.mmap] = []  # part buffer segments mapped and free, reused last in first out
+        self.lent = 0  # segments in parts now
+        self.mapped = 0  # segments ever mapped (a test sees reuse in it)
 
     def clamp(self, size: int) -> int:
         """What a request for ``size`` bytes really takes: never more than the whole budget."""
@@ -85,6 +98,40 @@ class BufferBudget:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def idle(self) -> int:
+        """How many part buffer segments are mapped and free for the next parts."""
+        return len(self._idle)
+
+    def take_segments(self, count: int) -> list[mmap.mmap]:
+        """``count`` segments of ``SEGMENT`` bytes for a part, free ones first, else newly mapped (a new
+        anonymous map is zero and takes its pages as they are first written). The caller holds a reservation
+        that covers them; run on the event loop (the pool has no lock)."""
+        reused = min(count, len(self._idle))
+        taken = self._idle[len(self._idle) - reused :]
+        del self._idle[len(self._idle) - reused :]
+        taken += [mmap.mmap(-1, SEGMENT) for _ in range(count - reused)]
+        self.mapped += count - reused
+        self.lent += count
+        return taken
+
+    def give_back(self, segments: list[mmap.mmap], reserved: int) -> None:
+        """A part is done: keep its ``segments`` for the next parts and release its ``reserved`` bytes. The
+        segments nobody may read any more (no view of them is sent or kept); beyond the budget's limit, the
+        pool unmaps them."""
+        self.lent -= len(segments)
+        keep = max(0, min(len(segments), self.limit // SEGMENT - self.lent - len(self._idle)))
+        self._idle += segments[:keep]
+        for segment in segments[keep:]:
+            unmap(segment)
+        self.release(reserved)
+
+    def drop_idle(self) -> None:
+        """Unmap the free segments (the store closes)."""
+        idle, self._idle = self._idle, []
+        for segment in idle:
+            unmap(segment)
+
 
 def spooled(size: int, directory: Path | None = None) -> mmap.mmap:
     """A writable buffer of ``size`` bytes kept in an unlinked temporary file in ``directory``, not in memory.
@@ -101,7 +148,8 @@ def spooled(size: int, directory: Path | None = None) -> mmap.mmap:
 
 
 def unmap(buffer: mmap.mmap) -> None:
-    """Close a :func:`spooled` buffer now if no view of it is left (otherwise when the last one goes)."""
+    """Close a :func:`spooled` buffer or a segment now if no view of it is left (else when the last view
+    goes)."""
     with contextlib.suppress(BufferError):
         buffer.close()
 

@@ -118,6 +118,7 @@ class S3Store:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)
+        self.budget.drop_idle()  # the part buffers no writer uses
 
     # the commit record --------------------------------------------------------------------------------
 

@@ -36,11 +36,11 @@ import hashlib
 import logging
 import mmap
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eftgw.memory import writer_share
 from eftgw.storage.base import StorageError
-from eftgw.storage.budget import unmap
+from eftgw.storage.budget import SEGMENT, unmap
 from eftgw.storage.s3_client import Body, Buffer
 from eftgw.storage.s3_parts import Record, part_size
 
@@ -67,8 +67,9 @@ def memory_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
 
 
 def inflight_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
-    """How many parts of size ``part`` may be uploading while the next one has begun to fill."""
-    return SPOOLED_INFLIGHT if spooled_part(part, writer_memory) else (writer_memory - 1) // part
+    """How many parts of size ``part`` may be uploading while the next one has begun to fill (it has at
+    least one segment)."""
+    return SPOOLED_INFLIGHT if spooled_part(part, writer_memory) else (writer_memory - SEGMENT) // part
 
 
 def spool_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
@@ -78,8 +79,8 @@ def spool_for(part: int, writer_memory: int = WRITER_MEMORY) -> int:
 
 class _Part:
     """One part being filled: its number and size, the bytes filled so far and their SHA-256 (UploadPart
-    signs it, so S3 checks the bytes it receives against the bytes the client sent), and the memory its
-    pieces keep (``kept``: its bytes for a part in memory until it is stored, none for a spooled one)."""
+    signs it, so S3 checks the bytes it receives against the bytes the client sent), and the memory it keeps
+    (``kept``: its segments for a part in memory until it is stored, none for a spooled one)."""
 
     def __init__(self, number: int, size: int, reserved: int) -> None:
         self.number = number
@@ -90,8 +91,8 @@ class _Part:
         self.reserved = reserved  # budget held for it, given back once it is stored or dropped
 
     def fill(self, pieces: list[memoryview], room: int) -> list[memoryview]:
-        """Take and hash the leading ``pieces`` as far as they fit in the part and, in memory kept, in
-        ``room`` bytes; return what is left of them.
+        """Copy and hash the leading ``pieces`` as far as they fit in the part and in ``room`` bytes; return
+        what is left of them.
 
         Run in a worker thread: each piece is hashed as it is taken (hashlib releases the GIL), so the
         part's checksum is ready the moment it is full.
@@ -104,9 +105,8 @@ class _Part:
             else:
                 pieces.pop(0)
             self.sha256.update(piece)
-            kept = self._take(piece)
-            self.kept += kept
-            room -= kept
+            self._take(piece)
+            room -= take
             self.filled += take
         return pieces
 
@@ -114,52 +114,72 @@ class _Part:
     def full(self) -> bool:
         return self.filled == self.size
 
-    def _take(self, piece: memoryview) -> int:
-        """Add ``piece`` after the bytes filled; return the memory the part keeps for it."""
+    @property
+    def room(self) -> int:
+        """How many more bytes the part can take into the buffer it has now."""
+        return self.size - self.filled
+
+    def _take(self, piece: memoryview) -> None:
+        """Copy ``piece`` after the bytes filled."""
         raise NotImplementedError
 
     def body(self) -> Body:
         raise NotImplementedError
 
     def content(self) -> list[Buffer]:
-        """The bytes filled so far, as the pieces the part keeps (not a copy)."""
+        """The bytes filled so far, as views of the part's buffer (not a copy)."""
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Let go of the part's bytes."""
+    def close(self) -> list[mmap.mmap]:
+        """Let go of the part's bytes; return the segments to give back to the pool (once)."""
         self.kept = 0
+        return []
 
 
 class _HeldPart(_Part):
-    """A part held in memory as the pieces it was filled with: views of the (immutable) chunks the body
-    pipeline handed over, kept until the part is stored and sent as they are, never copied into a part
-    buffer. The pipeline gathers tiny chunks before they get here (:data:`eftgw.ingest.SMALL_CHUNK`), so a
-    part holds a few pieces per 64 KiB however the client cut its body.
-
-    Only a whole chunk is kept as a view: a view of a piece of a chunk (cut at the part's end, or where the
-    writer's room ended) would keep the whole chunk alive after the other piece's part is gone, so such a
-    piece is copied (at most one chunk per part boundary or wait). So the part keeps exactly its bytes."""
+    """A part held in memory: its bytes are copied into segments of ``SEGMENT`` (256 KiB) of the node's pool
+    (:meth:`~eftgw.storage.budget.BufferBudget.take_segments`), taken as the part grows and within the
+    writer's room, and sent as views of them. Segments come back to the pool once the part is stored or
+    dropped and serve the next parts, so the copy lands in pages that are already mapped: no page fault, no
+    zeroing, no allocation per chunk. The part keeps exactly its segments, whatever the chunks it was filled
+    with (a chunk is never kept), so the chunks' buffers may be reused once :meth:`S3Writer.write_chunks`
+    returns."""
 
     def __init__(self, number: int, size: int, reserved: int) -> None:
         super().__init__(number, size, reserved)
-        self.pieces: list[memoryview] = []
+        self.segments: list[mmap.mmap] = []
+        self.views: list[memoryview] = []
 
-    def _take(self, piece: memoryview) -> int:
-        whole = piece.obj
-        if not (isinstance(whole, bytes) and len(whole) == piece.nbytes):
-            piece = memoryview(bytes(piece))
-        self.pieces.append(piece)
-        return piece.nbytes
+    @property
+    def room(self) -> int:
+        return len(self.segments) * SEGMENT - self.filled
+
+    def extend(self, segments: list[mmap.mmap]) -> None:
+        """Add ``segments`` after the part's buffer (on the event loop, before a fill)."""
+        self.segments += segments
+        self.views += [memoryview(segment) for segment in segments]
+        self.kept = len(self.segments) * SEGMENT
+
+    def _take(self, piece: memoryview) -> None:
+        at = self.filled
+        while len(piece):
+            index, offset = divmod(at, SEGMENT)
+            take = min(len(piece), SEGMENT - offset)
+            self.views[index][offset : offset + take] = piece[:take]
+            piece = piece[take:]
+            at += take
 
     def body(self) -> Body:
-        return Body(self.pieces)
+        return Body(self.content())
 
     def content(self) -> list[Buffer]:
-        return list(self.pieces)
+        whole, rest = divmod(self.filled, SEGMENT)
+        return [*self.views[:whole], *([self.views[whole][:rest]] if rest else [])]
 
-    def close(self) -> None:
+    def close(self) -> list[mmap.mmap]:
         super().close()
-        self.pieces = []
+        segments, self.segments, self.views = self.segments, [], []
+        return segments
 
 
 class _SpooledPart(_Part):
@@ -171,9 +191,8 @@ class _SpooledPart(_Part):
         self.buffer = buffer
         self.view = memoryview(buffer)
 
-    def _take(self, piece: memoryview) -> int:
+    def _take(self, piece: memoryview) -> None:
         self.view[self.filled : self.filled + len(piece)] = piece
-        return 0
 
     def body(self) -> Body:
         return Body([self.view])
@@ -181,16 +200,18 @@ class _SpooledPart(_Part):
     def content(self) -> list[Buffer]:
         return [self.view[: self.filled]]
 
-    def close(self) -> None:
+    def close(self) -> list[mmap.mmap]:
         super().close()
         self.view.release()
         unmap(self.buffer)
+        return []
 
 
 class S3Writer:
     """Appends to one upload in progress from its committed state ``record`` + ``tail``."""
 
     block_size = BLOCK  # what the body pipeline gathers per worker thread hop (see ChunkWriter)
+    copies_chunks = True  # a part copies the chunks into its segments before write_chunks returns
 
     def __init__(
         self, store: S3Store, key: str, record: Record, tail: Buffer, memory: int | None = None
@@ -207,6 +228,7 @@ class S3Writer:
         self._inflight: list[tuple[asyncio.Task[tuple[str, int]], _Part]] = []  # being stored, in order
         self._part: _Part | None = None  # the part filling (holds the tail after a commit)
         self._pending: list[Buffer] = list(self._committed_tail)  # committed bytes not in a part yet
+        self._tail_in_part = False  # the committed tail is views of the part filling (since the commit)
         self._dirty = False
 
     @property
@@ -233,13 +255,11 @@ class S3Writer:
         await self.write_chunks([data])
 
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
-        """Append ``chunks`` in order: a worker thread hashes them into the part filling and keeps them
-        there (see :meth:`_Part.fill`). When the writer's memory is full, it waits for a part in flight."""
+        """Append ``chunks`` in order: a worker thread copies and hashes them into the part filling (see
+        :meth:`_Part.fill`). When the writer's memory is full, it waits for a part in flight. Nothing keeps
+        the chunks once this returns (``copies_chunks``): their buffers may be reused."""
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
-        # A part keeps views of the chunks until it is stored: a chunk its producer could change (not a
-        # ``bytes``, e.g. a view of the body pipeline's block) is copied as a part takes it (``_take``, in the
-        # fill's worker thread, not on the event loop), before this returns.
         pieces = [memoryview(c).cast("B") for c in chunks if len(c)]
         if not pieces:
             return
@@ -265,12 +285,18 @@ class S3Writer:
         self._part = part
         return part
 
-    def _room(self, part: _Part) -> int:
-        """How many more bytes ``part`` may take: all it lacks if it is spooled, else what the writer's
-        memory has left."""
-        if isinstance(part, _SpooledPart):
-            return part.size
-        return self._memory - self.held
+    def _room(self, part: _Part, wanted: int) -> int:
+        """How many more bytes ``part`` may take now, of the ``wanted`` bytes on their way: all it lacks if it
+        is spooled; else its buffer grows by the segments that the bytes need and the writer's memory has
+        left (taken from the pool on the event loop, before the fill), and the part takes what its buffer
+        holds."""
+        if isinstance(part, _HeldPart):
+            short = min(wanted, part.size - part.filled) - part.room
+            if short > 0:
+                count = min(-(-short // SEGMENT), (self._memory - self.held) // SEGMENT)
+                if count > 0:
+                    part.extend(self._store.budget.take_segments(count))
+        return part.room
 
     async def _fill(self, part: _Part, pieces: list[memoryview]) -> list[memoryview]:
         """In a worker thread: :meth:`_Part.fill` (first with the committed bytes not in a part yet), as far
@@ -278,7 +304,7 @@ class S3Writer:
         pending, self._pending = self._pending, []
         if pending:
             pieces = [memoryview(p).cast("B") for p in pending] + pieces
-        room = self._room(part)
+        room = self._room(part, sum(piece.nbytes for piece in pieces))
         if room <= 0:
             return pieces
 
@@ -297,6 +323,7 @@ class S3Writer:
         await self._ensure_upload()
         self._part = None
         self._committed_tail = None  # do not hold it twice; a rollback reads it from the record
+        self._tail_in_part = False
         self._inflight.append((asyncio.ensure_future(self._store_part(part)), part))
         running = self._harvest()
         while isinstance(part, _SpooledPart) and len(running) > SPOOLED_INFLIGHT:
@@ -304,19 +331,39 @@ class S3Writer:
             running = self._harvest()
 
     async def _store_part(self, part: _Part) -> tuple[str, int]:
-        try:
-            assert self._upload is not None
-            stored = await self._store.client.upload_part(
+        """UploadPart with the part's bytes, then give the part back. The request runs in a worker thread
+        that reads the part's buffer until it ends, also if this task is cancelled meanwhile: the part is
+        given back only after it ended (else its segments would serve the next part while urllib3 still
+        sends them)."""
+        assert self._upload is not None
+        upload = asyncio.ensure_future(
+            self._store.client.upload_part(
                 self._committed.target, self._upload, part.number, part.body(), part.sha256.hexdigest()
             )
+        )
+        try:
+            stored = await asyncio.shield(upload)
             return stored.etag, part.size
+        except asyncio.CancelledError:
+            await asyncio.wait([upload])
+            raise
         finally:
-            self._give_back(part)
+            if upload.done():
+                self._give_back(part)
+            else:  # cancelled again while waiting for the request: give the part back once it ended
+                upload.add_done_callback(lambda ended: self._ended(ended, part))
+
+    def _ended(self, upload: asyncio.Future[Any], part: _Part) -> None:
+        if not upload.cancelled():
+            upload.exception()  # retrieved: the task that waited for it was cancelled
+        self._give_back(part)
 
     def _give_back(self, part: _Part) -> None:
-        part.close()
-        if part.reserved:
-            self._store.budget.release(part.reserved)
+        """Give the part's segments and reservation back to the budget; a second call gives nothing."""
+        segments = part.close()
+        reserved, part.reserved = part.reserved, 0
+        if segments or reserved:
+            self._store.budget.give_back(segments, reserved)
 
     def _harvest(self) -> list[asyncio.Task[tuple[str, int]]]:
         """Take the stored parts at the front in order (a failed part raises here); return those running."""
@@ -336,10 +383,10 @@ class S3Writer:
         await self._wait_for_room()
 
     async def _wait_for_room(self) -> None:
-        """Wait until the parts in flight leave room for a byte more. Parts may have been stored while the
-        part filled (its worker thread ran on after their uploads ended): then there is room at once."""
+        """Wait until the parts in flight leave room for a segment more. Parts may have been stored while
+        the part filled (its worker thread ran on after their uploads ended): then there is room at once."""
         running = self._harvest()
-        while self._memory - self.held <= 0:
+        while self._memory - self.held < SEGMENT:
             if not running:  # the part filling alone never exceeds the memory: parts larger are spooled
                 raise RuntimeError(f"no room for {self._key} and no part in flight")
             await self._wait_for(running)
@@ -381,6 +428,7 @@ class S3Writer:
             record = Record(self._committed.target, self._committed.base, self._upload, list(self._parts))
             await self._store.put_record(self._key, record, tail)
             self._committed, self._committed_tail = record, tail
+            self._tail_in_part = self._part is not None
             self._dirty = False
         return self._size
 
@@ -390,6 +438,10 @@ class S3Writer:
         inflight, self._inflight = [task for task, _part in self._inflight], []
         await asyncio.shield(asyncio.gather(*inflight, return_exceptions=True))
         self._parts = list(self._committed.parts)
+        if self._tail_in_part and self._committed_tail is not None:
+            # views of the part's buffer, which goes back to the pool: the tail is copied out first
+            self._committed_tail = [b"".join(self._committed_tail)]
+            self._tail_in_part = False
         self._drop_part()
         tail = await self._tail()
         self._committed_tail = tail
@@ -411,3 +463,4 @@ class S3Writer:
             self._drop_part()
             self._pending = []
             self._committed_tail = None
+            self._tail_in_part = False

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import mmap
 import resource
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,10 @@ import pytest
 
 from eftgw.config import Settings
 from eftgw.storage import object_key, staging_key
-from eftgw.storage.budget import BufferBudget, keep_freed_buffers
+from eftgw.storage.budget import SEGMENT, BufferBudget, keep_freed_buffers
 from eftgw.storage.s3 import S3Store
 from eftgw.storage.s3_client import Body
-from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer, _HeldPart
+from eftgw.storage.s3_writer import WRITER_MEMORY, S3Writer
 from tests.storage.conftest import S3Server
 from tests.storage.test_conformance import TAGS, MiB, data, read_all
 
@@ -60,36 +60,25 @@ async def test_one_upload_holds_at_most_its_share(s3_server: S3Server, s3_bucket
 
 
 class KeptMemory:
-    """What the parts of a writer really keep alive: the bytes of every distinct object their pieces are
-    views of (a view of a piece of a chunk keeps the whole chunk), counted at every piece a part takes, so the
-    peak is exact. Parts count from their first piece until they are closed (stored or dropped)."""
+    """What the parts of a writer really keep alive: the segments of the node's pool they hold (a part copies
+    every chunk into its segments and keeps no chunk), counted each time a part takes segments, so the peak
+    is exact."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.lock = threading.Lock()
-        self.parts: list[_HeldPart] = []
+        self.budgets: set[BufferBudget] = set()
         self.peak = 0
-        take, close = _HeldPart._take, _HeldPart.close
+        take = BufferBudget.take_segments
 
-        def counting_take(part: _HeldPart, piece: memoryview) -> int:
-            kept = take(part, piece)
-            with self.lock:
-                if part not in self.parts:
-                    self.parts.append(part)
-                self.peak = max(self.peak, self.now())
-            return kept
+        def counting_take(budget: BufferBudget, count: int) -> list[mmap.mmap]:
+            taken = take(budget, count)
+            self.budgets.add(budget)
+            self.peak = max(self.peak, self.now())
+            return taken
 
-        def counting_close(part: _HeldPart) -> None:
-            with self.lock:
-                if part in self.parts:
-                    self.parts.remove(part)
-            close(part)
-
-        monkeypatch.setattr(_HeldPart, "_take", counting_take)
-        monkeypatch.setattr(_HeldPart, "close", counting_close)
+        monkeypatch.setattr(BufferBudget, "take_segments", counting_take)
 
     def now(self) -> int:
-        objects = {id(p.obj): p.obj for part in self.parts for p in part.pieces}
-        return sum(memoryview(o).nbytes for o in objects.values())
+        return sum(budget.lent for budget in self.budgets) * SEGMENT
 
 
 async def promoted_holds(store: S3Store, key: str, target: str, stored: bytes) -> None:
