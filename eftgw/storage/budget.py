@@ -157,8 +157,9 @@ def unmap(buffer: mmap.mmap) -> None:
 def keep_freed_buffers(keep: int = TRIM_THRESHOLD) -> bool:
     """Make the C allocator keep freed upload buffers for the next ones (process-wide; glibc only). The
     gateway calls it once when it starts (:meth:`eftgw.gateway.Gateway.start`), whatever its store, with
-    its upload budget (``EFTGW_UPLOAD_MEMORY``) as ``keep``: the filesystem's blocks free their chunks once
-    written, a MiB at a time, and S3 parts 16 MiB at a time, by as many uploads as run at once.
+    its upload budget (``EFTGW_UPLOAD_MEMORY``) as ``keep``: the chunks of bodies read as aiohttp's chunks or
+    over SFTP are freed once written (filesystem) or copied into a part's segments (S3), by as many uploads as
+    run at once. (S3's part buffers themselves are pooled segments, mapped outside the allocator.)
 
     Upload buffers are the chunks a request body arrived in (256 KiB each) kept until their part is stored,
     then freed 16 MiB at a time. With glibc's defaults, freeing them shrinks the heap (its trim threshold

@@ -1,32 +1,38 @@
 """The S3 writer: cuts the incoming bytes into parts of the upload's multipart upload, several in flight.
 
-The body pipeline hands a writer each block as the chunks it arrived in (:meth:`S3Writer.write_chunks`, a
-:class:`~eftgw.storage.base.ChunkWriter`), while another worker thread hashes the block for the file's
-digests. One worker thread adds the chunks to the part being filled and updates the part's SHA-256. A part in
-memory keeps the chunks themselves (immutable ``bytes``), not a copy, and is sent as those pieces; its
-SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is ready the moment it is full, so its
-upload starts at once while the next part fills.
+The body pipeline hands a writer each block (:meth:`S3Writer.write_chunks`, a
+:class:`~eftgw.storage.base.ChunkWriter`; a block received in place arrives whole, as the pipeline's reused
+buffer), while another worker thread hashes the block for the file's digests. One worker thread copies the
+chunks into the part being filled and updates the part's SHA-256. A part in memory is a buffer of 256 KiB
+segments (``SEGMENT``) from the node's pool (:meth:`~eftgw.storage.budget.BufferBudget.take_segments`): the
+segments earlier parts gave back, whose pages are already mapped, so the one copy of each byte neither faults
+nor allocates. The writer is done with the chunks when ``write_chunks`` returns (``copies_chunks``). A part is
+sent as views of its segments; its SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is
+ready the moment it is full, so its upload starts at once while the next part fills. The segments go back to
+the pool once the part is stored or dropped, and only once no worker thread sends them any more (a cancelled
+upload's thread is waited for, :meth:`S3Writer._store_part`).
 
 **Memory.** An upload holds at most ``PER_UPLOAD`` (64 MiB, :mod:`eftgw.memory`): the writer's share is what
 the transport's buffers and the pipeline's two blocks leave, chosen per upload from its transport
-(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 57.25 MiB, for HTTPS; 33 MiB less
-2 KiB for SFTP, whose session and write buffer hold more in front. The rule is byte-granular: the bytes of the
-parts in flight plus the bytes in the part filling stay within the share. When a block does not fit, the part
-takes what fits, the writer waits until a part in flight is stored, then goes on. Over HTTPS, with 16 MiB
-parts three upload while the fourth fills its first 9.25 MiB; with 32 MiB parts one uploads while the next
-fills 25.25 MiB. Over SFTP, with 16 MiB parts two upload while the third fills its first 1 MiB less 2 KiB;
-with 32 MiB parts one uploads while the next fills the same. A part keeps a view of a chunk only if it takes
-the whole chunk; the piece of a chunk cut at a part's end (or where the room ended) is copied, so a part never
-keeps alive more than its own bytes. Parts larger than the share (64 MiB and up: files past 46.9 GiB) are
-copied into an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), one uploading while
-the next fills, so memory stays within that bound at every size up to 5 TiB. Every part in memory also
+(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 57.25 MiB, for HTTPS; 33 MiB less 2
+KiB for SFTP, whose session and write buffer hold more in front. The rule is segment-granular: the segments of
+the parts in flight plus the segments of the part filling stay within the share; a part takes segments as its
+bytes need them. When a block does not fit, the part takes what its segments hold, the writer waits until a
+part in flight is stored, then goes on. Over HTTPS, with 16 MiB parts three upload while the fourth fills its
+first 9.25 MiB; with 32 MiB parts one uploads while the next fills 25.25 MiB. Over SFTP, with 16 MiB parts two
+upload while the third fills its first 768 KiB (three segments of the 1 MiB less 2 KiB left); with 32 MiB
+parts one uploads while the next fills the same. Parts larger than the share (64 MiB and up: files past 46.9
+GiB) are copied into an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), one uploading
+while the next fills, so memory stays within that bound at every size up to 5 TiB. Every part in memory also
 reserves its whole size in the node's :class:`~eftgw.storage.budget.BufferBudget` before it fills and gives it
-back once it is stored.
+back, with its segments, once it is stored. The pool keeps the segments given back for the next parts, within
+the budget (segments idle plus segments in parts never exceed it).
 
 :meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail
-(the part filling, sent as its pieces, not joined); until then nothing this writer sent counts. A rollback
-forgets the uncommitted parts: they stay invisible inside the multipart upload until a later part with the
-same number replaces them or the upload completes or is aborted (S3 drops parts a completion does not list).
+(the part filling, sent as views of its segments, not joined); until then nothing this writer sent counts.
+A rollback forgets the uncommitted parts: they stay invisible inside the multipart upload until a later part
+with the same number replaces them or the upload completes or is aborted (S3 drops parts a completion does
+not list). A committed tail still in the part filling is copied out before a rollback gives that part back.
 """
 
 from __future__ import annotations
