@@ -1,16 +1,20 @@
-"""Benchmark: what the S3 writer costs per GiB for chunks that arrive as ``bytes`` (SFTP's pieces, bodies read
-as aiohttp's chunks), this tree against another checkout, side by side in one run.
+"""Benchmark: what the S3 writer costs per GiB for the chunks it is handed, this tree against another
+checkout, side by side in one run.
 
 Each round runs one child process per tree, alternating: it opens an :class:`eftgw.storage.s3.S3Store` on the
-test S3 server (``EFTGW_TEST_S3_*``) with the gateway's defaults (512 MiB budget, ``keep_freed_buffers``), the
-SFTP writer share, puts one unmeasured upload of 128 MiB (a gateway is long-lived: its buffers are warm), then
-writes ``--size-mib`` as the body pipeline feeds an SFTP upload (blocks of 2 MiB made of two fresh 1 MiB
-``bytes`` pieces) and commits. It reports the process's CPU seconds (all threads: the fills, hashing the
-parts' SHA-256, sending them) and minor page faults per GiB of that upload, and its MB/s. Making the pieces
-is the same in both trees, so the difference between the trees is the writer's.
+test S3 server (``EFTGW_TEST_S3_*``) with the gateway's defaults (512 MiB budget, ``keep_freed_buffers``),
+puts one unmeasured upload of 128 MiB (a gateway is long-lived: its buffers are warm), then
+writes ``--size-mib`` as the body pipeline feeds it and commits: with ``--kind bytes`` as for an SFTP upload
+(blocks of 2 MiB made of two fresh 1 MiB ``bytes`` pieces, the SFTP writer share); with ``--kind block`` as
+for an HTTPS body received in place (one reused 2 MiB ``bytearray``, handed over whole to a writer that
+declares ``copies_chunks``, else as views of 256 KiB, as the body pipeline of that tree does). It reports the
+process's CPU seconds (all threads: the fills, hashing the parts' SHA-256, sending them) and minor page faults
+per GiB of that upload, and its MB/s. Making the pieces is the same in both trees, so the difference between
+the trees is the writer's.
 
     EFTGW_TEST_S3_ENDPOINT=127.0.0.1:7481 EFTGW_TEST_S3_ACCESS_KEY=... EFTGW_TEST_S3_SECRET_KEY=... \\
-    .venv/bin/python bench/s3_writer_chunks.py --compare-tree /tmp/base [--size-mib 1024] [--rounds 5]
+    .venv/bin/python bench/s3_writer_chunks.py --compare-tree /tmp/base [--kind bytes|block] [--size-mib 1024]
+    [--rounds 5]
 """
 
 from __future__ import annotations
@@ -22,18 +26,20 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
+KEPT = 256 * 1024  # the views a body received in place was cut into for a writer that keeps its chunks
 BUCKET = "eftgw-bench-writer"
 
 
-async def child(size_mib: int) -> dict[str, float]:
+async def child(size_mib: int, kind: str = "bytes") -> dict[str, float]:
     import resource
     import secrets
     import time
 
-    from eftgw.memory import SFTP
+    from eftgw.memory import HTTP, SFTP
     from eftgw.storage import object_key, staging_key
     from eftgw.storage.budget import BufferBudget, keep_freed_buffers
     from eftgw.storage.s3 import S3Store
@@ -55,12 +61,19 @@ async def child(size_mib: int) -> dict[str, float]:
     async def upload(name: str, mib: int) -> None:
         key, target = staging_key("bench", name), object_key("bench", name)
         await store.create_staging(key, target)
-        writer = await store.open_writer(key, 0, SFTP)
+        writer = await store.open_writer(key, 0, SFTP if kind == "bytes" else HTTP)
+        whole = getattr(writer, "copies_chunks", False) is True
+        block = bytearray(2 * MiB)
         try:
             for at in range(0, mib, 2):
-                first = (at % 64) * MiB
-                pieces = [source[first : first + MiB], source[(first + MiB) % (64 * MiB) :][:MiB]]
-                await writer.write_chunks(pieces)  # two fresh bytes per block, as SFTP's pieces are
+                first = (at % 64) * MiB  # at is even: both pieces are inside the source
+                if kind == "bytes":  # two fresh bytes per block, as SFTP's pieces are
+                    pieces: list[Any] = [source[first : first + MiB], source[first + MiB : first + 2 * MiB]]
+                else:  # the pipeline's block, received in place
+                    block[:] = source[first : first + 2 * MiB]
+                    view = memoryview(block)
+                    pieces = [view] if whole else [view[i : i + KEPT] for i in range(0, len(view), KEPT)]
+                await writer.write_chunks(pieces)
             await writer.commit()
         finally:
             await writer.close()
@@ -80,11 +93,12 @@ async def child(size_mib: int) -> dict[str, float]:
     }
 
 
-def run_child(tree: Path, size_mib: int) -> dict[str, float]:
+def run_child(tree: Path, size_mib: int, kind: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     code = (
         f"import sys, asyncio, json; sys.path.insert(0, {str(tree)!r}); sys.path.insert(1, {str(ROOT)!r}); "
-        f"from bench.s3_writer_chunks import child; print(json.dumps(asyncio.run(child({size_mib}))))"
+        "from bench.s3_writer_chunks import child; "
+        f"print(json.dumps(asyncio.run(child({size_mib}, {kind!r}))))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kind", choices=["bytes", "block"], default="bytes")
     parser.add_argument("--compare-tree", type=Path, required=True, help="the other eftgw checkout (base)")
     args = parser.parse_args()
     ensure_bucket()
@@ -117,7 +132,7 @@ def main() -> None:
     for n in range(args.rounds):
         order = list(trees) if n % 2 == 0 else list(reversed(trees))
         for name in order:
-            result = run_child(trees[name], args.size_mib)
+            result = run_child(trees[name], args.size_mib, args.kind)
             rounds[name].append(result)
             print(f"round {n + 1} {name}: {result}", file=sys.stderr, flush=True)
     summary = {
@@ -127,7 +142,13 @@ def main() -> None:
         }
         for name, results in rounds.items()
     }
-    print(json.dumps({"size_mib": args.size_mib, "rounds": rounds, "medians": summary}, indent=1))
+    report: dict[str, object] = {
+        "size_mib": args.size_mib,
+        "kind": args.kind,
+        "rounds": rounds,
+        "medians": summary,
+    }
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
