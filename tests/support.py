@@ -9,6 +9,7 @@ never skipped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -311,12 +313,29 @@ class GatewayProcess(ServerProcess):
             cwd=self.tree,
         )
 
-    def token(self, case_id: str, role: str = "customer", user: str = "alice") -> str:
+    def token(self, case_id: str | None, role: str = "customer", user: str = "alice") -> str:
         """An access token as ``eftgw token CASE --role ROLE --user USER`` prints it: the same code path
         (``Gateway.build`` with the node's settings, then its signer), run in this process because tests ask
         for many and each CLI start costs a second or more. ``tests/test_cli.py`` runs the command itself."""
         signer = Gateway.build(self.settings()).signer
         return signer.mint(role=Role(role), user=user, case_id=case_id, ttl=3600)
+
+    def open_case(self, case_id: str) -> None:
+        """Open ``case_id`` as the portal does (``POST /api/v1/integration/cases/{case}/open`` with a service
+        token): ``eftgw case open`` would start a Python process, 1.5 to 3 s on a loaded machine, for a test's
+        set-up; ``tests/test_cli.py`` and ``tests/retention/test_scenarios.py`` run the command themselves."""
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/integration/cases/{case_id}/open",
+            data=b"{}",
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {self.token(None, role='service', user='portal')}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(request, context=client_ssl(), timeout=60) as reply:
+            assert reply.status == 200, reply.status
+            assert json.loads(reply.read())["state"] == "open"
 
     def settings(self) -> Settings:
         """The node's settings, as its process reads them from the environment."""

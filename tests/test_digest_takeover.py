@@ -61,7 +61,7 @@ async def test_16_patches_alternating_two_nodes_reread_nothing_and_record_the_ri
     (460) in between: neither node reads back a stored byte to hash, and the file has the right SHA-256 and
     xxh128."""
     a, b = nodes
-    a.cli("case", "open", "C-1")
+    a.open_case("C-1")
     token = a.token("C-1")
     data = secrets.token_bytes(64 * MiB)
     chunk = 4 * MiB
@@ -114,7 +114,7 @@ async def test_after_a_truncate_on_one_node_the_other_never_continues_from_its_o
     continues and finishes. The file's SHA-256 is that of the bytes stored, not of what A had hashed before
     the truncate; the only bytes re-read are B's 1 MiB after the truncate (a truncate leaves no state)."""
     a, b = nodes
-    a.cli("case", "open", "C-1")
+    a.open_case("C-1")
     account = sftp_account(a)
     first, second, third = b"A" * 3 * MiB, b"B" * 2 * MiB, b"C" * MiB
     name = "logs.tar.filepart"  # a temporary name: closing the handle keeps the upload in progress

@@ -136,7 +136,7 @@ def test_verify_command_reports_damaged_and_missing_files(tmp_path: Path) -> Non
     are listed (case, file id, expected and actual SHA-256) and the exit code is 1; --case narrows it."""
     with gateway_process(tmp_path / "gw") as node:
         for case in ("C-A", "C-B"):
-            node.cli("case", "open", case)
+            node.open_case(case)
         ids = {
             "a1": asyncio.run(upload_to(node.url, node.token("C-A"), "C-A", DATA, "a1.log")),
             "a2": asyncio.run(upload_to(node.url, node.token("C-A"), "C-A", DATA[:MiB], "a2.log")),

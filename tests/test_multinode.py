@@ -69,7 +69,7 @@ async def files_of(node: GatewayProcess, token: str) -> list[dict]:
 async def test_upload_started_on_a_killed_node_completes_on_the_other(region) -> None:
     """Chunks acknowledged by node A survive its kill -9; node B resumes at that offset and finishes."""
     a, b = region
-    a.cli("case", "open", "C-1")
+    a.open_case("C-1")
     token = a.token("C-1")
     data = os.urandom(24 * MiB + 5)
     url = await create_upload(a, token, len(data))
@@ -101,7 +101,7 @@ async def test_upload_started_on_a_killed_node_completes_on_the_other(region) ->
 async def test_patches_to_two_nodes_at_once_never_interleave(region) -> None:
     """Two slow PATCHes of different bytes to two nodes: what is stored is a prefix of one of them only."""
     a, b = region
-    a.cli("case", "open", "C-1")
+    a.open_case("C-1")
     token = a.token("C-1")
     length = 12 * MiB
     url = await create_upload(a, token, length)
@@ -147,7 +147,7 @@ async def test_patches_to_two_nodes_at_once_never_interleave(region) -> None:
 async def test_cancelled_expired_and_crashed_uploads_leave_nothing_in_the_bucket(region) -> None:
     """Termination, expiry and a crash followed by the orphan sweep: no objects, no multipart uploads left."""
     a, b = region
-    a.cli("case", "open", "C-1")
+    a.open_case("C-1")
     token = a.token("C-1")
     admin, bucket = admin_of(a)
     async with http_session() as s:

@@ -202,7 +202,7 @@ async def test_acknowledged_bytes_survive_kill_9(tmp_path: Path) -> None:
     """Chunks acknowledged before ``kill -9`` are all there after a restart; the upload then completes."""
     data = os.urandom(6 * 1024 * 1024)
     with gateway_process(tmp_path / "node") as node:
-        node.cli("case", "open", "C-1")
+        node.open_case("C-1")
         token = node.token("C-1")
         async with http_session() as s:
             async with s.post(
@@ -236,7 +236,7 @@ async def test_kill_9_during_a_patch_loses_only_unacknowledged_bytes(tmp_path: P
     """A gateway killed mid-PATCH keeps at least the acknowledged offset; resuming gives the whole file."""
     data = os.urandom(8 * 1024 * 1024)
     with gateway_process(tmp_path / "node") as node:
-        node.cli("case", "open", "C-1")
+        node.open_case("C-1")
         token = node.token("C-1")
         async with http_session() as s:
             async with s.post(

@@ -46,7 +46,7 @@ def test_disk_full_answers_507_keeps_the_offset_and_resumes(
     env = {"EFTGW_STORAGE": "filesystem", "EFTGW_STORAGE_DIR": str(small_disk)}
     with gateway_process(tmp_path / "gw", env) as node:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(node.data_dir / "tls" / "tls-cert.pem"))
-        node.cli("case", "open", "C-1")
+        node.open_case("C-1")
         token = node.token("C-1")
         filler = fill_disk(small_disk, leave=2 * MiB + MiB // 2)
 
@@ -108,7 +108,7 @@ def test_sftp_disk_full_is_a_clear_failure_and_the_upload_resumes(tmp_path: Path
     data = os.urandom(6 * MiB + 555)
     env = {"EFTGW_STORAGE": "filesystem", "EFTGW_STORAGE_DIR": str(small_disk)}
     with gateway_process(tmp_path / "gw", env) as node:
-        node.cli("case", "open", "C-1")
+        node.open_case("C-1")
         account = json.loads(node.cli("sftp-account", "create", "C-1").stdout)
         filler = fill_disk(small_disk, leave=2 * MiB + MiB // 2)
 

@@ -50,7 +50,7 @@ async def test_oversized_headers_never_put_credentials_in_the_gateway_log(tmp_pa
     carrying a live session cookie, access token, launch token and CSRF token are refused with a 4xx, and
     none of those values appears in any line of the process's log."""
     with gateway_process(tmp_path / "node") as node:
-        node.cli("case", "open", "C-1")
+        node.open_case("C-1")
         access = node.token("C-1")
         launch = node.cli("token", "C-1", "--role", "customer", "--launch").stdout.strip()
         spare_launch = node.cli("token", "C-1", "--role", "customer", "--launch").stdout.strip()

@@ -79,7 +79,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path) -> None:
     Schemathesis's not_a_server_error check passes and the gateway's log shows no 5xx and no unhandled
     error."""
     with gateway_process(tmp_path / "node") as node:
-        node.cli("case", "open", "C-1")
+        node.open_case("C-1")
         customer = node.token("C-1")
         service = node.cli("token", "-", "--role", "service", "--user", "portal").stdout.strip()
         offset = {"Content-Type": "application/offset+octet-stream"}

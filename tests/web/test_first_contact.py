@@ -49,7 +49,7 @@ async def test_eftgw_launch_prints_a_url_that_opens_the_case(browser: Browser, t
     require_built_client()
     proc = GatewayProcess(tmp_path / "gw").start()
     try:
-        proc.cli("case", "open", "CASE-7")
+        proc.open_case("CASE-7")
         # The command as the banner of `eftgw serve` prints it, run in a shell.
         (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("  browser link:")]
         command = line.split(":", 1)[1].strip().replace("CASE-1 --user alice", "CASE-7 --user bob")

@@ -162,7 +162,7 @@ async def test_gateway_restart_mid_upload_finishes(browser: Browser, tmp_path: P
     require_built_client()
     proc = GatewayProcess(tmp_path / "gw").start()
     try:
-        proc.cli("case", "open", "C-1")
+        proc.open_case("C-1")
         token = proc.token("C-1")
         launch = proc.cli("token", "C-1", "--role", "customer", "--user", "alice", "--launch").stdout.strip()
         source = random_file(tmp_path / "restart.bin", 16 * MiB)
