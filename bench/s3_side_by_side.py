@@ -12,7 +12,11 @@ medians and the ratio eftgw / raw (MB/s, 10^6 bytes per second), each round with
 Each round also gives its *tail*, the seconds from the end of the last body (the last block handed to the
 HTTP client, or read by minio) to the last answer (the gateway's PATCH answer after completion, the end of
 ``put_object``), and the CPU seconds per GiB of the sender (the gateway process; the raw put's own process),
-a figure that the load of a shared machine disturbs much less than MB/s. The gateway's peak RSS is sampled
+a figure that the load of a shared machine disturbs much less than MB/s. Each round also splits the whole
+machine's CPU per GiB by where it went (``machine_cpu_s_per_GiB_medians``): the S3 server's processes
+(radosgw and the Ceph daemons, or minio), the gateway, this process (the sender, or the raw put itself) and
+the rest (anything else running). When they all share the machine's cores, a round's MB/s follows its
+total, so the ratio eftgw / raw is close to raw's total over eftgw's. The gateway's peak RSS is sampled
 every 50 ms. Every file's SHA-256 is checked against the gateway's record.
 The S3 server and bucket come from the EFTGW_TEST_S3_* variables (the bucket is made and emptied here):
 
@@ -155,9 +159,43 @@ def minor_faults(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[7])
 
 
-Measured = tuple[float, float, float]
-"""MB/s, the sender's CPU seconds per GiB, and the tail: seconds from the last body's end to the last
-answer."""
+S3_SERVER = ("radosgw", "ceph-osd", "ceph-mon", "ceph-mgr", "minio")  # process names of the S3 server
+
+
+class MachineCpu:
+    """Where the machine's CPU went during a round, in seconds per GiB uploaded: the S3 server's processes
+    (``S3_SERVER``), the gateway, this process (the sender: making and sending the bodies, or the raw put
+    itself) and the rest (anything else running), from the whole machine's busy time. On a machine where
+    all of them share the cores, a round's throughput follows its total."""
+
+    def __init__(self, gateway: int | None) -> None:
+        self.gateway = psutil.Process(gateway) if gateway is not None else None
+        self.me = psutil.Process()
+        self._at: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        machine = psutil.cpu_times()
+        busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq + machine.steal
+        server = 0.0
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            if (proc.info["name"] or "").startswith(S3_SERVER) and proc.info["cpu_times"] is not None:
+                server += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+        gateway = cpu_seconds(self.gateway) if self.gateway is not None else 0.0
+        return {"total": busy, "s3_server": server, "gateway": gateway, "sender": cpu_seconds(self.me)}
+
+    def start(self) -> None:
+        self._at = self._now()
+
+    def split(self, gib: float) -> dict[str, float]:
+        now = self._now()
+        spent = {k: (now[k] - self._at[k]) / gib for k in now}
+        spent["rest"] = spent["total"] - spent["s3_server"] - spent["gateway"] - spent["sender"]
+        return {k: round(v, 2) for k, v in spent.items()}
+
+
+Measured = tuple[float, float, float, dict[str, float]]
+"""MB/s, the sender's CPU seconds per GiB, the tail (seconds from the last body's end to the last answer)
+and the machine's CPU per GiB by where it went (:class:`MachineCpu`)."""
 
 
 def tail_of(times: list[tuple[float, float]]) -> float:
@@ -170,17 +208,20 @@ async def eftgw_round(gw: Gateway, seeds: list[int], size_mib: int) -> Measured:
     assert gw.node.proc is not None
     gateway = psutil.Process(gw.node.proc.pid)
     gib = len(seeds) * size_mib / 1024
+    machine = MachineCpu(gateway.pid)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
         cpu, faults = cpu_seconds(gateway), minor_faults(gateway.pid)
+        machine.start()
         started = time.perf_counter()
         times = await asyncio.gather(*(gw.upload(session, seed, size_mib) for seed in seeds))
         elapsed = time.perf_counter() - started
+        split = machine.split(gib)
         cpu, faults = cpu_seconds(gateway) - cpu, minor_faults(gateway.pid) - faults
         stored = await gw.sha256s(session)
     for seed in seeds:
         assert sha256_of(seed, size_mib) in stored, "SHA-256 mismatch"
     print(f"gateway: {faults / gib:.0f} page faults per GiB", file=sys.stderr, flush=True)
-    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / gib, tail_of(list(times))
+    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / gib, tail_of(list(times)), split
 
 
 async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int) -> Measured:
@@ -191,12 +232,16 @@ async def raw_round(client: Minio, bucket: str, seeds: list[int], size_mib: int)
         client.put_object(bucket, f"raw/{seed}", blocks, size_mib * MiB, part_size=PART)
         return blocks.ended, time.perf_counter()
 
+    gib = len(seeds) * size_mib / 1024
+    machine = MachineCpu(None)
     cpu = time.process_time()
+    machine.start()
     started = time.perf_counter()
     times = await asyncio.gather(*(asyncio.to_thread(put, seed) for seed in seeds))
     elapsed = time.perf_counter() - started
+    split = machine.split(gib)
     cpu = time.process_time() - cpu
-    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / (len(seeds) * size_mib / 1024), tail_of(times)
+    return len(seeds) * size_mib * MiB / elapsed / 1e6, cpu / gib, tail_of(times), split
 
 
 def gateway_env(endpoint: str, access: str, secret: str, bucket: str) -> dict[str, str]:
@@ -257,16 +302,19 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
     loads: dict[str, list[float]] = {k: [] for k in results}
     cpu: dict[str, list[float]] = {k: [] for k in results}
     tails: dict[str, list[float]] = {k: [] for k in results}
+    machine: dict[str, list[dict[str, float]]] = {k: [] for k in results}
 
     def note(kind: str, measured: Measured) -> None:
-        mbps, cpu_per_gib, tail = measured
+        mbps, cpu_per_gib, tail, split = measured
         results[kind].append(mbps)
         cpu[kind].append(round(cpu_per_gib, 2))
         tails[kind].append(round(tail, 3))
         loads[kind].append(round(os.getloadavg()[0], 1))
+        machine[kind].append(split)
         print(
             f"{kind}: {mbps:.1f} MB/s, {cpu_per_gib:.2f} CPU s/GiB, tail {tail:.3f} s,"
-            f" load average {loads[kind][-1]}",
+            f" load average {loads[kind][-1]}; machine CPU s/GiB: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in split.items()),
             file=sys.stderr,
             flush=True,
         )
@@ -334,6 +382,9 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
     def cpu_median(kind: str) -> float | None:
         return round(statistics.median(cpu[kind]), 2) if cpu[kind] else None
 
+    def machine_medians(kind: str) -> dict[str, float]:
+        return {k: round(statistics.median(s[k] for s in machine[kind]), 2) for k in machine[kind][0]}
+
     return {
         "compare_tree": str(args.compare_tree) if args.compare_tree is not None else None,
         "single": f"{args.size_mib} MiB in one PATCH, plain HTTP, completion included",
@@ -349,6 +400,7 @@ async def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, object]
         "base_ratio_concurrent": base_ratio("many"),
         "cpu_s_per_GiB_medians": {k: cpu_median(k) for k in kinds if cpu[k]},
         "tail_s_per_round": {k: v for k, v in tails.items() if v},
+        "machine_cpu_s_per_GiB_medians": {k: machine_medians(k) for k in kinds if machine[k]},
         "gateway_peak_rss_MiB": round(gw.peak_rss / MiB, 1),
         "compared_gateway_peak_rss_MiB": round(compared.peak_rss / MiB, 1) if compared is not None else None,
         "load_average_at_end": os.getloadavg(),
