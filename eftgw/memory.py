@@ -1,7 +1,7 @@
 """What one upload may hold in memory, all of it: ``PER_UPLOAD`` (64 MiB), at every size up to 5 TiB.
 
 Over either transport the store's writer keeps what the transport and the body pipeline leave of it
-(:func:`writer_share`, chosen per upload from its transport): 57.25 MiB on S3 for HTTPS, 33 MiB less
+(:func:`writer_share`, chosen per upload from its transport): 53.25 MiB on S3 for HTTPS, 33 MiB less
 2 KiB for SFTP, which holds more in front of the pipeline.
 
 An HTTPS upload's bytes sit in three places on their way to storage, and the three together stay within
@@ -30,7 +30,7 @@ The figures come from the libraries' own limits, checked against the pinned vers
 it could decrypt at once, so a chunk of body is at most its 256 KiB high-water mark plus one read.
 
 An SFTP upload's bytes sit in four places in front of the writer (:func:`pipeline_held`, 31 MiB and
-2 KiB with S3's 2 MiB blocks):
+2 KiB with S3's 2 MiB blocks for SFTP):
 
 - what its connection received and has not processed (:data:`SFTP_RECEIVE_HELD`): the SFTP session's
   receive buffer, which stops the connection reading its socket once it holds ``SFTP_WINDOW``

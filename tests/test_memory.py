@@ -44,7 +44,15 @@ from eftgw.sftp.fs import SftpContext
 from eftgw.sftp.server import SftpService
 from eftgw.storage.filesystem import BUFFERS, DIRECT_ALIGN, DIRECT_BUFFER, FilesystemStore, FilesystemWriter
 from eftgw.storage.s3_parts import part_size
-from eftgw.storage.s3_writer import BLOCK, WRITER_MEMORY, S3Writer, inflight_for, memory_for
+from eftgw.storage.s3_writer import (
+    BLOCK,
+    SFTP_BLOCK,
+    WRITER_MEMORY,
+    S3Writer,
+    block_for,
+    inflight_for,
+    memory_for,
+)
 
 pytestmark = pytest.mark.once  # no backend involved
 
@@ -83,11 +91,12 @@ async def test_aiohttp_pauses_the_socket_past_twice_the_read_buffer_size() -> No
 
 
 def test_an_s3_upload_leaves_its_writer_what_the_buffers_and_blocks_do_not_hold() -> None:
-    """64 MiB per upload: 1.75 MiB of receive buffers, two blocks of 2 MiB plus a 512 KiB chunk each, and
-    57.25 MiB for the S3 writer's parts."""
+    """64 MiB per upload: 1.75 MiB of receive buffers, two blocks of 4 MiB plus a 512 KiB chunk each, and
+    53.25 MiB for the S3 writer's parts."""
     assert RECEIVE_HELD / MiB == 1.75
-    assert pipeline_held(S3Writer.block_size) == RECEIVE_HELD + 5 * MiB
-    assert WRITER_MEMORY == writer_share(S3Writer.block_size) == PER_UPLOAD - 6 * MiB - 768 * 1024
+    assert S3Writer.block_size == BLOCK == block_for(HTTP) == 4 * MiB
+    assert pipeline_held(S3Writer.block_size) == RECEIVE_HELD + 9 * MiB
+    assert WRITER_MEMORY == writer_share(S3Writer.block_size) == PER_UPLOAD - 10 * MiB - 768 * 1024
 
 
 def test_the_sftp_figures_are_the_sessions_limits() -> None:
@@ -110,21 +119,23 @@ def test_the_sftp_figures_are_the_sessions_limits() -> None:
 
 def test_each_transport_leaves_its_writer_what_fits_in_64_mib() -> None:
     """For each transport, what it holds in front of the pipeline, the pipeline's two blocks and the writer's
-    share add up to 64 MiB: HTTPS leaves S3's writer 57.25 MiB, SFTP 33 MiB less 2 KiB (its session's
-    9 MiB, its handle's 16 MiB and 2 KiB, two blocks of 2 MiB plus a 1 MiB piece each). The SFTP share
-    keeps 16 and 32 MiB parts in memory, as the HTTPS share does, and spools from 64 MiB parts, at the same
-    part number; every part size stays within 64 MiB with what is outside the writer."""
-    assert writer_share(BLOCK, HTTP) == WRITER_MEMORY == 57 * MiB + 256 * KiB
-    assert pipeline_held(BLOCK, SFTP) == 31 * MiB + 2 * KiB
-    assert writer_share(BLOCK, SFTP) == 33 * MiB - 2 * KiB
+    share add up to 64 MiB: HTTPS leaves S3's writer 53.25 MiB (two blocks of 4 MiB), SFTP 33 MiB less 2 KiB
+    (its session's 9 MiB, its handle's 16 MiB and 2 KiB, two blocks of 2 MiB plus a 1 MiB piece each). The
+    SFTP share keeps 16 and 32 MiB parts in memory, as the HTTPS share does, and spools from 64 MiB parts, at
+    the same part number; every part size stays within 64 MiB with what is outside the writer."""
+    assert writer_share(BLOCK, HTTP) == WRITER_MEMORY == 53 * MiB + 256 * KiB
+    assert block_for(SFTP) == SFTP_BLOCK == 2 * MiB
+    assert pipeline_held(SFTP_BLOCK, SFTP) == 31 * MiB + 2 * KiB
+    assert writer_share(SFTP_BLOCK, SFTP) == 33 * MiB - 2 * KiB
     for via in (HTTP, SFTP):
-        share = writer_share(BLOCK, via)
-        assert pipeline_held(BLOCK, via) + share == PER_UPLOAD == 64 * MiB
+        block = block_for(via)
+        share = writer_share(block, via)
+        assert pipeline_held(block, via) + share == PER_UPLOAD == 64 * MiB
         assert share >= 32 * MiB
         for number in range(1, 10_001):
-            assert memory_for(part_size(number), share) + pipeline_held(BLOCK, via) <= PER_UPLOAD
+            assert memory_for(part_size(number), share) + pipeline_held(block, via) <= PER_UPLOAD
         assert memory_for(32 * MiB, share) == share and memory_for(64 * MiB, share) == 0
-    sftp = writer_share(BLOCK, SFTP)
+    sftp = writer_share(SFTP_BLOCK, SFTP)
     assert inflight_for(16 * MiB, sftp) == 2 and inflight_for(32 * MiB, sftp) == 1
     assert inflight_for(16 * MiB, WRITER_MEMORY) == 3 and inflight_for(32 * MiB, WRITER_MEMORY) == 1
 

@@ -46,7 +46,7 @@ from eftgw.storage.s3_parts import (
     copy_ranges,
     staging_of,
 )
-from eftgw.storage.s3_writer import BLOCK, S3Writer
+from eftgw.storage.s3_writer import S3Writer, block_for
 
 log = logging.getLogger("eftgw.storage.s3")
 READ_BLOCK = 1024 * 1024
@@ -78,16 +78,16 @@ class S3Store:
 
     @property
     def writer_memory(self) -> int:
-        """What a writer of an HTTPS upload may keep in memory (57.25 MiB)."""
+        """What a writer of an HTTPS upload may keep in memory (53.25 MiB)."""
         return self.writer_memory_for(HTTP)
 
     def writer_memory_for(self, via: str) -> int:
         """What a writer of an upload over ``via`` may keep in memory: the share
-        :func:`eftgw.memory.writer_share` gives it with S3's blocks (57.25 MiB for HTTPS, 33 MiB less
+        :func:`eftgw.memory.writer_share` gives it with S3's blocks (53.25 MiB for HTTPS, 33 MiB less
         2 KiB for SFTP), or the amount the store was made with."""
         if self._writer_memory is not None:
             return self._writer_memory
-        return writer_share(BLOCK, via)
+        return writer_share(block_for(via), via)
 
     def spool(self, size: int) -> mmap.mmap:
         """A buffer of ``size`` bytes in an unlinked temporary file (see budget.spooled)."""
@@ -168,7 +168,7 @@ class S3Store:
             raise ValueError(f"offset {offset} beyond stored size {committed}")
         if offset < committed:  # bytes that were never acknowledged, or a truncate: drop them durably
             record, tail = await self._cut(key, record, tail, offset)
-        return S3Writer(self, key, record, tail, memory)
+        return S3Writer(self, key, record, tail, memory, block_for(via))
 
     async def _cut(self, key: str, record: Record, tail: Buffer, offset: int) -> tuple[Record, Buffer]:
         if offset < record.parts_end:

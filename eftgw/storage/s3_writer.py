@@ -1,32 +1,34 @@
 """The S3 writer: cuts the incoming bytes into parts of the upload's multipart upload, several in flight.
 
 The body pipeline hands a writer each block (:meth:`S3Writer.write_chunks`, a
-:class:`~eftgw.storage.base.ChunkWriter`; a block received in place arrives whole, as the pipeline's reused
-buffer), while another worker thread hashes the block for the file's digests. One worker thread copies the
-chunks into the part being filled and updates the part's SHA-256. A part in memory is a buffer of 256 KiB
-segments (``SEGMENT``) from the node's pool (:meth:`~eftgw.storage.budget.BufferBudget.take_segments`): the
-segments earlier parts gave back, whose pages are already mapped, so the one copy of each byte neither faults
-nor allocates. The writer is done with the chunks when ``write_chunks`` returns (``copies_chunks``). A part is
-sent as views of its segments; its SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is
-ready the moment it is full, so its upload starts at once while the next part fills. The segments go back to
-the pool once the part is stored or dropped, and only once no worker thread sends them any more (a cancelled
-upload's thread is waited for, :meth:`S3Writer._store_part`).
+:class:`~eftgw.storage.base.ChunkWriter`; 4 MiB over HTTPS, 2 MiB over SFTP, :func:`block_for`; a block
+received in place arrives whole, as the pipeline's reused buffer), while another worker thread hashes the
+block for the file's digests. One worker thread copies the chunks into the part being filled and updates the
+part's SHA-256. A part in memory is a buffer of 256 KiB segments (``SEGMENT``) from the node's pool
+(:meth:`~eftgw.storage.budget.BufferBudget.take_segments`): the segments earlier parts gave back, whose pages
+are already mapped, so the one copy of each byte neither faults nor allocates. The writer is done with the
+chunks when ``write_chunks`` returns (``copies_chunks``). A part is sent as views of its segments; its
+SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is ready the moment it is full, so its
+upload starts at once while the next part fills. The segments go back to the pool once the part is stored or
+dropped, and only once no worker thread sends them any more (a cancelled upload's thread is waited for,
+:meth:`S3Writer._store_part`).
 
 **Memory.** An upload holds at most ``PER_UPLOAD`` (64 MiB, :mod:`eftgw.memory`): the writer's share is what
 the transport's buffers and the pipeline's two blocks leave, chosen per upload from its transport
-(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 57.25 MiB, for HTTPS; 33 MiB less 2
-KiB for SFTP, whose session and write buffer hold more in front. The rule is segment-granular: the segments of
-the parts in flight plus the segments of the part filling stay within the share; a part takes segments as its
-bytes need them. When a block does not fit, the part takes what its segments hold, the writer waits until a
-part in flight is stored, then goes on. Over HTTPS, with 16 MiB parts three upload while the fourth fills its
-first 9.25 MiB; with 32 MiB parts one uploads while the next fills 25.25 MiB. Over SFTP, with 16 MiB parts two
-upload while the third fills its first 768 KiB (three segments of the 1 MiB less 2 KiB left); with 32 MiB
-parts one uploads while the next fills the same. Parts larger than the share (64 MiB and up: files past 46.9
-GiB) are copied into an unlinked temporary file instead (:func:`~eftgw.storage.budget.spooled`), one uploading
-while the next fills, so memory stays within that bound at every size up to 5 TiB. Every part in memory also
-reserves its whole size in the node's :class:`~eftgw.storage.budget.BufferBudget` before it fills and gives it
-back, with its segments, once it is stored. The pool keeps the segments given back for the next parts, within
-the budget (segments idle plus segments in parts never exceed it).
+(:meth:`~eftgw.storage.s3.S3Store.writer_memory_for`): ``WRITER_MEMORY``, 53.25 MiB, for HTTPS (two 4 MiB
+blocks); 33 MiB less 2 KiB for SFTP (two 2 MiB blocks), whose session and write buffer hold more in front. The
+rule is segment-granular: the segments of the parts in flight plus the segments of the part filling stay
+within the share; a part takes segments as its bytes need them. When a block does not fit, the part takes what
+its segments hold, the writer waits until a part in flight is stored, then goes on. Over HTTPS, with 16 MiB
+parts three upload while the fourth fills its first 5.25 MiB; with 32 MiB parts one uploads while the next
+fills 21.25 MiB. Over SFTP, with 16 MiB parts two upload while the third fills its first 768 KiB (three
+segments of the 1 MiB less 2 KiB left); with 32 MiB parts one uploads while the next fills the same. Parts
+larger than the share (64 MiB and up: files past 46.9 GiB) are copied into an unlinked temporary file instead
+(:func:`~eftgw.storage.budget.spooled`), one uploading while the next fills, so memory stays within that bound
+at every size up to 5 TiB. Every part in memory also reserves its whole size in the node's
+:class:`~eftgw.storage.budget.BufferBudget` before it fills and gives it back, with its segments, once it is
+stored. The pool keeps the segments given back for the next parts, within the budget (segments idle plus
+segments in parts never exceed it).
 
 :meth:`S3Writer.commit` waits for the parts in flight and PUTs the commit record listing them plus the tail
 (the part filling, sent as views of its segments, not joined); until then nothing this writer sent counts.
@@ -44,7 +46,7 @@ import mmap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from eftgw.memory import writer_share
+from eftgw.memory import SFTP, writer_share
 from eftgw.storage.base import StorageError
 from eftgw.storage.budget import SEGMENT, unmap
 from eftgw.storage.s3_client import Body, Buffer
@@ -55,10 +57,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eftgw.storage.s3")
 
-# The body pipeline's block for S3: each block is one worker thread hop (hashing, filling the part), and at
-# 1 MiB the hops cost a tenth of the gateway's CPU on a loaded 2-core machine (docs/storage-s3.md).
-BLOCK = 2 * 1024 * 1024
-WRITER_MEMORY = writer_share(BLOCK)  # what a writer may hold: parts in flight plus the part filling
+# The body pipeline's block for S3, by the upload's transport. Each block costs worker thread hops (the
+# file's hashing, filling the part) and the event loop's Python around them, so the larger the block the less
+# CPU per GiB (docs/storage-s3.md): at 1 MiB the hops cost a tenth of the gateway's CPU on a loaded 2-core
+# machine, and 4 MiB over HTTPS takes 0.1-0.3 CPU s/GiB less than 2 MiB; 8 MiB would leave two 16 MiB parts
+# in flight instead of three and was slower. SFTP keeps 2 MiB: its share is smaller (its session holds more
+# in front), and two more MiB per block would leave one 16 MiB part in flight instead of two.
+BLOCK = 4 * 1024 * 1024
+SFTP_BLOCK = 2 * 1024 * 1024
+WRITER_MEMORY = writer_share(BLOCK)  # what an HTTPS upload's writer may hold: parts in flight and the filling
+
+
+def block_for(via: str) -> int:
+    """The body pipeline's block for an upload over transport ``via``."""
+    return SFTP_BLOCK if via == SFTP else BLOCK
+
+
 SPOOLED_INFLIGHT = 1  # spooled parts: one uploads while the next fills (disk, not memory, is what they hold)
 
 
@@ -220,8 +234,15 @@ class S3Writer:
     copies_chunks = True  # a part copies the chunks into its segments before write_chunks returns
 
     def __init__(
-        self, store: S3Store, key: str, record: Record, tail: Buffer, memory: int | None = None
+        self,
+        store: S3Store,
+        key: str,
+        record: Record,
+        tail: Buffer,
+        memory: int | None = None,
+        block_size: int = BLOCK,
     ) -> None:
+        self.block_size = block_size  # by the upload's transport (block_for), as its memory is
         self._store = store
         self._key = key
         # parts in flight plus the part filling stay within it: the upload's share (by its transport)

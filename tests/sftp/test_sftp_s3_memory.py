@@ -14,7 +14,7 @@ import pytest
 from sftp_support import GatewayThread, openssh_sftp, sha256
 
 from eftgw.memory import HTTP, PER_UPLOAD, SFTP, MiB, pipeline_held, writer_share
-from eftgw.storage.s3_writer import BLOCK, S3Writer
+from eftgw.storage.s3_writer import BLOCK, SFTP_BLOCK, S3Writer
 from tests.services import fresh_bucket
 
 pytestmark = pytest.mark.once  # it picks its S3 server itself
@@ -31,9 +31,10 @@ def s3_settings(label: str) -> dict[str, Any]:
 def test_an_sftp_upload_on_s3_gets_the_sftp_share(
     gateway_factory: Callable[..., GatewayThread], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every writer the SFTP upload's appends open keeps at most the SFTP share (33 MiB less 2 KiB, so
-    that with what the session, the write buffer and the pipeline hold the upload stays within 64 MiB), and
-    never holds more; an upload over HTTPS on the same node gets 57.25 MiB. The file arrives whole."""
+    """Every writer the SFTP upload's appends open keeps at most the SFTP share (33 MiB less 2 KiB, so that
+    with what the session, the write buffer and the pipeline hold the upload stays within 64 MiB), and never
+    holds more, with 2 MiB blocks; an upload over HTTPS on the same node gets 53.25 MiB, with 4 MiB blocks.
+    The file arrives whole."""
     writers: list[S3Writer] = []
     peaks: dict[int, int] = {}
     init, fill = S3Writer.__init__, S3Writer._fill
@@ -60,14 +61,16 @@ def test_an_sftp_upload_on_s3_gets_the_sftp_share(
     record = gateway.file_named("big.bin")
     assert record.size == SIZE and record.sha256 == sha256(data)
 
-    sftp_share = writer_share(BLOCK, SFTP)
-    assert sftp_share + pipeline_held(BLOCK, SFTP) == PER_UPLOAD and sftp_share >= 32 * MiB
+    sftp_share = writer_share(SFTP_BLOCK, SFTP)
+    assert sftp_share + pipeline_held(SFTP_BLOCK, SFTP) == PER_UPLOAD and sftp_share >= 32 * MiB
     sftp_writers = [w for w in writers if w.memory != writer_share(BLOCK, HTTP)]
     assert writers and sftp_writers == writers  # each append the SFTP upload made: the SFTP share
     assert {w.memory for w in writers} == {sftp_share}
+    assert {w.block_size for w in writers} == {SFTP_BLOCK}
     assert all(peaks.get(id(w), 0) <= sftp_share for w in writers)
     assert max(peaks.values()) >= 16 * MiB  # its parts were held in memory, not spooled
 
     writers.clear()
     gateway.place_engineer_file("notes.bin", data[: 3 * MiB])  # the core's append, as the HTTPS path makes it
-    assert [w.memory for w in writers] == [writer_share(BLOCK, HTTP)] == [57 * MiB + 256 * 1024]
+    assert [w.memory for w in writers] == [writer_share(BLOCK, HTTP)] == [53 * MiB + 256 * 1024]
+    assert [w.block_size for w in writers] == [BLOCK]

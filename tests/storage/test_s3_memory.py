@@ -33,7 +33,7 @@ async def small_budget_store(s3_server: S3Server, s3_bucket: str) -> AsyncIterat
 
 
 async def test_one_upload_holds_at_most_its_share(s3_server: S3Server, s3_bucket: str, case_id: str) -> None:
-    """A 200 MiB upload through one writer never keeps more than its share (57.25 MiB: three 16 MiB parts in
+    """A 200 MiB upload through one writer never keeps more than its share (53.25 MiB: three 16 MiB parts in
     flight and the fourth filling part of the way) even when the node's budget would allow more, and reserves
     at most 64 MiB of the budget (four whole parts)."""
     store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB))
@@ -89,7 +89,7 @@ async def promoted_holds(store: S3Store, key: str, target: str, stored: bytes) -
 
 
 @pytest.mark.parametrize(
-    ("memory", "inflight"), [(WRITER_MEMORY, 3), (24 * MiB, 1)], ids=["share-57.25-MiB", "share-24-MiB"]
+    ("memory", "inflight"), [(WRITER_MEMORY, 3), (24 * MiB, 1)], ids=["share-53.25-MiB", "share-24-MiB"]
 )
 async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store(
     s3_server: S3Server,
@@ -99,10 +99,10 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
     memory: int,
     inflight: int,
 ) -> None:
-    """A writer fed 112 MiB as the body pipeline feeds it (blocks of 2 MiB in chunks that straddle the part
+    """A writer fed 112 MiB as the body pipeline feeds it (blocks of 4 MiB in chunks that straddle the part
     boundaries) against a store that uploads a part only once the writer has run out of room keeps alive at
-    most its share, and all of it: with 16 MiB parts and the default share (57.25 MiB) three parts are in
-    flight at once while the fourth fills its first 9.25 MiB; with a 24 MiB share (as 32 MiB parts have with
+    most its share, and all of it: with 16 MiB parts and the default share (53.25 MiB) three parts are in
+    flight at once while the fourth fills its first 5.25 MiB; with a 24 MiB share (as 32 MiB parts have with
     the default one) one part uploads while the next fills 8 MiB, where a part-granular rule would leave none
     in flight. Every byte is stored, and no part keeps a chunk alive past its own bytes."""
     store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB), writer_memory=memory)
@@ -154,8 +154,8 @@ async def test_a_writer_keeps_its_share_and_parts_in_flight_against_a_slow_store
         chunks = [stored[at : at + 300_001] for at in range(0, len(stored), 300_001)]
         writer = await store.open_writer(key, 0)
         try:
-            for at in range(0, len(chunks), 7):  # 2.0 MiB blocks
-                await writer.write_chunks(chunks[at : at + 7])
+            for at in range(0, len(chunks), 14):  # 4.0 MiB blocks, as the HTTPS pipeline's
+                await writer.write_chunks(chunks[at : at + 14])
                 assert writer.held <= memory
             assert await writer.commit() == len(stored)
         finally:
