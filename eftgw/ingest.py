@@ -36,7 +36,7 @@ from eftgw.hashing import ChunkChecksum, FileDigests, StateError
 from eftgw.locks import UploadLease
 from eftgw.model import FileRecord, Upload
 from eftgw.ports import UploadRepository
-from eftgw.storage import ChunkWriter, ObjectStore, StorageError, UploadWriter
+from eftgw.storage import ChunkWriter, HashingChunkWriter, ObjectStore, StorageError, UploadWriter
 
 log = logging.getLogger("eftgw.uploads")
 
@@ -57,20 +57,38 @@ class _TakenOver(Exception):
 _T = TypeVar("_T")
 
 
-BlockWrite = Callable[[Sequence[bytes]], Awaitable[None]]
+# Writes one block and has its hashing (a callable that hashes the whole block) run in a worker thread: the
+# writer's own hop, or one beside it (:func:`block_write`).
+BlockWrite = Callable[[Sequence[bytes], Callable[[], None]], Awaitable[None]]
 
 
 def block_write(writer: UploadWriter) -> BlockWrite:
-    """How ``writer`` takes a block: at once (a :class:`ChunkWriter`), or chunk by chunk. Chosen once per
-    writer: the protocol check inspects the writer's attributes, too slow to repeat for every block."""
+    """How ``writer`` takes a block and its hashing: in the writer's own worker thread hop (a
+    :class:`~eftgw.storage.base.HashingChunkWriter`: S3's, whose hop copies the block into its part); else at
+    once in two worker threads (a :class:`ChunkWriter`: the filesystem's, whose ``pwritev`` and the hashing
+    then overlap), or chunk by chunk beside the hashing. Chosen once per writer: the protocol checks inspect
+    the writer's attributes, too slow to repeat for every block."""
+    if isinstance(writer, HashingChunkWriter):
+        return writer.write_chunks_along
     if isinstance(writer, ChunkWriter):
-        return writer.write_chunks
+        write: Callable[[Sequence[bytes]], Awaitable[None]] = writer.write_chunks
+    else:
 
-    async def chunk_by_chunk(block: Sequence[bytes]) -> None:
-        for chunk in block:
-            await writer.write(chunk)
+        async def chunk_by_chunk(block: Sequence[bytes]) -> None:
+            for chunk in block:
+                await writer.write(chunk)
 
-    return chunk_by_chunk
+        write = chunk_by_chunk
+
+    async def beside(block: Sequence[bytes], hashing: Callable[[], None]) -> None:
+        # Both end before this returns, also when one fails: the digests are never updated behind a caller's
+        # back.
+        outcomes = await asyncio.gather(asyncio.to_thread(hashing), write(block), return_exceptions=True)
+        for outcome in reversed(outcomes):  # the store's error first: it says more than a hashing one
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    return beside
 
 
 class Ingest:
@@ -286,7 +304,9 @@ class Ingest:
     async def _consume(
         write: BlockWrite, digests: FileDigests, checksum: ChunkChecksum | None, block: Sequence[bytes]
     ) -> None:
-        """Hash and write one block (its chunks, in order) with ``write`` (:func:`block_write`)."""
+        """Hash and write one block (its chunks, in order) with ``write`` (:func:`block_write`): the hashing
+        runs in a worker thread (hashlib, OpenSSL and xxHash release the GIL), and has ended, like the write,
+        when this returns."""
 
         def hash_block() -> None:
             for chunk in block:
@@ -294,12 +314,7 @@ class Ingest:
                 if checksum is not None:
                     checksum.update(chunk)
 
-        # The hashing and the write run at once, in two worker threads (both release the GIL). Both end before
-        # this returns, also when one fails: the digests are never updated behind a caller's back.
-        outcomes = await asyncio.gather(asyncio.to_thread(hash_block), write(block), return_exceptions=True)
-        for outcome in reversed(outcomes):  # the store's error first: it says more than a hashing one
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await write(block, hash_block)
 
     # a copy of a finished file -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ contract; ``tests/storage/test_conformance.py`` checks every backend against it.
 
 from eftgw.storage.base import (
     ChunkWriter,
+    HashingChunkWriter,
     ObjectNotFound,
     ObjectStore,
     OutOfSpace,
@@ -24,6 +25,7 @@ from eftgw.storage.base import (
 
 __all__ = [
     "ChunkWriter",
+    "HashingChunkWriter",
     "ObjectNotFound",
     "ObjectStore",
     "OutOfSpace",

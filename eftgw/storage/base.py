@@ -4,7 +4,7 @@ finished upload to an object, concatenation, ranged reads, deletion and listing.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from eftgw.errors import StorageFull, StorageUnavailable
@@ -80,6 +80,18 @@ class ChunkWriter(Protocol):
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
         """Append ``chunks`` in order as :meth:`UploadWriter.write` would. The body pipeline hashes a block in
         a worker thread of its own while the writer writes it."""
+        ...
+
+
+@runtime_checkable
+class HashingChunkWriter(ChunkWriter, Protocol):
+    """A :class:`ChunkWriter` whose own worker thread hop also runs the body pipeline's hashing of the block
+    (S3's: the hop that copies the block into its part buffers), so a block costs one hop instead of two."""
+
+    async def write_chunks_along(self, chunks: Sequence[bytes], along: Callable[[], None]) -> None:
+        """Append ``chunks`` as :meth:`write_chunks` does, and run ``along`` (the block's hashing) exactly
+        once, in a worker thread, before the first byte of the block is taken in; when this returns it has
+        ended. If the write fails before it began, ``along`` may not have run."""
         ...
 
 

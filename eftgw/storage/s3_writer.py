@@ -43,7 +43,7 @@ import asyncio
 import hashlib
 import logging
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eftgw.memory import SFTP, writer_share
@@ -282,20 +282,28 @@ class S3Writer:
         await self.write_chunks([data])
 
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        await self.write_chunks_along(chunks, None)
+
+    async def write_chunks_along(self, chunks: Sequence[bytes], along: Callable[[], None] | None) -> None:
         """Append ``chunks`` in order: a worker thread copies and hashes them into the part filling (see
-        :meth:`_Part.fill`). When the writer's memory is full, it waits for a part in flight. Nothing keeps
-        the chunks once this returns (``copies_chunks``): their buffers may be reused."""
+        :meth:`_Part.fill`), after running ``along`` (the body pipeline's hashing of the block; see
+        :class:`~eftgw.storage.base.HashingChunkWriter`) in the same hop. When the writer's memory is full, it
+        waits for a part in flight. Nothing keeps the chunks once this returns (``copies_chunks``): their
+        buffers may be reused."""
         if self._size + sum(len(c) for c in chunks) > self._committed.limit():
             raise StorageError("The upload is larger than S3 can store in one object (5 TiB).")
         pieces = [memoryview(c).cast("B") for c in chunks if len(c)]
         if not pieces:
+            if along is not None:
+                await asyncio.to_thread(along)
             return
         self._dirty = True
         while pieces:
             if self._part is None:
                 await self._wait_for_room()
             part = self._part if self._part is not None else await self._start_part()
-            pieces = await self._fill(part, pieces)
+            pieces = await self._fill(part, pieces, along)
+            along = None  # the first fill ran it
             if part.full:
                 await self._cut(part)
             elif pieces:  # the writer's memory is full: the rest waits for a part in flight to be stored
@@ -325,18 +333,22 @@ class S3Writer:
                     part.extend(self._store.budget.take_segments(count))
         return part.room
 
-    async def _fill(self, part: _Part, pieces: list[memoryview]) -> list[memoryview]:
-        """In a worker thread: :meth:`_Part.fill` (first with the committed bytes not in a part yet), as far
-        as the writer's memory allows; return the pieces left over."""
+    async def _fill(
+        self, part: _Part, pieces: list[memoryview], along: Callable[[], None] | None = None
+    ) -> list[memoryview]:
+        """In a worker thread: ``along`` if given, then :meth:`_Part.fill` (first with the committed bytes not
+        in a part yet), as far as the writer's memory allows; return the pieces left over."""
         pending, self._pending = self._pending, []
         if pending:
             pieces = [memoryview(p).cast("B") for p in pending] + pieces
         room = self._room(part, sum(piece.nbytes for piece in pieces))
-        if room <= 0:
+        if room <= 0 and along is None:
             return pieces
 
         def fill() -> list[memoryview]:
-            return part.fill(pieces, room)
+            if along is not None:
+                along()
+            return part.fill(pieces, room) if room > 0 else pieces
 
         future = asyncio.get_running_loop().run_in_executor(None, fill)
         try:

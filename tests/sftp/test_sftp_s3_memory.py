@@ -43,8 +43,10 @@ def test_an_sftp_upload_on_s3_gets_the_sftp_share(
         init(self, *args, **kwargs)
         writers.append(self)
 
-    async def measured_fill(self: S3Writer, part: Any, pieces: list[memoryview]) -> Sequence[memoryview]:
-        left = await fill(self, part, pieces)
+    async def measured_fill(
+        self: S3Writer, part: Any, pieces: list[memoryview], along: Any = None
+    ) -> Sequence[memoryview]:
+        left = await fill(self, part, pieces, along)
         peaks[id(self)] = max(peaks.get(id(self), 0), self.held)
         return left
 

@@ -14,7 +14,10 @@ import pytest
 from minio.datatypes import Part
 
 from eftgw.errors import StorageUnavailable
+from eftgw.hashing import FileDigests
+from eftgw.ingest import Ingest, block_write
 from eftgw.storage import ObjectNotFound, StorageError, object_key, staging_key
+from eftgw.storage.budget import BufferBudget
 from eftgw.storage.s3 import S3Store
 from eftgw.storage.s3_client import Body, Listed
 from eftgw.storage.s3_writer import _Part
@@ -176,6 +179,55 @@ async def test_each_part_is_sent_with_the_sha256_of_its_bytes(
     assert hashed_in and threading.get_ident() not in hashed_in
     await s3.promote(key, target, TAGS)
     assert await read_all(s3.read_object(target)) == stored
+
+
+async def test_a_blocks_hashing_runs_once_in_the_hop_that_fills_its_first_bytes(
+    s3_server: S3Server, s3_bucket: str, case_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the body pipeline (``Ingest._consume`` with ``block_write``), the S3 writer runs a block's
+    hashing in the worker thread that then copies the block's first bytes into a part: one thread hop per
+    block instead of two. It runs once per block, also when the block takes several fills (a 24 MiB share
+    and a 40 MiB block: the writer waits for a part in flight in between), and after a committed tail, whose
+    bytes were hashed when they came and are not hashed again. The digests are the blocks', and the object
+    holds the tail and the blocks."""
+    store = S3Store(s3_server.client(s3_bucket), budget=BufferBudget(1024 * MiB), writer_memory=24 * MiB)
+    await store.open()
+    events: list[tuple[str, int]] = []
+    fill = _Part.fill
+
+    def spying_fill(part: _Part, pieces: list[memoryview], room: int) -> list[memoryview]:
+        events.append(("fill", threading.get_ident()))
+        return fill(part, pieces, room)
+
+    class SpyingDigests(FileDigests):
+        def update(self, data: bytes) -> None:
+            events.append(("hash", threading.get_ident()))
+            super().update(data)
+
+    monkeypatch.setattr(_Part, "fill", spying_fill)
+    try:
+        key, target = staging_key(case_id, "along"), object_key(case_id, "f_along")
+        tail = data(3 * MiB, 1)
+        assert await stage_for(store, key, target, tail) == len(tail)
+        blocks = [data(40 * MiB, 2), data(MiB, 3)]
+        digests = SpyingDigests()
+        writer = await store.open_writer(key, len(tail))
+        write = block_write(writer)
+        try:
+            for block, fills in zip(blocks, (3, 1), strict=True):  # at least that many fills
+                events.clear()
+                await Ingest._consume(write, digests, None, [block])
+                (hashing,) = [thread for what, thread in events if what == "hash"]
+                assert events[:2] == [("hash", hashing), ("fill", hashing)]
+                assert len(events) - 1 >= fills and hashing != threading.get_ident()
+            assert await writer.commit() == len(tail) + sum(map(len, blocks))
+        finally:
+            await writer.close()
+        assert digests.sha256_hex == hashlib.sha256(b"".join(blocks)).hexdigest()
+        await store.promote(key, target, TAGS)
+        assert await read_all(store.read_object(target)) == tail + b"".join(blocks)
+    finally:
+        await store.close()
 
 
 def s3_stat(s3: S3Store, key: str) -> str:

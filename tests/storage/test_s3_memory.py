@@ -183,9 +183,11 @@ async def test_a_part_stored_while_the_next_one_fills_leaves_that_one_room(
     fill = S3Writer._fill
     landed_during_fills = 0
 
-    async def fill_then_land(writer: S3Writer, part: Any, pieces: list[memoryview]) -> list[memoryview]:
+    async def fill_then_land(
+        writer: S3Writer, part: Any, pieces: list[memoryview], along: Any = None
+    ) -> list[memoryview]:
         nonlocal landed_during_fills
-        left = await fill(writer, part, pieces)
+        left = await fill(writer, part, pieces, along)
         inflight = [task for task, _part in writer._inflight if not task.done()]
         if inflight and left:
             await asyncio.wait(inflight)  # stored before the fill "returns"
