@@ -5,8 +5,9 @@ committed, and the whole-file digests carried from one durable offset to the nex
 lock and checked the request (steps 3 and 4 of its workflow):
 
 - :meth:`Ingest.write_body` reads the body in blocks (the writer's ``block_size``: 2 MiB for the
-  filesystem and for S3); each block is hashed (whole-file SHA-256 and xxh128, and the request's own
-  checksum if any) in one worker thread while another writes it, and the next block is read meanwhile
+  filesystem, 4 MiB for S3 over HTTPS and 2 MiB over SFTP); each block is hashed (whole-file SHA-256 and
+  xxh128, and the request's own checksum if any) in a worker thread, beside the one that writes it or in the
+  writer's own hop (:func:`block_write`), and the next block is read meanwhile
   (these two blocks are what :func:`eftgw.memory.pipeline_held` counts of an upload's 64 MiB outside its
   writer: keep them in step; the store's writer keeps what is left for the upload's transport,
   ``upload.via``);

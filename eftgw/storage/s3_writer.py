@@ -2,16 +2,16 @@
 
 The body pipeline hands a writer each block (:meth:`S3Writer.write_chunks`, a
 :class:`~eftgw.storage.base.ChunkWriter`; 4 MiB over HTTPS, 2 MiB over SFTP, :func:`block_for`; a block
-received in place arrives whole, as the pipeline's reused buffer), while another worker thread hashes the
-block for the file's digests. One worker thread copies the chunks into the part being filled and updates the
-part's SHA-256. A part in memory is a buffer of 256 KiB segments (``SEGMENT``) from the node's pool
-(:meth:`~eftgw.storage.budget.BufferBudget.take_segments`): the segments earlier parts gave back, whose pages
-are already mapped, so the one copy of each byte neither faults nor allocates. The writer is done with the
-chunks when ``write_chunks`` returns (``copies_chunks``). A part is sent as views of its segments; its
-SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is ready the moment it is full, so its
-upload starts at once while the next part fills. The segments go back to the pool once the part is stored or
-dropped, and only once no worker thread sends them any more (a cancelled upload's thread is waited for,
-:meth:`S3Writer._store_part`).
+received in place arrives whole, as the pipeline's reused buffer) with its hashing for the file's digests
+(:meth:`S3Writer.write_chunks_along`). One worker thread hop per block runs that hashing, then copies the
+chunks into the part being filled and updates the part's SHA-256. A part in memory is a buffer of 256 KiB
+segments (``SEGMENT``) from the node's pool (:meth:`~eftgw.storage.budget.BufferBudget.take_segments`): the
+segments earlier parts gave back, whose pages are already mapped, so the one copy of each byte neither faults
+nor allocates. The writer is done with the chunks when ``write_chunks`` returns (``copies_chunks``). A part is
+sent as views of its segments; its SHA-256, the checksum S3 verifies (see :mod:`eftgw.storage.s3_client`), is
+ready the moment it is full, so its upload starts at once while the next part fills. The segments go back to
+the pool once the part is stored or dropped, and only once no worker thread sends them any more (a cancelled
+upload's thread is waited for, :meth:`S3Writer._store_part`).
 
 **Memory.** An upload holds at most ``PER_UPLOAD`` (64 MiB, :mod:`eftgw.memory`): the writer's share is what
 the transport's buffers and the pipeline's two blocks leave, chosen per upload from its transport
