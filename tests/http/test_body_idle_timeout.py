@@ -16,6 +16,7 @@ import pytest
 from eftgw import metrics
 from eftgw.model import SYSTEM
 from eftgw.storage.s3 import S3Store
+from eftgw.storage.s3_writer import BLOCK
 from tests.http.test_receive_in_place import (
     Connection,
     MiB,
@@ -126,10 +127,11 @@ async def test_a_slow_body_that_keeps_sending_is_not_cut(node: RunningGateway) -
 
 @pytest.mark.once  # S3 with a small budget whatever the pass's backend
 async def test_stalled_bodies_give_their_s3_budget_back_to_the_uploads_waiting_for_it(tmp_path: Path) -> None:
-    """On S3 with a 32 MiB upload budget (two 16 MiB parts), two clients each send 3 MiB of a PATCH and
-    stall: each holds a part's room, so a third upload's body waits for the budget. Once the stalled bodies
-    are cut (an idle timeout of 5 s here, so that the wait is seen first) their parts are given back, the
-    third upload finishes, and the two stalled ones kept what arrived."""
+    """On S3 with a 32 MiB upload budget (two 16 MiB parts), two clients each send a block and 1 MiB of a
+    PATCH (5 MiB: the first block went to a part, the second waits for its bytes) and stall: each holds a
+    part's room, so a third upload's body waits for the budget. Once the stalled bodies are cut (an idle
+    timeout of 5 s here, so that the wait is seen first) their parts are given back, the third upload
+    finishes, and the two stalled ones kept what arrived."""
     s3 = {key.removeprefix("EFTGW_").lower(): value for key, value in fresh_bucket("idle-budget").items()}
     before = stalls()
     async with running_gateway(
@@ -139,12 +141,12 @@ async def test_stalled_bodies_give_their_s3_budget_back_to_the_uploads_waiting_f
         store = gw.gateway.store
         assert isinstance(store, S3Store)
         budget = store.budget
-        stalled = [await new_upload(gw, 8 * MiB) for _ in range(2)]
-        sent = [os.urandom(3 * MiB) for _ in stalled]
+        stalled = [await new_upload(gw, 2 * BLOCK) for _ in range(2)]
+        sent = [os.urandom(BLOCK + MiB) for _ in stalled]  # a whole block reaches the writer
         conns = [await Connection.open(gw) for _ in stalled]
         try:
             for conn, path, part in zip(conns, stalled, sent, strict=True):
-                await conn.send(patch_head(gw, path, 0, 8 * MiB) + part)
+                await conn.send(patch_head(gw, path, 0, 2 * BLOCK) + part)
             for _ in range(600):  # both hold a part's room
                 if budget.used == 32 * MiB:
                     break
