@@ -34,6 +34,9 @@ from eftgw.gateway import Gateway
 from eftgw.http.app import make_app
 from eftgw.model import Role
 from eftgw.server import app_runner, tls_context
+from eftgw.storage.filesystem import FilesystemWriter
+from eftgw.storage.s3 import S3Store
+from eftgw.storage.s3_writer import S3Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -401,3 +404,9 @@ def two_nodes(tmp_path: Path, kind: str = "s3pg") -> Iterator[tuple[GatewayProce
 def on_node(node: GatewayProcess, url: str) -> str:
     """The same API URL, addressed to another node (as a load balancer without stickiness would)."""
     return node.url + "/api/" + url.split("/api/", 1)[1]
+
+
+def writer_block_size(gw: RunningGateway) -> int:
+    """The block the body pipeline gathers for an HTTPS upload to the gateway's store (S3's 4 MiB, the
+    filesystem's 2 MiB)."""
+    return S3Writer.block_size if isinstance(gw.gateway.store, S3Store) else FilesystemWriter.block_size

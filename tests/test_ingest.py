@@ -22,9 +22,7 @@ from eftgw.ingest import BLOCK_SIZE, SMALL_CHUNK, Ingest, block_write
 from eftgw.model import Principal, Role
 from eftgw.storage import StorageError, filesystem, object_key
 from eftgw.storage.filesystem import IOV_MAX, FilesystemStore, FilesystemWriter
-from eftgw.storage.s3 import S3Store
-from eftgw.storage.s3_writer import S3Writer
-from tests.support import RunningGateway, random_chunks
+from tests.support import RunningGateway, random_chunks, writer_block_size
 
 CUSTOMER = Principal("ingest-customer", Role.CUSTOMER, "C-1")
 
@@ -32,11 +30,6 @@ CUSTOMER = Principal("ingest-customer", Role.CUSTOMER, "C-1")
 def small_chunks(total: int, seed: int) -> list[bytes]:
     """``total`` random bytes cut into chunks of 1 to 900 bytes."""
     return random_chunks(random.Random(seed), total, largest=900)
-
-
-def writer_block_size(gw: RunningGateway) -> int:
-    """The block the body pipeline gathers for the writers of the gateway's store."""
-    return S3Writer.block_size if isinstance(gw.gateway.store, S3Store) else FilesystemWriter.block_size
 
 
 async def stored(gw: RunningGateway, upload_id: str) -> bytes:

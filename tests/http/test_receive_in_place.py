@@ -19,10 +19,16 @@ from eftgw import metrics
 from eftgw.http.receive import BlockReceiver
 from eftgw.ingest import Ingest
 from eftgw.model import SYSTEM
-from tests.support import RunningGateway, client_ssl, http_session, running_gateway, tus_headers
+from tests.support import (
+    RunningGateway,
+    client_ssl,
+    http_session,
+    running_gateway,
+    tus_headers,
+    writer_block_size,
+)
 
 MiB = 1024 * 1024
-BLOCK = 4 * MiB  # the largest block of an HTTPS upload's pipeline (S3's; the filesystem's is 2 MiB)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -319,7 +325,7 @@ async def test_while_both_blocks_are_busy_the_connection_is_not_read(
         # what the connection delivered: the block held back and the one received behind it, no more
         receiver = transport.get_protocol()
         assert isinstance(receiver, BlockReceiver)
-        assert len(data) - receiver.unreceived <= 2 * BLOCK
+        assert len(data) - receiver.unreceived <= 2 * writer_block_size(node)
         release.set()
         await conn.writer.drain()
         status, headers, _ = await conn.response()
